@@ -1,0 +1,19 @@
+//! keyward's domain types and pure logic.
+//!
+//! This crate holds what every other keyward crate agrees on: the API key format and its
+//! checksum, identifiers, timestamps and the [`Clock`] they come from, key records, permissions
+//! and audit entries. It performs no I/O, spawns nothing and depends on no cryptography, SQL or
+//! HTTP crate, so that every rule here can be tested in isolation and reused by every backend.
+
+pub mod audit;
+pub mod clock;
+pub mod key;
+pub mod model;
+pub mod permission;
+pub mod timestamp;
+
+pub use clock::{Clock, FakeClock, SystemClock};
+pub use key::{EnvironmentName, KeyPrefix, MalformedKey, ParsedKey};
+pub use model::{KeyHash, KeyId, KeyRecord, KeyStatus, ServiceName};
+pub use permission::Permission;
+pub use timestamp::Timestamp;

@@ -1,0 +1,177 @@
+//! Key records and their identifiers.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{EnvironmentName, KeyPrefix, Permission, Timestamp};
+
+/// A key's identifier: a UUIDv7, so identifiers sort by creation time.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct KeyId(pub Uuid);
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for KeyId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::try_parse(s).map(KeyId)
+    }
+}
+
+/// HMAC-SHA256 of a key under its environment's secret: the only form in which keys are stored.
+/// It is uniformly distributed, which the verification cache relies on for hashing.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyHash(pub [u8; 32]);
+
+impl KeyHash {
+    /// The first eight bytes as a number: a well-spread hash-table key.
+    pub fn short(&self) -> u64 {
+        let [a, b, c, d, e, f, g, h, ..] = self.0;
+        u64::from_le_bytes([a, b, c, d, e, f, g, h])
+    }
+}
+
+impl fmt::Debug for KeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyHash({:016x}…)", self.short())
+    }
+}
+
+/// A service protected by keyward. Until services can be managed, there are two: the default
+/// service for users' keys and the reserved `keyward` service whose keys are admin keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceName {
+    Default,
+    Keyward,
+}
+
+impl ServiceName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceName::Default => "default",
+            ServiceName::Keyward => "keyward",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "default" => Some(ServiceName::Default),
+            "keyward" => Some(ServiceName::Keyward),
+            _ => None,
+        }
+    }
+
+    pub fn prefix(self) -> KeyPrefix {
+        let text = match self {
+            ServiceName::Default => "kw",
+            ServiceName::Keyward => "keyward",
+        };
+        // Both literals are valid prefixes; the test below pins it.
+        KeyPrefix::parse(text).unwrap_or_else(|_| unreachable_prefix())
+    }
+}
+
+#[cold]
+fn unreachable_prefix() -> KeyPrefix {
+    #[allow(clippy::panic)]
+    {
+        panic!("built-in service prefixes are valid")
+    }
+}
+
+/// The environment reserved for admin keys.
+pub const ADMIN_ENVIRONMENT: &str = "admin";
+/// Environments every data dir has from `keyward init` on.
+pub const DEFAULT_ENVIRONMENTS: [&str; 2] = ["live", "test"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyStatus {
+    Active,
+    Disabled,
+    /// Final: a revoked key never verifies again.
+    Revoked,
+}
+
+impl KeyStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyStatus::Active => "active",
+            KeyStatus::Disabled => "disabled",
+            KeyStatus::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "active" => Some(KeyStatus::Active),
+            "disabled" => Some(KeyStatus::Disabled),
+            "revoked" => Some(KeyStatus::Revoked),
+            _ => None,
+        }
+    }
+}
+
+/// Everything keyward keeps about a key. Never the key itself: only its HMAC and display start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyRecord {
+    pub id: KeyId,
+    pub service: ServiceName,
+    pub environment: EnvironmentName,
+    pub hash: KeyHash,
+    /// Prefix, environment and the first four secret characters, for people to recognise a key.
+    pub start: String,
+    pub name: String,
+    pub owner: String,
+    pub purpose: Option<String>,
+    pub permissions: Vec<Permission>,
+    pub meta: serde_json::Map<String, serde_json::Value>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    /// After this instant the key answers `EXPIRED`. Expiry is a time, not a state.
+    pub expires_at: Option<Timestamp>,
+    pub status: KeyStatus,
+    pub revoked_at: Option<Timestamp>,
+    pub revocation_reason: Option<String>,
+    /// The key this one replaced by a roll.
+    pub rolled_from: Option<KeyId>,
+    /// The key that replaced this one by a roll.
+    pub rolled_to: Option<KeyId>,
+    /// Updated in batches, so it may trail the truth by one flush interval.
+    pub last_used_at: Option<Timestamp>,
+    /// Successful verifications, counted in batches like `last_used_at`.
+    pub uses: u64,
+}
+
+impl KeyRecord {
+    pub fn is_expired_at(&self, now: Timestamp) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_prefixes_are_valid() {
+        assert_eq!(ServiceName::Default.prefix().as_str(), "kw");
+        assert_eq!(ServiceName::Keyward.prefix().as_str(), "keyward");
+        assert!(EnvironmentName::parse(ADMIN_ENVIRONMENT).is_ok());
+    }
+}
