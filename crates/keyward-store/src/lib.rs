@@ -1,1 +1,123 @@
-//! placeholder
+//! keyward's storage: the [`Store`] trait with its written contract, a [`conformance`] suite that
+//! every backend must pass, and the embedded SQLite backend.
+//!
+//! The trait speaks only in domain types, so a PostgreSQL backend can implement it without any
+//! SQLite assumption leaking upward. Backends do no cryptography: hashes arrive computed.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use keyward_core::audit::AuditEntry;
+use keyward_core::{EnvironmentName, KeyHash, KeyId, KeyRecord, KeyStatus, ServiceName, Timestamp};
+
+pub mod conformance;
+pub mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+/// What can go wrong in a store, named by outcome rather than by backend.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A row with the same identity already exists (key id, key hash, environment name).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The audit log's head moved since the caller read it; re-read it and retry.
+    #[error("the audit log head moved")]
+    AuditConflict,
+    /// An update named a row that does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The backend could not be reached or failed to answer.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored row could not be read back into a domain value.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// An environment as stored. Its HMAC secret lives outside the store (see the binary's data dir).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnvironmentRecord {
+    pub name: EnvironmentName,
+    pub created_at: Timestamp,
+}
+
+/// The last entry of the audit log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditHead {
+    pub seq: u64,
+    pub hash: String,
+}
+
+/// One atomic write. Audit entries ride in the same transaction as the change they record, so a
+/// change is never stored without its audit entry, nor an entry without its change.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    pub environments: Vec<EnvironmentRecord>,
+    pub insert_keys: Vec<KeyRecord>,
+    /// Full records whose mutable fields replace the stored ones. `last_used_at` and `uses` are
+    /// left alone: they belong to [`Store::record_usage`].
+    pub update_keys: Vec<KeyRecord>,
+    pub audit: Vec<AuditEntry>,
+}
+
+/// Usage of one key since the last flush.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KeyUsage {
+    pub id: KeyId,
+    pub last_used_at: Timestamp,
+    pub uses: u64,
+}
+
+/// Filters for listing keys, oldest first, in pages after a cursor.
+#[derive(Debug, Clone, Default)]
+pub struct KeyQuery {
+    pub service: Option<ServiceName>,
+    pub environment: Option<EnvironmentName>,
+    pub status: Option<KeyStatus>,
+    pub owner: Option<String>,
+    /// Only keys whose id sorts after this one.
+    pub after: Option<KeyId>,
+    pub limit: u32,
+}
+
+/// The storage contract. Every backend guarantees:
+///
+/// * **Durability**: when [`Store::apply`] returns `Ok`, the changes survive a crash of the
+///   process or the machine.
+/// * **Atomicity**: `apply` writes all of its changes or none.
+/// * **Audit chain**: `apply` accepts audit entries only if the first continues the stored head
+///   (`seq` = head's + 1, or 1 on an empty log; `prev_hash` = head's hash, or the genesis hash)
+///   and each later one continues the one before it. Otherwise it returns
+///   [`StoreError::AuditConflict`] and writes nothing, so two writers can never fork the chain.
+///   Entries are never changed or deleted.
+/// * **Read-your-writes**: after `apply` returns, every read on any connection sees the change.
+/// * **Identity**: key ids and key hashes are unique; inserting a duplicate is
+///   [`StoreError::Conflict`]. Updating a missing key is [`StoreError::NotFound`].
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    async fn apply(&self, changes: Changes) -> Result<(), StoreError>;
+
+    async fn environments(&self) -> Result<Vec<EnvironmentRecord>, StoreError>;
+
+    async fn key(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError>;
+
+    async fn key_by_hash(&self, hash: KeyHash) -> Result<Option<KeyRecord>, StoreError>;
+
+    async fn list_keys(&self, query: KeyQuery) -> Result<Vec<KeyRecord>, StoreError>;
+
+    /// Every stored key hash, for the verifier's membership filter.
+    async fn key_hashes(&self) -> Result<Vec<KeyHash>, StoreError>;
+
+    /// Adds usage counts and advances `last_used_at` (never moves it back). Keys that no longer
+    /// exist are skipped. Not audited: usage is telemetry, not an admin action.
+    async fn record_usage(&self, usage: Vec<KeyUsage>) -> Result<(), StoreError>;
+
+    async fn audit_head(&self) -> Result<Option<AuditHead>, StoreError>;
+
+    /// Audit entries with `seq > after`, in sequence order, at most `limit`.
+    async fn audit_entries(&self, after: u64, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Succeeds when the backend answers a trivial query.
+    async fn ping(&self) -> Result<(), StoreError>;
+}

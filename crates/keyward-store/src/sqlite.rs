@@ -1,0 +1,515 @@
+//! The embedded backend: one SQLite file in WAL mode with `synchronous=FULL`, so a write that
+//! returned is on disk. One connection writes; readers come from a small pool and never block
+//! the writer. Blocking calls run on tokio's blocking pool.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use keyward_core::audit::{AuditEntry, GENESIS_HASH};
+use keyward_core::{
+    EnvironmentName, KeyHash, KeyId, KeyRecord, KeyStatus, Permission, ServiceName, Timestamp,
+};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+
+use crate::{AuditHead, Changes, EnvironmentRecord, KeyQuery, KeyUsage, Store, StoreError};
+
+/// Migrations in order; `PRAGMA user_version` records how many have run.
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/sqlite/0001_init.sql")];
+
+/// Readers kept open for reuse; more are opened under load and closed after.
+const IDLE_READERS: usize = 4;
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn map_write_error(e: rusqlite::Error) -> StoreError {
+    match &e {
+        rusqlite::Error::SqliteFailure(code, _)
+            if code.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            StoreError::Conflict(e.to_string())
+        }
+        _ => unavailable(e),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave a connection half-written: SQLite rolls back
+    // an unfinished transaction when it is dropped. So a poisoned lock is still usable.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and runs pending migrations.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut writer = open_connection(path, true)?;
+        migrate(&mut writer)?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                writer: Mutex::new(writer),
+                readers: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let pooled = lock(&inner.readers).pop();
+            let conn = match pooled {
+                Some(conn) => conn,
+                None => open_connection(&inner.path, false)?,
+            };
+            let result = f(&conn);
+            let mut idle = lock(&inner.readers);
+            if idle.len() < IDLE_READERS {
+                idle.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || f(&mut lock(&inner.writer)))
+            .await
+            .map_err(unavailable)?
+    }
+}
+
+fn open_connection(path: &Path, create: bool) -> Result<Connection, StoreError> {
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let conn = Connection::open_with_flags(path, flags).map_err(unavailable)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA busy_timeout = 5000;",
+    )
+    .map_err(unavailable)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let done: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(unavailable)?;
+    let done = usize::try_from(done).unwrap_or(0);
+    if done > MIGRATIONS.len() {
+        return Err(StoreError::Unavailable(format!(
+            "the database has schema version {done}, newer than this keyward knows ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+        let tx = conn.transaction().map_err(unavailable)?;
+        tx.execute_batch(sql).map_err(unavailable)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
+            .map_err(unavailable)?;
+        tx.commit().map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+const KEY_COLUMNS: &str = "id, service, environment, hash, start, name, owner, purpose, \
+    permissions, meta, created_at, updated_at, expires_at, status, revoked_at, \
+    revocation_reason, rolled_from, rolled_to, last_used_at, uses";
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(what.to_owned())
+}
+
+fn key_from_row(row: &Row<'_>) -> Result<KeyRecord, StoreError> {
+    let get_err = |e: rusqlite::Error| StoreError::Corrupt(e.to_string());
+    let id: String = row.get(0).map_err(get_err)?;
+    let service: String = row.get(1).map_err(get_err)?;
+    let environment: String = row.get(2).map_err(get_err)?;
+    let hash: Vec<u8> = row.get(3).map_err(get_err)?;
+    let permissions: String = row.get(8).map_err(get_err)?;
+    let meta: String = row.get(9).map_err(get_err)?;
+    let status: String = row.get(13).map_err(get_err)?;
+    let rolled_from: Option<String> = row.get(16).map_err(get_err)?;
+    let rolled_to: Option<String> = row.get(17).map_err(get_err)?;
+    let uses: i64 = row.get(19).map_err(get_err)?;
+    let ts = |i: usize| -> Result<Option<Timestamp>, StoreError> {
+        let v: Option<i64> = row.get(i).map_err(get_err)?;
+        Ok(v.map(Timestamp::from_unix_ms))
+    };
+    let parse_id = |s: &str| s.parse::<KeyId>().map_err(|_| corrupt("key id"));
+    let permissions: Vec<String> =
+        serde_json::from_str(&permissions).map_err(|_| corrupt("permissions"))?;
+    Ok(KeyRecord {
+        id: parse_id(&id)?,
+        service: ServiceName::parse(&service).ok_or_else(|| corrupt("service"))?,
+        environment: EnvironmentName::parse(&environment).map_err(|_| corrupt("environment"))?,
+        hash: KeyHash(hash.try_into().map_err(|_| corrupt("hash"))?),
+        start: row.get(4).map_err(get_err)?,
+        name: row.get(5).map_err(get_err)?,
+        owner: row.get(6).map_err(get_err)?,
+        purpose: row.get(7).map_err(get_err)?,
+        permissions: permissions
+            .iter()
+            .map(|p| Permission::parse(p).map_err(|_| corrupt("permission")))
+            .collect::<Result<_, _>>()?,
+        meta: serde_json::from_str(&meta).map_err(|_| corrupt("meta"))?,
+        created_at: ts(10)?.ok_or_else(|| corrupt("created_at"))?,
+        updated_at: ts(11)?.ok_or_else(|| corrupt("updated_at"))?,
+        expires_at: ts(12)?,
+        status: KeyStatus::parse(&status).ok_or_else(|| corrupt("status"))?,
+        revoked_at: ts(14)?,
+        revocation_reason: row.get(15).map_err(get_err)?,
+        rolled_from: rolled_from.as_deref().map(parse_id).transpose()?,
+        rolled_to: rolled_to.as_deref().map(parse_id).transpose()?,
+        last_used_at: ts(18)?,
+        uses: u64::try_from(uses).unwrap_or(0),
+    })
+}
+
+fn permissions_json(key: &KeyRecord) -> String {
+    let list: Vec<&str> = key.permissions.iter().map(Permission::as_str).collect();
+    serde_json::Value::from(list).to_string()
+}
+
+fn meta_json(key: &KeyRecord) -> String {
+    serde_json::Value::Object(key.meta.clone()).to_string()
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn audit_from_row(row: &Row<'_>) -> rusqlite::Result<(i64, i64, String, String, Option<String>, String, String, String)> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+        row.get(7)?,
+    ))
+}
+
+fn head(conn: &Connection) -> Result<Option<AuditHead>, StoreError> {
+    conn.query_row(
+        "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+        [],
+        |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)),
+    )
+    .optional()
+    .map_err(unavailable)
+    .map(|found| {
+        found.map(|(seq, hash)| AuditHead {
+            seq: u64::try_from(seq).unwrap_or(0),
+            hash,
+        })
+    })
+}
+
+fn apply_changes(conn: &mut Connection, changes: &Changes) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(unavailable)?;
+    if !changes.audit.is_empty() {
+        let (mut seq, mut hash) = match head(&tx)? {
+            Some(h) => (h.seq, h.hash),
+            None => (0, GENESIS_HASH.to_owned()),
+        };
+        for entry in &changes.audit {
+            if entry.seq != seq + 1 || entry.prev_hash != hash {
+                return Err(StoreError::AuditConflict);
+            }
+            seq = entry.seq;
+            hash.clone_from(&entry.hash);
+        }
+    }
+    for env in &changes.environments {
+        tx.execute(
+            "INSERT INTO environments (name, created_at) VALUES (?1, ?2)",
+            params![env.name.as_str(), env.created_at.unix_ms()],
+        )
+        .map_err(map_write_error)?;
+    }
+    for key in &changes.insert_keys {
+        tx.execute(
+            &format!(
+                "INSERT INTO keys ({KEY_COLUMNS}) VALUES \
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+            ),
+            params![
+                key.id.to_string(),
+                key.service.as_str(),
+                key.environment.as_str(),
+                key.hash.0.as_slice(),
+                key.start,
+                key.name,
+                key.owner,
+                key.purpose,
+                permissions_json(key),
+                meta_json(key),
+                key.created_at.unix_ms(),
+                key.updated_at.unix_ms(),
+                key.expires_at.map(Timestamp::unix_ms),
+                key.status.as_str(),
+                key.revoked_at.map(Timestamp::unix_ms),
+                key.revocation_reason,
+                key.rolled_from.map(|id| id.to_string()),
+                key.rolled_to.map(|id| id.to_string()),
+                key.last_used_at.map(Timestamp::unix_ms),
+                to_i64(key.uses),
+            ],
+        )
+        .map_err(map_write_error)?;
+    }
+    for key in &changes.update_keys {
+        let changed = tx
+            .execute(
+                "UPDATE keys SET name = ?2, owner = ?3, purpose = ?4, permissions = ?5, meta = ?6, \
+                 updated_at = ?7, expires_at = ?8, status = ?9, revoked_at = ?10, \
+                 revocation_reason = ?11, rolled_to = ?12 WHERE id = ?1",
+                params![
+                    key.id.to_string(),
+                    key.name,
+                    key.owner,
+                    key.purpose,
+                    permissions_json(key),
+                    meta_json(key),
+                    key.updated_at.unix_ms(),
+                    key.expires_at.map(Timestamp::unix_ms),
+                    key.status.as_str(),
+                    key.revoked_at.map(Timestamp::unix_ms),
+                    key.revocation_reason,
+                    key.rolled_to.map(|id| id.to_string()),
+                ],
+            )
+            .map_err(map_write_error)?;
+        if changed == 0 {
+            return Err(StoreError::NotFound(key.id.to_string()));
+        }
+    }
+    for entry in &changes.audit {
+        tx.execute(
+            "INSERT INTO audit_log (seq, ts, actor, action, target, details, prev_hash, hash) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                to_i64(entry.seq),
+                entry.ts.unix_ms(),
+                entry.actor,
+                entry.action,
+                entry.target,
+                entry.details.to_string(),
+                entry.prev_hash,
+                entry.hash,
+            ],
+        )
+        .map_err(map_write_error)?;
+    }
+    tx.commit().map_err(unavailable)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn apply(&self, changes: Changes) -> Result<(), StoreError> {
+        self.write(move |conn| apply_changes(conn, &changes)).await
+    }
+
+    async fn environments(&self) -> Result<Vec<EnvironmentRecord>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT name, created_at FROM environments ORDER BY name")
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))
+                .map_err(unavailable)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (name, created_at) = row.map_err(unavailable)?;
+                out.push(EnvironmentRecord {
+                    name: EnvironmentName::parse(&name).map_err(|_| corrupt("environment"))?,
+                    created_at: Timestamp::from_unix_ms(created_at),
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn key(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM keys WHERE id = ?1"))
+                .map_err(unavailable)?;
+            let mut rows = stmt.query([id.to_string()]).map_err(unavailable)?;
+            match rows.next().map_err(unavailable)? {
+                Some(row) => key_from_row(row).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn key_by_hash(&self, hash: KeyHash) -> Result<Option<KeyRecord>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM keys WHERE hash = ?1"))
+                .map_err(unavailable)?;
+            let mut rows = stmt.query([hash.0.as_slice()]).map_err(unavailable)?;
+            match rows.next().map_err(unavailable)? {
+                Some(row) => key_from_row(row).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn list_keys(&self, query: KeyQuery) -> Result<Vec<KeyRecord>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {KEY_COLUMNS} FROM keys \
+                     WHERE (?1 IS NULL OR service = ?1) AND (?2 IS NULL OR environment = ?2) \
+                     AND (?3 IS NULL OR status = ?3) AND (?4 IS NULL OR owner = ?4) \
+                     AND (?5 IS NULL OR id > ?5) ORDER BY id LIMIT ?6"
+                ))
+                .map_err(unavailable)?;
+            let mut rows = stmt
+                .query(params![
+                    query.service.map(ServiceName::as_str),
+                    query.environment.as_ref().map(EnvironmentName::as_str),
+                    query.status.map(KeyStatus::as_str),
+                    query.owner,
+                    query.after.map(|id| id.to_string()),
+                    i64::from(query.limit),
+                ])
+                .map_err(unavailable)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(unavailable)? {
+                out.push(key_from_row(row)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn key_hashes(&self) -> Result<Vec<KeyHash>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT hash FROM keys")
+                .map_err(unavailable)?;
+            let mut rows = stmt.query([]).map_err(unavailable)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(unavailable)? {
+                let hash: Vec<u8> = row.get(0).map_err(unavailable)?;
+                out.push(KeyHash(hash.try_into().map_err(|_| corrupt("hash"))?));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn record_usage(&self, usage: Vec<KeyUsage>) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            let tx = conn.transaction().map_err(unavailable)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "UPDATE keys SET uses = uses + ?2, \
+                         last_used_at = max(coalesce(last_used_at, 0), ?3) WHERE id = ?1",
+                    )
+                    .map_err(unavailable)?;
+                for u in &usage {
+                    stmt.execute(params![u.id.to_string(), to_i64(u.uses), u.last_used_at.unix_ms()])
+                        .map_err(unavailable)?;
+                }
+            }
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn audit_head(&self) -> Result<Option<AuditHead>, StoreError> {
+        self.read(|conn| head(conn)).await
+    }
+
+    async fn audit_entries(&self, after: u64, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, ts, actor, action, target, details, prev_hash, hash \
+                     FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![to_i64(after), i64::from(limit)], audit_from_row)
+                .map_err(unavailable)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, ts, actor, action, target, details, prev_hash, hash) =
+                    row.map_err(unavailable)?;
+                out.push(AuditEntry {
+                    seq: u64::try_from(seq).map_err(|_| corrupt("audit seq"))?,
+                    ts: Timestamp::from_unix_ms(ts),
+                    actor,
+                    action,
+                    target,
+                    details: serde_json::from_str(&details).map_err(|_| corrupt("audit details"))?,
+                    prev_hash,
+                    hash,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|conn| {
+            conn.query_row("SELECT 1", [], |_| Ok(()))
+                .map_err(unavailable)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests;
