@@ -14,6 +14,6 @@ pub mod timestamp;
 
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use key::{EnvironmentName, KeyPrefix, MalformedKey, ParsedKey};
-pub use model::{KeyHash, KeyId, KeyRecord, KeyStatus, ServiceName};
+pub use model::{KeyHash, KeyId, KeyRecord, KeyStatus, ServiceName, VerifyCode};
 pub use permission::Permission;
 pub use timestamp::Timestamp;

@@ -33,9 +33,16 @@ impl FromStr for KeyId {
 }
 
 /// HMAC-SHA256 of a key under its environment's secret: the only form in which keys are stored.
-/// It is uniformly distributed, which the verification cache relies on for hashing.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+/// It is uniformly distributed and cannot be steered by a client without the secret, so hash
+/// tables may use its bytes directly as their hash (see the `Hash` impl).
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct KeyHash(pub [u8; 32]);
+
+impl std::hash::Hash for KeyHash {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.short());
+    }
+}
 
 impl KeyHash {
     /// The first eight bytes as a number: a well-spread hash-table key.
@@ -98,6 +105,55 @@ fn unreachable_prefix() -> KeyPrefix {
 pub const ADMIN_ENVIRONMENT: &str = "admin";
 /// Environments every data dir has from `keyward init` on.
 pub const DEFAULT_ENVIRONMENTS: [&str; 2] = ["live", "test"];
+
+/// The answer of a verification. Later capabilities may add codes; none is ever removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum VerifyCode {
+    Valid,
+    Malformed,
+    NotFound,
+    Expired,
+    Revoked,
+    Disabled,
+    EnvironmentMismatch,
+    InsufficientPermissions,
+    IpDenied,
+    RateLimited,
+    UsageExceeded,
+}
+
+impl VerifyCode {
+    pub const ALL: [VerifyCode; 11] = [
+        VerifyCode::Valid,
+        VerifyCode::Malformed,
+        VerifyCode::NotFound,
+        VerifyCode::Expired,
+        VerifyCode::Revoked,
+        VerifyCode::Disabled,
+        VerifyCode::EnvironmentMismatch,
+        VerifyCode::InsufficientPermissions,
+        VerifyCode::IpDenied,
+        VerifyCode::RateLimited,
+        VerifyCode::UsageExceeded,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerifyCode::Valid => "VALID",
+            VerifyCode::Malformed => "MALFORMED",
+            VerifyCode::NotFound => "NOT_FOUND",
+            VerifyCode::Expired => "EXPIRED",
+            VerifyCode::Revoked => "REVOKED",
+            VerifyCode::Disabled => "DISABLED",
+            VerifyCode::EnvironmentMismatch => "ENVIRONMENT_MISMATCH",
+            VerifyCode::InsufficientPermissions => "INSUFFICIENT_PERMISSIONS",
+            VerifyCode::IpDenied => "IP_DENIED",
+            VerifyCode::RateLimited => "RATE_LIMITED",
+            VerifyCode::UsageExceeded => "USAGE_EXCEEDED",
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -45,10 +45,15 @@ impl Permission {
 
     /// Whether holding `self` grants `wanted`.
     pub fn covers(&self, wanted: &Permission) -> bool {
-        if self.0 == "*" || self.0 == wanted.0 {
+        self.covers_str(&wanted.0)
+    }
+
+    /// [`Permission::covers`] for a permission known to be well-formed, such as a constant.
+    pub fn covers_str(&self, wanted: &str) -> bool {
+        if self.0 == "*" || self.0 == wanted {
             return true;
         }
-        match (self.0.split_once(':'), wanted.0.split_once(':')) {
+        match (self.0.split_once(':'), wanted.split_once(':')) {
             (Some((resource, "*")), Some((wanted_resource, _))) => resource == wanted_resource,
             _ => false,
         }
@@ -56,8 +61,8 @@ impl Permission {
 }
 
 /// Whether any of `held` grants `wanted`.
-pub fn grants(held: &[Permission], wanted: &Permission) -> bool {
-    held.iter().any(|p| p.covers(wanted))
+pub fn grants(held: &[Permission], wanted: &str) -> bool {
+    held.iter().any(|p| p.covers_str(wanted))
 }
 
 impl fmt::Debug for Permission {

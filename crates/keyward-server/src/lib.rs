@@ -1,1 +1,241 @@
-//! placeholder
+//! keyward's HTTP API.
+//!
+//! An axum application over an [`Authority`]: the routes of the v1 contract, the error-code
+//! table, request ids, body-size and time limits, Prometheus metrics and the OpenAPI document
+//! generated from the route definitions. [`run`] takes the listener and the shutdown signal from
+//! its caller, so tests bind port 0 and the binary decides on signals. It knows no storage
+//! backend: whatever store the authority was opened over is the one in use.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use keyward_service::Authority;
+use tokio::net::TcpListener;
+use tower_http::timeout::TimeoutLayer;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod routes;
+
+use error::{ApiError, ErrorCode};
+
+/// Settings of the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Larger request bodies are refused with 413 before they are read in full.
+    pub body_limit_bytes: usize,
+    /// A request that takes longer is answered 408.
+    pub request_timeout: Duration,
+    /// Lets anyone who can reach the server call `/v1/verify` without a bearer key. Only for a
+    /// server reachable solely from a trusted network.
+    pub insecure_unauthenticated_verify: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            body_limit_bytes: 64 * 1024,
+            request_timeout: Duration::from_secs(10),
+            insecure_unauthenticated_verify: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub authority: Arc<Authority>,
+    pub metrics: Arc<metrics::Metrics>,
+    pub config: Arc<ServerConfig>,
+    pub openapi: Arc<String>,
+    request_ids: Arc<RequestIds>,
+}
+
+/// Request ids: a random per-process prefix and a counter, so making one costs no syscall.
+#[derive(Debug)]
+struct RequestIds {
+    prefix: String,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    fn next(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n:x}", self.prefix)
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "keyward",
+        description = "Self-hosted API key security: issue, verify, revoke, expire and roll API keys, with a hash-chained audit log.",
+        license(name = "Apache-2.0")
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "keys", description = "Issue and manage keys"),
+        (name = "verify", description = "Verify keys presented to your API"),
+        (name = "audit", description = "The hash-chained audit log"),
+        (name = "system", description = "Health, readiness and metrics"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The routes and their OpenAPI description, from one definition.
+fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(routes::system::healthz))
+        .routes(routes!(routes::system::readyz))
+        .routes(routes!(routes::system::metrics))
+        .routes(routes!(routes::keys::create_key, routes::keys::list_keys))
+        .routes(routes!(routes::keys::show_key, routes::keys::update_key))
+        .routes(routes!(routes::keys::revoke_key))
+        .routes(routes!(routes::keys::roll_key))
+        .routes(routes!(routes::verify::verify))
+        .routes(routes!(routes::audit::list_audit))
+        .split_for_parts()
+}
+
+/// The OpenAPI document of this server, as served at `/openapi.json`.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    api().1
+}
+
+/// Builds the application around an opened authority.
+pub fn app(authority: Arc<Authority>, config: ServerConfig) -> Result<Router, keyward_crypto::RandomUnavailable> {
+    let (router, openapi) = api();
+    let openapi = openapi.to_json().unwrap_or_else(|_| "{}".to_owned());
+    let state = AppState {
+        authority,
+        metrics: Arc::new(metrics::Metrics::new()),
+        openapi: Arc::new(openapi),
+        request_ids: Arc::new(RequestIds {
+            prefix: keyward_crypto::new_request_id()?.chars().take(12).collect(),
+            next: AtomicU64::new(1),
+        }),
+        config: Arc::new(config.clone()),
+    };
+    Ok(router
+        .route("/openapi.json", axum::routing::get(routes::system::openapi))
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
+        .layer(DefaultBodyLimit::max(config.body_limit_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            config.request_timeout,
+        ))
+        .layer(middleware::from_fn_with_state(state.clone(), request_context))
+        .with_state(state))
+}
+
+/// Gives every request an id and renders every error as the JSON envelope with that id.
+async fn request_context(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| state.request_ids.next());
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    req.extensions_mut().insert(RequestId(request_id.clone()));
+    let mut response = next.run(req).await;
+    let status = response.status();
+    let error = response.extensions_mut().remove::<ApiError>().or_else(|| {
+        let bare = (status.is_client_error() || status.is_server_error())
+            && !response.headers().contains_key(header::CONTENT_TYPE);
+        bare.then(|| {
+            let code = ErrorCode::for_status(status);
+            ApiError::new(code, status.canonical_reason().unwrap_or("error"))
+        })
+    });
+    if let Some(error) = error {
+        if status.is_server_error() {
+            tracing::warn!(%request_id, %method, %path, status = status.as_u16(), code = error.code.name(), "request failed");
+        } else {
+            tracing::debug!(%request_id, %method, %path, status = status.as_u16(), code = error.code.name(), "request refused");
+        }
+        response = render_error(error, &request_id);
+    }
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+/// The id of the request being served.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+fn render_error(error: ApiError, request_id: &str) -> Response {
+    let mut body = serde_json::json!({
+        "error": {
+            "code": error.code.name(),
+            "message": error.message,
+            "request_id": request_id,
+        }
+    });
+    if let (Some(field), Some(obj)) = (error.field, body.get_mut("error").and_then(|e| e.as_object_mut())) {
+        obj.insert("field".into(), field.into());
+    }
+    let mut response = (
+        error.code.status(),
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from(body.to_string()),
+    )
+        .into_response();
+    if error.code == ErrorCode::Unauthorized {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+/// Serves until `shutdown` resolves, then drains in-flight requests and flushes batched usage.
+pub async fn run(
+    listener: TcpListener,
+    authority: Arc<Authority>,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = app(Arc::clone(&authority), config).map_err(std::io::Error::other)?;
+    let result = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
+    authority.shutdown().await;
+    result
+}

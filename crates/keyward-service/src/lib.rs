@@ -1,1 +1,211 @@
-//! placeholder
+//! keyward's use cases: issue, verify, update, revoke and roll keys, and keep the audit log.
+//!
+//! [`Authority`] is the one entry point. It works over any [`Store`] and [`Clock`], owns the
+//! verification cache and the usage batcher, and appends an audit entry in the same atomic write
+//! as every change it makes. It knows nothing of HTTP: the server crate maps its errors to codes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyward_core::audit::GENESIS_HASH;
+use keyward_core::model::ADMIN_ENVIRONMENT;
+use keyward_core::{Clock, KeyHash, KeyRecord, ParsedKey, Timestamp};
+use keyward_store::{AuditHead, Store, StoreError};
+
+pub mod audit;
+pub mod cache;
+mod init;
+mod keyring;
+mod keys;
+mod usage;
+mod verify;
+
+pub use cache::{CachedKey, VerifyCache};
+pub use init::{InitError, initial_environments, initialize};
+pub use keyring::Keyring;
+pub use keys::{KeyPage, KeyUpdate, NewKey, limits};
+pub use keyward_store::KeyQuery;
+pub use verify::{Actor, Verification};
+
+use audit::PendingEntry;
+use usage::UsageRecorder;
+
+/// Errors of the use cases, named by outcome. The server maps each to one stable code.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("missing or invalid credentials")]
+    Unauthorized,
+    #[error("this key lacks the permission {permission}")]
+    Forbidden { permission: String },
+    #[error("{what} not found")]
+    NotFound { what: &'static str },
+    #[error("{field}: {message}")]
+    InvalidField { field: &'static str, message: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the store is unavailable")]
+    Unavailable(#[source] StoreError),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(detail) => {
+                // Ids and hashes are random; a collision means a bug or a corrupted store.
+                ServiceError::Internal(format!("unexpected store conflict: {detail}"))
+            }
+            StoreError::AuditConflict => {
+                ServiceError::Conflict("a concurrent change was made; retry".into())
+            }
+            StoreError::NotFound(_) => ServiceError::NotFound { what: "key" },
+            other => ServiceError::Unavailable(other),
+        }
+    }
+}
+
+/// Tunables of the authority, with defaults fit for one node.
+#[derive(Debug, Clone)]
+pub struct AuthorityConfig {
+    /// Key records kept in memory; each takes roughly 300 bytes.
+    pub cache_capacity: usize,
+    /// How often batched usage (`last_used_at`, `uses`) is written.
+    pub usage_flush_interval: Duration,
+    /// Usage events buffered between flushes before new ones are dropped (and counted).
+    pub usage_buffer: usize,
+}
+
+impl Default for AuthorityConfig {
+    fn default() -> Self {
+        AuthorityConfig {
+            cache_capacity: 2_000_000,
+            usage_flush_interval: Duration::from_secs(1),
+            usage_buffer: 65_536,
+        }
+    }
+}
+
+/// The key authority: every key operation goes through it.
+#[derive(Debug)]
+pub struct Authority {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    keyring: Keyring,
+    cache: VerifyCache,
+    usage: UsageRecorder,
+    /// The audit log's head. Holding it serialises admin writes, so read-modify-write of a key
+    /// (revoke, roll, update) cannot interleave with another on this node; the store's chain
+    /// check refuses a write from another node that raced it.
+    writer: tokio::sync::Mutex<AuditHead>,
+}
+
+impl Authority {
+    /// Opens the authority over an initialised store: loads the audit head and the known key
+    /// hashes, and starts the usage flusher. Must be called within a tokio runtime.
+    pub async fn open(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        keyring: Keyring,
+        config: AuthorityConfig,
+    ) -> Result<Self, ServiceError> {
+        let head = store.audit_head().await?.unwrap_or(AuditHead {
+            seq: 0,
+            hash: GENESIS_HASH.to_owned(),
+        });
+        let cache = VerifyCache::new(config.cache_capacity);
+        cache.add_known_many(store.key_hashes().await?);
+        let usage = UsageRecorder::start(
+            Arc::clone(&store),
+            config.usage_buffer,
+            config.usage_flush_interval,
+        );
+        Ok(Authority {
+            store,
+            clock,
+            keyring,
+            cache,
+            usage,
+            writer: tokio::sync::Mutex::new(head),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    pub fn cache(&self) -> &VerifyCache {
+        &self.cache
+    }
+
+    /// Usage events dropped because the buffer was full.
+    pub fn usage_events_dropped(&self) -> u64 {
+        self.usage.dropped()
+    }
+
+    /// Writes pending usage and stops background work. Call once, after the last request.
+    pub async fn shutdown(&self) {
+        self.usage.shutdown().await;
+    }
+
+    /// Whether the store answers.
+    pub async fn ready(&self) -> bool {
+        self.store.ping().await.is_ok()
+    }
+
+    /// Appends entries to the audit log with `changes`, atomically. The caller holds `head`.
+    async fn commit(
+        &self,
+        head: &mut AuditHead,
+        mut changes: keyward_store::Changes,
+        pending: Vec<PendingEntry>,
+    ) -> Result<(), ServiceError> {
+        let entries = audit::chain(head.seq, &head.hash, self.clock.now(), pending);
+        let new_head = entries.last().map(|e| AuditHead {
+            seq: e.seq,
+            hash: e.hash.clone(),
+        });
+        changes.audit = entries;
+        match self.store.apply(changes).await {
+            Ok(()) => {
+                if let Some(new_head) = new_head {
+                    *head = new_head;
+                }
+                Ok(())
+            }
+            Err(StoreError::AuditConflict) => {
+                // Another writer appended; learn the new head so the retry can succeed.
+                if let Ok(Some(current)) = self.store.audit_head().await {
+                    *head = current;
+                }
+                Err(StoreError::AuditConflict.into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Appends entries that record no change (failed authentications, for instance).
+    async fn audit_only(&self, pending: Vec<PendingEntry>) -> Result<(), ServiceError> {
+        let mut head = self.writer.lock().await;
+        self.commit(&mut head, keyward_store::Changes::default(), pending)
+            .await
+    }
+
+    fn hash_of(&self, parsed: &ParsedKey<'_>) -> Option<KeyHash> {
+        self.keyring
+            .hasher(parsed.environment())
+            .map(|h| h.hash(parsed.expose()))
+    }
+
+    fn forget(&self, key: &KeyRecord) {
+        self.cache.invalidate(&key.hash);
+    }
+
+    fn is_admin_environment(env: &str) -> bool {
+        env == ADMIN_ENVIRONMENT
+    }
+}

@@ -1,0 +1,146 @@
+//! The error codes of the HTTP API: one table maps each to its status, and one function turns
+//! every failure into `{"error": {"code", "message", "request_id", "field"?}}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use keyward_service::ServiceError;
+
+macro_rules! error_codes {
+    ($($variant:ident => $status:ident, $name:literal;)*) => {
+        /// Stable error codes. Clients match on these names; none is ever renamed or removed.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum ErrorCode { $($variant),* }
+
+        impl ErrorCode {
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant),*];
+
+            pub fn status(self) -> StatusCode {
+                match self { $(ErrorCode::$variant => StatusCode::$status),* }
+            }
+
+            pub fn name(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $name),* }
+            }
+        }
+    };
+}
+
+error_codes! {
+    InvalidJson => BAD_REQUEST, "INVALID_JSON";
+    InvalidField => BAD_REQUEST, "INVALID_FIELD";
+    Unauthorized => UNAUTHORIZED, "UNAUTHORIZED";
+    Forbidden => FORBIDDEN, "FORBIDDEN";
+    NotFound => NOT_FOUND, "NOT_FOUND";
+    MethodNotAllowed => METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED";
+    RequestTimeout => REQUEST_TIMEOUT, "REQUEST_TIMEOUT";
+    Conflict => CONFLICT, "CONFLICT";
+    PayloadTooLarge => PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE";
+    PolicyViolation => UNPROCESSABLE_ENTITY, "POLICY_VIOLATION";
+    RateLimited => TOO_MANY_REQUESTS, "RATE_LIMITED";
+    Sealed => SERVICE_UNAVAILABLE, "SEALED";
+    Unavailable => SERVICE_UNAVAILABLE, "UNAVAILABLE";
+    Internal => INTERNAL_SERVER_ERROR, "INTERNAL";
+}
+
+impl ErrorCode {
+    /// The code for a bare status produced below the handlers (router, timeout layer).
+    pub fn for_status(status: StatusCode) -> ErrorCode {
+        ErrorCode::ALL
+            .iter()
+            .copied()
+            .find(|c| c.status() == status)
+            .unwrap_or(if status.is_client_error() {
+                ErrorCode::InvalidField
+            } else {
+                ErrorCode::Internal
+            })
+    }
+}
+
+/// An error on its way to becoming a response. The request-id middleware renders it, so that
+/// every error body carries the request id.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        let field = field.into();
+        let message = message.into();
+        ApiError {
+            code: ErrorCode::InvalidField,
+            message: if field.is_empty() {
+                message
+            } else {
+                format!("{field}: {message}")
+            },
+            field: Some(field),
+        }
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        ApiError::new(ErrorCode::NotFound, format!("{what} not found"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = self.code.status().into_response();
+        response.extensions_mut().insert(self);
+        response
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Unauthorized => ApiError::new(
+                ErrorCode::Unauthorized,
+                "missing or invalid admin key: send 'Authorization: Bearer <admin key>'",
+            ),
+            ServiceError::Forbidden { permission } => ApiError::new(
+                ErrorCode::Forbidden,
+                format!("this key lacks the permission {permission}"),
+            ),
+            ServiceError::NotFound { what } => ApiError::not_found(what),
+            ServiceError::InvalidField { field, message } => ApiError::field(field, message),
+            ServiceError::Conflict(message) => ApiError::new(ErrorCode::Conflict, message),
+            ServiceError::Unavailable(cause) => {
+                tracing::error!(error = %cause, "store unavailable");
+                ApiError::new(ErrorCode::Unavailable, "the store is unavailable; retry later")
+            }
+            ServiceError::Internal(cause) => {
+                tracing::error!(error = %cause, "internal error");
+                ApiError::new(ErrorCode::Internal, "internal error")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_client_errors_are_4xx() {
+        let mut names: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ErrorCode::ALL.len());
+        for code in ErrorCode::ALL {
+            let server_side = matches!(code, ErrorCode::Internal | ErrorCode::Unavailable | ErrorCode::Sealed);
+            assert_eq!(code.status().is_server_error(), server_side, "{code:?}");
+        }
+    }
+}

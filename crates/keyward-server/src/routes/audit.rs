@@ -1,0 +1,91 @@
+//! `GET /v1/audit`: the audit log, oldest first.
+
+use axum::Json;
+use axum::extract::State;
+use keyward_core::audit::AuditEntry;
+use keyward_core::permission::admin;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::{Bearer, QueryParams};
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AuditParams {
+    /// The `next_cursor` of the previous page (a sequence number).
+    pub cursor: Option<u64>,
+    /// Page size, 1-1000 (default 100).
+    pub limit: Option<u32>,
+}
+
+/// One entry of the hash-chained log.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditEntryView {
+    pub seq: u64,
+    #[schema(value_type = String, format = DateTime)]
+    pub ts: keyward_core::Timestamp,
+    /// A key id, `system`, or `anonymous`.
+    pub actor: String,
+    pub action: String,
+    pub target: Option<String>,
+    #[schema(value_type = Object)]
+    pub details: Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl From<AuditEntry> for AuditEntryView {
+    fn from(e: AuditEntry) -> Self {
+        AuditEntryView {
+            seq: e.seq,
+            ts: e.ts,
+            actor: e.actor,
+            action: e.action,
+            target: e.target,
+            details: e.details,
+            prev_hash: e.prev_hash,
+            hash: e.hash,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntryView>,
+    /// Pass as `cursor` for the next page; absent when there are no more entries yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<u64>,
+}
+
+#[utoipa::path(
+    get, path = "/v1/audit", tag = "audit",
+    params(AuditParams),
+    responses((status = 200, body = AuditPage), (status = 403, description = "FORBIDDEN: needs audit:read")),
+    security(("bearer" = []))
+)]
+pub async fn list_audit(
+    State(state): State<AppState>,
+    Bearer(bearer): Bearer,
+    QueryParams(params): QueryParams<AuditParams>,
+) -> Result<Json<AuditPage>, ApiError> {
+    state.authority.authenticate(bearer.as_deref(), admin::AUDIT_READ).await?;
+    let limit = match params.limit {
+        None => 100,
+        Some(n @ 1..=1000) => n,
+        Some(_) => return Err(ApiError::field("limit", "must be between 1 and 1000")),
+    };
+    let entries = state
+        .authority
+        .audit_entries(params.cursor.unwrap_or(0), limit)
+        .await?;
+    let next_cursor = (entries.len() == limit as usize)
+        .then(|| entries.last().map(|e| e.seq))
+        .flatten();
+    Ok(Json(AuditPage {
+        entries: entries.into_iter().map(AuditEntryView::from).collect(),
+        next_cursor,
+    }))
+}

@@ -1,0 +1,244 @@
+//! The verification cache.
+//!
+//! Two structures answer most verifications without the store:
+//!
+//! * **Records**: key hash → [`CachedKey`], sharded behind read-write locks so verifications on
+//!   different cores rarely meet. Bounded: past its capacity a shard drops an arbitrary entry,
+//!   which costs one store read the next time that key is seen.
+//! * **Known hashes**: the first eight bytes of every stored key hash. This is a complete negative
+//!   cache: a well-formed key whose hash is not in it is `NOT_FOUND` without a store lookup, so a
+//!   flood of random keys with valid checksums never reaches the store. It costs about 16 bytes a
+//!   key and is filled from the store at start.
+//!
+//! Invalidation races with cache fills are closed by a per-shard epoch: a fill that read the
+//! store before an invalidation is dropped instead of resurrecting the old record.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use keyward_core::{
+    EnvironmentName, KeyHash, KeyId, KeyRecord, KeyStatus, Permission, ServiceName, Timestamp,
+};
+
+const SHARDS: usize = 64;
+
+/// What verification needs to know about a key, kept compact because a node may cache millions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachedKey {
+    pub id: KeyId,
+    pub service: ServiceName,
+    pub environment: EnvironmentName,
+    pub name: Box<str>,
+    pub owner: Box<str>,
+    pub permissions: Box<[Permission]>,
+    pub meta: serde_json::Map<String, serde_json::Value>,
+    pub expires_at: Option<Timestamp>,
+    pub status: KeyStatus,
+}
+
+impl From<&KeyRecord> for CachedKey {
+    fn from(key: &KeyRecord) -> Self {
+        CachedKey {
+            id: key.id,
+            service: key.service,
+            environment: key.environment.clone(),
+            name: key.name.as_str().into(),
+            owner: key.owner.as_str().into(),
+            permissions: key.permissions.clone().into_boxed_slice(),
+            meta: key.meta.clone(),
+            expires_at: key.expires_at,
+            status: key.status,
+        }
+    }
+}
+
+/// A `Hasher` that takes a [`KeyHash`]'s own bytes as the hash. Sound only because key hashes
+/// are HMAC outputs that clients cannot choose.
+#[derive(Default)]
+pub(crate) struct KeyHashHasher(u64);
+
+impl Hasher for KeyHashHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached if something other than a KeyHash or u64 is hashed; stay correct anyway.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
+type BuildKeyHash = BuildHasherDefault<KeyHashHasher>;
+
+struct Shard {
+    records: RwLock<HashMap<KeyHash, Arc<CachedKey>, BuildKeyHash>>,
+    epoch: AtomicU64,
+}
+
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    // Every critical section below leaves the map consistent, so poisoning carries no meaning.
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub struct VerifyCache {
+    shards: Box<[Shard]>,
+    per_shard: usize,
+    known: RwLock<HashSet<u64, BuildKeyHash>>,
+}
+
+impl std::fmt::Debug for VerifyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyCache")
+            .field("records", &self.len())
+            .field("known", &read(&self.known).len())
+            .finish()
+    }
+}
+
+/// A shard's epoch as read before a store lookup; see [`VerifyCache::insert_if_current`].
+#[derive(Debug, Clone, Copy)]
+pub struct Epoch(u64);
+
+impl VerifyCache {
+    /// A cache holding at most about `capacity` records.
+    pub fn new(capacity: usize) -> Self {
+        VerifyCache {
+            shards: (0..SHARDS)
+                .map(|_| Shard {
+                    records: RwLock::new(HashMap::default()),
+                    epoch: AtomicU64::new(0),
+                })
+                .collect(),
+            per_shard: capacity.div_ceil(SHARDS).max(1),
+            known: RwLock::new(HashSet::default()),
+        }
+    }
+
+    fn shard(&self, hash: &KeyHash) -> &Shard {
+        // Byte 8 is independent of the bytes the maps hash on.
+        let index = usize::from(hash.0[8]) % SHARDS;
+        match self.shards.get(index) {
+            Some(shard) => shard,
+            None => unreachable_shard(),
+        }
+    }
+
+    pub fn get(&self, hash: &KeyHash) -> Option<Arc<CachedKey>> {
+        read(&self.shard(hash).records).get(hash).cloned()
+    }
+
+    /// Whether a key with this hash may exist in the store.
+    pub fn may_exist(&self, hash: &KeyHash) -> bool {
+        read(&self.known).contains(&hash.short())
+    }
+
+    /// Records that a key with this hash exists. Call before the create that stored it returns.
+    pub fn add_known(&self, hash: &KeyHash) {
+        write(&self.known).insert(hash.short());
+    }
+
+    pub fn add_known_many(&self, hashes: impl IntoIterator<Item = KeyHash>) {
+        let mut known = write(&self.known);
+        known.extend(hashes.into_iter().map(|h| h.short()));
+    }
+
+    pub fn epoch(&self, hash: &KeyHash) -> Epoch {
+        Epoch(self.shard(hash).epoch.load(Ordering::Acquire))
+    }
+
+    /// Caches `key` unless its shard was invalidated since `epoch` was read.
+    pub fn insert_if_current(&self, hash: KeyHash, key: Arc<CachedKey>, epoch: Epoch) {
+        let shard = self.shard(&hash);
+        let mut records = write(&shard.records);
+        if shard.epoch.load(Ordering::Acquire) != epoch.0 {
+            return;
+        }
+        if records.len() >= self.per_shard && !records.contains_key(&hash) {
+            if let Some(victim) = records.keys().next().copied() {
+                records.remove(&victim);
+            }
+        }
+        records.insert(hash, key);
+    }
+
+    /// Forgets the record for `hash`; every verification that starts after this returns reads
+    /// the store again.
+    pub fn invalidate(&self, hash: &KeyHash) {
+        let shard = self.shard(hash);
+        let mut records = write(&shard.records);
+        records.remove(hash);
+        shard.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| read(&s.records).len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cold]
+fn unreachable_shard() -> ! {
+    #[allow(clippy::panic)]
+    {
+        panic!("shard index is reduced modulo the shard count")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cached(n: u8) -> (KeyHash, Arc<CachedKey>) {
+        let mut record = keyward_store::conformance::sample_key(n, "live");
+        record.hash = KeyHash([n; 32]);
+        (record.hash, Arc::new(CachedKey::from(&record)))
+    }
+
+    #[test]
+    fn fill_after_invalidation_is_dropped() {
+        let cache = VerifyCache::new(100);
+        let (hash, key) = cached(1);
+        let before = cache.epoch(&hash);
+        cache.invalidate(&hash);
+        cache.insert_if_current(hash, key.clone(), before);
+        assert!(cache.get(&hash).is_none());
+        cache.insert_if_current(hash, key, cache.epoch(&hash));
+        assert!(cache.get(&hash).is_some());
+        cache.invalidate(&hash);
+        assert!(cache.get(&hash).is_none());
+    }
+
+    #[test]
+    fn stays_bounded() {
+        let cache = VerifyCache::new(64);
+        for n in 0..=255u8 {
+            let (hash, key) = cached(n);
+            cache.insert_if_current(hash, key, cache.epoch(&hash));
+        }
+        assert!(cache.len() <= 64, "{}", cache.len());
+    }
+
+    #[test]
+    fn known_hashes() {
+        let cache = VerifyCache::new(1);
+        let (hash, _) = cached(3);
+        assert!(!cache.may_exist(&hash));
+        cache.add_known(&hash);
+        assert!(cache.may_exist(&hash));
+    }
+}

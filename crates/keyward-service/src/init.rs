@@ -1,0 +1,122 @@
+//! Initialising an empty store: environments and the root key.
+
+use keyward_core::model::{ADMIN_ENVIRONMENT, DEFAULT_ENVIRONMENTS};
+use keyward_core::{Clock, EnvironmentName, KeyRecord, KeyStatus, Permission, ParsedKey, ServiceName};
+use keyward_crypto::{PlaintextKey, new_key_id};
+use keyward_store::{Changes, EnvironmentRecord, Store};
+use serde_json::json;
+
+use crate::Keyring;
+use crate::audit::{PendingEntry, chain};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("the store is already initialised")]
+    AlreadyInitialised,
+    #[error("the keyring has no secret for environment {0}")]
+    MissingSecret(String),
+    #[error(transparent)]
+    Store(#[from] keyward_store::StoreError),
+    #[error(transparent)]
+    Random(#[from] keyward_crypto::RandomUnavailable),
+}
+
+/// The environments `keyward init` creates, the admin one included.
+pub fn initial_environments() -> Vec<EnvironmentName> {
+    DEFAULT_ENVIRONMENTS
+        .iter()
+        .chain(std::iter::once(&ADMIN_ENVIRONMENT))
+        .filter_map(|name| EnvironmentName::parse(name).ok())
+        .collect()
+}
+
+/// Creates the `live`, `test` and `admin` environments and the root key, which holds every
+/// permission, in one audited write. Returns the root key: the only time it exists in plaintext.
+pub async fn initialize(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    keyring: &Keyring,
+) -> Result<PlaintextKey, InitError> {
+    if !store.environments().await?.is_empty() {
+        return Err(InitError::AlreadyInitialised);
+    }
+    let now = clock.now();
+    let environments = initial_environments();
+    let admin_env = environments
+        .iter()
+        .find(|e| e.as_str() == ADMIN_ENVIRONMENT)
+        .cloned()
+        .ok_or_else(|| InitError::MissingSecret(ADMIN_ENVIRONMENT.into()))?;
+    let hasher = keyring
+        .hasher(ADMIN_ENVIRONMENT)
+        .ok_or_else(|| InitError::MissingSecret(ADMIN_ENVIRONMENT.into()))?;
+    for env in &environments {
+        if keyring.hasher(env.as_str()).is_none() {
+            return Err(InitError::MissingSecret(env.to_string()));
+        }
+    }
+    let root = PlaintextKey::generate(&ServiceName::Keyward.prefix(), &admin_env)?;
+    let start = ParsedKey::parse(root.expose())
+        .map(|p| p.start().to_owned())
+        .unwrap_or_default();
+    let all = Permission::parse("*").map_err(|_| InitError::MissingSecret("*".into()))?;
+    let record = KeyRecord {
+        id: new_key_id(now)?,
+        service: ServiceName::Keyward,
+        environment: admin_env,
+        hash: hasher.hash(root.expose()),
+        start: start.clone(),
+        name: "root".into(),
+        owner: "root".into(),
+        purpose: Some("created by keyward init; holds every permission".into()),
+        permissions: vec![all],
+        meta: serde_json::Map::new(),
+        created_at: now,
+        updated_at: now,
+        expires_at: None,
+        status: KeyStatus::Active,
+        revoked_at: None,
+        revocation_reason: None,
+        rolled_from: None,
+        rolled_to: None,
+        last_used_at: None,
+        uses: 0,
+    };
+    let mut pending = vec![PendingEntry {
+        actor: "system".into(),
+        action: "system.init",
+        target: None,
+        details: json!({}),
+    }];
+    pending.extend(environments.iter().map(|env| PendingEntry {
+        actor: "system".into(),
+        action: "environment.create",
+        target: Some(env.to_string()),
+        details: json!({}),
+    }));
+    pending.push(PendingEntry {
+        actor: "system".into(),
+        action: "key.create",
+        target: Some(record.id.to_string()),
+        details: json!({
+            "service": "keyward",
+            "environment": ADMIN_ENVIRONMENT,
+            "name": "root",
+            "start": start,
+            "permissions": ["*"],
+        }),
+    });
+    let audit = chain(0, keyward_core::audit::GENESIS_HASH, now, pending);
+    store
+        .apply(Changes {
+            environments: environments
+                .into_iter()
+                .map(|name| EnvironmentRecord { name, created_at: now })
+                .collect(),
+            insert_keys: vec![record],
+            update_keys: Vec::new(),
+            audit,
+        })
+        .await?;
+    Ok(root)
+}

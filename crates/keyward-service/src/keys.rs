@@ -1,0 +1,517 @@
+//! Admin operations on keys: create, read, list, update, revoke, roll. Each change is written
+//! together with its audit entry, and the verification cache learns of it before the call
+//! returns.
+
+
+use keyward_core::audit::AuditEntry;
+use keyward_core::model::ADMIN_ENVIRONMENT;
+use keyward_core::{
+    EnvironmentName, KeyId, KeyRecord, KeyStatus, ParsedKey, Permission, ServiceName, Timestamp,
+};
+use keyward_crypto::{PlaintextKey, new_key_id};
+use keyward_store::{Changes, KeyQuery};
+use serde_json::{Map, Value, json};
+
+use crate::audit::PendingEntry;
+use crate::{Actor, Authority, ServiceError};
+
+/// Bounds on what a client may store, so no request can grow a record without limit.
+pub mod limits {
+    pub const NAME_CHARS: usize = 200;
+    pub const OWNER_CHARS: usize = 200;
+    pub const PURPOSE_CHARS: usize = 1000;
+    pub const REASON_CHARS: usize = 1000;
+    pub const META_BYTES: usize = 8 * 1024;
+    pub const PERMISSIONS: usize = 256;
+    /// A roll's grace period: at most 365 days.
+    pub const MAX_GRACE_PERIOD_S: u64 = 365 * 24 * 3600;
+    /// A key's time to live: at most 100 years.
+    pub const MAX_TTL_S: u64 = 100 * 365 * 24 * 3600;
+    pub const PAGE_DEFAULT: u32 = 100;
+    pub const PAGE_MAX: u32 = 1000;
+}
+
+/// A key to create.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub service: ServiceName,
+    pub environment: EnvironmentName,
+    pub name: String,
+    pub owner: String,
+    pub purpose: Option<String>,
+    pub permissions: Vec<Permission>,
+    /// An absolute expiry; exclusive with `ttl_s`.
+    pub expires_at: Option<Timestamp>,
+    /// Seconds from now until expiry; exclusive with `expires_at`.
+    pub ttl_s: Option<u64>,
+    pub meta: Map<String, Value>,
+}
+
+/// A partial update: `None` leaves a field as it is. For `purpose` and `expires_at`,
+/// `Some(None)` clears the field.
+#[derive(Debug, Clone, Default)]
+pub struct KeyUpdate {
+    pub name: Option<String>,
+    pub owner: Option<String>,
+    pub purpose: Option<Option<String>>,
+    pub permissions: Option<Vec<Permission>>,
+    pub meta: Option<Map<String, Value>>,
+    pub expires_at: Option<Option<Timestamp>>,
+    pub enabled: Option<bool>,
+}
+
+/// One page of a key listing.
+#[derive(Debug, Clone)]
+pub struct KeyPage {
+    pub keys: Vec<KeyRecord>,
+    /// Pass as `after` to get the next page; `None` on the last page.
+    pub next: Option<KeyId>,
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ServiceError {
+    ServiceError::InvalidField {
+        field,
+        message: message.into(),
+    }
+}
+
+fn check_text(field: &'static str, value: &str, max_chars: usize) -> Result<(), ServiceError> {
+    if value.trim().is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if value.chars().count() > max_chars {
+        return Err(invalid(field, format!("must be at most {max_chars} characters")));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+fn check_meta(meta: &Map<String, Value>) -> Result<(), ServiceError> {
+    let size = serde_json::to_vec(meta).map(|v| v.len()).unwrap_or(usize::MAX);
+    if size > limits::META_BYTES {
+        return Err(invalid(
+            "meta",
+            format!("must be at most {} bytes of JSON", limits::META_BYTES),
+        ));
+    }
+    Ok(())
+}
+
+fn check_permissions(permissions: &[Permission]) -> Result<(), ServiceError> {
+    if permissions.len() > limits::PERMISSIONS {
+        return Err(invalid(
+            "permissions",
+            format!("at most {} permissions", limits::PERMISSIONS),
+        ));
+    }
+    Ok(())
+}
+
+fn permission_names(permissions: &[Permission]) -> Vec<&str> {
+    permissions.iter().map(Permission::as_str).collect()
+}
+
+impl Authority {
+    fn check_environment(&self, service: ServiceName, env: &EnvironmentName) -> Result<(), ServiceError> {
+        if self.keyring.hasher(env.as_str()).is_none() {
+            return Err(invalid("environment", format!("no environment named {env}")));
+        }
+        let admin = Self::is_admin_environment(env.as_str());
+        match service {
+            ServiceName::Keyward if !admin => Err(invalid(
+                "environment",
+                format!("admin keys (service keyward) belong to the {ADMIN_ENVIRONMENT} environment"),
+            )),
+            ServiceName::Default if admin => Err(invalid(
+                "environment",
+                format!("the {ADMIN_ENVIRONMENT} environment is reserved for admin keys"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// An admin may not hand out permissions it does not hold itself.
+    fn check_no_escalation(
+        actor: &Actor,
+        service: ServiceName,
+        permissions: &[Permission],
+    ) -> Result<(), ServiceError> {
+        if service != ServiceName::Keyward {
+            return Ok(());
+        }
+        match permissions.iter().find(|p| !actor.holds(p.as_str())) {
+            Some(p) => Err(ServiceError::Forbidden {
+                permission: p.to_string(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn expiry(&self, now: Timestamp, expires_at: Option<Timestamp>, ttl_s: Option<u64>) -> Result<Option<Timestamp>, ServiceError> {
+        match (expires_at, ttl_s) {
+            (Some(_), Some(_)) => Err(invalid("ttl_s", "give expires_at or ttl_s, not both")),
+            (Some(at), None) if at <= now => Err(invalid("expires_at", "must be in the future")),
+            (Some(at), None) => Ok(Some(at)),
+            (None, Some(0)) => Err(invalid("ttl_s", "must be at least 1")),
+            (None, Some(ttl)) if ttl > limits::MAX_TTL_S => Err(invalid(
+                "ttl_s",
+                format!("must be at most {} (100 years)", limits::MAX_TTL_S),
+            )),
+            (None, Some(ttl)) => Ok(Some(now.plus_seconds(ttl))),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Issues a key. The plaintext is returned here and never again.
+    pub async fn create_key(
+        &self,
+        actor: &Actor,
+        new: NewKey,
+    ) -> Result<(KeyRecord, PlaintextKey), ServiceError> {
+        check_text("name", &new.name, limits::NAME_CHARS)?;
+        check_text("owner", &new.owner, limits::OWNER_CHARS)?;
+        if let Some(purpose) = &new.purpose {
+            check_text("purpose", purpose, limits::PURPOSE_CHARS)?;
+        }
+        check_permissions(&new.permissions)?;
+        check_meta(&new.meta)?;
+        self.check_environment(new.service, &new.environment)?;
+        Self::check_no_escalation(actor, new.service, &new.permissions)?;
+        let now = self.clock.now();
+        let expires_at = self.expiry(now, new.expires_at, new.ttl_s)?;
+
+        let (record, plaintext) = self.mint(
+            now,
+            KeyTemplate {
+                service: new.service,
+                environment: new.environment,
+                name: new.name,
+                owner: new.owner,
+                purpose: new.purpose,
+                permissions: new.permissions,
+                meta: new.meta,
+                expires_at,
+                status: KeyStatus::Active,
+                rolled_from: None,
+            },
+        )?;
+        let entry = PendingEntry {
+            actor: actor.audit_name(),
+            action: "key.create",
+            target: Some(record.id.to_string()),
+            details: json!({
+                "service": record.service.as_str(),
+                "environment": record.environment.as_str(),
+                "name": record.name,
+                "owner": record.owner,
+                "purpose": record.purpose,
+                "start": record.start,
+                "permissions": permission_names(&record.permissions),
+                "expires_at": record.expires_at,
+            }),
+        };
+        let mut head = self.writer.lock().await;
+        self.commit(
+            &mut head,
+            Changes {
+                insert_keys: vec![record.clone()],
+                ..Changes::default()
+            },
+            vec![entry],
+        )
+        .await?;
+        self.cache.add_known(&record.hash);
+        tracing::info!(key_id = %record.id, actor = %actor.key_id(), "key created");
+        Ok((record, plaintext))
+    }
+
+    fn mint(&self, now: Timestamp, template: KeyTemplate) -> Result<(KeyRecord, PlaintextKey), ServiceError> {
+        let random = |e: keyward_crypto::RandomUnavailable| ServiceError::Internal(e.to_string());
+        let hasher = self
+            .keyring
+            .hasher(template.environment.as_str())
+            .ok_or_else(|| invalid("environment", "unknown environment"))?;
+        let plaintext =
+            PlaintextKey::generate(&template.service.prefix(), &template.environment).map_err(random)?;
+        let start = ParsedKey::parse(plaintext.expose())
+            .map(|p| p.start().to_owned())
+            .map_err(|e| ServiceError::Internal(format!("generated key does not parse: {e}")))?;
+        let record = KeyRecord {
+            id: new_key_id(now).map_err(random)?,
+            service: template.service,
+            environment: template.environment,
+            hash: hasher.hash(plaintext.expose()),
+            start,
+            name: template.name,
+            owner: template.owner,
+            purpose: template.purpose,
+            permissions: template.permissions,
+            meta: template.meta,
+            created_at: now,
+            updated_at: now,
+            expires_at: template.expires_at,
+            status: template.status,
+            revoked_at: None,
+            revocation_reason: None,
+            rolled_from: template.rolled_from,
+            rolled_to: None,
+            last_used_at: None,
+            uses: 0,
+        };
+        Ok((record, plaintext))
+    }
+
+    pub async fn key(&self, id: KeyId) -> Result<KeyRecord, ServiceError> {
+        self.store
+            .key(id)
+            .await?
+            .ok_or(ServiceError::NotFound { what: "key" })
+    }
+
+    /// Keys matching `query`, oldest first; `query.limit` is clamped to 1..=1000 (0 means 100).
+    pub async fn list_keys(&self, mut query: KeyQuery) -> Result<KeyPage, ServiceError> {
+        let limit = match query.limit {
+            0 => limits::PAGE_DEFAULT,
+            n => n.min(limits::PAGE_MAX),
+        };
+        query.limit = limit + 1;
+        let mut keys = self.store.list_keys(query).await?;
+        let next = if keys.len() > limit as usize {
+            keys.truncate(limit as usize);
+            keys.last().map(|k| k.id)
+        } else {
+            None
+        };
+        Ok(KeyPage { keys, next })
+    }
+
+    /// Reads a key for a change, under the writer lock.
+    async fn key_for_change(&self, id: KeyId) -> Result<KeyRecord, ServiceError> {
+        let key = self.key(id).await?;
+        if key.status == KeyStatus::Revoked {
+            return Err(ServiceError::Conflict(format!("key {id} is revoked; revocation is final")));
+        }
+        Ok(key)
+    }
+
+    /// Changes a key's metadata, permissions, expiry or enabled state.
+    pub async fn update_key(
+        &self,
+        actor: &Actor,
+        id: KeyId,
+        update: KeyUpdate,
+    ) -> Result<KeyRecord, ServiceError> {
+        if let Some(name) = &update.name {
+            check_text("name", name, limits::NAME_CHARS)?;
+        }
+        if let Some(owner) = &update.owner {
+            check_text("owner", owner, limits::OWNER_CHARS)?;
+        }
+        if let Some(Some(purpose)) = &update.purpose {
+            check_text("purpose", purpose, limits::PURPOSE_CHARS)?;
+        }
+        if let Some(permissions) = &update.permissions {
+            check_permissions(permissions)?;
+        }
+        if let Some(meta) = &update.meta {
+            check_meta(meta)?;
+        }
+        let mut head = self.writer.lock().await;
+        let now = self.clock.now();
+        let mut key = self.key_for_change(id).await?;
+        if let Some(permissions) = &update.permissions {
+            Self::check_no_escalation(actor, key.service, permissions)?;
+        }
+        if let Some(Some(at)) = update.expires_at {
+            if at <= now {
+                return Err(invalid("expires_at", "must be in the future"));
+            }
+        }
+        let mut changed = Map::new();
+        if let Some(name) = update.name {
+            changed.insert("name".into(), json!(name));
+            key.name = name;
+        }
+        if let Some(owner) = update.owner {
+            changed.insert("owner".into(), json!(owner));
+            key.owner = owner;
+        }
+        if let Some(purpose) = update.purpose {
+            changed.insert("purpose".into(), json!(purpose));
+            key.purpose = purpose;
+        }
+        if let Some(permissions) = update.permissions {
+            changed.insert("permissions".into(), json!(permission_names(&permissions)));
+            key.permissions = permissions;
+        }
+        if let Some(meta) = update.meta {
+            // Metadata values are the user's; only which keys changed is recorded.
+            changed.insert("meta_keys".into(), json!(meta.keys().collect::<Vec<_>>()));
+            key.meta = meta;
+        }
+        if let Some(expires_at) = update.expires_at {
+            changed.insert("expires_at".into(), json!(expires_at));
+            key.expires_at = expires_at;
+        }
+        if let Some(enabled) = update.enabled {
+            changed.insert("enabled".into(), json!(enabled));
+            key.status = if enabled { KeyStatus::Active } else { KeyStatus::Disabled };
+        }
+        key.updated_at = now;
+        let entry = PendingEntry {
+            actor: actor.audit_name(),
+            action: "key.update",
+            target: Some(id.to_string()),
+            details: Value::Object(changed),
+        };
+        self.commit(
+            &mut head,
+            Changes {
+                update_keys: vec![key.clone()],
+                ..Changes::default()
+            },
+            vec![entry],
+        )
+        .await?;
+        self.forget(&key);
+        Ok(key)
+    }
+
+    /// Revokes a key for good. When this returns, no verification that starts afterwards
+    /// answers `VALID` for it.
+    pub async fn revoke_key(
+        &self,
+        actor: &Actor,
+        id: KeyId,
+        reason: String,
+    ) -> Result<KeyRecord, ServiceError> {
+        check_text("reason", &reason, limits::REASON_CHARS)?;
+        let mut head = self.writer.lock().await;
+        let mut key = self.key_for_change(id).await?;
+        let now = self.clock.now();
+        key.status = KeyStatus::Revoked;
+        key.revoked_at = Some(now);
+        key.revocation_reason = Some(reason.clone());
+        key.updated_at = now;
+        let entry = PendingEntry {
+            actor: actor.audit_name(),
+            action: "key.revoke",
+            target: Some(id.to_string()),
+            details: json!({ "reason": reason, "start": key.start }),
+        };
+        self.commit(
+            &mut head,
+            Changes {
+                update_keys: vec![key.clone()],
+                ..Changes::default()
+            },
+            vec![entry],
+        )
+        .await?;
+        self.forget(&key);
+        tracing::info!(key_id = %id, actor = %actor.key_id(), "key revoked");
+        Ok(key)
+    }
+
+    /// Replaces a key with a successor that has the same settings. The old key keeps working
+    /// for `grace_period_s` seconds (never longer than it would have anyway), then answers
+    /// `EXPIRED`. A successor of a key with an expiry gets the same lifetime, counted from now.
+    /// Returns the old key as updated and the successor with its plaintext.
+    pub async fn roll_key(
+        &self,
+        actor: &Actor,
+        id: KeyId,
+        grace_period_s: u64,
+    ) -> Result<(KeyRecord, KeyRecord, PlaintextKey), ServiceError> {
+        if grace_period_s > limits::MAX_GRACE_PERIOD_S {
+            return Err(invalid(
+                "grace_period_s",
+                format!("must be at most {} (365 days)", limits::MAX_GRACE_PERIOD_S),
+            ));
+        }
+        let mut head = self.writer.lock().await;
+        let mut old = self.key_for_change(id).await?;
+        let now = self.clock.now();
+        if let Some(successor) = old.rolled_to {
+            return Err(ServiceError::Conflict(format!(
+                "key {id} was already rolled to {successor}"
+            )));
+        }
+        if old.is_expired_at(now) {
+            return Err(ServiceError::Conflict(format!("key {id} has expired")));
+        }
+        let lifetime_ms = old
+            .expires_at
+            .map(|at| at.unix_ms().saturating_sub(old.created_at.unix_ms()));
+        let (new, plaintext) = self.mint(
+            now,
+            KeyTemplate {
+                service: old.service,
+                environment: old.environment.clone(),
+                name: old.name.clone(),
+                owner: old.owner.clone(),
+                purpose: old.purpose.clone(),
+                permissions: old.permissions.clone(),
+                meta: old.meta.clone(),
+                expires_at: lifetime_ms
+                    .map(|ms| Timestamp::from_unix_ms(now.unix_ms().saturating_add(ms))),
+                status: old.status,
+                rolled_from: Some(old.id),
+            },
+        )?;
+        let grace_end = now.plus_seconds(grace_period_s);
+        old.expires_at = Some(old.expires_at.map_or(grace_end, |at| at.min(grace_end)));
+        old.rolled_to = Some(new.id);
+        old.updated_at = now;
+        let entry = PendingEntry {
+            actor: actor.audit_name(),
+            action: "key.roll",
+            target: Some(id.to_string()),
+            details: json!({
+                "successor": new.id,
+                "successor_start": new.start,
+                "grace_period_s": grace_period_s,
+                "old_expires_at": old.expires_at,
+            }),
+        };
+        self.commit(
+            &mut head,
+            Changes {
+                insert_keys: vec![new.clone()],
+                update_keys: vec![old.clone()],
+                ..Changes::default()
+            },
+            vec![entry],
+        )
+        .await?;
+        self.cache.add_known(&new.hash);
+        self.forget(&old);
+        Ok((old, new, plaintext))
+    }
+
+    /// Audit entries after sequence number `after`, oldest first, at most `limit` (1..=1000).
+    pub async fn audit_entries(&self, after: u64, limit: u32) -> Result<Vec<AuditEntry>, ServiceError> {
+        let limit = match limit {
+            0 => limits::PAGE_DEFAULT,
+            n => n.min(limits::PAGE_MAX),
+        };
+        Ok(self.store.audit_entries(after, limit).await?)
+    }
+}
+
+/// The settings a minted key starts with.
+struct KeyTemplate {
+    service: ServiceName,
+    environment: EnvironmentName,
+    name: String,
+    owner: String,
+    purpose: Option<String>,
+    permissions: Vec<Permission>,
+    meta: Map<String, Value>,
+    expires_at: Option<Timestamp>,
+    status: KeyStatus,
+    rolled_from: Option<KeyId>,
+}
+

@@ -1,0 +1,222 @@
+//! `keyward keys …`: the admin API over HTTP, for people and scripts.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Map, Value, json};
+
+#[derive(Debug, Args)]
+pub struct Remote {
+    /// The keyward server.
+    #[arg(long, env = "KEYWARD_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    url: String,
+    /// Print the server's JSON answer instead of a summary.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Issue a key; its plaintext is printed once.
+    Create {
+        #[arg(long)]
+        environment: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        owner: String,
+        #[arg(long)]
+        purpose: Option<String>,
+        /// A `resource:action` permission; repeat for more.
+        #[arg(long = "permission")]
+        permissions: Vec<String>,
+        /// Seconds until the key expires.
+        #[arg(long, conflicts_with = "expires_at")]
+        ttl_s: Option<u64>,
+        /// RFC 3339 expiry, e.g. 2027-01-01T00:00:00Z.
+        #[arg(long)]
+        expires_at: Option<String>,
+        /// A JSON object stored with the key and returned by verify.
+        #[arg(long)]
+        meta: Option<String>,
+        /// `default` or `keyward` (an admin key, in the admin environment).
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// List keys, oldest first.
+    List {
+        #[arg(long)]
+        environment: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Show one key (never its secret).
+    Show { id: String },
+    /// Revoke a key for good.
+    Revoke {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Replace a key with a successor; the old key works for the grace period.
+    Roll {
+        id: String,
+        #[arg(long, default_value_t = 86_400)]
+        grace_period_s: u64,
+    },
+}
+
+pub async fn run(remote: Remote, command: KeysCommand) -> anyhow::Result<ExitCode> {
+    let token = std::env::var("KEYWARD_TOKEN")
+        .context("set KEYWARD_TOKEN to an admin key (the root key from keyward init)")?;
+    let client = reqwest::Client::new();
+    let base = remote.url.trim_end_matches('/');
+    let (method, path, body) = match &command {
+        KeysCommand::Create {
+            environment,
+            name,
+            owner,
+            purpose,
+            permissions,
+            ttl_s,
+            expires_at,
+            meta,
+            service,
+        } => {
+            let mut body = Map::new();
+            body.insert("environment".into(), json!(environment));
+            body.insert("name".into(), json!(name));
+            body.insert("owner".into(), json!(owner));
+            body.insert("permissions".into(), json!(permissions));
+            for (field, value) in [("purpose", purpose), ("expires_at", expires_at), ("service", service)] {
+                if let Some(v) = value {
+                    body.insert(field.into(), json!(v));
+                }
+            }
+            if let Some(ttl) = ttl_s {
+                body.insert("ttl_s".into(), json!(ttl));
+            }
+            if let Some(meta) = meta {
+                let parsed: Value = serde_json::from_str(meta).context("--meta is not JSON")?;
+                body.insert("meta".into(), parsed);
+            }
+            (reqwest::Method::POST, "/v1/keys".to_owned(), Some(Value::Object(body)))
+        }
+        KeysCommand::List {
+            environment,
+            status,
+            owner,
+            limit,
+            cursor,
+        } => {
+            let mut query = form_query(&[
+                ("environment", environment.clone()),
+                ("status", status.clone()),
+                ("owner", owner.clone()),
+                ("limit", limit.map(|l| l.to_string())),
+                ("cursor", cursor.clone()),
+            ]);
+            if !query.is_empty() {
+                query.insert(0, '?');
+            }
+            (reqwest::Method::GET, format!("/v1/keys{query}"), None)
+        }
+        KeysCommand::Show { id } => (reqwest::Method::GET, format!("/v1/keys/{}", path_segment(id)), None),
+        KeysCommand::Revoke { id, reason } => (
+            reqwest::Method::POST,
+            format!("/v1/keys/{}/revoke", path_segment(id)),
+            Some(json!({ "reason": reason })),
+        ),
+        KeysCommand::Roll { id, grace_period_s } => (
+            reqwest::Method::POST,
+            format!("/v1/keys/{}/roll", path_segment(id)),
+            Some(json!({ "grace_period_s": grace_period_s })),
+        ),
+    };
+    let mut request = client
+        .request(method, format!("{base}{path}"))
+        .bearer_auth(token.trim());
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("cannot reach keyward at {base}"))?;
+    let status = response.status();
+    let answer: Value = response
+        .json()
+        .await
+        .with_context(|| format!("keyward at {base} answered {status} without JSON"))?;
+    if !status.is_success() {
+        let code = answer.pointer("/error/code").and_then(Value::as_str).unwrap_or("ERROR");
+        let message = answer.pointer("/error/message").and_then(Value::as_str).unwrap_or("");
+        bail!("{code}: {message}");
+    }
+    if remote.json {
+        println!("{answer}");
+    } else {
+        print_summary(&command, &answer);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn form_query(pairs: &[(&str, Option<String>)]) -> String {
+    let mut out = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        if let Some(v) = v {
+            out.append_pair(k, v);
+        }
+    }
+    out.finish()
+}
+
+fn path_segment(id: &str) -> String {
+    form_urlencoded::byte_serialize(id.as_bytes()).collect()
+}
+
+fn text<'a>(v: &'a Value, field: &str) -> &'a str {
+    v.get(field).and_then(Value::as_str).unwrap_or("-")
+}
+
+fn key_line(key: &Value) -> String {
+    format!(
+        "{}  {:<8} {:<9} {:<16} owner={} expires={}",
+        text(key, "id"),
+        text(key, "environment"),
+        text(key, "status"),
+        text(key, "start"),
+        text(key, "owner"),
+        text(key, "expires_at"),
+    )
+}
+
+fn print_summary(command: &KeysCommand, answer: &Value) {
+    match command {
+        KeysCommand::Create { .. } | KeysCommand::Roll { .. } => {
+            println!("{}", key_line(answer));
+            if let Some(previous) = answer.get("previous") {
+                println!("previous key works until {}", text(previous, "expires_at"));
+            }
+            println!("key (shown only this once): {}", text(answer, "key"));
+        }
+        KeysCommand::List { .. } => {
+            for key in answer.get("keys").and_then(Value::as_array).into_iter().flatten() {
+                println!("{}", key_line(key));
+            }
+            if let Some(next) = answer.get("next_cursor").and_then(Value::as_str) {
+                println!("more: --cursor {next}");
+            }
+        }
+        KeysCommand::Show { .. } | KeysCommand::Revoke { .. } => {
+            println!("{}", serde_json::to_string_pretty(answer).unwrap_or_default());
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Configuration: defaults, then a TOML file, then environment variables and flags (clap merges
+//! those two). Every bad value is reported at once; insecure settings need a name that says so.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// The file format. Every key is optional; unknown keys are refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub log_format: Option<String>,
+    pub log_level: Option<String>,
+    pub body_limit_bytes: Option<usize>,
+    pub request_timeout_ms: Option<u64>,
+    pub cache_capacity: Option<usize>,
+    pub usage_flush_interval_ms: Option<u64>,
+    pub insecure_unauthenticated_verify: Option<bool>,
+    pub insecure_plain_http: Option<bool>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The settings `keyward serve` runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub server: keyward_server::ServerConfig,
+    pub authority: keyward_service::AuthorityConfig,
+}
+
+/// What flags and environment variables said, overriding the file.
+#[derive(Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub log_format: Option<String>,
+    pub insecure_plain_http: bool,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATA_DIR: &str = "keyward-data";
+
+impl Config {
+    pub fn resolve(file: FileConfig, flags: Overrides) -> anyhow::Result<Config> {
+        let mut problems = Vec::new();
+        let listen_text = flags
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen = listen_text.parse::<SocketAddr>().map_err(|_| {
+            problems.push(format!("listen: '{listen_text}' is not an address like 127.0.0.1:8080"))
+        });
+        let log_format = match flags.log_format.or(file.log_format).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                problems.push(format!("log_format: '{other}' is not 'text' or 'json'"));
+                LogFormat::Text
+            }
+        };
+        let body_limit_bytes = file.body_limit_bytes.unwrap_or(64 * 1024);
+        if !(1024..=16 * 1024 * 1024).contains(&body_limit_bytes) {
+            problems.push("body_limit_bytes: must be between 1024 and 16777216".into());
+        }
+        let request_timeout_ms = file.request_timeout_ms.unwrap_or(10_000);
+        if !(100..=600_000).contains(&request_timeout_ms) {
+            problems.push("request_timeout_ms: must be between 100 and 600000".into());
+        }
+        let cache_capacity = file.cache_capacity.unwrap_or(2_000_000);
+        if cache_capacity == 0 {
+            problems.push("cache_capacity: must be at least 1".into());
+        }
+        let flush_ms = file.usage_flush_interval_ms.unwrap_or(1_000);
+        if !(10..=3_600_000).contains(&flush_ms) {
+            problems.push("usage_flush_interval_ms: must be between 10 and 3600000".into());
+        }
+        let plain_http_ok = flags.insecure_plain_http || file.insecure_plain_http.unwrap_or(false);
+        if let Ok(addr) = listen {
+            if !addr.ip().is_loopback() && !plain_http_ok {
+                problems.push(format!(
+                    "listen: {addr} is not a loopback address, and keyward serves plain HTTP; \
+                     put a TLS proxy in front and set insecure_plain_http = true (or --insecure-plain-http)"
+                ));
+            }
+        }
+        let listen = match listen {
+            Ok(addr) if problems.is_empty() => addr,
+            _ => bail!("invalid configuration:\n  {}", problems.join("\n  ")),
+        };
+        Ok(Config {
+            listen,
+            data_dir: flags
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            log_format,
+            log_level: file.log_level.unwrap_or_else(|| "info".to_owned()),
+            server: keyward_server::ServerConfig {
+                body_limit_bytes,
+                request_timeout: Duration::from_millis(request_timeout_ms),
+                insecure_unauthenticated_verify: file.insecure_unauthenticated_verify.unwrap_or(false),
+            },
+            authority: keyward_service::AuthorityConfig {
+                cache_capacity,
+                usage_flush_interval: Duration::from_millis(flush_ms),
+                ..keyward_service::AuthorityConfig::default()
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_safe() {
+        let config = Config::resolve(FileConfig::default(), Overrides::default()).unwrap();
+        assert!(config.listen.ip().is_loopback());
+        assert!(!config.server.insecure_unauthenticated_verify);
+    }
+
+    #[test]
+    fn reports_every_problem_at_once() {
+        let file: FileConfig = toml::from_str(
+            "listen = 'nowhere'\nbody_limit_bytes = 1\nlog_format = 'xml'\nrequest_timeout_ms = 1",
+        )
+        .unwrap();
+        let err = Config::resolve(file, Overrides::default()).unwrap_err().to_string();
+        for field in ["listen", "body_limit_bytes", "log_format", "request_timeout_ms"] {
+            assert!(err.contains(field), "{field} missing from: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<FileConfig>("lisen = '127.0.0.1:1'").is_err());
+    }
+
+    #[test]
+    fn public_plain_http_needs_the_insecure_switch() {
+        let flags = || Overrides {
+            listen: Some("0.0.0.0:8080".into()),
+            ..Overrides::default()
+        };
+        assert!(Config::resolve(FileConfig::default(), flags()).is_err());
+        let allowed = Overrides {
+            insecure_plain_http: true,
+            ..flags()
+        };
+        assert!(Config::resolve(FileConfig::default(), allowed).is_ok());
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file: FileConfig = toml::from_str("listen = '127.0.0.1:1111'").unwrap();
+        let flags = Overrides {
+            listen: Some("127.0.0.1:2222".into()),
+            ..Overrides::default()
+        };
+        assert_eq!(Config::resolve(file, flags).unwrap().listen.port(), 2222);
+    }
+}
