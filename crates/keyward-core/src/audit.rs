@@ -98,7 +98,14 @@ mod tests {
     #[test]
     fn canonical_form_sorts_keys_at_every_depth() {
         let details = serde_json::json!({"b": 1, "a": {"z": [1, {"y": 2, "x": 3}], "c": null}});
-        let bytes = canonical_bytes(7, Timestamp::from_unix_ms(5), "system", "x.y", None, &details);
+        let bytes = canonical_bytes(
+            7,
+            Timestamp::from_unix_ms(5),
+            "system",
+            "x.y",
+            None,
+            &details,
+        );
         assert_eq!(
             String::from_utf8(bytes).unwrap(),
             r#"{"action":"x.y","actor":"system","details":{"a":{"c":null,"z":[1,{"x":3,"y":2}]},"b":1},"seq":7,"target":null,"ts":5}"#

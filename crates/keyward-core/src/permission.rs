@@ -21,9 +21,9 @@ pub struct InvalidPermission;
 
 fn is_name(part: &str) -> bool {
     (1..=64).contains(&part.len())
-        && part
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'))
+        && part.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
+        })
 }
 
 impl Permission {
@@ -123,13 +123,26 @@ mod tests {
             ("invoices:read", "*", false),
         ];
         for (held, wanted, expected) in cases {
-            assert_eq!(p(held).covers(&p(wanted)), expected, "{held} covers {wanted}");
+            assert_eq!(
+                p(held).covers(&p(wanted)),
+                expected,
+                "{held} covers {wanted}"
+            );
         }
     }
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["", "invoices", ":read", "invoices:", "a:b:c", "Invoices:read", "*:read", "x y:z"] {
+        for bad in [
+            "",
+            "invoices",
+            ":read",
+            "invoices:",
+            "a:b:c",
+            "Invoices:read",
+            "*:read",
+            "x y:z",
+        ] {
             assert_eq!(Permission::parse(bad), Err(InvalidPermission), "{bad}");
         }
     }

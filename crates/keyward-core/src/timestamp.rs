@@ -29,7 +29,9 @@ impl Timestamp {
 
     /// This instant plus `seconds`, saturating at the largest representable time.
     pub fn plus_seconds(self, seconds: u64) -> Self {
-        let ms = i64::try_from(seconds).unwrap_or(i64::MAX).saturating_mul(1000);
+        let ms = i64::try_from(seconds)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1000);
         Timestamp::from_unix_ms(self.0.saturating_add(ms))
     }
 
@@ -97,8 +99,17 @@ mod tests {
 
     #[test]
     fn rejects_garbage_and_out_of_range() {
-        for bad in ["", "yesterday", "2026-13-01T00:00:00Z", "1969-12-31T23:59:59Z"] {
-            assert_eq!(Timestamp::parse_rfc3339(bad), Err(InvalidTimestamp), "{bad}");
+        for bad in [
+            "",
+            "yesterday",
+            "2026-13-01T00:00:00Z",
+            "1969-12-31T23:59:59Z",
+        ] {
+            assert_eq!(
+                Timestamp::parse_rfc3339(bad),
+                Err(InvalidTimestamp),
+                "{bad}"
+            );
         }
     }
 

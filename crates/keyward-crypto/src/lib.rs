@@ -17,7 +17,6 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 #[derive(Debug, Clone, Copy)]
 pub struct RandomUnavailable;
 
-
 impl fmt::Display for RandomUnavailable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("the operating system's random number generator is unavailable")
@@ -141,13 +140,35 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
-/// A new key identifier: a UUIDv7 from `now` and 74 random bits.
-pub fn new_key_id(now: Timestamp) -> Result<KeyId, RandomUnavailable> {
-    let bytes = random::<10>()?;
-    let ms = u64::try_from(now.unix_ms()).unwrap_or(0);
-    Ok(KeyId(
-        uuid::Builder::from_unix_timestamp_millis(ms, &bytes).into_uuid(),
-    ))
+/// Makes key identifiers: UUIDv7 with a 12-bit counter after the millisecond timestamp
+/// (RFC 9562, method 1), so identifiers made by one generator sort in the order they were made,
+/// even within one millisecond or when the clock stands still or steps back.
+#[derive(Debug, Default)]
+pub struct KeyIds {
+    last: std::sync::Mutex<(u64, u16)>,
+}
+
+impl KeyIds {
+    pub fn next(&self, now: Timestamp) -> Result<KeyId, RandomUnavailable> {
+        let mut bytes = random::<10>()?;
+        let now_ms = u64::try_from(now.unix_ms()).unwrap_or(0);
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let (last_ms, last_counter) = *last;
+        let (ms, counter) = if now_ms > last_ms {
+            (now_ms, 0)
+        } else if last_counter < 0x0FFF {
+            (last_ms, last_counter + 1)
+        } else {
+            (last_ms + 1, 0)
+        };
+        *last = (ms, counter);
+        let [high, low] = counter.to_be_bytes();
+        bytes[0] = high;
+        bytes[1] = low;
+        Ok(KeyId(
+            uuid::Builder::from_unix_timestamp_millis(ms, &bytes).into_uuid(),
+        ))
+    }
 }
 
 /// A random identifier for a request, as 32 hex characters.
@@ -160,7 +181,9 @@ pub fn hex(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len() * 2);
     for &b in bytes {
         for nibble in [b >> 4, b & 0x0f] {
-            out.push(char::from(DIGITS.get(usize::from(nibble)).copied().unwrap_or(b'0')));
+            out.push(char::from(
+                DIGITS.get(usize::from(nibble)).copied().unwrap_or(b'0'),
+            ));
         }
     }
     out
@@ -247,10 +270,16 @@ mod tests {
     }
 
     #[test]
-    fn key_ids_sort_by_time() {
-        let a = new_key_id(Timestamp::from_unix_ms(1_000)).unwrap();
-        let b = new_key_id(Timestamp::from_unix_ms(2_000)).unwrap();
-        assert!(a < b);
-        assert_eq!(a.0.get_version_num(), 7);
+    fn key_ids_sort_in_creation_order() {
+        let ids = KeyIds::default();
+        let mut made = Vec::new();
+        for ms in [1_000, 2_000, 2_000, 2_000, 1_500, 3_000] {
+            made.push(ids.next(Timestamp::from_unix_ms(ms)).unwrap());
+        }
+        for _ in 0..5000 {
+            made.push(ids.next(Timestamp::from_unix_ms(3_000)).unwrap());
+        }
+        assert!(made.windows(2).all(|w| w[0] < w[1]));
+        assert!(made.iter().all(|id| id.0.get_version_num() == 7));
     }
 }

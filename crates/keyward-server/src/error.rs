@@ -118,7 +118,10 @@ impl From<ServiceError> for ApiError {
             ServiceError::Conflict(message) => ApiError::new(ErrorCode::Conflict, message),
             ServiceError::Unavailable(cause) => {
                 tracing::error!(error = %cause, "store unavailable");
-                ApiError::new(ErrorCode::Unavailable, "the store is unavailable; retry later")
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    "the store is unavailable; retry later",
+                )
             }
             ServiceError::Internal(cause) => {
                 tracing::error!(error = %cause, "internal error");
@@ -139,7 +142,10 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), ErrorCode::ALL.len());
         for code in ErrorCode::ALL {
-            let server_side = matches!(code, ErrorCode::Internal | ErrorCode::Unavailable | ErrorCode::Sealed);
+            let server_side = matches!(
+                code,
+                ErrorCode::Internal | ErrorCode::Unavailable | ErrorCode::Sealed
+            );
             assert_eq!(code.status().is_server_error(), server_side, "{code:?}");
         }
     }

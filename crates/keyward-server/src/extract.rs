@@ -47,7 +47,10 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         }
     })?;
     de.end().map_err(|_| {
-        ApiError::new(ErrorCode::InvalidJson, "the body has data after the JSON value")
+        ApiError::new(
+            ErrorCode::InvalidJson,
+            "the body has data after the JSON value",
+        )
     })?;
     Ok(value)
 }
@@ -116,7 +119,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Bearer {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| {
                 let (scheme, token) = v.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then(|| token.trim().to_owned())
             });
         Ok(Bearer(token))
     }
@@ -132,7 +137,10 @@ mod tests {
             scrub(r#"invalid type: string "kw_live_secret", expected u64"#),
             r#"invalid type: string "…", expected u64"#
         );
-        assert_eq!(scrub("unknown field `x`, expected `a`"), "unknown field `x`, expected `a`");
+        assert_eq!(
+            scrub("unknown field `x`, expected `a`"),
+            "unknown field `x`, expected `a`"
+        );
         assert_eq!(scrub(r#"dangling "quote"#), "dangling ");
     }
 }

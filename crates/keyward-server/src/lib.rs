@@ -128,7 +128,10 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 }
 
 /// Builds the application around an opened authority.
-pub fn app(authority: Arc<Authority>, config: ServerConfig) -> Result<Router, keyward_crypto::RandomUnavailable> {
+pub fn app(
+    authority: Arc<Authority>,
+    config: ServerConfig,
+) -> Result<Router, keyward_crypto::RandomUnavailable> {
     let (router, openapi) = api();
     let openapi = openapi.to_json().unwrap_or_else(|_| "{}".to_owned());
     let state = AppState {
@@ -149,7 +152,10 @@ pub fn app(authority: Arc<Authority>, config: ServerConfig) -> Result<Router, ke
             StatusCode::REQUEST_TIMEOUT,
             config.request_timeout,
         ))
-        .layer(middleware::from_fn_with_state(state.clone(), request_context))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_context,
+        ))
         .with_state(state))
 }
 
@@ -162,7 +168,8 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
         .filter(|v| {
             !v.is_empty()
                 && v.len() <= 64
-                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
         .map(str::to_owned)
         .unwrap_or_else(|| state.request_ids.next());
@@ -205,7 +212,10 @@ fn render_error(error: ApiError, request_id: &str) -> Response {
             "request_id": request_id,
         }
     });
-    if let (Some(field), Some(obj)) = (error.field, body.get_mut("error").and_then(|e| e.as_object_mut())) {
+    if let (Some(field), Some(obj)) = (
+        error.field,
+        body.get_mut("error").and_then(|e| e.as_object_mut()),
+    ) {
         obj.insert("field".into(), field.into());
     }
     let mut response = (

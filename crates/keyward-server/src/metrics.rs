@@ -6,7 +6,9 @@ use std::time::Duration;
 use keyward_core::VerifyCode;
 use keyward_service::Authority;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 
 const VERIFY_DURATION: &str = "keyward_verify_duration_seconds";
 const BUCKETS: &[f64] = &[
@@ -81,7 +83,8 @@ impl Metrics {
 
     pub fn render(&self, authority: &Authority) -> String {
         self.cached_keys.set(authority.cache().len() as f64);
-        self.usage_dropped.set(authority.usage_events_dropped() as f64);
+        self.usage_dropped
+            .set(authority.usage_events_dropped() as f64);
         self.handle.run_upkeep();
         self.handle.render()
     }

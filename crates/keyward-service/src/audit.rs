@@ -16,7 +16,12 @@ pub struct PendingEntry {
 }
 
 /// Places `pending` after (`seq`, `prev_hash`), returning the chained entries.
-pub fn chain(seq: u64, prev_hash: &str, ts: Timestamp, pending: Vec<PendingEntry>) -> Vec<AuditEntry> {
+pub fn chain(
+    seq: u64,
+    prev_hash: &str,
+    ts: Timestamp,
+    pending: Vec<PendingEntry>,
+) -> Vec<AuditEntry> {
     let mut prev = prev_hash.to_owned();
     let mut seq = seq;
     pending

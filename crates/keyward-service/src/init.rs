@@ -1,8 +1,10 @@
 //! Initialising an empty store: environments and the root key.
 
 use keyward_core::model::{ADMIN_ENVIRONMENT, DEFAULT_ENVIRONMENTS};
-use keyward_core::{Clock, EnvironmentName, KeyRecord, KeyStatus, Permission, ParsedKey, ServiceName};
-use keyward_crypto::{PlaintextKey, new_key_id};
+use keyward_core::{
+    Clock, EnvironmentName, KeyRecord, KeyStatus, ParsedKey, Permission, ServiceName,
+};
+use keyward_crypto::{KeyIds, PlaintextKey};
 use keyward_store::{Changes, EnvironmentRecord, Store};
 use serde_json::json;
 
@@ -61,7 +63,7 @@ pub async fn initialize(
         .unwrap_or_default();
     let all = Permission::parse("*").map_err(|_| InitError::MissingSecret("*".into()))?;
     let record = KeyRecord {
-        id: new_key_id(now)?,
+        id: KeyIds::default().next(now)?,
         service: ServiceName::Keyward,
         environment: admin_env,
         hash: hasher.hash(root.expose()),
@@ -111,7 +113,10 @@ pub async fn initialize(
         .apply(Changes {
             environments: environments
                 .into_iter()
-                .map(|name| EnvironmentRecord { name, created_at: now })
+                .map(|name| EnvironmentRecord {
+                    name,
+                    created_at: now,
+                })
                 .collect(),
             insert_keys: vec![record],
             update_keys: Vec::new(),

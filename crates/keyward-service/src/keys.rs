@@ -2,13 +2,12 @@
 //! together with its audit entry, and the verification cache learns of it before the call
 //! returns.
 
-
 use keyward_core::audit::AuditEntry;
 use keyward_core::model::ADMIN_ENVIRONMENT;
 use keyward_core::{
     EnvironmentName, KeyId, KeyRecord, KeyStatus, ParsedKey, Permission, ServiceName, Timestamp,
 };
-use keyward_crypto::{PlaintextKey, new_key_id};
+use keyward_crypto::PlaintextKey;
 use keyward_store::{Changes, KeyQuery};
 use serde_json::{Map, Value, json};
 
@@ -80,7 +79,10 @@ fn check_text(field: &'static str, value: &str, max_chars: usize) -> Result<(), 
         return Err(invalid(field, "must not be empty"));
     }
     if value.chars().count() > max_chars {
-        return Err(invalid(field, format!("must be at most {max_chars} characters")));
+        return Err(invalid(
+            field,
+            format!("must be at most {max_chars} characters"),
+        ));
     }
     if value.chars().any(char::is_control) {
         return Err(invalid(field, "must not contain control characters"));
@@ -89,7 +91,9 @@ fn check_text(field: &'static str, value: &str, max_chars: usize) -> Result<(), 
 }
 
 fn check_meta(meta: &Map<String, Value>) -> Result<(), ServiceError> {
-    let size = serde_json::to_vec(meta).map(|v| v.len()).unwrap_or(usize::MAX);
+    let size = serde_json::to_vec(meta)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
     if size > limits::META_BYTES {
         return Err(invalid(
             "meta",
@@ -114,15 +118,24 @@ fn permission_names(permissions: &[Permission]) -> Vec<&str> {
 }
 
 impl Authority {
-    fn check_environment(&self, service: ServiceName, env: &EnvironmentName) -> Result<(), ServiceError> {
+    fn check_environment(
+        &self,
+        service: ServiceName,
+        env: &EnvironmentName,
+    ) -> Result<(), ServiceError> {
         if self.keyring.hasher(env.as_str()).is_none() {
-            return Err(invalid("environment", format!("no environment named {env}")));
+            return Err(invalid(
+                "environment",
+                format!("no environment named {env}"),
+            ));
         }
         let admin = Self::is_admin_environment(env.as_str());
         match service {
             ServiceName::Keyward if !admin => Err(invalid(
                 "environment",
-                format!("admin keys (service keyward) belong to the {ADMIN_ENVIRONMENT} environment"),
+                format!(
+                    "admin keys (service keyward) belong to the {ADMIN_ENVIRONMENT} environment"
+                ),
             )),
             ServiceName::Default if admin => Err(invalid(
                 "environment",
@@ -149,7 +162,12 @@ impl Authority {
         }
     }
 
-    fn expiry(&self, now: Timestamp, expires_at: Option<Timestamp>, ttl_s: Option<u64>) -> Result<Option<Timestamp>, ServiceError> {
+    fn expiry(
+        &self,
+        now: Timestamp,
+        expires_at: Option<Timestamp>,
+        ttl_s: Option<u64>,
+    ) -> Result<Option<Timestamp>, ServiceError> {
         match (expires_at, ttl_s) {
             (Some(_), Some(_)) => Err(invalid("ttl_s", "give expires_at or ttl_s, not both")),
             (Some(at), None) if at <= now => Err(invalid("expires_at", "must be in the future")),
@@ -227,19 +245,23 @@ impl Authority {
         Ok((record, plaintext))
     }
 
-    fn mint(&self, now: Timestamp, template: KeyTemplate) -> Result<(KeyRecord, PlaintextKey), ServiceError> {
+    fn mint(
+        &self,
+        now: Timestamp,
+        template: KeyTemplate,
+    ) -> Result<(KeyRecord, PlaintextKey), ServiceError> {
         let random = |e: keyward_crypto::RandomUnavailable| ServiceError::Internal(e.to_string());
         let hasher = self
             .keyring
             .hasher(template.environment.as_str())
             .ok_or_else(|| invalid("environment", "unknown environment"))?;
-        let plaintext =
-            PlaintextKey::generate(&template.service.prefix(), &template.environment).map_err(random)?;
+        let plaintext = PlaintextKey::generate(&template.service.prefix(), &template.environment)
+            .map_err(random)?;
         let start = ParsedKey::parse(plaintext.expose())
             .map(|p| p.start().to_owned())
             .map_err(|e| ServiceError::Internal(format!("generated key does not parse: {e}")))?;
         let record = KeyRecord {
-            id: new_key_id(now).map_err(random)?,
+            id: self.ids.next(now).map_err(random)?,
             service: template.service,
             environment: template.environment,
             hash: hasher.hash(plaintext.expose()),
@@ -291,7 +313,9 @@ impl Authority {
     async fn key_for_change(&self, id: KeyId) -> Result<KeyRecord, ServiceError> {
         let key = self.key(id).await?;
         if key.status == KeyStatus::Revoked {
-            return Err(ServiceError::Conflict(format!("key {id} is revoked; revocation is final")));
+            return Err(ServiceError::Conflict(format!(
+                "key {id} is revoked; revocation is final"
+            )));
         }
         Ok(key)
     }
@@ -357,7 +381,11 @@ impl Authority {
         }
         if let Some(enabled) = update.enabled {
             changed.insert("enabled".into(), json!(enabled));
-            key.status = if enabled { KeyStatus::Active } else { KeyStatus::Disabled };
+            key.status = if enabled {
+                KeyStatus::Active
+            } else {
+                KeyStatus::Disabled
+            };
         }
         key.updated_at = now;
         let entry = PendingEntry {
@@ -492,7 +520,11 @@ impl Authority {
     }
 
     /// Audit entries after sequence number `after`, oldest first, at most `limit` (1..=1000).
-    pub async fn audit_entries(&self, after: u64, limit: u32) -> Result<Vec<AuditEntry>, ServiceError> {
+    pub async fn audit_entries(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, ServiceError> {
         let limit = match limit {
             0 => limits::PAGE_DEFAULT,
             n => n.min(limits::PAGE_MAX),
@@ -514,4 +546,3 @@ struct KeyTemplate {
     status: KeyStatus,
     rolled_from: Option<KeyId>,
 }
-

@@ -40,7 +40,10 @@ pub enum ServiceError {
     #[error("{what} not found")]
     NotFound { what: &'static str },
     #[error("{field}: {message}")]
-    InvalidField { field: &'static str, message: String },
+    InvalidField {
+        field: &'static str,
+        message: String,
+    },
     #[error("{0}")]
     Conflict(String),
     #[error("the store is unavailable")]
@@ -94,6 +97,7 @@ pub struct Authority {
     keyring: Keyring,
     cache: VerifyCache,
     usage: UsageRecorder,
+    ids: keyward_crypto::KeyIds,
     /// The audit log's head. Holding it serialises admin writes, so read-modify-write of a key
     /// (revoke, roll, update) cannot interleave with another on this node; the store's chain
     /// check refuses a write from another node that raced it.
@@ -126,6 +130,7 @@ impl Authority {
             keyring,
             cache,
             usage,
+            ids: keyward_crypto::KeyIds::default(),
             writer: tokio::sync::Mutex::new(head),
         })
     }

@@ -97,6 +97,8 @@ async fn flush(store: &dyn Store, pending: &mut HashMap<KeyId, KeyUsage>) {
     match store.record_usage(batch).await {
         Ok(()) => pending.clear(),
         // Kept for the next tick: usage is retried, not lost, while the store is down.
-        Err(e) => tracing::warn!(error = %e, keys = pending.len(), "usage flush failed; will retry"),
+        Err(e) => {
+            tracing::warn!(error = %e, keys = pending.len(), "usage flush failed; will retry")
+        }
     }
 }

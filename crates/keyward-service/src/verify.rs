@@ -7,7 +7,9 @@
 use std::sync::Arc;
 
 use keyward_core::permission::grants;
-use keyward_core::{EnvironmentName, KeyId, KeyStatus, ParsedKey, ServiceName, Timestamp, VerifyCode};
+use keyward_core::{
+    EnvironmentName, KeyId, KeyStatus, ParsedKey, ServiceName, Timestamp, VerifyCode,
+};
 use serde_json::json;
 
 use crate::audit::PendingEntry;
@@ -74,11 +76,24 @@ impl Authority {
         environment: Option<&EnvironmentName>,
     ) -> Result<Verification, ServiceError> {
         let key = match self.lookup(presented).await? {
-            Lookup::Malformed => return Ok(Verification { code: VerifyCode::Malformed, key: None }),
-            Lookup::Unknown => return Ok(Verification { code: VerifyCode::NotFound, key: None }),
+            Lookup::Malformed => {
+                return Ok(Verification {
+                    code: VerifyCode::Malformed,
+                    key: None,
+                });
+            }
+            Lookup::Unknown => {
+                return Ok(Verification {
+                    code: VerifyCode::NotFound,
+                    key: None,
+                });
+            }
             // Admin keys are not API keys: they never pass verification for a protected API.
             Lookup::Found(key) if key.service == ServiceName::Keyward => {
-                return Ok(Verification { code: VerifyCode::NotFound, key: None });
+                return Ok(Verification {
+                    code: VerifyCode::NotFound,
+                    key: None,
+                });
             }
             Lookup::Found(key) => key,
         };
@@ -87,7 +102,10 @@ impl Authority {
         if code == VerifyCode::Valid {
             self.usage.record(key.id, now);
         }
-        Ok(Verification { code, key: Some(key) })
+        Ok(Verification {
+            code,
+            key: Some(key),
+        })
     }
 
     async fn lookup(&self, presented: &str) -> Result<Lookup, ServiceError> {

@@ -3,10 +3,17 @@
 //! A backend's tests call [`run`] on a fresh, empty store. Each check names the clause of the
 //! [`Store`] contract it pins.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use keyward_core::audit::{AuditEntry, GENESIS_HASH};
-use keyward_core::{EnvironmentName, KeyHash, KeyId, KeyRecord, KeyStatus, Permission, ServiceName, Timestamp};
+use keyward_core::{
+    EnvironmentName, KeyHash, KeyId, KeyRecord, KeyStatus, Permission, ServiceName, Timestamp,
+};
 use uuid::Uuid;
 
 use crate::{Changes, EnvironmentRecord, KeyQuery, KeyUsage, Store, StoreError};
@@ -18,13 +25,19 @@ fn env(name: &str) -> EnvironmentName {
 /// A key record with id and hash derived from `n`.
 pub fn sample_key(n: u8, environment: &str) -> KeyRecord {
     KeyRecord {
-        id: KeyId(Uuid::from_bytes([0, 0, 0, 0, 0, 0, 0x70, 0, 0x80, 0, 0, 0, 0, 0, 0, n])),
+        id: KeyId(Uuid::from_bytes([
+            0, 0, 0, 0, 0, 0, 0x70, 0, 0x80, 0, 0, 0, 0, 0, 0, n,
+        ])),
         service: ServiceName::Default,
         environment: env(environment),
         hash: KeyHash([n; 32]),
         start: format!("kw_{environment}_abcd"),
         name: format!("key {n}"),
-        owner: if n % 2 == 0 { "alice".into() } else { "bob".into() },
+        owner: if n % 2 == 0 {
+            "alice".into()
+        } else {
+            "bob".into()
+        },
         purpose: Some("tests".into()),
         permissions: vec![Permission::parse("invoices:read").unwrap()],
         meta: serde_json::json!({"n": n}).as_object().cloned().unwrap(),
@@ -73,14 +86,23 @@ async fn environments(store: &dyn Store) {
         created_at: Timestamp::from_unix_ms(1),
     });
     store
-        .apply(Changes { environments: envs.to_vec(), ..Changes::default() })
+        .apply(Changes {
+            environments: envs.to_vec(),
+            ..Changes::default()
+        })
         .await
         .unwrap();
     assert_eq!(store.environments().await.unwrap(), envs.to_vec());
     let again = store
-        .apply(Changes { environments: vec![envs[0].clone()], ..Changes::default() })
+        .apply(Changes {
+            environments: vec![envs[0].clone()],
+            ..Changes::default()
+        })
         .await;
-    assert!(matches!(again, Err(StoreError::Conflict(_))), "duplicate environment: {again:?}");
+    assert!(
+        matches!(again, Err(StoreError::Conflict(_))),
+        "duplicate environment: {again:?}"
+    );
 }
 
 async fn keys_round_trip(store: &dyn Store) {
@@ -88,11 +110,17 @@ async fn keys_round_trip(store: &dyn Store) {
     key.expires_at = Some(Timestamp::from_unix_ms(99_000));
     key.rolled_from = Some(sample_key(200, "live").id);
     store
-        .apply(Changes { insert_keys: vec![key.clone()], ..Changes::default() })
+        .apply(Changes {
+            insert_keys: vec![key.clone()],
+            ..Changes::default()
+        })
         .await
         .unwrap();
     assert_eq!(store.key(key.id).await.unwrap(), Some(key.clone()));
-    assert_eq!(store.key_by_hash(key.hash).await.unwrap(), Some(key.clone()));
+    assert_eq!(
+        store.key_by_hash(key.hash).await.unwrap(),
+        Some(key.clone())
+    );
     assert_eq!(store.key(sample_key(2, "live").id).await.unwrap(), None);
     assert_eq!(store.key_by_hash(KeyHash([2; 32])).await.unwrap(), None);
     assert!(store.key_hashes().await.unwrap().contains(&key.hash));
@@ -113,7 +141,10 @@ async fn writes_are_atomic(store: &dyn Store) {
 
     // A key whose environment does not exist is refused.
     let result = store
-        .apply(Changes { insert_keys: vec![sample_key(5, "nowhere")], ..Changes::default() })
+        .apply(Changes {
+            insert_keys: vec![sample_key(5, "nowhere")],
+            ..Changes::default()
+        })
         .await;
     assert!(result.is_err(), "unknown environment accepted");
 }
@@ -121,7 +152,11 @@ async fn writes_are_atomic(store: &dyn Store) {
 async fn updates(store: &dyn Store) {
     let mut key = store.key(sample_key(1, "live").id).await.unwrap().unwrap();
     store
-        .record_usage(vec![KeyUsage { id: key.id, last_used_at: Timestamp::from_unix_ms(7_000), uses: 3 }])
+        .record_usage(vec![KeyUsage {
+            id: key.id,
+            last_used_at: Timestamp::from_unix_ms(7_000),
+            uses: 3,
+        }])
         .await
         .unwrap();
     key.status = KeyStatus::Revoked;
@@ -132,7 +167,10 @@ async fn updates(store: &dyn Store) {
     key.uses = 0; // stale in-memory usage must not overwrite the stored counters
     key.last_used_at = None;
     store
-        .apply(Changes { update_keys: vec![key.clone()], ..Changes::default() })
+        .apply(Changes {
+            update_keys: vec![key.clone()],
+            ..Changes::default()
+        })
         .await
         .unwrap();
     let stored = store.key(key.id).await.unwrap().unwrap();
@@ -143,9 +181,15 @@ async fn updates(store: &dyn Store) {
     assert_eq!(stored.last_used_at, Some(Timestamp::from_unix_ms(7_000)));
 
     let missing = store
-        .apply(Changes { update_keys: vec![sample_key(9, "live")], ..Changes::default() })
+        .apply(Changes {
+            update_keys: vec![sample_key(9, "live")],
+            ..Changes::default()
+        })
         .await;
-    assert!(matches!(missing, Err(StoreError::NotFound(_))), "{missing:?}");
+    assert!(
+        matches!(missing, Err(StoreError::NotFound(_))),
+        "{missing:?}"
+    );
 }
 
 async fn audit_chain(store: &dyn Store) {
@@ -153,14 +197,21 @@ async fn audit_chain(store: &dyn Store) {
     let first = sample_entry(1, GENESIS_HASH);
     let second = sample_entry(2, &first.hash);
     store
-        .apply(Changes { audit: vec![first.clone(), second.clone()], ..Changes::default() })
+        .apply(Changes {
+            audit: vec![first.clone(), second.clone()],
+            ..Changes::default()
+        })
         .await
         .unwrap();
     let head = store.audit_head().await.unwrap().unwrap();
     assert_eq!((head.seq, head.hash.as_str()), (2, second.hash.as_str()));
 
     // A writer that read an old head cannot fork the chain, and its key change is not written.
-    for stale in [sample_entry(2, &first.hash), sample_entry(3, "f00"), sample_entry(4, &second.hash)] {
+    for stale in [
+        sample_entry(2, &first.hash),
+        sample_entry(3, "f00"),
+        sample_entry(4, &second.hash),
+    ] {
         let result = store
             .apply(Changes {
                 insert_keys: vec![sample_key(6, "live")],
@@ -168,16 +219,25 @@ async fn audit_chain(store: &dyn Store) {
                 ..Changes::default()
             })
             .await;
-        assert!(matches!(result, Err(StoreError::AuditConflict)), "{result:?}");
+        assert!(
+            matches!(result, Err(StoreError::AuditConflict)),
+            "{result:?}"
+        );
         assert_eq!(store.key(sample_key(6, "live").id).await.unwrap(), None);
     }
 
     let third = sample_entry(3, &second.hash);
     store
-        .apply(Changes { audit: vec![third.clone()], ..Changes::default() })
+        .apply(Changes {
+            audit: vec![third.clone()],
+            ..Changes::default()
+        })
         .await
         .unwrap();
-    assert_eq!(store.audit_entries(0, 10).await.unwrap(), vec![first, second.clone(), third.clone()]);
+    assert_eq!(
+        store.audit_entries(0, 10).await.unwrap(),
+        vec![first, second.clone(), third.clone()]
+    );
     assert_eq!(store.audit_entries(1, 1).await.unwrap(), vec![second]);
     assert_eq!(store.audit_entries(3, 10).await.unwrap(), vec![]);
 }
@@ -185,45 +245,79 @@ async fn audit_chain(store: &dyn Store) {
 async fn usage(store: &dyn Store) {
     let key = sample_key(10, "test");
     store
-        .apply(Changes { insert_keys: vec![key.clone()], ..Changes::default() })
+        .apply(Changes {
+            insert_keys: vec![key.clone()],
+            ..Changes::default()
+        })
         .await
         .unwrap();
     let at = |ms| Timestamp::from_unix_ms(ms);
     store
         .record_usage(vec![
-            KeyUsage { id: key.id, last_used_at: at(20_000), uses: 5 },
-            KeyUsage { id: sample_key(99, "test").id, last_used_at: at(1), uses: 1 },
+            KeyUsage {
+                id: key.id,
+                last_used_at: at(20_000),
+                uses: 5,
+            },
+            KeyUsage {
+                id: sample_key(99, "test").id,
+                last_used_at: at(1),
+                uses: 1,
+            },
         ])
         .await
         .unwrap();
     store
-        .record_usage(vec![KeyUsage { id: key.id, last_used_at: at(10_000), uses: 2 }])
+        .record_usage(vec![KeyUsage {
+            id: key.id,
+            last_used_at: at(10_000),
+            uses: 2,
+        }])
         .await
         .unwrap();
     let stored = store.key(key.id).await.unwrap().unwrap();
     assert_eq!(stored.uses, 7);
-    assert_eq!(stored.last_used_at, Some(at(20_000)), "last_used_at never moves back");
+    assert_eq!(
+        stored.last_used_at,
+        Some(at(20_000)),
+        "last_used_at never moves back"
+    );
 }
 
 async fn listing(store: &dyn Store) {
     for n in 20..30 {
         store
-            .apply(Changes { insert_keys: vec![sample_key(n, "test")], ..Changes::default() })
+            .apply(Changes {
+                insert_keys: vec![sample_key(n, "test")],
+                ..Changes::default()
+            })
             .await
             .unwrap();
     }
     let all_test = store
-        .list_keys(KeyQuery { environment: Some(env("test")), limit: 100, ..KeyQuery::default() })
+        .list_keys(KeyQuery {
+            environment: Some(env("test")),
+            limit: 100,
+            ..KeyQuery::default()
+        })
         .await
         .unwrap();
     assert_eq!(all_test.len(), 11);
-    assert!(all_test.windows(2).all(|w| w[0].id < w[1].id), "oldest first");
+    assert!(
+        all_test.windows(2).all(|w| w[0].id < w[1].id),
+        "oldest first"
+    );
 
     let mut pages = Vec::new();
     let mut after = None;
     loop {
         let page = store
-            .list_keys(KeyQuery { environment: Some(env("test")), after, limit: 4, ..KeyQuery::default() })
+            .list_keys(KeyQuery {
+                environment: Some(env("test")),
+                after,
+                limit: 4,
+                ..KeyQuery::default()
+            })
             .await
             .unwrap();
         if page.is_empty() {
@@ -235,12 +329,20 @@ async fn listing(store: &dyn Store) {
     assert_eq!(pages, all_test);
 
     let alice = store
-        .list_keys(KeyQuery { owner: Some("alice".into()), limit: 100, ..KeyQuery::default() })
+        .list_keys(KeyQuery {
+            owner: Some("alice".into()),
+            limit: 100,
+            ..KeyQuery::default()
+        })
         .await
         .unwrap();
     assert!(!alice.is_empty() && alice.iter().all(|k| k.owner == "alice"));
     let revoked = store
-        .list_keys(KeyQuery { status: Some(KeyStatus::Revoked), limit: 100, ..KeyQuery::default() })
+        .list_keys(KeyQuery {
+            status: Some(KeyStatus::Revoked),
+            limit: 100,
+            ..KeyQuery::default()
+        })
         .await
         .unwrap();
     assert_eq!(revoked.len(), 1);

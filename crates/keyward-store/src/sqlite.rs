@@ -57,7 +57,9 @@ fn map_write_error(e: rusqlite::Error) -> StoreError {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock cannot leave a connection half-written: SQLite rolls back
     // an unfinished transaction when it is dropped. So a poisoned lock is still usable.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl SqliteStore {
@@ -217,7 +219,18 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn audit_from_row(row: &Row<'_>) -> rusqlite::Result<(i64, i64, String, String, Option<String>, String, String, String)> {
+fn audit_from_row(
+    row: &Row<'_>,
+) -> rusqlite::Result<(
+    i64,
+    i64,
+    String,
+    String,
+    Option<String>,
+    String,
+    String,
+    String,
+)> {
     Ok((
         row.get(0)?,
         row.get(1)?,
@@ -359,7 +372,9 @@ impl Store for SqliteStore {
                 .prepare_cached("SELECT name, created_at FROM environments ORDER BY name")
                 .map_err(unavailable)?;
             let rows = stmt
-                .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))
+                .query_map([], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+                })
                 .map_err(unavailable)?;
             let mut out = Vec::new();
             for row in rows {
@@ -458,8 +473,12 @@ impl Store for SqliteStore {
                     )
                     .map_err(unavailable)?;
                 for u in &usage {
-                    stmt.execute(params![u.id.to_string(), to_i64(u.uses), u.last_used_at.unix_ms()])
-                        .map_err(unavailable)?;
+                    stmt.execute(params![
+                        u.id.to_string(),
+                        to_i64(u.uses),
+                        u.last_used_at.unix_ms()
+                    ])
+                    .map_err(unavailable)?;
                 }
             }
             tx.commit().map_err(unavailable)
@@ -492,7 +511,8 @@ impl Store for SqliteStore {
                     actor,
                     action,
                     target,
-                    details: serde_json::from_str(&details).map_err(|_| corrupt("audit details"))?,
+                    details: serde_json::from_str(&details)
+                        .map_err(|_| corrupt("audit details"))?,
                     prev_hash,
                     hash,
                 });

@@ -1,1 +1,294 @@
-//! placeholder
+//! Test fixtures for keyward: [`spawn_app`] starts the real HTTP server on `127.0.0.1:0` over a
+//! SQLite store in a temp dir, with a [`FakeClock`] the test moves by hand. The store is wrapped
+//! in a [`CountingStore`] so tests can prove which requests reached it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use keyward_core::audit::AuditEntry;
+use keyward_core::model::ADMIN_ENVIRONMENT;
+use keyward_core::{EnvironmentName, FakeClock, KeyHash, KeyId, KeyRecord, Timestamp};
+use keyward_crypto::HmacSecret;
+use keyward_server::ServerConfig;
+use keyward_service::{Authority, AuthorityConfig, Keyring, initial_environments, initialize};
+use keyward_store::{
+    AuditHead, Changes, EnvironmentRecord, KeyQuery, KeyUsage, SqliteStore, Store, StoreError,
+};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The instant every test clock starts at.
+pub const START: &str = "2026-11-28T10:00:00Z";
+
+/// A store that counts key lookups, to show which paths never touch the store.
+#[derive(Debug)]
+pub struct CountingStore {
+    inner: SqliteStore,
+    lookups: AtomicU64,
+}
+
+impl CountingStore {
+    pub fn lookups(&self) -> u64 {
+        self.lookups.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl Store for CountingStore {
+    async fn apply(&self, changes: Changes) -> Result<(), StoreError> {
+        self.inner.apply(changes).await
+    }
+    async fn environments(&self) -> Result<Vec<EnvironmentRecord>, StoreError> {
+        self.inner.environments().await
+    }
+    async fn key(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.key(id).await
+    }
+    async fn key_by_hash(&self, hash: KeyHash) -> Result<Option<KeyRecord>, StoreError> {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        self.inner.key_by_hash(hash).await
+    }
+    async fn list_keys(&self, query: KeyQuery) -> Result<Vec<KeyRecord>, StoreError> {
+        self.inner.list_keys(query).await
+    }
+    async fn key_hashes(&self) -> Result<Vec<KeyHash>, StoreError> {
+        self.inner.key_hashes().await
+    }
+    async fn record_usage(&self, usage: Vec<KeyUsage>) -> Result<(), StoreError> {
+        self.inner.record_usage(usage).await
+    }
+    async fn audit_head(&self) -> Result<Option<AuditHead>, StoreError> {
+        self.inner.audit_head().await
+    }
+    async fn audit_entries(&self, after: u64, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+        self.inner.audit_entries(after, limit).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+}
+
+/// A running server and what a test needs to talk to it.
+#[derive(Debug)]
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub root_key: String,
+    pub clock: FakeClock,
+    pub client: reqwest::Client,
+    pub store: Arc<CountingStore>,
+    pub authority: Arc<Authority>,
+    keyring: Keyring,
+    config: ServerConfig,
+    dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// Starts a server with the default configuration.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(ServerConfig::default()).await
+}
+
+pub async fn spawn_app_with(config: ServerConfig) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let keyring = Keyring::new(
+        initial_environments()
+            .into_iter()
+            .map(|env| (env, HmacSecret::generate().unwrap())),
+    );
+    let clock = FakeClock::new(Timestamp::parse_rfc3339(START).unwrap());
+    let store = SqliteStore::open(&dir.path().join("keyward.db")).unwrap();
+    let root = initialize(&store, &clock, &keyring).await.unwrap();
+    drop(store);
+    let running = Running::start(&dir, &clock, &keyring, &config).await;
+    TestApp {
+        addr: running.addr,
+        root_key: root.expose().to_owned(),
+        clock,
+        client: reqwest::Client::new(),
+        store: running.store,
+        authority: running.authority,
+        keyring,
+        config,
+        dir,
+        stop: Some(running.stop),
+        server: Some(running.server),
+    }
+}
+
+/// One start of the server over a data dir.
+struct Running {
+    addr: SocketAddr,
+    store: Arc<CountingStore>,
+    authority: Arc<Authority>,
+    stop: oneshot::Sender<()>,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    async fn start(
+        dir: &tempfile::TempDir,
+        clock: &FakeClock,
+        keyring: &Keyring,
+        config: &ServerConfig,
+    ) -> Running {
+        let store = SqliteStore::open(&dir.path().join("keyward.db")).unwrap();
+        let store = Arc::new(CountingStore {
+            inner: store,
+            lookups: AtomicU64::new(0),
+        });
+        let authority = Arc::new(
+            Authority::open(
+                store.clone(),
+                Arc::new(clock.clone()),
+                keyring.clone(),
+                AuthorityConfig {
+                    usage_flush_interval: Duration::from_millis(50),
+                    ..AuthorityConfig::default()
+                },
+            )
+            .await
+            .unwrap(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(keyward_server::run(
+            listener,
+            authority.clone(),
+            config.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Running {
+            addr,
+            store,
+            authority,
+            stop,
+            server,
+        }
+    }
+}
+
+impl TestApp {
+    async fn start(&mut self) {
+        let running = Running::start(&self.dir, &self.clock, &self.keyring, &self.config).await;
+        self.addr = running.addr;
+        self.store = running.store;
+        self.authority = running.authority;
+        self.stop = Some(running.stop);
+        self.server = Some(running.server);
+    }
+
+    /// Shuts the server down gracefully (draining, flushing usage) and starts it again on the
+    /// same data dir, as a process restart would.
+    pub async fn restart(&mut self) {
+        self.shutdown().await;
+        self.start().await;
+    }
+
+    pub async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().to_owned()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Sends a request with the root key and returns status and JSON body.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        self.call_as(&self.root_key.clone(), method, path, body)
+            .await
+    }
+
+    pub async fn call_as(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .client
+            .request(method, self.url(path))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    /// Creates a key in `environment` and returns the response body (with `key` and `id`).
+    pub async fn create_key(&self, environment: &str, extra: Value) -> Value {
+        let mut body =
+            json!({"environment": environment, "name": "test key", "owner": "team-test"});
+        if let (Some(obj), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+            obj.extend(extra.clone());
+        }
+        let (status, created) = self
+            .call(reqwest::Method::POST, "/v1/keys", Some(body))
+            .await;
+        assert_eq!(status, 201, "create failed: {created}");
+        created
+    }
+
+    /// Verifies `key` and returns the verdict's `code`.
+    pub async fn verify_code(&self, key: &str) -> String {
+        let (status, verdict) = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/verify",
+                Some(json!({"key": key})),
+            )
+            .await;
+        assert_eq!(status, 200, "{verdict}");
+        verdict["code"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn audit(&self) -> Vec<Value> {
+        let (status, page) = self
+            .call(reqwest::Method::GET, "/v1/audit?limit=1000", None)
+            .await;
+        assert_eq!(status, 200, "{page}");
+        page["entries"].as_array().unwrap().clone()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// The environment name admin keys live in.
+pub fn admin_environment() -> EnvironmentName {
+    EnvironmentName::parse(ADMIN_ENVIRONMENT).unwrap()
+}

@@ -9,7 +9,12 @@ use serde_json::{Map, Value, json};
 #[derive(Debug, Args)]
 pub struct Remote {
     /// The keyward server.
-    #[arg(long, env = "KEYWARD_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "KEYWARD_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     url: String,
     /// Print the server's JSON answer instead of a summary.
     #[arg(long, global = true)]
@@ -95,7 +100,11 @@ pub async fn run(remote: Remote, command: KeysCommand) -> anyhow::Result<ExitCod
             body.insert("name".into(), json!(name));
             body.insert("owner".into(), json!(owner));
             body.insert("permissions".into(), json!(permissions));
-            for (field, value) in [("purpose", purpose), ("expires_at", expires_at), ("service", service)] {
+            for (field, value) in [
+                ("purpose", purpose),
+                ("expires_at", expires_at),
+                ("service", service),
+            ] {
                 if let Some(v) = value {
                     body.insert(field.into(), json!(v));
                 }
@@ -107,7 +116,11 @@ pub async fn run(remote: Remote, command: KeysCommand) -> anyhow::Result<ExitCod
                 let parsed: Value = serde_json::from_str(meta).context("--meta is not JSON")?;
                 body.insert("meta".into(), parsed);
             }
-            (reqwest::Method::POST, "/v1/keys".to_owned(), Some(Value::Object(body)))
+            (
+                reqwest::Method::POST,
+                "/v1/keys".to_owned(),
+                Some(Value::Object(body)),
+            )
         }
         KeysCommand::List {
             environment,
@@ -128,7 +141,11 @@ pub async fn run(remote: Remote, command: KeysCommand) -> anyhow::Result<ExitCod
             }
             (reqwest::Method::GET, format!("/v1/keys{query}"), None)
         }
-        KeysCommand::Show { id } => (reqwest::Method::GET, format!("/v1/keys/{}", path_segment(id)), None),
+        KeysCommand::Show { id } => (
+            reqwest::Method::GET,
+            format!("/v1/keys/{}", path_segment(id)),
+            None,
+        ),
         KeysCommand::Revoke { id, reason } => (
             reqwest::Method::POST,
             format!("/v1/keys/{}/revoke", path_segment(id)),
@@ -156,8 +173,14 @@ pub async fn run(remote: Remote, command: KeysCommand) -> anyhow::Result<ExitCod
         .await
         .with_context(|| format!("keyward at {base} answered {status} without JSON"))?;
     if !status.is_success() {
-        let code = answer.pointer("/error/code").and_then(Value::as_str).unwrap_or("ERROR");
-        let message = answer.pointer("/error/message").and_then(Value::as_str).unwrap_or("");
+        let code = answer
+            .pointer("/error/code")
+            .and_then(Value::as_str)
+            .unwrap_or("ERROR");
+        let message = answer
+            .pointer("/error/message")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         bail!("{code}: {message}");
     }
     if remote.json {
@@ -208,7 +231,12 @@ fn print_summary(command: &KeysCommand, answer: &Value) {
             println!("key (shown only this once): {}", text(answer, "key"));
         }
         KeysCommand::List { .. } => {
-            for key in answer.get("keys").and_then(Value::as_array).into_iter().flatten() {
+            for key in answer
+                .get("keys")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 println!("{}", key_line(key));
             }
             if let Some(next) = answer.get("next_cursor").and_then(Value::as_str) {
@@ -216,7 +244,10 @@ fn print_summary(command: &KeysCommand, answer: &Value) {
             }
         }
         KeysCommand::Show { .. } | KeysCommand::Revoke { .. } => {
-            println!("{}", serde_json::to_string_pretty(answer).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(answer).unwrap_or_default()
+            );
         }
     }
 }

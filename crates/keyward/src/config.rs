@@ -69,7 +69,9 @@ impl Config {
             .or(file.listen)
             .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
         let listen = listen_text.parse::<SocketAddr>().map_err(|_| {
-            problems.push(format!("listen: '{listen_text}' is not an address like 127.0.0.1:8080"))
+            problems.push(format!(
+                "listen: '{listen_text}' is not an address like 127.0.0.1:8080"
+            ))
         });
         let log_format = match flags.log_format.or(file.log_format).as_deref() {
             None | Some("text") => LogFormat::Text,
@@ -119,7 +121,9 @@ impl Config {
             server: keyward_server::ServerConfig {
                 body_limit_bytes,
                 request_timeout: Duration::from_millis(request_timeout_ms),
-                insecure_unauthenticated_verify: file.insecure_unauthenticated_verify.unwrap_or(false),
+                insecure_unauthenticated_verify: file
+                    .insecure_unauthenticated_verify
+                    .unwrap_or(false),
             },
             authority: keyward_service::AuthorityConfig {
                 cache_capacity,
@@ -147,8 +151,15 @@ mod tests {
             "listen = 'nowhere'\nbody_limit_bytes = 1\nlog_format = 'xml'\nrequest_timeout_ms = 1",
         )
         .unwrap();
-        let err = Config::resolve(file, Overrides::default()).unwrap_err().to_string();
-        for field in ["listen", "body_limit_bytes", "log_format", "request_timeout_ms"] {
+        let err = Config::resolve(file, Overrides::default())
+            .unwrap_err()
+            .to_string();
+        for field in [
+            "listen",
+            "body_limit_bytes",
+            "log_format",
+            "request_timeout_ms",
+        ] {
             assert!(err.contains(field), "{field} missing from: {err}");
         }
     }

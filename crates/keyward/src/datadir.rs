@@ -83,10 +83,7 @@ impl DataDir {
             .open(self.root.join(LOCK_FILE))
             .context("cannot open the data dir's lock file")?;
         if file.try_lock().is_err() {
-            bail!(
-                "another keyward process is using {}",
-                self.root.display()
-            );
+            bail!("another keyward process is using {}", self.root.display());
         }
         Ok(file)
     }

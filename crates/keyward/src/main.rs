@@ -20,7 +20,11 @@ use config::{Config, FileConfig, LogFormat, Overrides};
 use datadir::DataDir;
 
 #[derive(Debug, Parser)]
-#[command(name = "keyward", version, about = "Self-hosted API key security service")]
+#[command(
+    name = "keyward",
+    version,
+    about = "Self-hosted API key security service"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -86,7 +90,10 @@ enum AuditCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("keyward: error: cannot start the runtime: {e}");
@@ -248,7 +255,10 @@ async fn audit_verify(data_dir: &std::path::Path, json: bool) -> anyhow::Result<
     match verify_chain(&store).await? {
         ChainReport::Intact { entries } => {
             if json {
-                println!("{}", serde_json::json!({"intact": true, "entries": entries}));
+                println!(
+                    "{}",
+                    serde_json::json!({"intact": true, "entries": entries})
+                );
             } else {
                 println!("audit log intact: {entries} entries verified");
             }
@@ -261,7 +271,10 @@ async fn audit_verify(data_dir: &std::path::Path, json: bool) -> anyhow::Result<
                     serde_json::json!({"intact": false, "first_broken_seq": broken.seq, "reason": broken.reason})
                 );
             } else {
-                eprintln!("keyward: audit log BROKEN at entry {}: {}", broken.seq, broken.reason);
+                eprintln!(
+                    "keyward: audit log BROKEN at entry {}: {}",
+                    broken.seq, broken.reason
+                );
             }
             Ok(ExitCode::from(2))
         }

@@ -54,9 +54,18 @@ fn rejects_malformed_inputs() {
         (good[..good.len() - 1].to_string(), MalformedKey::Length),
         (good.replacen('_', "-", 2), MalformedKey::Shape),
         (good.replacen("kw", "KW", 1), MalformedKey::Segment),
-        (good.replacen("kw_live", "kwkwkwkwk_live", 1)[..good.len() + 1].to_string(), MalformedKey::Length),
-        (format!("kw_live_{}", "+".repeat(49)), MalformedKey::Alphabet),
-        (format!("kw_live_{}000000", "z".repeat(43)), MalformedKey::Range),
+        (
+            good.replacen("kw_live", "kwkwkwkwk_live", 1)[..good.len() + 1].to_string(),
+            MalformedKey::Length,
+        ),
+        (
+            format!("kw_live_{}", "+".repeat(49)),
+            MalformedKey::Alphabet,
+        ),
+        (
+            format!("kw_live_{}000000", "z".repeat(43)),
+            MalformedKey::Range,
+        ),
     ];
     for (input, want) in cases {
         assert_eq!(ParsedKey::parse(&input), Err(want), "{input:?}");
@@ -125,7 +134,10 @@ fn checksum_rejects_every_single_character_change_exhaustively() {
             }
             changed[pos] = replacement;
             let changed = String::from_utf8(changed).unwrap();
-            assert!(ParsedKey::parse(&changed).is_err(), "accepted a change at {pos}");
+            assert!(
+                ParsedKey::parse(&changed).is_err(),
+                "accepted a change at {pos}"
+            );
             changes += 1;
         }
     }

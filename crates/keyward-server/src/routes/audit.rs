@@ -71,7 +71,10 @@ pub async fn list_audit(
     Bearer(bearer): Bearer,
     QueryParams(params): QueryParams<AuditParams>,
 ) -> Result<Json<AuditPage>, ApiError> {
-    state.authority.authenticate(bearer.as_deref(), admin::AUDIT_READ).await?;
+    state
+        .authority
+        .authenticate(bearer.as_deref(), admin::AUDIT_READ)
+        .await?;
     let limit = match params.limit {
         None => 100,
         Some(n @ 1..=1000) => n,

@@ -4,9 +4,11 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use keyward_core::permission::admin;
-use keyward_core::{EnvironmentName, KeyId, KeyRecord, KeyStatus, Permission, ServiceName, Timestamp};
-use keyward_service::{KeyUpdate, NewKey};
+use keyward_core::{
+    EnvironmentName, KeyId, KeyRecord, KeyStatus, Permission, ServiceName, Timestamp,
+};
 use keyward_service::KeyQuery;
+use keyward_service::{KeyUpdate, NewKey};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
@@ -124,7 +126,8 @@ fn parse_permissions(list: &[String]) -> Result<Vec<Permission>, ApiError> {
     list.iter()
         .enumerate()
         .map(|(i, p)| {
-            Permission::parse(p).map_err(|e| ApiError::field(format!("permissions[{i}]"), e.to_string()))
+            Permission::parse(p)
+                .map_err(|e| ApiError::field(format!("permissions[{i}]"), e.to_string()))
         })
         .collect()
 }
@@ -153,7 +156,10 @@ pub async fn create_key(
     Bearer(bearer): Bearer,
     JsonBody(body): JsonBody<CreateKeyRequest>,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
-    let actor = state.authority.authenticate(bearer.as_deref(), admin::KEYS_CREATE).await?;
+    let actor = state
+        .authority
+        .authenticate(bearer.as_deref(), admin::KEYS_CREATE)
+        .await?;
     let service = match body.service.as_deref() {
         None => ServiceName::Default,
         Some(text) => ServiceName::parse(text)
@@ -166,7 +172,11 @@ pub async fn create_key(
         owner: body.owner,
         purpose: body.purpose,
         permissions: parse_permissions(&body.permissions)?,
-        expires_at: body.expires_at.as_deref().map(|t| parse_time("expires_at", t)).transpose()?,
+        expires_at: body
+            .expires_at
+            .as_deref()
+            .map(|t| parse_time("expires_at", t))
+            .transpose()?,
         ttl_s: body.ttl_s,
         meta: body.meta.unwrap_or_default(),
     };
@@ -194,7 +204,10 @@ pub async fn show_key(
     Bearer(bearer): Bearer,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
-    state.authority.authenticate(bearer.as_deref(), admin::KEYS_READ).await?;
+    state
+        .authority
+        .authenticate(bearer.as_deref(), admin::KEYS_READ)
+        .await?;
     let id = parse_id(&id)?;
     Ok(Json(state.authority.key(id).await?.into()))
 }
@@ -234,14 +247,24 @@ pub async fn list_keys(
     Bearer(bearer): Bearer,
     QueryParams(params): QueryParams<ListParams>,
 ) -> Result<Json<KeyList>, ApiError> {
-    state.authority.authenticate(bearer.as_deref(), admin::KEYS_READ).await?;
+    state
+        .authority
+        .authenticate(bearer.as_deref(), admin::KEYS_READ)
+        .await?;
     let query = KeyQuery {
         service: params
             .service
             .as_deref()
-            .map(|s| ServiceName::parse(s).ok_or_else(|| ApiError::field("service", "must be 'default' or 'keyward'")))
+            .map(|s| {
+                ServiceName::parse(s)
+                    .ok_or_else(|| ApiError::field("service", "must be 'default' or 'keyward'"))
+            })
             .transpose()?,
-        environment: params.environment.as_deref().map(parse_environment).transpose()?,
+        environment: params
+            .environment
+            .as_deref()
+            .map(parse_environment)
+            .transpose()?,
         status: params
             .status
             .as_deref()
@@ -254,11 +277,16 @@ pub async fn list_keys(
         after: params
             .cursor
             .as_deref()
-            .map(|c| c.parse().map_err(|_| ApiError::field("cursor", "not a cursor from a previous page")))
+            .map(|c| {
+                c.parse()
+                    .map_err(|_| ApiError::field("cursor", "not a cursor from a previous page"))
+            })
             .transpose()?,
         limit: match params.limit {
             Some(0) => return Err(ApiError::field("limit", "must be between 1 and 1000")),
-            Some(n) if n > 1000 => return Err(ApiError::field("limit", "must be between 1 and 1000")),
+            Some(n) if n > 1000 => {
+                return Err(ApiError::field("limit", "must be between 1 and 1000"));
+            }
             Some(n) => n,
             None => 0,
         },
@@ -318,21 +346,34 @@ pub async fn update_key(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<UpdateKeyRequest>,
 ) -> Result<Json<KeyView>, ApiError> {
-    let actor = state.authority.authenticate(bearer.as_deref(), admin::KEYS_UPDATE).await?;
+    let actor = state
+        .authority
+        .authenticate(bearer.as_deref(), admin::KEYS_UPDATE)
+        .await?;
     let id = parse_id(&id)?;
     let update = KeyUpdate {
         name: body.name,
         owner: body.owner,
         purpose: body.purpose,
-        permissions: body.permissions.as_deref().map(parse_permissions).transpose()?,
+        permissions: body
+            .permissions
+            .as_deref()
+            .map(parse_permissions)
+            .transpose()?,
         meta: body.meta,
         expires_at: body
             .expires_at
-            .map(|at| at.as_deref().map(|t| parse_time("expires_at", t)).transpose())
+            .map(|at| {
+                at.as_deref()
+                    .map(|t| parse_time("expires_at", t))
+                    .transpose()
+            })
             .transpose()?,
         enabled: body.enabled,
     };
-    Ok(Json(state.authority.update_key(&actor, id, update).await?.into()))
+    Ok(Json(
+        state.authority.update_key(&actor, id, update).await?.into(),
+    ))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -359,9 +400,18 @@ pub async fn revoke_key(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<RevokeRequest>,
 ) -> Result<Json<KeyView>, ApiError> {
-    let actor = state.authority.authenticate(bearer.as_deref(), admin::KEYS_REVOKE).await?;
+    let actor = state
+        .authority
+        .authenticate(bearer.as_deref(), admin::KEYS_REVOKE)
+        .await?;
     let id = parse_id(&id)?;
-    Ok(Json(state.authority.revoke_key(&actor, id, body.reason).await?.into()))
+    Ok(Json(
+        state
+            .authority
+            .revoke_key(&actor, id, body.reason)
+            .await?
+            .into(),
+    ))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -397,9 +447,15 @@ pub async fn roll_key(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<RollRequest>,
 ) -> Result<(StatusCode, Json<RolledKey>), ApiError> {
-    let actor = state.authority.authenticate(bearer.as_deref(), admin::KEYS_ROLL).await?;
+    let actor = state
+        .authority
+        .authenticate(bearer.as_deref(), admin::KEYS_ROLL)
+        .await?;
     let id = parse_id(&id)?;
-    let (old, new, key) = state.authority.roll_key(&actor, id, body.grace_period_s).await?;
+    let (old, new, key) = state
+        .authority
+        .roll_key(&actor, id, body.grace_period_s)
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(RolledKey {
@@ -411,4 +467,3 @@ pub async fn roll_key(
         }),
     ))
 }
-

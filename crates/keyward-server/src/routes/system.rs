@@ -28,7 +28,12 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>)
     if state.authority.ready().await {
         (StatusCode::OK, Json(Health { status: "ready" }))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status: "unavailable" }))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health {
+                status: "unavailable",
+            }),
+        )
     }
 }
 

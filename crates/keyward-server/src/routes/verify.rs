@@ -77,12 +77,17 @@ pub async fn verify(
 ) -> Result<Json<VerifyResponse>, ApiError> {
     let started = Instant::now();
     if !state.config.insecure_unauthenticated_verify {
-        state.authority.authenticate(bearer.as_deref(), admin::KEYS_VERIFY).await?;
+        state
+            .authority
+            .authenticate(bearer.as_deref(), admin::KEYS_VERIFY)
+            .await?;
     }
     let environment = body
         .environment
         .as_deref()
-        .map(|e| EnvironmentName::parse(e).map_err(|err| ApiError::field("environment", err.to_string())))
+        .map(|e| {
+            EnvironmentName::parse(e).map_err(|err| ApiError::field("environment", err.to_string()))
+        })
         .transpose()?;
     let verdict = state
         .authority

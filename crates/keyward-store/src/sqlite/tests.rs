@@ -26,7 +26,13 @@ async fn reopening_keeps_data_and_does_not_rerun_migrations() {
             .unwrap();
     }
     let store = SqliteStore::open(&path).unwrap();
-    assert!(store.key(crate::conformance::sample_key(1, "live").id).await.unwrap().is_some());
+    assert!(
+        store
+            .key(crate::conformance::sample_key(1, "live").id)
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
 
 #[tokio::test]
@@ -42,6 +48,9 @@ async fn audit_rows_cannot_be_changed_through_sql() {
         .await
         .unwrap();
     let conn = Connection::open(&path).unwrap();
-    assert!(conn.execute("UPDATE audit_log SET actor = 'x'", []).is_err());
+    assert!(
+        conn.execute("UPDATE audit_log SET actor = 'x'", [])
+            .is_err()
+    );
     assert!(conn.execute("DELETE FROM audit_log", []).is_err());
 }
