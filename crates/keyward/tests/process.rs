@@ -1,0 +1,452 @@
+//! The `keyward` binary as users run it: serve, crash, restart, the CLI, and offline audit checks.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_keyward");
+
+/// A `keyward serve` process on a free port.
+struct Server {
+    child: Child,
+    url: String,
+    root_key: Option<String>,
+}
+
+impl Server {
+    fn start(data_dir: &Path) -> Server {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut root_key = None;
+        loop {
+            let line = lines
+                .next()
+                .expect("serve exited before listening")
+                .unwrap();
+            if let Some(key) = line.trim().strip_prefix("keyward_admin_") {
+                root_key = Some(format!("keyward_admin_{key}"));
+            }
+            if let Some(addr) = line.strip_prefix("keyward listening on ") {
+                // Keep draining stdout so the server never blocks on a full pipe.
+                std::thread::spawn(move || for _ in lines {});
+                return Server {
+                    child,
+                    url: addr.to_owned(),
+                    root_key,
+                };
+            }
+        }
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap(); // SIGKILL on Unix
+        self.child.wait().unwrap();
+    }
+
+    fn terminate(mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = self.child.wait().unwrap();
+        assert!(exit.success(), "serve exited with {exit} after SIGTERM");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+fn post(url: &str, token: &str, body: Value) -> (u16, Value) {
+    let resp = client()
+        .post(url)
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .unwrap();
+    (resp.status().as_u16(), resp.json().unwrap())
+}
+
+fn get(url: &str, token: &str) -> Value {
+    client()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap()
+}
+
+fn cli(args: &[&str], url: &str, token: &str) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("KEYWARD_URL", url)
+        .env("KEYWARD_TOKEN", token)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_created_key_survives_kill_9_right_after_the_create_returned() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let root = server
+        .root_key
+        .clone()
+        .expect("a new data dir prints the root key");
+    let (status, created) = post(
+        &format!("{}/v1/keys", server.url),
+        &root,
+        json!({"environment": "live", "name": "n", "owner": "o"}),
+    );
+    assert_eq!(status, 201);
+    let (status, revoked) = post(
+        &format!("{}/v1/keys", server.url),
+        &root,
+        json!({"environment": "live", "name": "r", "owner": "o"}),
+    );
+    assert_eq!(status, 201);
+    let (status, _) = post(
+        &format!(
+            "{}/v1/keys/{}/revoke",
+            server.url,
+            revoked["id"].as_str().unwrap()
+        ),
+        &root,
+        json!({"reason": "test"}),
+    );
+    assert_eq!(status, 200);
+    server.kill9();
+
+    let server = Server::start(dir.path());
+    assert!(
+        server.root_key.is_none(),
+        "an initialised data dir must not print a new root key"
+    );
+    let verify = |key: &Value| {
+        post(
+            &format!("{}/v1/verify", server.url),
+            &root,
+            json!({"key": key}),
+        )
+    };
+    assert_eq!(verify(&created["key"]).1["code"], "VALID");
+    assert_eq!(verify(&revoked["key"]).1["code"], "REVOKED");
+}
+
+#[test]
+fn sigterm_drains_and_flushes_usage() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let root = server.root_key.clone().unwrap();
+    let (_, created) = post(
+        &format!("{}/v1/keys", server.url),
+        &root,
+        json!({"environment": "test", "name": "n", "owner": "o"}),
+    );
+    for _ in 0..3 {
+        post(
+            &format!("{}/v1/verify", server.url),
+            &root,
+            json!({"key": created["key"]}),
+        );
+    }
+    server.terminate();
+    let server = Server::start(dir.path());
+    let shown = get(
+        &format!("{}/v1/keys/{}", server.url, created["id"].as_str().unwrap()),
+        &root,
+    );
+    assert_eq!(shown["uses"], 3, "{shown}");
+    assert!(shown["last_used_at"].is_string());
+}
+
+#[test]
+fn two_servers_cannot_share_a_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let _server = Server::start(dir.path());
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another keyward process"));
+}
+
+#[test]
+fn cli_init_and_keys_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = Command::new(BIN)
+        .args(["init", "--json", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let init: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let root = init["root_key"].as_str().unwrap().to_owned();
+    assert_eq!(init["environments"], json!(["live", "test", "admin"]));
+    // Secrets are kept out of the store file and readable only by the owner.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(data.join("secrets.json"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(
+        mode & 0o077,
+        0,
+        "secrets.json is readable by others: {mode:o}"
+    );
+    let db = std::fs::read(data.join("keyward.db")).unwrap();
+    assert!(!String::from_utf8_lossy(&db).contains(&root[14..]));
+
+    let again = Command::new(BIN)
+        .args(["init", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+
+    let server = Server::start(&data);
+    let url = server.url.clone();
+    let out = cli(
+        &[
+            "keys",
+            "create",
+            "--environment",
+            "live",
+            "--name",
+            "cli",
+            "--owner",
+            "ops",
+            "--permission",
+            "a:b",
+            "--ttl-s",
+            "3600",
+            "--json",
+        ],
+        &url,
+        &root,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = created["id"].as_str().unwrap();
+    assert_eq!(created["permissions"], json!(["a:b"]));
+
+    let out = cli(
+        &["keys", "list", "--environment", "live", "--json"],
+        &url,
+        &root,
+    );
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["keys"][0]["id"], id);
+
+    let out = cli(&["keys", "show", id], &url, &root);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"owner\": \"ops\""));
+
+    let out = cli(
+        &["keys", "roll", id, "--grace-period-s", "60", "--json"],
+        &url,
+        &root,
+    );
+    let rolled: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rolled["rolled_from"], id);
+
+    let out = cli(
+        &[
+            "keys",
+            "revoke",
+            rolled["id"].as_str().unwrap(),
+            "--reason",
+            "done",
+            "--json",
+        ],
+        &url,
+        &root,
+    );
+    let revoked: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(revoked["status"], "revoked");
+
+    // Failures: non-zero exit and one line naming the code.
+    let out = cli(
+        &["keys", "show", "00000000-0000-7000-8000-000000000000"],
+        &url,
+        &root,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("NOT_FOUND"), "{err}");
+    let out = cli(&["keys", "list"], &url, "keyward_admin_wrong");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("UNAUTHORIZED"));
+    let out = cli(&["keys", "list"], "http://127.0.0.1:1", &root);
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim().lines().count(),
+        1
+    );
+    drop(server);
+
+    let out = Command::new(BIN)
+        .args(["audit", "verify", "--json", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["intact"], true);
+    assert!(report["entries"].as_u64().unwrap() >= 8);
+}
+
+fn sql(db: &Path, statements: &str) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    // An attacker with the file can drop the store's guard triggers; the chain still tells.
+    conn.execute_batch(
+        "DROP TRIGGER IF EXISTS audit_log_no_update; DROP TRIGGER IF EXISTS audit_log_no_delete;",
+    )
+    .unwrap();
+    conn.execute_batch(statements).unwrap();
+}
+
+fn audit_verify(data: &Path) -> (bool, String) {
+    let out = Command::new(BIN)
+        .args(["audit", "verify", "--data-dir"])
+        .arg(data)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn audit_verify_detects_edit_delete_and_reorder() {
+    for (tamper, first_broken) in [
+        (
+            "UPDATE audit_log SET details = '{\"name\":\"innocent\"}' WHERE seq = 5",
+            "entry 5",
+        ),
+        (
+            "UPDATE audit_log SET actor = 'mallory' WHERE seq = 3",
+            "entry 3",
+        ),
+        ("DELETE FROM audit_log WHERE seq = 2", "entry 3"),
+        (
+            "UPDATE audit_log SET seq = 100 WHERE seq = 2; UPDATE audit_log SET seq = 2 WHERE seq = 3; UPDATE audit_log SET seq = 3 WHERE seq = 100;",
+            "entry 2",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let out = Command::new(BIN)
+            .args(["init", "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let (ok, report) = audit_verify(&data);
+        assert!(ok, "{report}");
+        sql(&data.join("keyward.db"), tamper);
+        let (ok, report) = audit_verify(&data);
+        assert!(!ok, "tampering not detected: {tamper}");
+        assert!(report.contains(first_broken), "{tamper}: {report}");
+    }
+}
+
+#[test]
+fn serve_refuses_a_store_without_its_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    assert!(
+        Command::new(BIN)
+            .args(["init", "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    std::fs::remove_file(data.join("secrets.json")).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("secrets.json is missing"));
+}
+
+#[test]
+fn bad_configuration_is_reported_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("keyward.toml");
+    std::fs::write(&config, "listen = 'nowhere'\nbody_limit_bytes = 1\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("listen") && err.contains("body_limit_bytes"),
+        "{err}"
+    );
+    std::fs::write(&config, "colour = 'blue'\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field"));
+}
