@@ -150,7 +150,7 @@ pub struct KeyIds {
 
 impl KeyIds {
     pub fn next(&self, now: Timestamp) -> Result<KeyId, RandomUnavailable> {
-        let mut bytes = random::<10>()?;
+        let bytes = random::<10>()?;
         let now_ms = u64::try_from(now.unix_ms()).unwrap_or(0);
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let (last_ms, last_counter) = *last;
@@ -163,8 +163,9 @@ impl KeyIds {
         };
         *last = (ms, counter);
         let [high, low] = counter.to_be_bytes();
-        bytes[0] = high;
-        bytes[1] = low;
+        // Identifier randomness is not secret; it leaves the zeroizing buffer on purpose.
+        let [_, _, r2, r3, r4, r5, r6, r7, r8, r9] = *bytes;
+        let bytes = [high, low, r2, r3, r4, r5, r6, r7, r8, r9];
         Ok(KeyId(
             uuid::Builder::from_unix_timestamp_millis(ms, &bytes).into_uuid(),
         ))
@@ -190,7 +191,7 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     text.as_bytes()

@@ -31,7 +31,7 @@ pub fn chain(
             let target = p.target;
             let bytes = canonical_bytes(seq, ts, &p.actor, p.action, target.as_deref(), &p.details);
             let hash = audit_hash(&prev, &bytes);
-            let entry = AuditEntry {
+            AuditEntry {
                 seq,
                 ts,
                 actor: p.actor,
@@ -40,8 +40,7 @@ pub fn chain(
                 details: p.details,
                 prev_hash: std::mem::replace(&mut prev, hash.clone()),
                 hash,
-            };
-            entry
+            }
         })
         .collect()
 }

@@ -166,10 +166,11 @@ impl VerifyCache {
         if shard.epoch.load(Ordering::Acquire) != epoch.0 {
             return;
         }
-        if records.len() >= self.per_shard && !records.contains_key(&hash) {
-            if let Some(victim) = records.keys().next().copied() {
-                records.remove(&victim);
-            }
+        if records.len() >= self.per_shard
+            && !records.contains_key(&hash)
+            && let Some(victim) = records.keys().next().copied()
+        {
+            records.remove(&victim);
         }
         records.insert(hash, key);
     }

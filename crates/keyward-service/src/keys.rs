@@ -348,10 +348,10 @@ impl Authority {
         if let Some(permissions) = &update.permissions {
             Self::check_no_escalation(actor, key.service, permissions)?;
         }
-        if let Some(Some(at)) = update.expires_at {
-            if at <= now {
-                return Err(invalid("expires_at", "must be in the future"));
-            }
+        if let Some(Some(at)) = update.expires_at
+            && at <= now
+        {
+            return Err(invalid("expires_at", "must be in the future"));
         }
         let mut changed = Map::new();
         if let Some(name) = update.name {

@@ -33,7 +33,7 @@ pub fn sample_key(n: u8, environment: &str) -> KeyRecord {
         hash: KeyHash([n; 32]),
         start: format!("kw_{environment}_abcd"),
         name: format!("key {n}"),
-        owner: if n % 2 == 0 {
+        owner: if n.is_multiple_of(2) {
             "alice".into()
         } else {
             "bob".into()

@@ -219,28 +219,20 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn audit_from_row(
-    row: &Row<'_>,
-) -> rusqlite::Result<(
-    i64,
-    i64,
-    String,
-    String,
-    Option<String>,
-    String,
-    String,
-    String,
-)> {
-    Ok((
-        row.get(0)?,
-        row.get(1)?,
-        row.get(2)?,
-        row.get(3)?,
-        row.get(4)?,
-        row.get(5)?,
-        row.get(6)?,
-        row.get(7)?,
-    ))
+fn audit_from_row(row: &Row<'_>) -> Result<AuditEntry, StoreError> {
+    let get_err = |e: rusqlite::Error| StoreError::Corrupt(e.to_string());
+    let seq: i64 = row.get(0).map_err(get_err)?;
+    let details: String = row.get(5).map_err(get_err)?;
+    Ok(AuditEntry {
+        seq: u64::try_from(seq).map_err(|_| corrupt("audit seq"))?,
+        ts: Timestamp::from_unix_ms(row.get(1).map_err(get_err)?),
+        actor: row.get(2).map_err(get_err)?,
+        action: row.get(3).map_err(get_err)?,
+        target: row.get(4).map_err(get_err)?,
+        details: serde_json::from_str(&details).map_err(|_| corrupt("audit details"))?,
+        prev_hash: row.get(6).map_err(get_err)?,
+        hash: row.get(7).map_err(get_err)?,
+    })
 }
 
 fn head(conn: &Connection) -> Result<Option<AuditHead>, StoreError> {
@@ -487,7 +479,7 @@ impl Store for SqliteStore {
     }
 
     async fn audit_head(&self) -> Result<Option<AuditHead>, StoreError> {
-        self.read(|conn| head(conn)).await
+        self.read(head).await
     }
 
     async fn audit_entries(&self, after: u64, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
@@ -498,24 +490,12 @@ impl Store for SqliteStore {
                      FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2",
                 )
                 .map_err(unavailable)?;
-            let rows = stmt
-                .query_map(params![to_i64(after), i64::from(limit)], audit_from_row)
+            let mut rows = stmt
+                .query(params![to_i64(after), i64::from(limit)])
                 .map_err(unavailable)?;
             let mut out = Vec::new();
-            for row in rows {
-                let (seq, ts, actor, action, target, details, prev_hash, hash) =
-                    row.map_err(unavailable)?;
-                out.push(AuditEntry {
-                    seq: u64::try_from(seq).map_err(|_| corrupt("audit seq"))?,
-                    ts: Timestamp::from_unix_ms(ts),
-                    actor,
-                    action,
-                    target,
-                    details: serde_json::from_str(&details)
-                        .map_err(|_| corrupt("audit details"))?,
-                    prev_hash,
-                    hash,
-                });
+            while let Some(row) = rows.next().map_err(unavailable)? {
+                out.push(audit_from_row(row)?);
             }
             Ok(out)
         })

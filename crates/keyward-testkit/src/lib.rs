@@ -2,7 +2,12 @@
 //! SQLite store in a temp dir, with a [`FakeClock`] the test moves by hand. The store is wrapped
 //! in a [`CountingStore`] so tests can prove which requests reached it.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
