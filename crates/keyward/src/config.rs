@@ -98,13 +98,14 @@ impl Config {
             problems.push("usage_flush_interval_ms: must be between 10 and 3600000".into());
         }
         let plain_http_ok = flags.insecure_plain_http || file.insecure_plain_http.unwrap_or(false);
-        if let Ok(addr) = listen {
-            if !addr.ip().is_loopback() && !plain_http_ok {
-                problems.push(format!(
-                    "listen: {addr} is not a loopback address, and keyward serves plain HTTP; \
-                     put a TLS proxy in front and set insecure_plain_http = true (or --insecure-plain-http)"
-                ));
-            }
+        if let Ok(addr) = listen
+            && !addr.ip().is_loopback()
+            && !plain_http_ok
+        {
+            problems.push(format!(
+                "listen: {addr} is not a loopback address, and keyward serves plain HTTP; \
+                 put a TLS proxy in front and set insecure_plain_http = true (or --insecure-plain-http)"
+            ));
         }
         let listen = match listen {
             Ok(addr) if problems.is_empty() => addr,
