@@ -24,33 +24,51 @@ use keyward_core::{
 
 const SHARDS: usize = 64;
 
-/// What verification needs to know about a key, kept compact because a node may cache millions.
+/// What verification needs to know about a key, kept compact because a node may cache millions:
+/// environment, owner and permission set are shared between the keys that have the same ones
+/// (most keys of a team share them), metadata is only allocated when there is some, and the
+/// name, which no verdict carries, is left out.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CachedKey {
     pub id: KeyId,
     pub service: ServiceName,
-    pub environment: EnvironmentName,
-    pub name: Box<str>,
-    pub owner: Box<str>,
-    pub permissions: Box<[Permission]>,
-    pub meta: serde_json::Map<String, serde_json::Value>,
-    pub expires_at: Option<Timestamp>,
     pub status: KeyStatus,
+    pub environment: Arc<EnvironmentName>,
+    pub owner: Arc<str>,
+    pub permissions: Arc<[Permission]>,
+    pub meta: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+    pub expires_at: Option<Timestamp>,
 }
 
-impl From<&KeyRecord> for CachedKey {
-    fn from(key: &KeyRecord) -> Self {
-        CachedKey {
-            id: key.id,
-            service: key.service,
-            environment: key.environment.clone(),
-            name: key.name.as_str().into(),
-            owner: key.owner.as_str().into(),
-            permissions: key.permissions.clone().into_boxed_slice(),
-            meta: key.meta.clone(),
-            expires_at: key.expires_at,
-            status: key.status,
+/// Shares equal values between cache entries. Values no entry uses any more are swept out
+/// whenever the set has doubled since the last sweep, so it stays proportional to the cache.
+struct Interner<T: ?Sized> {
+    set: std::sync::Mutex<(HashSet<Arc<T>>, usize)>,
+}
+
+impl<T: ?Sized + std::hash::Hash + Eq> Interner<T> {
+    fn new() -> Self {
+        Interner {
+            set: std::sync::Mutex::new((HashSet::new(), 1024)),
         }
+    }
+
+    fn intern(&self, value: &T) -> Arc<T>
+    where
+        for<'a> Arc<T>: From<&'a T>,
+    {
+        let mut guard = self.set.lock().unwrap_or_else(|p| p.into_inner());
+        let (set, sweep_at) = &mut *guard;
+        if let Some(shared) = set.get(value) {
+            return Arc::clone(shared);
+        }
+        if set.len() >= *sweep_at {
+            set.retain(|v| Arc::strong_count(v) > 1);
+            *sweep_at = (set.len() * 2).max(1024);
+        }
+        let shared: Arc<T> = Arc::from(value);
+        set.insert(Arc::clone(&shared));
+        shared
     }
 }
 
@@ -97,6 +115,9 @@ pub struct VerifyCache {
     shards: Box<[Shard]>,
     per_shard: usize,
     known: RwLock<HashSet<u64, BuildKeyHash>>,
+    environments: RwLock<Vec<Arc<EnvironmentName>>>,
+    owners: Interner<str>,
+    permission_sets: Interner<[Permission]>,
 }
 
 impl std::fmt::Debug for VerifyCache {
@@ -124,7 +145,34 @@ impl VerifyCache {
                 .collect(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
             known: RwLock::new(HashSet::default()),
+            environments: RwLock::new(Vec::new()),
+            owners: Interner::new(),
+            permission_sets: Interner::new(),
         }
+    }
+
+    /// The cached form of `key`.
+    pub fn entry_for(&self, key: &KeyRecord) -> Arc<CachedKey> {
+        let shared = read(&self.environments)
+            .iter()
+            .find(|e| ***e == key.environment)
+            .cloned();
+        let environment = shared.unwrap_or_else(|| {
+            let mut environments = write(&self.environments);
+            let env = Arc::new(key.environment.clone());
+            environments.push(Arc::clone(&env));
+            env
+        });
+        Arc::new(CachedKey {
+            id: key.id,
+            service: key.service,
+            status: key.status,
+            environment,
+            owner: self.owners.intern(key.owner.as_str()),
+            permissions: self.permission_sets.intern(key.permissions.as_slice()),
+            meta: (!key.meta.is_empty()).then(|| Arc::new(key.meta.clone())),
+            expires_at: key.expires_at,
+        })
     }
 
     fn shard(&self, hash: &KeyHash) -> &Shard {
@@ -208,7 +256,7 @@ mod tests {
     fn cached(n: u8) -> (KeyHash, Arc<CachedKey>) {
         let mut record = keyward_store::conformance::sample_key(n, "live");
         record.hash = KeyHash([n; 32]);
-        (record.hash, Arc::new(CachedKey::from(&record)))
+        (record.hash, VerifyCache::new(1).entry_for(&record))
     }
 
     #[test]
@@ -233,6 +281,27 @@ mod tests {
             cache.insert_if_current(hash, key, cache.epoch(&hash));
         }
         assert!(cache.len() <= 64, "{}", cache.len());
+    }
+
+    #[test]
+    fn equal_owners_and_permissions_are_shared() {
+        let cache = VerifyCache::new(100);
+        let a = cache.entry_for(&keyward_store::conformance::sample_key(2, "live"));
+        let b = cache.entry_for(&keyward_store::conformance::sample_key(4, "live"));
+        assert!(Arc::ptr_eq(&a.owner, &b.owner));
+        assert!(Arc::ptr_eq(&a.permissions, &b.permissions));
+        assert!(Arc::ptr_eq(&a.environment, &b.environment));
+    }
+
+    #[test]
+    fn interner_sweeps_unused_values() {
+        let interner: Interner<str> = Interner::new();
+        for i in 0..5000 {
+            drop(interner.intern(format!("owner {i}").as_str()));
+        }
+        let kept = interner.intern("kept");
+        assert!(interner.set.lock().unwrap().0.len() <= 2048);
+        assert!(Arc::ptr_eq(&kept, &interner.intern("kept")));
     }
 
     #[test]

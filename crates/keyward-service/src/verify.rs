@@ -57,7 +57,7 @@ fn evaluate(key: &CachedKey, now: Timestamp, environment: Option<&EnvironmentNam
         VerifyCode::Expired
     } else if key.status == KeyStatus::Disabled {
         VerifyCode::Disabled
-    } else if environment.is_some_and(|env| *env != key.environment) {
+    } else if environment.is_some_and(|env| *env != *key.environment) {
         VerifyCode::EnvironmentMismatch
     } else {
         VerifyCode::Valid
@@ -124,7 +124,7 @@ impl Authority {
         let epoch = self.cache.epoch(&hash);
         match self.store.key_by_hash(hash).await? {
             Some(record) => {
-                let key = Arc::new(CachedKey::from(&record));
+                let key = self.cache.entry_for(&record);
                 self.cache.insert_if_current(hash, Arc::clone(&key), epoch);
                 Ok(Lookup::Found(key))
             }

@@ -43,8 +43,6 @@ pub struct VerifyResponse {
     #[schema(value_type = Option<String>, format = Uuid)]
     pub key_id: Option<KeyId>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
@@ -99,11 +97,10 @@ pub async fn verify(
         valid: verdict.code == VerifyCode::Valid,
         code: verdict.code,
         key_id: key.map(|k| k.id),
-        name: key.map(|k| k.name.to_string()),
         owner: key.map(|k| k.owner.to_string()),
-        environment: key.map(|k| k.environment.clone()),
+        environment: key.map(|k| (*k.environment).clone()),
         permissions: key.map(|k| k.permissions.to_vec()),
-        meta: key.map(|k| k.meta.clone()),
+        meta: key.map(|k| k.meta.as_deref().cloned().unwrap_or_default()),
         expires_at: key.and_then(|k| k.expires_at),
     }))
 }
