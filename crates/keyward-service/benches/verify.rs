@@ -144,6 +144,8 @@ fn fixture() -> &'static Fixture {
                 done.unwrap();
             }
         });
+        // Let the usage batcher write the warm-up's usage, as it would between bursts.
+        std::thread::sleep(std::time::Duration::from_secs(3));
         let after = rss_mib();
         eprintln!(
             "setup: {count} keys cached in {:.1?}; resident memory {before:.0} MiB before, {after:.0} MiB after ({:.0} bytes per cached key)",

@@ -53,6 +53,9 @@ impl UsageRecorder {
     }
 }
 
+/// Pending-usage table capacity kept between flushes; a larger one is freed after a flush.
+const KEEP_CAPACITY: usize = 16 * 1024;
+
 async fn run(
     store: Arc<dyn Store>,
     mut rx: mpsc::Receiver<(KeyId, Timestamp)>,
@@ -95,6 +98,8 @@ async fn flush(store: &dyn Store, pending: &mut HashMap<KeyId, KeyUsage>) {
     }
     let batch: Vec<KeyUsage> = pending.values().copied().collect();
     match store.record_usage(batch).await {
+        // After a burst, give the table's memory back rather than keeping its peak size.
+        Ok(()) if pending.capacity() > KEEP_CAPACITY => *pending = HashMap::new(),
         Ok(()) => pending.clear(),
         // Kept for the next tick: usage is retried, not lost, while the store is down.
         Err(e) => {

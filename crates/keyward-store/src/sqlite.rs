@@ -17,8 +17,10 @@ use crate::{AuditHead, Changes, EnvironmentRecord, KeyQuery, KeyUsage, Store, St
 /// Migrations in order; `PRAGMA user_version` records how many have run.
 const MIGRATIONS: &[&str] = &[include_str!("../migrations/sqlite/0001_init.sql")];
 
-/// Readers kept open for reuse; more are opened under load and closed after.
-const IDLE_READERS: usize = 4;
+/// Readers kept open for reuse; more are opened under load and closed after. Opening one costs
+/// far more than a lookup (schema parse, a fresh page cache), so keep enough for the blocking
+/// pool's usual concurrency.
+const IDLE_READERS: usize = 16;
 
 #[derive(Clone)]
 pub struct SqliteStore {
