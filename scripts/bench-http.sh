@@ -3,7 +3,7 @@
 # answering a fixed `return 200` under the same wrk settings: the ceiling of one HTTP hop here.
 #
 #   scripts/bench-http.sh                 # defaults below
-#   KEYS=5000 DURATION=20 CONNECTIONS=64 THREADS=1 scripts/bench-http.sh
+#   KEYS=5000 DURATION=20 CONNECTIONS=64 THREADS=1 WORKERS=1 scripts/bench-http.sh
 #
 # Needs wrk and nginx (Debian: apt-get install wrk nginx). Prints requests/s, p50/p99 latency,
 # the ratio to nginx, and keyward's resident memory after the run. Only loopback is touched.
@@ -13,6 +13,9 @@ KEYS=${KEYS:-2000}
 DURATION=${DURATION:-15}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-1}
+# Cores left to the server once wrk has its own: keyward's worker threads and nginx's worker
+# processes both get this many, so neither competes with the load generator for a core.
+WORKERS=${WORKERS:-$(( $(nproc) > THREADS ? $(nproc) - THREADS : 1 ))}
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 for tool in wrk nginx python3; do
@@ -32,7 +35,7 @@ cargo build --release -q -p keyward --manifest-path "$root/Cargo.toml"
 bin="$root/target/release/keyward"
 
 # keyward on a free port, embedded store in a temp data dir.
-RUST_LOG=warn "$bin" serve --listen 127.0.0.1:0 --data-dir "$work/data" >"$work/serve.out" 2>"$work/serve.err" &
+RUST_LOG=warn "$bin" serve --listen 127.0.0.1:0 --worker-threads "$WORKERS" --data-dir "$work/data" >"$work/serve.out" 2>"$work/serve.err" &
 kw_pid=$!
 for _ in $(seq 100); do grep -q 'listening on' "$work/serve.out" 2>/dev/null && break; sleep 0.1; done
 url=$(sed -n 's/^keyward listening on //p' "$work/serve.out")
@@ -82,7 +85,7 @@ rss_kib=$(awk '/VmRSS/ {print $2}' "/proc/$kw_pid/status")
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 mkdir -p "$work/nginx"
 cat >"$work/nginx.conf" <<NGINX
-worker_processes auto;
+worker_processes $WORKERS;
 pid $work/nginx.pid;
 error_log $work/nginx/error.log warn;
 events { worker_connections 1024; }
@@ -104,12 +107,12 @@ sed 's/error("unexpected.*/error("unexpected answer " .. status)/' "$work/verify
 wrk -t"$THREADS" -c"$CONNECTIONS" -d3s -s "$work/nginx.lua" "http://127.0.0.1:$port" >/dev/null
 wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$work/nginx.lua" "http://127.0.0.1:$port" >"$work/nginx.txt"
 
-python3 - "$work/keyward.txt" "$work/nginx.txt" "$rss_kib" "$KEYS" "$THREADS" "$CONNECTIONS" "$DURATION" <<'PY'
+python3 - "$work/keyward.txt" "$work/nginx.txt" "$rss_kib" "$KEYS" "$THREADS" "$CONNECTIONS" "$DURATION" "$WORKERS" <<'PY'
 import re, sys
 def parse(path):
     text = open(path).read()
-    if "Non-2xx" in text or "errors" in text.split("Requests/sec")[0].lower() and re.search(r"Socket errors|Non-2xx", text):
-        print(open(path).read(), file=sys.stderr)
+    if re.search(r"Socket errors|Non-2xx", text):
+        print(f"warning: errors during the run of {path}:\n{text}", file=sys.stderr)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
     def pct(p):
         m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
@@ -117,8 +120,9 @@ def parse(path):
         return v * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
     return rps, pct(50), pct(99)
 kw, ng = parse(sys.argv[1]), parse(sys.argv[2])
-rss, keys, threads, conns, dur = int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7]
+rss, keys, threads, conns, dur, workers = int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7], sys.argv[8]
 print(f"wrk -t{threads} -c{conns} -d{dur}s, POST /v1/verify with {keys} distinct valid keys (bearer-authenticated)")
+print(f"server workers: {workers} (keyward --worker-threads, nginx worker_processes)")
 print(f"{'':<22}{'requests/s':>12}{'p50 ms':>10}{'p99 ms':>10}")
 print(f"{'keyward verify':<22}{kw[0]:>12,.0f}{kw[1]:>10.3f}{kw[2]:>10.3f}")
 print(f"{'nginx return 200':<22}{ng[0]:>12,.0f}{ng[1]:>10.3f}{ng[2]:>10.3f}")

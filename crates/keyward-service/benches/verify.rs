@@ -3,7 +3,12 @@
 //! Run: `cargo bench -p keyward-service --bench verify` (set KEYWARD_BENCH_KEYS to change the
 //! key count). Setup prints the resident memory before and after caching every key.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};

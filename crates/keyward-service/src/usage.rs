@@ -53,6 +53,8 @@ impl UsageRecorder {
     }
 }
 
+const RECEIVE_BATCH: usize = 1024;
+
 /// Pending-usage table capacity kept between flushes; a larger one is freed after a flush.
 const KEEP_CAPACITY: usize = 16 * 1024;
 
@@ -65,12 +67,18 @@ async fn run(
     let mut pending: HashMap<KeyId, KeyUsage> = HashMap::new();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Events are taken in batches: one wake-up per batch, not per verification.
+    let mut batch = Vec::with_capacity(RECEIVE_BATCH);
     loop {
         tokio::select! {
-            event = rx.recv() => match event {
-                Some((id, at)) => fold(&mut pending, id, at),
-                None => break,
-            },
+            received = rx.recv_many(&mut batch, RECEIVE_BATCH) => {
+                if received == 0 {
+                    break;
+                }
+                for (id, at) in batch.drain(..) {
+                    fold(&mut pending, id, at);
+                }
+            }
             _ = ticker.tick() => flush(&*store, &mut pending).await,
             _ = stopped.changed() => break,
         }

@@ -22,6 +22,7 @@ pub struct FileConfig {
     pub usage_flush_interval_ms: Option<u64>,
     pub insecure_unauthenticated_verify: Option<bool>,
     pub insecure_plain_http: Option<bool>,
+    pub worker_threads: Option<usize>,
 }
 
 impl FileConfig {
@@ -45,6 +46,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// Threads serving requests; by default one per core. On a machine shared with a load
+    /// generator or the protected API, fewer threads than cores gives steadier tail latency.
+    pub worker_threads: usize,
     pub server: keyward_server::ServerConfig,
     pub authority: keyward_service::AuthorityConfig,
 }
@@ -55,6 +59,7 @@ pub struct Overrides {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub log_format: Option<String>,
+    pub worker_threads: Option<usize>,
     pub insecure_plain_http: bool,
 }
 
@@ -97,6 +102,14 @@ impl Config {
         if !(10..=3_600_000).contains(&flush_ms) {
             problems.push("usage_flush_interval_ms: must be between 10 and 3600000".into());
         }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let worker_threads = flags
+            .worker_threads
+            .or(file.worker_threads)
+            .unwrap_or(cores);
+        if !(1..=1024).contains(&worker_threads) {
+            problems.push("worker_threads: must be between 1 and 1024".into());
+        }
         let plain_http_ok = flags.insecure_plain_http || file.insecure_plain_http.unwrap_or(false);
         if let Ok(addr) = listen
             && !addr.ip().is_loopback()
@@ -119,6 +132,7 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             log_format,
             log_level: file.log_level.unwrap_or_else(|| "info".to_owned()),
+            worker_threads,
             server: keyward_server::ServerConfig {
                 body_limit_bytes,
                 request_timeout: Duration::from_millis(request_timeout_ms),

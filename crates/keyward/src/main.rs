@@ -69,6 +69,9 @@ struct ServeArgs {
     /// `text` or `json` log lines on stderr.
     #[arg(long, env = "KEYWARD_LOG_FORMAT")]
     log_format: Option<String>,
+    /// Threads serving requests (default: one per core).
+    #[arg(long, env = "KEYWARD_WORKER_THREADS")]
+    worker_threads: Option<usize>,
     /// Allow plain HTTP on a non-loopback address (put TLS in front of it).
     #[arg(long)]
     insecure_plain_http: bool,
@@ -90,23 +93,30 @@ enum AuditCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("keyward: error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(dispatch(cli.command)) {
+    match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("keyward: error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    let command = match command {
+        Command::Serve(args) => {
+            // The configuration decides how many threads the runtime gets.
+            let config = load_config(args)?;
+            runtime.worker_threads(config.0.worker_threads);
+            let runtime = runtime.build().context("cannot start the runtime")?;
+            return runtime.block_on(serve(config)).map(|()| ExitCode::SUCCESS);
+        }
+        other => other,
+    };
+    let runtime = runtime.build().context("cannot start the runtime")?;
+    runtime.block_on(dispatch(command))
 }
 
 fn one_line(e: &anyhow::Error) -> String {
@@ -128,7 +138,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             init(&dir, json).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve(args) => serve(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Serve(args) => serve(load_config(args)?).await.map(|()| ExitCode::SUCCESS),
         Command::Keys { remote, command } => client::run(remote, command).await,
         Command::Audit {
             command: AuditCommand::Verify { data_dir, json },
@@ -167,7 +177,8 @@ fn dir_display(dir: &DataDir) -> String {
         .unwrap_or_default()
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+/// The resolved configuration and whether to print a new root key as JSON.
+fn load_config(args: ServeArgs) -> anyhow::Result<(Config, bool)> {
     let file = match &args.config {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
@@ -178,14 +189,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             listen: args.listen,
             data_dir: args.data_dir,
             log_format: args.log_format,
+            worker_threads: args.worker_threads,
             insecure_plain_http: args.insecure_plain_http,
         },
     )?;
+    Ok((config, args.json))
+}
+
+async fn serve((config, json): (Config, bool)) -> anyhow::Result<()> {
     init_logging(&config);
     let dir = DataDir::new(&config.data_dir);
     dir.check_consistent()?;
     if !dir.is_initialised() {
-        init(&dir, args.json).await?;
+        init(&dir, json).await?;
     }
     let _lock = dir.lock()?;
     let keyring = dir.read_keyring()?;
