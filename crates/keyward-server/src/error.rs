@@ -45,6 +45,10 @@ error_codes! {
 impl ErrorCode {
     /// The code for a bare status produced below the handlers (router, timeout layer).
     pub fn for_status(status: StatusCode) -> ErrorCode {
+        if status == StatusCode::BAD_REQUEST {
+            // Bodies are parsed by our own extractor; a bare 400 is a path or query rejection.
+            return ErrorCode::InvalidField;
+        }
         ErrorCode::ALL
             .iter()
             .copied()

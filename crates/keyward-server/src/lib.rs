@@ -179,8 +179,13 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
     let mut response = next.run(req).await;
     let status = response.status();
     let error = response.extensions_mut().remove::<ApiError>().or_else(|| {
-        let bare = (status.is_client_error() || status.is_server_error())
-            && !response.headers().contains_key(header::CONTENT_TYPE);
+        // Errors made below the handlers (router, extractor rejections, timeouts) come as
+        // plain text or empty bodies; they get the same JSON envelope as every other error.
+        let is_json = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        let bare = (status.is_client_error() || status.is_server_error()) && !is_json;
         bare.then(|| {
             let code = ErrorCode::for_status(status);
             ApiError::new(code, status.canonical_reason().unwrap_or("error"))

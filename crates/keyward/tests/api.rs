@@ -1198,6 +1198,22 @@ async fn bad_input_table() {
             404,
             "NOT_FOUND",
         ),
+        (
+            Method::GET,
+            "/v1/keys/%FF%FE",
+            Some(&root),
+            Vec::new(),
+            400,
+            "INVALID_FIELD",
+        ),
+        (
+            Method::POST,
+            "/v1/keys/%C3%28/revoke",
+            Some(&root),
+            b(json!({"reason": "r"})),
+            400,
+            "INVALID_FIELD",
+        ),
     ];
     for (method, path, token, body, status, code) in cases {
         let label = format!("{method} {path} {:.60}", String::from_utf8_lossy(&body));
