@@ -4,6 +4,8 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use keyward_service::ServiceError;
+use serde::Serialize;
+use utoipa::{IntoResponses, ToSchema};
 
 macro_rules! error_codes {
     ($($variant:ident => $status:ident, $name:literal;)*) => {
@@ -59,6 +61,53 @@ impl ErrorCode {
                 ErrorCode::Internal
             })
     }
+}
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// A stable code: INVALID_JSON, INVALID_FIELD, UNAUTHORIZED, FORBIDDEN, NOT_FOUND, CONFLICT, …
+    pub code: String,
+    /// For people; never contains a secret or a presented value.
+    pub message: String,
+    /// Quote it when reporting a problem: it is in the server's logs too.
+    pub request_id: String,
+    /// With INVALID_FIELD: the offending field, e.g. `name` or `permissions[2]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// The error answers every admin route may give, for the OpenAPI document.
+#[derive(Debug, IntoResponses)]
+pub enum ErrorResponses {
+    #[response(
+        status = 400,
+        description = "INVALID_JSON or INVALID_FIELD (with `field`)"
+    )]
+    BadRequest(ErrorBody),
+    #[response(status = 401, description = "UNAUTHORIZED: no or bad bearer key")]
+    Unauthorized(ErrorBody),
+    #[response(
+        status = 403,
+        description = "FORBIDDEN: the key lacks the route's permission"
+    )]
+    Forbidden(ErrorBody),
+    #[response(status = 404, description = "NOT_FOUND")]
+    NotFound(ErrorBody),
+    #[response(
+        status = 409,
+        description = "CONFLICT: the key's state does not allow this"
+    )]
+    Conflict(ErrorBody),
+    #[response(status = 413, description = "PAYLOAD_TOO_LARGE")]
+    PayloadTooLarge(ErrorBody),
+    #[response(status = 503, description = "UNAVAILABLE: the store cannot be reached")]
+    Unavailable(ErrorBody),
 }
 
 /// An error on its way to becoming a response. The request-id middleware renders it, so that

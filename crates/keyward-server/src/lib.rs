@@ -86,6 +86,7 @@ impl RequestIds {
         license(name = "Apache-2.0")
     ),
     modifiers(&BearerAuth),
+    components(schemas(error::ErrorBody, error::ErrorDetail)),
     tags(
         (name = "keys", description = "Issue and manage keys"),
         (name = "verify", description = "Verify keys presented to your API"),

@@ -162,6 +162,17 @@ impl Authority {
         }
     }
 
+    /// An admin key may not revoke or disable itself: doing so with the last admin key would lock
+    /// every admin out. Another admin key (or the root key) does it.
+    fn check_not_self(actor: &Actor, id: KeyId) -> Result<(), ServiceError> {
+        if actor.key_id() == id {
+            return Err(ServiceError::Conflict(
+                "an admin key cannot revoke or disable itself; use another admin key".into(),
+            ));
+        }
+        Ok(())
+    }
+
     fn expiry(
         &self,
         now: Timestamp,
@@ -342,6 +353,9 @@ impl Authority {
         if let Some(meta) = &update.meta {
             check_meta(meta)?;
         }
+        if update.enabled == Some(false) {
+            Self::check_not_self(actor, id)?;
+        }
         let mut head = self.writer.lock().await;
         let now = self.clock.now();
         let mut key = self.key_for_change(id).await?;
@@ -416,6 +430,7 @@ impl Authority {
         reason: String,
     ) -> Result<KeyRecord, ServiceError> {
         check_text("reason", &reason, limits::REASON_CHARS)?;
+        Self::check_not_self(actor, id)?;
         let mut head = self.writer.lock().await;
         let mut key = self.key_for_change(id).await?;
         let now = self.clock.now();

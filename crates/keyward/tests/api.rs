@@ -407,6 +407,48 @@ async fn scoped_admin_keys_are_limited_and_cannot_escalate() {
 }
 
 #[tokio::test]
+async fn an_admin_key_cannot_lock_itself_out() {
+    let app = spawn_app().await;
+    let (_, page) = app
+        .call(Method::GET, "/v1/keys?service=keyward", None)
+        .await;
+    let root_id = page["keys"][0]["id"].as_str().unwrap().to_owned();
+    for (method, path, body) in [
+        (
+            Method::POST,
+            format!("/v1/keys/{root_id}/revoke"),
+            json!({"reason": "oops"}),
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/keys/{root_id}"),
+            json!({"enabled": false}),
+        ),
+    ] {
+        let (status, err) = app.call(method, &path, Some(body)).await;
+        assert_eq!(status, 409, "{err}");
+    }
+    let (status, _) = app.call(Method::GET, "/v1/keys", None).await;
+    assert_eq!(status, 200);
+    // Another admin key may revoke it.
+    let other = app
+        .create_key(
+            "admin",
+            json!({"service": "keyward", "permissions": ["keys:revoke"]}),
+        )
+        .await;
+    let (status, _) = app
+        .call_as(
+            other["key"].as_str().unwrap(),
+            Method::POST,
+            &format!("/v1/keys/{root_id}/revoke"),
+            Some(json!({"reason": "rotated"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
 async fn listing_filters_and_pages() {
     let app = spawn_app().await;
     let mut ids = Vec::new();
@@ -696,6 +738,15 @@ async fn metrics_and_openapi() {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),
             "{method} {path} missing from the OpenAPI document"
+        );
+    }
+    // Every reference in the document resolves.
+    let text = doc.to_string();
+    for piece in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+        let name = piece.split('"').next().unwrap();
+        assert!(
+            doc["components"]["schemas"].get(name).is_some(),
+            "unresolved $ref {name}"
         );
     }
     let (status, ready) = app.call(Method::GET, "/readyz", None).await;
@@ -1197,6 +1248,14 @@ async fn bad_input_table() {
             Vec::new(),
             404,
             "NOT_FOUND",
+        ),
+        (
+            Method::GET,
+            "/v1/audit?cursor=9223372036854775808",
+            Some(&root),
+            Vec::new(),
+            400,
+            "INVALID_FIELD",
         ),
         (
             Method::GET,

@@ -9,15 +9,17 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorResponses};
 use crate::extract::{Bearer, QueryParams};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditParams {
     /// The `next_cursor` of the previous page (a sequence number).
     pub cursor: Option<u64>,
     /// Page size, 1-1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -63,7 +65,7 @@ pub struct AuditPage {
 #[utoipa::path(
     get, path = "/v1/audit", tag = "audit",
     params(AuditParams),
-    responses((status = 200, body = AuditPage), (status = 403, description = "FORBIDDEN: needs audit:read")),
+    responses((status = 200, body = AuditPage), ErrorResponses),
     security(("bearer" = []))
 )]
 pub async fn list_audit(
@@ -80,10 +82,14 @@ pub async fn list_audit(
         Some(n @ 1..=1000) => n,
         Some(_) => return Err(ApiError::field("limit", "must be between 1 and 1000")),
     };
-    let entries = state
-        .authority
-        .audit_entries(params.cursor.unwrap_or(0), limit)
-        .await?;
+    let cursor = params.cursor.unwrap_or(0);
+    if i64::try_from(cursor).is_err() {
+        return Err(ApiError::field(
+            "cursor",
+            "not a cursor from a previous page",
+        ));
+    }
+    let entries = state.authority.audit_entries(cursor, limit).await?;
     let next_cursor = (entries.len() == limit as usize)
         .then(|| entries.last().map(|e| e.seq))
         .flatten();

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorResponses};
 use crate::extract::{Bearer, JsonBody, QueryParams};
 
 /// A key as the API shows it: never the secret, never the hash.
@@ -96,25 +96,55 @@ pub struct CreatedKey {
     pub record: KeyView,
 }
 
+/// A permission: `*`, `resource:*` or `resource:action`.
+#[derive(Debug, ToSchema)]
+#[schema(
+    pattern = "^(\\*|[a-z0-9_.-]{1,64}:(\\*|[a-z0-9_.-]{1,64}))$",
+    example = "invoices:read"
+)]
+pub struct PermissionText(pub String);
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyRequest {
     /// The environment the key belongs to, e.g. `live` or `test`. Never changes.
+    #[schema(pattern = "^[a-z0-9]{1,8}$", example = "live")]
     pub environment: String,
+    /// Printable text with at least one non-space character.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: String,
     /// Who is responsible for the key: a team, a person or a service account.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub owner: String,
+    #[schema(
+        min_length = 1,
+        max_length = 1000,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub purpose: Option<String>,
     /// `resource:action` strings; `*` and `resource:*` are wildcards.
     #[serde(default)]
+    #[schema(value_type = Vec<PermissionText>, max_items = 256)]
     pub permissions: Vec<String>,
-    /// RFC 3339 expiry; exclusive with `ttl_s`.
+    /// RFC 3339 expiry, in the future; exclusive with `ttl_s`.
+    #[schema(format = DateTime)]
     pub expires_at: Option<String>,
     /// Seconds until expiry; exclusive with `expires_at`.
+    #[schema(minimum = 1, maximum = 3_153_600_000_u64)]
     pub ttl_s: Option<u64>,
+    /// Any JSON object up to 8 KiB; returned by verify.
     #[schema(value_type = Option<Object>)]
     pub meta: Option<Map<String, Value>>,
     /// `default` (API keys, the default) or `keyward` (admin keys, in the `admin` environment).
+    #[schema(pattern = "^(default|keyward)$")]
     pub service: Option<String>,
 }
 
@@ -145,9 +175,7 @@ fn parse_id(text: &str) -> Result<KeyId, ApiError> {
     request_body = CreateKeyRequest,
     responses(
         (status = 201, description = "The key, shown once", body = CreatedKey),
-        (status = 400, description = "INVALID_JSON or INVALID_FIELD"),
-        (status = 401, description = "UNAUTHORIZED"),
-        (status = 403, description = "FORBIDDEN: needs keys:create"),
+        ErrorResponses,
     ),
     security(("bearer" = []))
 )]
@@ -195,7 +223,7 @@ pub async fn create_key(
     params(("id" = String, Path, description = "The key's id")),
     responses(
         (status = 200, body = KeyView),
-        (status = 404, description = "NOT_FOUND"),
+        ErrorResponses,
     ),
     security(("bearer" = []))
 )]
@@ -214,17 +242,23 @@ pub async fn show_key(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Only keys of this environment.
+    #[param(pattern = "^[a-z0-9]{1,8}$")]
     pub environment: Option<String>,
     /// `active`, `disabled` or `revoked`.
+    #[param(pattern = "^(active|disabled|revoked)$")]
     pub status: Option<String>,
     pub owner: Option<String>,
     /// `default` or `keyward`.
+    #[param(pattern = "^(default|keyward)$")]
     pub service: Option<String>,
     /// The `next_cursor` of the previous page.
+    #[param(format = Uuid)]
     pub cursor: Option<String>,
     /// Page size, 1-1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -239,7 +273,7 @@ pub struct KeyList {
 #[utoipa::path(
     get, path = "/v1/keys", tag = "keys",
     params(ListParams),
-    responses((status = 200, body = KeyList)),
+    responses((status = 200, body = KeyList), ErrorResponses),
     security(("bearer" = []))
 )]
 pub async fn list_keys(
@@ -310,20 +344,31 @@ where
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateKeyRequest {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: Option<String>,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub owner: Option<String>,
     /// `null` clears it.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 1000, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$")]
     pub purpose: Option<Option<String>>,
     /// Replaces the key's permissions.
+    #[schema(value_type = Option<Vec<PermissionText>>, max_items = 256)]
     pub permissions: Option<Vec<String>>,
     /// Replaces the key's metadata.
     #[schema(value_type = Option<Object>)]
     pub meta: Option<Map<String, Value>>,
     /// RFC 3339, in the future; `null` removes the expiry.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Option<String>>,
     /// `false` disables the key (verify answers DISABLED); `true` enables it again.
     pub enabled: Option<bool>,
@@ -335,8 +380,7 @@ pub struct UpdateKeyRequest {
     request_body = UpdateKeyRequest,
     responses(
         (status = 200, body = KeyView),
-        (status = 404, description = "NOT_FOUND"),
-        (status = 409, description = "CONFLICT: the key is revoked"),
+        ErrorResponses,
     ),
     security(("bearer" = []))
 )]
@@ -380,6 +424,11 @@ pub async fn update_key(
 #[serde(deny_unknown_fields)]
 pub struct RevokeRequest {
     /// Why the key is revoked; kept in the key and the audit log.
+    #[schema(
+        min_length = 1,
+        max_length = 1000,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub reason: String,
 }
 
@@ -389,8 +438,7 @@ pub struct RevokeRequest {
     request_body = RevokeRequest,
     responses(
         (status = 200, description = "Revoked: every later verify answers REVOKED", body = KeyView),
-        (status = 404, description = "NOT_FOUND"),
-        (status = 409, description = "CONFLICT: already revoked"),
+        ErrorResponses,
     ),
     security(("bearer" = []))
 )]
@@ -418,6 +466,7 @@ pub async fn revoke_key(
 #[serde(deny_unknown_fields)]
 pub struct RollRequest {
     /// How long the old key keeps working, in seconds (0-31536000).
+    #[schema(maximum = 31_536_000)]
     pub grace_period_s: u64,
 }
 
@@ -436,8 +485,7 @@ pub struct RolledKey {
     request_body = RollRequest,
     responses(
         (status = 201, description = "The successor, shown once", body = RolledKey),
-        (status = 404, description = "NOT_FOUND"),
-        (status = 409, description = "CONFLICT: revoked, expired or already rolled"),
+        ErrorResponses,
     ),
     security(("bearer" = []))
 )]

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use crate::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorResponses};
 use crate::extract::{Bearer, JsonBody};
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -24,6 +24,7 @@ pub struct VerifyRequest {
     pub key: PlaintextKey,
     /// The environment your API expects the key to belong to; a key of another environment
     /// answers ENVIRONMENT_MISMATCH.
+    #[schema(pattern = "^[a-z0-9]{1,8}$", example = "live")]
     pub environment: Option<String>,
 }
 
@@ -63,8 +64,7 @@ pub struct VerifyResponse {
     request_body = VerifyRequest,
     responses(
         (status = 200, description = "The verdict, for valid and invalid keys alike", body = VerifyResponse),
-        (status = 400, description = "INVALID_JSON or INVALID_FIELD"),
-        (status = 401, description = "UNAUTHORIZED: the caller needs a key with keys:verify"),
+        ErrorResponses,
     ),
     security(("bearer" = []))
 )]
