@@ -6,14 +6,22 @@
 //! HTTP crate, so that every rule here can be tested in isolation and reused by every backend.
 
 pub mod audit;
+pub mod cidr;
 pub mod clock;
 pub mod key;
 pub mod model;
+pub mod path_rule;
 pub mod permission;
+pub mod policy;
+pub mod query;
 pub mod timestamp;
 
+pub use cidr::{Cidr, CidrSet, NetworkRules};
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use key::{EnvironmentName, KeyPrefix, MalformedKey, ParsedKey};
 pub use model::{KeyHash, KeyId, KeyRecord, KeyStatus, ServiceName, VerifyCode};
-pub use permission::Permission;
+pub use path_rule::PathRule;
+pub use permission::{Permission, PermissionSet};
+pub use policy::{EnvironmentPolicy, PolicyViolation};
+pub use query::PermissionQuery;
 pub use timestamp::Timestamp;
