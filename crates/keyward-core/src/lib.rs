@@ -19,7 +19,10 @@ pub mod timestamp;
 pub use cidr::{Cidr, CidrSet, NetworkRules};
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use key::{EnvironmentName, KeyPrefix, MalformedKey, ParsedKey};
-pub use model::{KeyHash, KeyId, KeyRecord, KeyStatus, ServiceName, VerifyCode};
+pub use model::{
+    Grant, KeyAccess, KeyHash, KeyId, KeyRecord, KeyStatus, RoleName, RoleRecord, ServiceName,
+    VerifyCode,
+};
 pub use path_rule::PathRule;
 pub use permission::{Permission, PermissionSet};
 pub use policy::{EnvironmentPolicy, PolicyViolation};

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{EnvironmentName, KeyPrefix, Permission, Timestamp};
+use crate::{Cidr, EnvironmentName, KeyPrefix, PathRule, Permission, Timestamp};
 
 /// A key's identifier: a UUIDv7, so identifiers sort by creation time.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -212,6 +212,108 @@ pub struct KeyRecord {
     pub last_used_at: Option<Timestamp>,
     /// Successful verifications, counted in batches like `last_used_at`.
     pub uses: u64,
+    /// Roles, temporary grants, path rules, network rules and admin scope.
+    pub access: KeyAccess,
+}
+
+/// What a key may do beyond its direct permissions, and from where. All empty by default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeyAccess {
+    /// Roles whose permissions the key holds; a role's change reaches its keys at once.
+    pub roles: Vec<RoleName>,
+    /// Permissions or roles held until a time.
+    pub grants: Vec<Grant>,
+    /// If any, the requests the key may make; verify needs `method` and `path` then.
+    pub path_rules: Vec<PathRule>,
+    /// If any, the only networks the key may be used from.
+    pub allowed_cidrs: Vec<Cidr>,
+    /// Networks the key may never be used from; deny wins over allow.
+    pub denied_cidrs: Vec<Cidr>,
+    /// For admin keys: the environments whose keys it may manage (`None`: all).
+    pub admin_environments: Option<Vec<EnvironmentName>>,
+}
+
+impl KeyAccess {
+    /// The earliest expiry among the grants, which the lapse sweeper waits for.
+    pub fn next_grant_expiry(&self) -> Option<Timestamp> {
+        self.grants.iter().map(|g| g.expires_at).min()
+    }
+}
+
+/// A temporary elevation: a permission or a role held until `expires_at`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub permission: Option<Permission>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<RoleName>,
+    pub expires_at: Timestamp,
+    pub granted_at: Timestamp,
+    /// The admin key that granted it.
+    pub granted_by: String,
+}
+
+/// A role's name: 1-64 characters of `[a-z0-9_.-]`, starting with a letter or digit.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoleName(String);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a role name is 1-64 characters of [a-z0-9_.-], starting with a letter or digit")]
+pub struct InvalidRoleName;
+
+impl RoleName {
+    pub fn parse(text: &str) -> Result<Self, InvalidRoleName> {
+        let ok = (1..=64).contains(&text.len())
+            && text
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && text.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
+            });
+        if ok {
+            Ok(RoleName(text.to_owned()))
+        } else {
+            Err(InvalidRoleName)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RoleName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for RoleName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for RoleName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        RoleName::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A named, reusable set of permissions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoleRecord {
+    pub name: RoleName,
+    pub description: Option<String>,
+    pub permissions: Vec<Permission>,
+    /// Created by `keyward init` as a template; editable like any other role.
+    pub builtin: bool,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
 }
 
 impl KeyRecord {

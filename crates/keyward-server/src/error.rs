@@ -77,7 +77,8 @@ pub struct ErrorDetail {
     pub message: String,
     /// Quote it when reporting a problem: it is in the server's logs too.
     pub request_id: String,
-    /// With INVALID_FIELD: the offending field, e.g. `name` or `permissions[2]`.
+    /// With INVALID_FIELD: the offending field, e.g. `name` or `permissions[2]`; with
+    /// POLICY_VIOLATION: the policy rule, e.g. `max_ttl_s`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
 }
@@ -106,6 +107,11 @@ pub enum ErrorResponses {
     Conflict(ErrorBody),
     #[response(status = 413, description = "PAYLOAD_TOO_LARGE")]
     PayloadTooLarge(ErrorBody),
+    #[response(
+        status = 422,
+        description = "POLICY_VIOLATION: the environment's policy refuses it (`field` names the rule)"
+    )]
+    PolicyViolation(ErrorBody),
     #[response(status = 503, description = "UNAVAILABLE: the store cannot be reached")]
     Unavailable(ErrorBody),
 }
@@ -169,6 +175,11 @@ impl From<ServiceError> for ApiError {
             ServiceError::NotFound { what } => ApiError::not_found(what),
             ServiceError::InvalidField { field, message } => ApiError::field(field, message),
             ServiceError::Conflict(message) => ApiError::new(ErrorCode::Conflict, message),
+            ServiceError::Policy(violation) => ApiError {
+                code: ErrorCode::PolicyViolation,
+                message: violation.to_string(),
+                field: Some(violation.rule.to_owned()),
+            },
             ServiceError::Unavailable(cause) => {
                 tracing::error!(error = %cause, "store unavailable");
                 ApiError::new(

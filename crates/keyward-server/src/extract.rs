@@ -144,3 +144,174 @@ mod tests {
         assert_eq!(scrub(r#"dangling "quote"#), "dangling ");
     }
 }
+
+/// Who is calling: the bearer key and the client's address. The address is the socket's peer,
+/// or, when the peer is a configured trusted proxy, the nearest address in `Forwarded` or
+/// `X-Forwarded-For` that is not itself a trusted proxy.
+#[derive(Debug)]
+pub struct Caller {
+    pub bearer: Option<String>,
+    pub ip: Option<std::net::IpAddr>,
+}
+
+impl Caller {
+    /// Authenticates the caller as an admin holding `permission`.
+    pub async fn authenticate(
+        &self,
+        state: &crate::AppState,
+        permission: &str,
+    ) -> Result<keyward_service::Actor, ApiError> {
+        Ok(state
+            .authority
+            .authenticate(self.bearer.as_deref(), permission, self.ip)
+            .await?)
+    }
+}
+
+impl FromRequestParts<crate::AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &crate::AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Bearer(bearer) = Bearer::from_request_parts(parts, state).await?;
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        let ip = peer.map(|peer| client_ip(peer, &parts.headers, &state.config.trusted_proxies));
+        Ok(Caller { bearer, ip })
+    }
+}
+
+/// The client address behind trusted proxies: walk the forwarded chain from the nearest hop and
+/// stop at the first address that is not a trusted proxy. Unparsable entries end the walk at the
+/// last trusted hop, so a client cannot inject an address past an untrusted one.
+pub fn client_ip(
+    peer: std::net::IpAddr,
+    headers: &axum::http::HeaderMap,
+    trusted: &keyward_core::CidrSet,
+) -> std::net::IpAddr {
+    if !trusted.contains(peer) {
+        return peer;
+    }
+    let mut chain: Vec<String> = Vec::new();
+    for value in headers.get_all("forwarded") {
+        let Ok(text) = value.to_str() else {
+            return peer;
+        };
+        for element in text.split(',') {
+            for pair in element.split(';') {
+                if let Some((name, value)) = pair.trim().split_once('=')
+                    && name.eq_ignore_ascii_case("for")
+                {
+                    chain.push(value.trim().trim_matches('"').to_owned());
+                }
+            }
+        }
+    }
+    if chain.is_empty() {
+        for value in headers.get_all("x-forwarded-for") {
+            let Ok(text) = value.to_str() else {
+                return peer;
+            };
+            chain.extend(text.split(',').map(|a| a.trim().to_owned()));
+        }
+    }
+    let mut client = peer;
+    for hop in chain.iter().rev() {
+        // `for=` may carry "[2001:db8::1]:4711" or "192.0.2.1:4711"; X-Forwarded-For a bare address.
+        let text = hop
+            .strip_prefix('[')
+            .and_then(|h| h.split_once(']'))
+            .map_or(hop.as_str(), |(a, _)| a);
+        let parsed = text
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .or_else(|| text.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()));
+        match parsed {
+            Some(ip) => {
+                client = ip;
+                if !trusted.contains(ip) {
+                    break;
+                }
+            }
+            None => break,
+        }
+    }
+    client
+}
+
+#[cfg(test)]
+mod client_ip_tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> axum::http::HeaderMap {
+        let mut h = axum::http::HeaderMap::new();
+        for &(k, v) in pairs {
+            h.append(k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn forwarded_headers_count_only_behind_trusted_proxies() {
+        let trusted = keyward_core::CidrSet::parse(&["10.0.0.0/8"]).unwrap();
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let cases = [
+            // Untrusted peer: its headers are ignored.
+            (
+                "203.0.113.5",
+                vec![("x-forwarded-for", "198.51.100.1")],
+                "203.0.113.5",
+            ),
+            // Trusted proxy: the client it names.
+            (
+                "10.0.0.2",
+                vec![("x-forwarded-for", "198.51.100.1")],
+                "198.51.100.1",
+            ),
+            // A forged entry before the real client is not believed.
+            (
+                "10.0.0.2",
+                vec![("x-forwarded-for", "1.1.1.1, 198.51.100.1")],
+                "198.51.100.1",
+            ),
+            // Two trusted hops.
+            (
+                "10.0.0.2",
+                vec![("x-forwarded-for", "198.51.100.1, 10.0.0.9")],
+                "198.51.100.1",
+            ),
+            // RFC 7239 Forwarded wins over X-Forwarded-For, IPv6 with port.
+            (
+                "10.0.0.2",
+                vec![
+                    ("forwarded", "for=\"[2001:db8::7]:4711\";proto=https"),
+                    ("x-forwarded-for", "1.1.1.1"),
+                ],
+                "2001:db8::7",
+            ),
+            (
+                "10.0.0.2",
+                vec![("forwarded", "for=192.0.2.60;by=10.0.0.2")],
+                "192.0.2.60",
+            ),
+            // Garbage stops the walk at the proxy.
+            (
+                "10.0.0.2",
+                vec![("x-forwarded-for", "not-an-ip")],
+                "10.0.0.2",
+            ),
+            ("10.0.0.2", vec![], "10.0.0.2"),
+        ];
+        for (peer, hs, expected) in cases {
+            assert_eq!(
+                client_ip(ip(peer), &headers(&hs), &trusted),
+                ip(expected),
+                "{peer} {hs:?}"
+            );
+        }
+    }
+}

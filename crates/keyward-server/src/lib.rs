@@ -43,6 +43,9 @@ pub struct ServerConfig {
     /// Lets anyone who can reach the server call `/v1/verify` without a bearer key. Only for a
     /// server reachable solely from a trusted network.
     pub insecure_unauthenticated_verify: bool,
+    /// Proxies whose `Forwarded` / `X-Forwarded-For` headers name the client. Headers from any
+    /// other peer are ignored.
+    pub trusted_proxies: keyward_core::CidrSet,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +54,7 @@ impl Default for ServerConfig {
             body_limit_bytes: 64 * 1024,
             request_timeout: Duration::from_secs(10),
             insecure_unauthenticated_verify: false,
+            trusted_proxies: keyward_core::CidrSet::default(),
         }
     }
 }
@@ -91,6 +95,8 @@ impl RequestIds {
         (name = "keys", description = "Issue and manage keys"),
         (name = "verify", description = "Verify keys presented to your API"),
         (name = "audit", description = "The hash-chained audit log"),
+        (name = "environments", description = "Environments, their secrets and policies"),
+        (name = "roles", description = "Reusable permission sets"),
         (name = "system", description = "Health, readiness and metrics"),
     )
 )]
@@ -118,6 +124,25 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::keys::show_key, routes::keys::update_key))
         .routes(routes!(routes::keys::revoke_key))
         .routes(routes!(routes::keys::roll_key))
+        .routes(routes!(routes::keys::add_grant))
+        .routes(routes!(routes::keys::explain_key))
+        .routes(routes!(
+            routes::environments::list_environments,
+            routes::environments::create_environment
+        ))
+        .routes(routes!(
+            routes::environments::show_environment,
+            routes::environments::update_environment
+        ))
+        .routes(routes!(
+            routes::roles::list_roles,
+            routes::roles::create_role
+        ))
+        .routes(routes!(
+            routes::roles::show_role,
+            routes::roles::replace_role,
+            routes::roles::delete_role
+        ))
         .routes(routes!(routes::verify::verify))
         .routes(routes!(routes::audit::list_audit))
         .split_for_parts()

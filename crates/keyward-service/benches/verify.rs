@@ -17,15 +17,28 @@ use std::task::{Context, Poll, Waker};
 
 use keyward_core::key::encode_key;
 use keyward_core::{
-    EnvironmentName, KeyRecord, KeyStatus, ParsedKey, Permission, ServiceName, SystemClock,
-    Timestamp, VerifyCode,
+    EnvironmentName, KeyAccess, KeyRecord, KeyStatus, ParsedKey, Permission, ServiceName,
+    SystemClock, Timestamp, VerifyCode,
 };
 use keyward_crypto::{HmacSecret, KeyHasher, KeyIds};
-use keyward_service::{Authority, AuthorityConfig, Keyring, initial_environments, initialize};
+use keyward_service::{
+    Authority, AuthorityConfig, EnvironmentSecrets, Keyring, VerifyRequest, initial_environments,
+    initialize,
+};
 use keyward_store::{Changes, SqliteStore, Store};
 
 fn main() {
     divan::main();
+}
+
+/// The benchmark creates no environments.
+#[derive(Debug)]
+struct NoNewEnvironments;
+
+impl EnvironmentSecrets for NoNewEnvironments {
+    fn add(&self, _: &EnvironmentName, _: &HmacSecret) -> Result<(), String> {
+        Err("the benchmark creates no environments".into())
+    }
 }
 
 /// Keys cycled through by the timed loops: spread over the whole store.
@@ -116,6 +129,7 @@ fn fixture() -> &'static Fixture {
                     rolled_to: None,
                     last_used_at: None,
                     uses: 0,
+                    access: KeyAccess::default(),
                 });
                 if batch.len() == 50_000 || i + 1 == count {
                     let insert_keys = std::mem::take(&mut batch);
@@ -125,7 +139,7 @@ fn fixture() -> &'static Fixture {
         });
         eprintln!("setup: {count} keys stored in {:.1?}", started.elapsed());
         let authority = runtime.block_on(async {
-            Authority::open(Arc::new(store), Arc::new(SystemClock), keyring, AuthorityConfig::default())
+            Authority::open(Arc::new(store), Arc::new(SystemClock), keyring, Arc::new(NoNewEnvironments), AuthorityConfig::default())
                 .await
                 .unwrap()
         });
@@ -140,7 +154,7 @@ fn fixture() -> &'static Fixture {
                 tasks.spawn(async move {
                     for i in (w..count).step_by(workers as usize) {
                         let key = encode_key(&prefix, &live, &secret_for(i, 7));
-                        let verdict = authority.verify(&key, None).await.unwrap();
+                        let verdict = authority.verify(&key, &VerifyRequest::default()).await.unwrap();
                         assert_eq!(verdict.code, VerifyCode::Valid);
                     }
                 });
@@ -180,7 +194,11 @@ fn run(bencher: divan::Bencher, keys: fn(&Fixture) -> &[String], expect: VerifyC
     bencher
         .with_inputs(|| &keys[next.fetch_add(1, Ordering::Relaxed) % keys.len()])
         .bench_local_refs(|key| {
-            let verdict = now_or_block(&f._runtime, f.authority.verify(key, None)).unwrap();
+            let verdict = now_or_block(
+                &f._runtime,
+                f.authority.verify(key, &VerifyRequest::default()),
+            )
+            .unwrap();
             debug_assert_eq!(verdict.code, expect);
             verdict
         });

@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use keyward_core::{
-    EnvironmentName, KeyHash, KeyId, KeyRecord, KeyStatus, Permission, ServiceName, Timestamp,
+    EnvironmentName, KeyHash, KeyId, KeyRecord, KeyStatus, NetworkRules, PathRule, Permission,
+    PermissionSet, ServiceName, Timestamp,
 };
 
 const SHARDS: usize = 64;
@@ -35,9 +36,37 @@ pub struct CachedKey {
     pub status: KeyStatus,
     pub environment: Arc<EnvironmentName>,
     pub owner: Arc<str>,
-    pub permissions: Arc<[Permission]>,
+    /// Direct permissions and those of the key's roles, as they were when the entry was made
+    /// (a role change clears the cache).
+    pub permissions: Arc<HeldPermissions>,
+    /// Temporary grants, roles expanded: each permission with the instant it lapses.
+    pub grants: Box<[(Permission, Timestamp)]>,
+    pub path_rules: Option<Arc<[PathRule]>>,
+    pub network: Option<Arc<NetworkRules>>,
+    /// For admin keys: the environments they may manage (`None`: all).
+    pub admin_environments: Option<Arc<[EnvironmentName]>>,
     pub meta: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
     pub expires_at: Option<Timestamp>,
+}
+
+type PermissionSets = HashMap<Box<[Permission]>, Arc<HeldPermissions>>;
+
+/// A permission list with its compiled form, shared by every key that holds the same list.
+#[derive(Debug, PartialEq)]
+pub struct HeldPermissions {
+    pub list: Box<[Permission]>,
+    pub set: PermissionSet,
+}
+
+impl CachedKey {
+    /// Whether the key holds `wanted` at `now`, directly, through a role or a live grant.
+    pub fn holds(&self, wanted: &str, now: Timestamp) -> bool {
+        self.permissions.set.grants(wanted)
+            || self
+                .grants
+                .iter()
+                .any(|(p, until)| *until > now && p.covers_str(wanted))
+    }
 }
 
 /// Shares equal values between cache entries. Values no entry uses any more are swept out
@@ -117,7 +146,7 @@ pub struct VerifyCache {
     known: RwLock<HashSet<u64, BuildKeyHash>>,
     environments: RwLock<Vec<Arc<EnvironmentName>>>,
     owners: Interner<str>,
-    permission_sets: Interner<[Permission]>,
+    permission_sets: std::sync::Mutex<(PermissionSets, usize)>,
 }
 
 impl std::fmt::Debug for VerifyCache {
@@ -147,12 +176,18 @@ impl VerifyCache {
             known: RwLock::new(HashSet::default()),
             environments: RwLock::new(Vec::new()),
             owners: Interner::new(),
-            permission_sets: Interner::new(),
+            permission_sets: std::sync::Mutex::new((HashMap::new(), 1024)),
         }
     }
 
-    /// The cached form of `key`.
-    pub fn entry_for(&self, key: &KeyRecord) -> Arc<CachedKey> {
+    /// The cached form of `key`, given the permissions it holds through its roles too, and its
+    /// grants with roles expanded.
+    pub fn entry_for(
+        &self,
+        key: &KeyRecord,
+        held: Vec<Permission>,
+        grants: Vec<(Permission, Timestamp)>,
+    ) -> Arc<CachedKey> {
         let shared = read(&self.environments)
             .iter()
             .find(|e| ***e == key.environment)
@@ -163,16 +198,59 @@ impl VerifyCache {
             environments.push(Arc::clone(&env));
             env
         });
+        let access = &key.access;
+        let network = NetworkRules {
+            allow: keyward_core::CidrSet::new(access.allowed_cidrs.clone()).unwrap_or_default(),
+            deny: keyward_core::CidrSet::new(access.denied_cidrs.clone()).unwrap_or_default(),
+        };
         Arc::new(CachedKey {
             id: key.id,
             service: key.service,
             status: key.status,
             environment,
             owner: self.owners.intern(key.owner.as_str()),
-            permissions: self.permission_sets.intern(key.permissions.as_slice()),
+            permissions: self.held_permissions(held),
+            grants: grants.into_boxed_slice(),
+            path_rules: (!access.path_rules.is_empty())
+                .then(|| Arc::from(access.path_rules.as_slice())),
+            network: (!network.is_empty()).then(|| Arc::new(network)),
+            admin_environments: access.admin_environments.as_deref().map(Arc::from),
             meta: (!key.meta.is_empty()).then(|| Arc::new(key.meta.clone())),
             expires_at: key.expires_at,
         })
+    }
+
+    fn held_permissions(&self, mut held: Vec<Permission>) -> Arc<HeldPermissions> {
+        held.sort();
+        held.dedup();
+        let list = held.into_boxed_slice();
+        let mut guard = self
+            .permission_sets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let (sets, sweep_at) = &mut *guard;
+        if let Some(shared) = sets.get(&list) {
+            return Arc::clone(shared);
+        }
+        if sets.len() >= *sweep_at {
+            sets.retain(|_, v| Arc::strong_count(v) > 1);
+            *sweep_at = (sets.len() * 2).max(1024);
+        }
+        let shared = Arc::new(HeldPermissions {
+            set: PermissionSet::new(&list),
+            list: list.clone(),
+        });
+        sets.insert(list, Arc::clone(&shared));
+        shared
+    }
+
+    /// Forgets every record, as when a role changes: each key is read again on next use.
+    pub fn clear(&self) {
+        for shard in self.shards.iter() {
+            let mut records = write(&shard.records);
+            records.clear();
+            shard.epoch.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     fn shard(&self, hash: &KeyHash) -> &Shard {
@@ -256,7 +334,11 @@ mod tests {
     fn cached(n: u8) -> (KeyHash, Arc<CachedKey>) {
         let mut record = keyward_store::conformance::sample_key(n, "live");
         record.hash = KeyHash([n; 32]);
-        (record.hash, VerifyCache::new(1).entry_for(&record))
+        let held = record.permissions.clone();
+        (
+            record.hash,
+            VerifyCache::new(1).entry_for(&record, held, Vec::new()),
+        )
     }
 
     #[test]
@@ -286,8 +368,12 @@ mod tests {
     #[test]
     fn equal_owners_and_permissions_are_shared() {
         let cache = VerifyCache::new(100);
-        let a = cache.entry_for(&keyward_store::conformance::sample_key(2, "live"));
-        let b = cache.entry_for(&keyward_store::conformance::sample_key(4, "live"));
+        let (ka, kb) = (
+            keyward_store::conformance::sample_key(2, "live"),
+            keyward_store::conformance::sample_key(4, "live"),
+        );
+        let a = cache.entry_for(&ka, ka.permissions.clone(), Vec::new());
+        let b = cache.entry_for(&kb, kb.permissions.clone(), Vec::new());
         assert!(Arc::ptr_eq(&a.owner, &b.owner));
         assert!(Arc::ptr_eq(&a.permissions, &b.permissions));
         assert!(Arc::ptr_eq(&a.environment, &b.environment));

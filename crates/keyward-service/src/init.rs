@@ -1,8 +1,9 @@
-//! Initialising an empty store: environments and the root key.
+//! Initialising an empty store: environments, role templates and the root key.
 
 use keyward_core::model::{ADMIN_ENVIRONMENT, DEFAULT_ENVIRONMENTS};
 use keyward_core::{
-    Clock, EnvironmentName, KeyRecord, KeyStatus, ParsedKey, Permission, ServiceName,
+    Clock, EnvironmentName, EnvironmentPolicy, KeyAccess, KeyRecord, KeyStatus, ParsedKey,
+    Permission, RoleName, RoleRecord, ServiceName, Timestamp,
 };
 use keyward_crypto::{KeyIds, PlaintextKey};
 use keyward_store::{Changes, EnvironmentRecord, Store};
@@ -30,6 +31,33 @@ pub fn initial_environments() -> Vec<EnvironmentName> {
         .chain(std::iter::once(&ADMIN_ENVIRONMENT))
         .filter_map(|name| EnvironmentName::parse(name).ok())
         .collect()
+}
+
+/// The role templates every data dir starts with; editable like any other role.
+///
+/// * `read-only`: `*:read`, the read action on every resource.
+/// * `full-access`: `*`, every permission (environment policies still apply).
+pub fn builtin_roles(now: Timestamp) -> Vec<RoleRecord> {
+    [
+        ("read-only", "the read action on every resource", "*:read"),
+        (
+            "full-access",
+            "every permission the environment's policy allows",
+            "*",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(name, description, permission)| {
+        Some(RoleRecord {
+            name: RoleName::parse(name).ok()?,
+            description: Some(description.to_owned()),
+            permissions: vec![Permission::parse(permission).ok()?],
+            builtin: true,
+            created_at: now,
+            updated_at: now,
+        })
+    })
+    .collect()
 }
 
 /// Creates the `live`, `test` and `admin` environments and the root key, which holds every
@@ -83,6 +111,7 @@ pub async fn initialize(
         rolled_to: None,
         last_used_at: None,
         uses: 0,
+        access: KeyAccess::default(),
     };
     let mut pending = vec![PendingEntry {
         actor: "system".into(),
@@ -108,6 +137,13 @@ pub async fn initialize(
             "permissions": ["*"],
         }),
     });
+    let roles = builtin_roles(now);
+    pending.extend(roles.iter().map(|role| PendingEntry {
+        actor: "system".into(),
+        action: "role.create",
+        target: Some(role.name.to_string()),
+        details: json!({ "permissions": role.permissions.iter().map(Permission::as_str).collect::<Vec<_>>() }),
+    }));
     let audit = chain(0, keyward_core::audit::GENESIS_HASH, now, pending);
     store
         .apply(Changes {
@@ -116,11 +152,13 @@ pub async fn initialize(
                 .map(|name| EnvironmentRecord {
                     name,
                     created_at: now,
+                    policy: EnvironmentPolicy::default(),
                 })
                 .collect(),
             insert_keys: vec![record],
-            update_keys: Vec::new(),
+            upsert_roles: roles,
             audit,
+            ..Changes::default()
         })
         .await?;
     Ok(root)

@@ -22,6 +22,12 @@ impl Keyring {
         }
     }
 
+    /// Adds (or replaces) an environment's secret.
+    pub fn add(&mut self, environment: EnvironmentName, secret: &HmacSecret) {
+        self.hashers.retain(|(env, _)| *env != environment);
+        self.hashers.push((environment, KeyHasher::new(secret)));
+    }
+
     pub fn hasher(&self, environment: &str) -> Option<&KeyHasher> {
         self.hashers
             .iter()

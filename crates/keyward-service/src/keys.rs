@@ -5,7 +5,8 @@
 use keyward_core::audit::AuditEntry;
 use keyward_core::model::ADMIN_ENVIRONMENT;
 use keyward_core::{
-    EnvironmentName, KeyId, KeyRecord, KeyStatus, ParsedKey, Permission, ServiceName, Timestamp,
+    EnvironmentName, KeyAccess, KeyId, KeyRecord, KeyStatus, ParsedKey, Permission, ServiceName,
+    Timestamp,
 };
 use keyward_crypto::PlaintextKey;
 use keyward_store::{Changes, KeyQuery};
@@ -44,6 +45,7 @@ pub struct NewKey {
     /// Seconds from now until expiry; exclusive with `expires_at`.
     pub ttl_s: Option<u64>,
     pub meta: Map<String, Value>,
+    pub access: KeyAccess,
 }
 
 /// A partial update: `None` leaves a field as it is. For `purpose` and `expires_at`,
@@ -57,6 +59,10 @@ pub struct KeyUpdate {
     pub meta: Option<Map<String, Value>>,
     pub expires_at: Option<Option<Timestamp>>,
     pub enabled: Option<bool>,
+    pub roles: Option<Vec<keyward_core::RoleName>>,
+    pub path_rules: Option<Vec<keyward_core::PathRule>>,
+    pub allowed_cidrs: Option<Vec<keyward_core::Cidr>>,
+    pub denied_cidrs: Option<Vec<keyward_core::Cidr>>,
 }
 
 /// One page of a key listing.
@@ -123,7 +129,7 @@ impl Authority {
         service: ServiceName,
         env: &EnvironmentName,
     ) -> Result<(), ServiceError> {
-        if self.keyring.hasher(env.as_str()).is_none() {
+        if self.environment(env.as_str()).is_none() {
             return Err(invalid(
                 "environment",
                 format!("no environment named {env}"),
@@ -146,7 +152,7 @@ impl Authority {
     }
 
     /// An admin may not hand out permissions it does not hold itself.
-    fn check_no_escalation(
+    pub(crate) fn check_no_escalation(
         actor: &Actor,
         service: ServiceName,
         permissions: &[Permission],
@@ -207,7 +213,19 @@ impl Authority {
         check_permissions(&new.permissions)?;
         check_meta(&new.meta)?;
         self.check_environment(new.service, &new.environment)?;
+        Self::check_scope(actor, &new.environment)?;
         Self::check_no_escalation(actor, new.service, &new.permissions)?;
+        if new.service != ServiceName::Keyward && new.access.admin_environments.is_some() {
+            return Err(invalid(
+                "admin_environments",
+                "only admin keys (service keyward) have an admin scope",
+            ));
+        }
+        if let Some(scope) = &new.access.admin_environments {
+            for env in scope {
+                Self::check_scope(actor, env)?;
+            }
+        }
         let now = self.clock.now();
         let expires_at = self.expiry(now, new.expires_at, new.ttl_s)?;
 
@@ -224,8 +242,10 @@ impl Authority {
                 expires_at,
                 status: KeyStatus::Active,
                 rolled_from: None,
+                access: new.access,
             },
         )?;
+        self.check_key_policy(&record)?;
         let entry = PendingEntry {
             actor: actor.audit_name(),
             action: "key.create",
@@ -239,6 +259,7 @@ impl Authority {
                 "start": record.start,
                 "permissions": permission_names(&record.permissions),
                 "expires_at": record.expires_at,
+                "access": record.access,
             }),
         };
         let mut head = self.writer.lock().await;
@@ -262,8 +283,8 @@ impl Authority {
         template: KeyTemplate,
     ) -> Result<(KeyRecord, PlaintextKey), ServiceError> {
         let random = |e: keyward_crypto::RandomUnavailable| ServiceError::Internal(e.to_string());
-        let hasher = self
-            .keyring
+        let keyring = crate::read(&self.keyring);
+        let hasher = keyring
             .hasher(template.environment.as_str())
             .ok_or_else(|| invalid("environment", "unknown environment"))?;
         let plaintext = PlaintextKey::generate(&template.service.prefix(), &template.environment)
@@ -292,8 +313,16 @@ impl Authority {
             rolled_to: None,
             last_used_at: None,
             uses: 0,
+            access: template.access,
         };
         Ok((record, plaintext))
+    }
+
+    /// A key, if `actor` may see it.
+    pub async fn key_as(&self, actor: &Actor, id: KeyId) -> Result<KeyRecord, ServiceError> {
+        let key = self.key(id).await?;
+        Self::check_scope(actor, &key.environment)?;
+        Ok(key)
     }
 
     pub async fn key(&self, id: KeyId) -> Result<KeyRecord, ServiceError> {
@@ -304,7 +333,23 @@ impl Authority {
     }
 
     /// Keys matching `query`, oldest first; `query.limit` is clamped to 1..=1000 (0 means 100).
-    pub async fn list_keys(&self, mut query: KeyQuery) -> Result<KeyPage, ServiceError> {
+    pub async fn list_keys(
+        &self,
+        actor: &Actor,
+        mut query: KeyQuery,
+    ) -> Result<KeyPage, ServiceError> {
+        if let Some(scope) = actor.scope() {
+            match (&query.environment, scope) {
+                (Some(env), _) => Self::check_scope(actor, env)?,
+                (None, [only]) => query.environment = Some(only.clone()),
+                (None, _) => {
+                    return Err(invalid(
+                        "environment",
+                        "this admin key is scoped to several environments; name one",
+                    ));
+                }
+            }
+        }
         let limit = match query.limit {
             0 => limits::PAGE_DEFAULT,
             n => n.min(limits::PAGE_MAX),
@@ -359,6 +404,7 @@ impl Authority {
         let mut head = self.writer.lock().await;
         let now = self.clock.now();
         let mut key = self.key_for_change(id).await?;
+        Self::check_scope(actor, &key.environment)?;
         if let Some(permissions) = &update.permissions {
             Self::check_no_escalation(actor, key.service, permissions)?;
         }
@@ -401,7 +447,24 @@ impl Authority {
                 KeyStatus::Disabled
             };
         }
+        if let Some(roles) = update.roles {
+            changed.insert("roles".into(), json!(roles));
+            key.access.roles = roles;
+        }
+        if let Some(rules) = update.path_rules {
+            changed.insert("path_rules".into(), json!(rules));
+            key.access.path_rules = rules;
+        }
+        if let Some(cidrs) = update.allowed_cidrs {
+            changed.insert("allowed_cidrs".into(), json!(cidrs));
+            key.access.allowed_cidrs = cidrs;
+        }
+        if let Some(cidrs) = update.denied_cidrs {
+            changed.insert("denied_cidrs".into(), json!(cidrs));
+            key.access.denied_cidrs = cidrs;
+        }
         key.updated_at = now;
+        self.check_key_policy(&key)?;
         let entry = PendingEntry {
             actor: actor.audit_name(),
             action: "key.update",
@@ -433,6 +496,7 @@ impl Authority {
         Self::check_not_self(actor, id)?;
         let mut head = self.writer.lock().await;
         let mut key = self.key_for_change(id).await?;
+        Self::check_scope(actor, &key.environment)?;
         let now = self.clock.now();
         key.status = KeyStatus::Revoked;
         key.revoked_at = Some(now);
@@ -476,6 +540,7 @@ impl Authority {
         }
         let mut head = self.writer.lock().await;
         let mut old = self.key_for_change(id).await?;
+        Self::check_scope(actor, &old.environment)?;
         let now = self.clock.now();
         if let Some(successor) = old.rolled_to {
             return Err(ServiceError::Conflict(format!(
@@ -502,6 +567,7 @@ impl Authority {
                     .map(|ms| Timestamp::from_unix_ms(now.unix_ms().saturating_add(ms))),
                 status: old.status,
                 rolled_from: Some(old.id),
+                access: old.access.clone(),
             },
         )?;
         let grace_end = now.plus_seconds(grace_period_s);
@@ -560,4 +626,5 @@ struct KeyTemplate {
     expires_at: Option<Timestamp>,
     status: KeyStatus,
     rolled_from: Option<KeyId>,
+    access: KeyAccess,
 }

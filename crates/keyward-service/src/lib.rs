@@ -4,14 +4,19 @@
 //! verification cache and the usage batcher, and appends an audit entry in the same atomic write
 //! as every change it makes. It knows nothing of HTTP: the server crate maps its errors to codes.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use keyward_core::audit::GENESIS_HASH;
 use keyward_core::model::ADMIN_ENVIRONMENT;
-use keyward_core::{Clock, KeyHash, KeyRecord, ParsedKey, Timestamp};
+use keyward_core::{
+    Clock, EnvironmentName, KeyHash, KeyRecord, NetworkRules, ParsedKey, Permission, RoleName,
+    RoleRecord, Timestamp,
+};
 use keyward_store::{AuditHead, Store, StoreError};
 
+mod access;
 pub mod audit;
 pub mod cache;
 mod init;
@@ -20,11 +25,15 @@ mod keys;
 mod usage;
 mod verify;
 
+pub use access::{
+    EffectivePermission, EnvironmentSecrets, Explanation, NewGrant, VerifyRequest, parse_cidrs,
+    parse_path_rules,
+};
 pub use cache::{CachedKey, VerifyCache};
-pub use init::{InitError, initial_environments, initialize};
+pub use init::{InitError, builtin_roles, initial_environments, initialize};
 pub use keyring::Keyring;
 pub use keys::{KeyPage, KeyUpdate, NewKey, limits};
-pub use keyward_store::KeyQuery;
+pub use keyward_store::{EnvironmentRecord, KeyQuery};
 pub use verify::{Actor, Verification};
 
 use audit::PendingEntry;
@@ -33,6 +42,8 @@ use usage::UsageRecorder;
 /// Errors of the use cases, named by outcome. The server maps each to one stable code.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
+    #[error(transparent)]
+    Policy(#[from] keyward_core::PolicyViolation),
     #[error("missing or invalid credentials")]
     Unauthorized,
     #[error("this key lacks the permission {permission}")]
@@ -94,10 +105,17 @@ impl Default for AuthorityConfig {
 pub struct Authority {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
-    keyring: Keyring,
+    /// Grows when an environment is created.
+    keyring: RwLock<Keyring>,
+    /// Where a new environment's secret is kept before the environment exists.
+    secrets: Arc<dyn EnvironmentSecrets>,
+    environments: RwLock<HashMap<EnvironmentName, Arc<EnvState>>>,
+    roles: RwLock<HashMap<RoleName, Arc<RoleRecord>>>,
     cache: VerifyCache,
     usage: UsageRecorder,
     ids: keyward_crypto::KeyIds,
+    stop: tokio::sync::watch::Sender<bool>,
+    background: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The audit log's head. Holding it serialises admin writes, so read-modify-write of a key
     /// (revoke, roll, update) cannot interleave with another on this node; the store's chain
     /// check refuses a write from another node that raced it.
@@ -111,8 +129,21 @@ impl Authority {
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         keyring: Keyring,
+        secrets: Arc<dyn EnvironmentSecrets>,
         config: AuthorityConfig,
     ) -> Result<Self, ServiceError> {
+        let environments = store
+            .environments()
+            .await?
+            .into_iter()
+            .map(|record| (record.name.clone(), Arc::new(EnvState::new(record))))
+            .collect();
+        let roles = store
+            .roles()
+            .await?
+            .into_iter()
+            .map(|role| (role.name.clone(), Arc::new(role)))
+            .collect();
         let head = store.audit_head().await?.unwrap_or(AuditHead {
             seq: 0,
             hash: GENESIS_HASH.to_owned(),
@@ -127,10 +158,15 @@ impl Authority {
         Ok(Authority {
             store,
             clock,
-            keyring,
+            keyring: RwLock::new(keyring),
+            secrets,
+            environments: RwLock::new(environments),
+            roles: RwLock::new(roles),
             cache,
             usage,
             ids: keyward_crypto::KeyIds::default(),
+            stop: tokio::sync::watch::channel(false).0,
+            background: tokio::sync::Mutex::new(None),
             writer: tokio::sync::Mutex::new(head),
         })
     }
@@ -152,8 +188,38 @@ impl Authority {
         self.usage.dropped()
     }
 
+    /// Starts the background work that needs the authority itself: the grant-lapse sweeper,
+    /// once a second. It stops at [`Authority::shutdown`].
+    pub fn start_background(self: &Arc<Self>) {
+        let authority = Arc::downgrade(self);
+        let mut stopped = self.stop.subscribe();
+        let task = tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_secs(1));
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    _ = stopped.changed() => return,
+                }
+                let Some(authority) = authority.upgrade() else {
+                    return;
+                };
+                if let Err(e) = authority.sweep_lapsed_grants().await {
+                    tracing::warn!(error = %e, "grant lapse sweep failed; will retry");
+                }
+            }
+        });
+        if let Ok(mut slot) = self.background.try_lock() {
+            *slot = Some(task);
+        }
+    }
+
     /// Writes pending usage and stops background work. Call once, after the last request.
     pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.background.lock().await.take() {
+            let _ = task.await;
+        }
         self.usage.shutdown().await;
     }
 
@@ -201,9 +267,42 @@ impl Authority {
     }
 
     fn hash_of(&self, parsed: &ParsedKey<'_>) -> Option<KeyHash> {
-        self.keyring
+        read(&self.keyring)
             .hasher(parsed.environment())
             .map(|h| h.hash(parsed.expose()))
+    }
+
+    fn environment(&self, name: &str) -> Option<Arc<EnvState>> {
+        read(&self.environments)
+            .iter()
+            .find(|(n, _)| n.as_str() == name)
+            .map(|(_, state)| Arc::clone(state))
+    }
+
+    /// The permissions `key` holds directly and through its roles, and its grants with roles
+    /// expanded.
+    fn held_by(&self, key: &KeyRecord) -> (Vec<Permission>, Vec<(Permission, Timestamp)>) {
+        let roles = read(&self.roles);
+        let mut held = key.permissions.clone();
+        for role in &key.access.roles {
+            if let Some(role) = roles.get(role) {
+                held.extend(role.permissions.iter().cloned());
+            }
+        }
+        let mut grants = Vec::new();
+        for grant in &key.access.grants {
+            if let Some(p) = &grant.permission {
+                grants.push((p.clone(), grant.expires_at));
+            }
+            if let Some(role) = grant.role.as_ref().and_then(|r| roles.get(r)) {
+                grants.extend(
+                    role.permissions
+                        .iter()
+                        .map(|p| (p.clone(), grant.expires_at)),
+                );
+            }
+        }
+        (held, grants)
     }
 
     fn forget(&self, key: &KeyRecord) {
@@ -213,4 +312,38 @@ impl Authority {
     fn is_admin_environment(env: &str) -> bool {
         env == ADMIN_ENVIRONMENT
     }
+}
+
+/// An environment as the authority uses it: its record and its compiled network rules.
+#[derive(Debug)]
+pub(crate) struct EnvState {
+    pub(crate) record: EnvironmentRecord,
+    pub(crate) network: NetworkRules,
+}
+
+impl EnvState {
+    pub(crate) fn new(record: EnvironmentRecord) -> Self {
+        // Stored policies were validated when they were written, so every block parses.
+        let parse = |list: &[String]| {
+            keyward_core::CidrSet::new(
+                list.iter()
+                    .filter_map(|c| keyward_core::Cidr::parse(c).ok())
+                    .collect(),
+            )
+            .unwrap_or_default()
+        };
+        let network = NetworkRules {
+            allow: parse(&record.policy.allowed_cidrs),
+            deny: parse(&record.policy.denied_cidrs),
+        };
+        EnvState { record, network }
+    }
+}
+
+pub(crate) fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
 }

@@ -6,14 +6,13 @@
 
 use std::sync::Arc;
 
-use keyward_core::permission::grants;
 use keyward_core::{
     EnvironmentName, KeyId, KeyStatus, ParsedKey, ServiceName, Timestamp, VerifyCode,
 };
 use serde_json::json;
 
 use crate::audit::PendingEntry;
-use crate::{Authority, CachedKey, ServiceError};
+use crate::{Authority, CachedKey, ServiceError, VerifyRequest};
 
 /// The outcome of a verification. `key` is present whenever the presented key matched a stored
 /// key, so callers can report whose key was refused.
@@ -21,12 +20,26 @@ use crate::{Authority, CachedKey, ServiceError};
 pub struct Verification {
     pub code: VerifyCode,
     pub key: Option<Arc<CachedKey>>,
+    /// For INSUFFICIENT_PERMISSIONS and IP_DENIED: what was missing or refused.
+    pub unmet: Option<String>,
+}
+
+impl Verification {
+    fn of(code: VerifyCode) -> Self {
+        Verification {
+            code,
+            key: None,
+            unmet: None,
+        }
+    }
 }
 
 /// An authenticated admin caller.
 #[derive(Debug, Clone)]
 pub struct Actor {
     key: Arc<CachedKey>,
+    /// When the caller was authenticated: grants are judged at this instant.
+    at: keyward_core::Timestamp,
 }
 
 impl Actor {
@@ -34,9 +47,23 @@ impl Actor {
         self.key.id
     }
 
+    /// Whether this admin key may manage keys of `environment`.
+    pub fn may_manage(&self, environment: &EnvironmentName) -> bool {
+        self.key
+            .admin_environments
+            .as_ref()
+            .is_none_or(|scope| scope.contains(environment))
+    }
+
+    /// The environments this admin key is limited to, if it is.
+    pub fn scope(&self) -> Option<&[EnvironmentName]> {
+        self.key.admin_environments.as_deref()
+    }
+
     /// Whether this caller holds `permission`.
     pub fn holds(&self, permission: &str) -> bool {
-        grants(&self.key.permissions, permission)
+        // Admin permissions come from the key itself and its roles; grants apply too.
+        self.key.holds(permission, self.at)
     }
 
     pub(crate) fn audit_name(&self) -> String {
@@ -73,38 +100,33 @@ impl Authority {
     pub async fn verify(
         &self,
         presented: &str,
-        environment: Option<&EnvironmentName>,
+        request: &VerifyRequest<'_>,
     ) -> Result<Verification, ServiceError> {
         let key = match self.lookup(presented).await? {
-            Lookup::Malformed => {
-                return Ok(Verification {
-                    code: VerifyCode::Malformed,
-                    key: None,
-                });
-            }
-            Lookup::Unknown => {
-                return Ok(Verification {
-                    code: VerifyCode::NotFound,
-                    key: None,
-                });
-            }
+            Lookup::Malformed => return Ok(Verification::of(VerifyCode::Malformed)),
+            Lookup::Unknown => return Ok(Verification::of(VerifyCode::NotFound)),
             // Admin keys are not API keys: they never pass verification for a protected API.
             Lookup::Found(key) if key.service == ServiceName::Keyward => {
-                return Ok(Verification {
-                    code: VerifyCode::NotFound,
-                    key: None,
-                });
+                return Ok(Verification::of(VerifyCode::NotFound));
             }
             Lookup::Found(key) => key,
         };
         let now = self.clock.now();
-        let code = evaluate(&key, now, environment);
+        let mut code = evaluate(&key, now, request.environment);
+        let mut unmet = None;
+        if code == VerifyCode::Valid
+            && let Err((refused, why)) = self.check_access(&key, request, now)
+        {
+            code = refused;
+            unmet = Some(why);
+        }
         if code == VerifyCode::Valid {
             self.usage.record(key.id, now);
         }
         Ok(Verification {
             code,
             key: Some(key),
+            unmet,
         })
     }
 
@@ -116,7 +138,7 @@ impl Authority {
             return Ok(Lookup::Unknown);
         };
         if let Some(key) = self.cache.get(&hash) {
-            return Ok(Lookup::Found(key));
+            return Ok(Self::same_environment(&parsed, key));
         }
         if !self.cache.may_exist(&hash) {
             return Ok(Lookup::Unknown);
@@ -124,11 +146,23 @@ impl Authority {
         let epoch = self.cache.epoch(&hash);
         match self.store.key_by_hash(hash).await? {
             Some(record) => {
-                let key = self.cache.entry_for(&record);
+                let (held, grants) = self.held_by(&record);
+                let key = self.cache.entry_for(&record, held, grants);
                 self.cache.insert_if_current(hash, Arc::clone(&key), epoch);
-                Ok(Lookup::Found(key))
+                Ok(Self::same_environment(&parsed, key))
             }
             None => Ok(Lookup::Unknown),
+        }
+    }
+
+    /// A stored key answers only to a presented key of its own environment. The HMAC already
+    /// makes that so (each environment has its own secret); this also holds if rows of two
+    /// environments were ever mixed up in the store.
+    fn same_environment(parsed: &ParsedKey<'_>, key: Arc<CachedKey>) -> Lookup {
+        if key.environment.as_str() == parsed.environment() {
+            Lookup::Found(key)
+        } else {
+            Lookup::Unknown
         }
     }
 
@@ -139,6 +173,7 @@ impl Authority {
         &self,
         bearer: Option<&str>,
         permission: &str,
+        client: Option<std::net::IpAddr>,
     ) -> Result<Actor, ServiceError> {
         let refusal = match bearer {
             None => Some("missing"),
@@ -146,8 +181,13 @@ impl Authority {
                 Lookup::Malformed => Some("malformed"),
                 Lookup::Unknown => Some("unknown_key"),
                 Lookup::Found(key) => {
+                    let network_ok = key
+                        .network
+                        .as_ref()
+                        .is_none_or(|n| client.is_some_and(|ip| n.permits(ip)));
                     let reason = match evaluate(&key, self.clock.now(), None) {
                         _ if key.service != ServiceName::Keyward => Some("not_an_admin_key"),
+                        VerifyCode::Valid if !network_ok => Some("ip_denied"),
                         VerifyCode::Valid => None,
                         VerifyCode::Revoked => Some("revoked"),
                         VerifyCode::Expired => Some("expired"),
@@ -156,7 +196,10 @@ impl Authority {
                     match reason {
                         Some(reason) => Some(reason),
                         None => {
-                            let actor = Actor { key };
+                            let actor = Actor {
+                                key,
+                                at: self.clock.now(),
+                            };
                             if actor.holds(permission) {
                                 return Ok(actor);
                             }
@@ -183,7 +226,7 @@ impl Authority {
             actor: "anonymous".into(),
             action: "auth.failed",
             target: None,
-            details: json!({ "reason": reason, "key_start": start, "permission": permission }),
+            details: json!({ "reason": reason, "key_start": start, "permission": permission, "ip": client }),
         })
         .await;
         Err(ServiceError::Unauthorized)

@@ -12,7 +12,8 @@
 
 use keyward_core::audit::{AuditEntry, GENESIS_HASH};
 use keyward_core::{
-    EnvironmentName, KeyHash, KeyId, KeyRecord, KeyStatus, Permission, ServiceName, Timestamp,
+    Cidr, EnvironmentName, EnvironmentPolicy, Grant, KeyAccess, KeyHash, KeyId, KeyRecord,
+    KeyStatus, PathRule, Permission, RoleName, RoleRecord, ServiceName, Timestamp,
 };
 use uuid::Uuid;
 
@@ -51,6 +52,7 @@ pub fn sample_key(n: u8, environment: &str) -> KeyRecord {
         rolled_to: None,
         last_used_at: None,
         uses: 0,
+        access: KeyAccess::default(),
     }
 }
 
@@ -77,6 +79,7 @@ pub async fn run(store: &dyn Store) {
     audit_chain(store).await;
     usage(store).await;
     listing(store).await;
+    access_and_roles(store).await;
     store.ping().await.unwrap();
 }
 
@@ -84,6 +87,7 @@ async fn environments(store: &dyn Store) {
     let envs = ["live", "test"].map(|name| EnvironmentRecord {
         name: env(name),
         created_at: Timestamp::from_unix_ms(1),
+        policy: EnvironmentPolicy::default(),
     });
     store
         .apply(Changes {
@@ -346,4 +350,157 @@ async fn listing(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(revoked.len(), 1);
+}
+
+async fn access_and_roles(store: &dyn Store) {
+    // A key's access rules round-trip, and lapsed grants are found by time.
+    let mut key = sample_key(40, "live");
+    let grant = |p: &str, at: i64| Grant {
+        permission: Some(Permission::parse(p).unwrap()),
+        role: None,
+        expires_at: Timestamp::from_unix_ms(at),
+        granted_at: Timestamp::from_unix_ms(1),
+        granted_by: "admin".into(),
+    };
+    key.access = KeyAccess {
+        roles: vec![RoleName::parse("support").unwrap()],
+        grants: vec![
+            grant("orders:write", 50_000),
+            grant("orders:delete", 40_000),
+        ],
+        path_rules: vec![PathRule::parse("GET /v1/orders/**").unwrap()],
+        allowed_cidrs: vec![Cidr::parse("10.0.0.0/8").unwrap()],
+        denied_cidrs: vec![Cidr::parse("2001:db8::/32").unwrap()],
+        admin_environments: Some(vec![env("test")]),
+    };
+    store
+        .apply(Changes {
+            insert_keys: vec![key.clone()],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.key(key.id).await.unwrap(), Some(key.clone()));
+    let at = |ms| Timestamp::from_unix_ms(ms);
+    assert!(
+        store
+            .keys_with_lapsed_grants(at(39_999), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let due = store.keys_with_lapsed_grants(at(40_000), 10).await.unwrap();
+    assert_eq!(due.iter().map(|k| k.id).collect::<Vec<_>>(), vec![key.id]);
+    key.access.grants.retain(|g| g.expires_at > at(40_000));
+    store
+        .apply(Changes {
+            update_keys: vec![key.clone()],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        store
+            .keys_with_lapsed_grants(at(45_000), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .keys_with_lapsed_grants(at(50_000), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    assert_eq!(
+        store
+            .count_keys_with_role(RoleName::parse("support").unwrap())
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .count_keys_with_role(RoleName::parse("other").unwrap())
+            .await
+            .unwrap(),
+        0
+    );
+
+    // Roles: create, replace, delete; deleting a missing role is NotFound.
+    let role = RoleRecord {
+        name: RoleName::parse("support").unwrap(),
+        description: Some("first line".into()),
+        permissions: vec![Permission::parse("tickets:*").unwrap()],
+        builtin: false,
+        created_at: at(1),
+        updated_at: at(1),
+    };
+    store
+        .apply(Changes {
+            upsert_roles: vec![role.clone()],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    let mut changed = role.clone();
+    changed
+        .permissions
+        .push(Permission::parse("orders:read").unwrap());
+    changed.updated_at = at(2);
+    store
+        .apply(Changes {
+            upsert_roles: vec![changed.clone()],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.roles().await.unwrap(), vec![changed]);
+    store
+        .apply(Changes {
+            delete_roles: vec![role.name.clone()],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    assert!(store.roles().await.unwrap().is_empty());
+    let missing = store
+        .apply(Changes {
+            delete_roles: vec![role.name.clone()],
+            ..Changes::default()
+        })
+        .await;
+    assert!(
+        matches!(missing, Err(StoreError::NotFound(_))),
+        "{missing:?}"
+    );
+
+    // Environment policies are stored and replaced.
+    let mut live = store
+        .environments()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.name.as_str() == "live")
+        .unwrap();
+    live.policy.require_expiry = true;
+    live.policy.forbidden_permissions = vec![Permission::parse("admin:*").unwrap()];
+    store
+        .apply(Changes {
+            update_environments: vec![live.clone()],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    let stored = store
+        .environments()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.name.as_str() == "live")
+        .unwrap();
+    assert_eq!(stored, live);
 }

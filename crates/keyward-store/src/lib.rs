@@ -8,7 +8,10 @@ use std::fmt;
 
 use async_trait::async_trait;
 use keyward_core::audit::AuditEntry;
-use keyward_core::{EnvironmentName, KeyHash, KeyId, KeyRecord, KeyStatus, ServiceName, Timestamp};
+use keyward_core::{
+    EnvironmentName, EnvironmentPolicy, KeyHash, KeyId, KeyRecord, KeyStatus, RoleName, RoleRecord,
+    ServiceName, Timestamp,
+};
 
 pub mod conformance;
 pub mod sqlite;
@@ -40,6 +43,7 @@ pub enum StoreError {
 pub struct EnvironmentRecord {
     pub name: EnvironmentName,
     pub created_at: Timestamp,
+    pub policy: EnvironmentPolicy,
 }
 
 /// The last entry of the audit log.
@@ -54,6 +58,11 @@ pub struct AuditHead {
 #[derive(Debug, Clone, Default)]
 pub struct Changes {
     pub environments: Vec<EnvironmentRecord>,
+    /// Environments whose policy replaces the stored one.
+    pub update_environments: Vec<EnvironmentRecord>,
+    /// Roles created or replaced whole.
+    pub upsert_roles: Vec<RoleRecord>,
+    pub delete_roles: Vec<RoleName>,
     pub insert_keys: Vec<KeyRecord>,
     /// Full records whose mutable fields replace the stored ones. `last_used_at` and `uses` are
     /// left alone: they belong to [`Store::record_usage`].
@@ -99,6 +108,18 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn apply(&self, changes: Changes) -> Result<(), StoreError>;
 
     async fn environments(&self) -> Result<Vec<EnvironmentRecord>, StoreError>;
+
+    async fn roles(&self) -> Result<Vec<RoleRecord>, StoreError>;
+
+    /// How many keys that are not revoked hold `role` (directly or as a grant).
+    async fn count_keys_with_role(&self, role: RoleName) -> Result<u64, StoreError>;
+
+    /// Keys with a grant that expired at or before `now`, at most `limit`.
+    async fn keys_with_lapsed_grants(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<KeyRecord>, StoreError>;
 
     async fn key(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError>;
 

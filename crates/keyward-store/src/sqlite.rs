@@ -8,14 +8,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use keyward_core::audit::{AuditEntry, GENESIS_HASH};
 use keyward_core::{
-    EnvironmentName, KeyHash, KeyId, KeyRecord, KeyStatus, Permission, ServiceName, Timestamp,
+    EnvironmentName, KeyHash, KeyId, KeyRecord, KeyStatus, Permission, RoleName, RoleRecord,
+    ServiceName, Timestamp,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 
 use crate::{AuditHead, Changes, EnvironmentRecord, KeyQuery, KeyUsage, Store, StoreError};
 
 /// Migrations in order; `PRAGMA user_version` records how many have run.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/sqlite/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/sqlite/0001_init.sql"),
+    include_str!("../migrations/sqlite/0002_access.sql"),
+];
 
 /// Readers kept open for reuse; more are opened under load and closed after. Opening one costs
 /// far more than a lookup (schema parse, a fresh page cache), so keep enough for the blocking
@@ -156,7 +160,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 
 const KEY_COLUMNS: &str = "id, service, environment, hash, start, name, owner, purpose, \
     permissions, meta, created_at, updated_at, expires_at, status, revoked_at, \
-    revocation_reason, rolled_from, rolled_to, last_used_at, uses";
+    revocation_reason, rolled_from, rolled_to, last_used_at, uses, access, next_grant_expiry";
 
 fn corrupt(what: &str) -> StoreError {
     StoreError::Corrupt(what.to_owned())
@@ -174,6 +178,7 @@ fn key_from_row(row: &Row<'_>) -> Result<KeyRecord, StoreError> {
     let rolled_from: Option<String> = row.get(16).map_err(get_err)?;
     let rolled_to: Option<String> = row.get(17).map_err(get_err)?;
     let uses: i64 = row.get(19).map_err(get_err)?;
+    let access: String = row.get(20).map_err(get_err)?;
     let ts = |i: usize| -> Result<Option<Timestamp>, StoreError> {
         let v: Option<i64> = row.get(i).map_err(get_err)?;
         Ok(v.map(Timestamp::from_unix_ms))
@@ -205,16 +210,48 @@ fn key_from_row(row: &Row<'_>) -> Result<KeyRecord, StoreError> {
         rolled_to: rolled_to.as_deref().map(parse_id).transpose()?,
         last_used_at: ts(18)?,
         uses: u64::try_from(uses).unwrap_or(0),
+        access: serde_json::from_str(&access).map_err(|_| corrupt("access"))?,
+    })
+}
+
+fn access_json(key: &KeyRecord) -> Result<String, StoreError> {
+    serde_json::to_string(&key.access).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn permission_list(permissions: &[Permission]) -> String {
+    let list: Vec<&str> = permissions.iter().map(Permission::as_str).collect();
+    serde_json::Value::from(list).to_string()
+}
+
+fn role_from_row(row: &Row<'_>) -> Result<RoleRecord, StoreError> {
+    let get_err = |e: rusqlite::Error| StoreError::Corrupt(e.to_string());
+    let name: String = row.get(0).map_err(get_err)?;
+    let permissions: String = row.get(2).map_err(get_err)?;
+    let permissions: Vec<String> =
+        serde_json::from_str(&permissions).map_err(|_| corrupt("role permissions"))?;
+    Ok(RoleRecord {
+        name: RoleName::parse(&name).map_err(|_| corrupt("role name"))?,
+        description: row.get(1).map_err(get_err)?,
+        permissions: permissions
+            .iter()
+            .map(|p| Permission::parse(p).map_err(|_| corrupt("role permission")))
+            .collect::<Result<_, _>>()?,
+        builtin: row.get::<_, i64>(3).map_err(get_err)? != 0,
+        created_at: Timestamp::from_unix_ms(row.get(4).map_err(get_err)?),
+        updated_at: Timestamp::from_unix_ms(row.get(5).map_err(get_err)?),
     })
 }
 
 fn permissions_json(key: &KeyRecord) -> String {
-    let list: Vec<&str> = key.permissions.iter().map(Permission::as_str).collect();
-    serde_json::Value::from(list).to_string()
+    permission_list(&key.permissions)
 }
 
 fn meta_json(key: &KeyRecord) -> String {
     serde_json::Value::Object(key.meta.clone()).to_string()
+}
+
+fn policy_json(env: &EnvironmentRecord) -> Result<String, StoreError> {
+    serde_json::to_string(&env.policy).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -272,16 +309,56 @@ fn apply_changes(conn: &mut Connection, changes: &Changes) -> Result<(), StoreEr
     }
     for env in &changes.environments {
         tx.execute(
-            "INSERT INTO environments (name, created_at) VALUES (?1, ?2)",
-            params![env.name.as_str(), env.created_at.unix_ms()],
+            "INSERT INTO environments (name, created_at, policy) VALUES (?1, ?2, ?3)",
+            params![
+                env.name.as_str(),
+                env.created_at.unix_ms(),
+                policy_json(env)?
+            ],
         )
         .map_err(map_write_error)?;
+    }
+    for env in &changes.update_environments {
+        let changed = tx
+            .execute(
+                "UPDATE environments SET policy = ?2 WHERE name = ?1",
+                params![env.name.as_str(), policy_json(env)?],
+            )
+            .map_err(map_write_error)?;
+        if changed == 0 {
+            return Err(StoreError::NotFound(env.name.to_string()));
+        }
+    }
+    for role in &changes.upsert_roles {
+        tx.execute(
+            "INSERT INTO roles (name, description, permissions, builtin, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (name) DO UPDATE SET \
+             description = excluded.description, permissions = excluded.permissions, \
+             updated_at = excluded.updated_at",
+            params![
+                role.name.as_str(),
+                role.description,
+                permission_list(&role.permissions),
+                i64::from(role.builtin),
+                role.created_at.unix_ms(),
+                role.updated_at.unix_ms(),
+            ],
+        )
+        .map_err(map_write_error)?;
+    }
+    for name in &changes.delete_roles {
+        let changed = tx
+            .execute("DELETE FROM roles WHERE name = ?1", params![name.as_str()])
+            .map_err(map_write_error)?;
+        if changed == 0 {
+            return Err(StoreError::NotFound(name.to_string()));
+        }
     }
     for key in &changes.insert_keys {
         tx.execute(
             &format!(
                 "INSERT INTO keys ({KEY_COLUMNS}) VALUES \
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
             ),
             params![
                 key.id.to_string(),
@@ -304,6 +381,8 @@ fn apply_changes(conn: &mut Connection, changes: &Changes) -> Result<(), StoreEr
                 key.rolled_to.map(|id| id.to_string()),
                 key.last_used_at.map(Timestamp::unix_ms),
                 to_i64(key.uses),
+                access_json(key)?,
+                key.access.next_grant_expiry().map(Timestamp::unix_ms),
             ],
         )
         .map_err(map_write_error)?;
@@ -313,7 +392,8 @@ fn apply_changes(conn: &mut Connection, changes: &Changes) -> Result<(), StoreEr
             .execute(
                 "UPDATE keys SET name = ?2, owner = ?3, purpose = ?4, permissions = ?5, meta = ?6, \
                  updated_at = ?7, expires_at = ?8, status = ?9, revoked_at = ?10, \
-                 revocation_reason = ?11, rolled_to = ?12 WHERE id = ?1",
+                 revocation_reason = ?11, rolled_to = ?12, access = ?13, next_grant_expiry = ?14 \
+                 WHERE id = ?1",
                 params![
                     key.id.to_string(),
                     key.name,
@@ -327,6 +407,8 @@ fn apply_changes(conn: &mut Connection, changes: &Changes) -> Result<(), StoreEr
                     key.revoked_at.map(Timestamp::unix_ms),
                     key.revocation_reason,
                     key.rolled_to.map(|id| id.to_string()),
+                    access_json(key)?,
+                    key.access.next_grant_expiry().map(Timestamp::unix_ms),
                 ],
             )
             .map_err(map_write_error)?;
@@ -363,20 +445,78 @@ impl Store for SqliteStore {
     async fn environments(&self) -> Result<Vec<EnvironmentRecord>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn
-                .prepare_cached("SELECT name, created_at FROM environments ORDER BY name")
+                .prepare_cached("SELECT name, created_at, policy FROM environments ORDER BY name")
                 .map_err(unavailable)?;
-            let rows = stmt
-                .query_map([], |row| {
-                    Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
-                })
-                .map_err(unavailable)?;
+            let mut rows = stmt.query([]).map_err(unavailable)?;
             let mut out = Vec::new();
-            for row in rows {
-                let (name, created_at) = row.map_err(unavailable)?;
+            while let Some(row) = rows.next().map_err(unavailable)? {
+                let get_err = |e: rusqlite::Error| StoreError::Corrupt(e.to_string());
+                let name: String = row.get(0).map_err(get_err)?;
+                let policy: String = row.get(2).map_err(get_err)?;
                 out.push(EnvironmentRecord {
                     name: EnvironmentName::parse(&name).map_err(|_| corrupt("environment"))?,
-                    created_at: Timestamp::from_unix_ms(created_at),
+                    created_at: Timestamp::from_unix_ms(row.get(1).map_err(get_err)?),
+                    policy: serde_json::from_str(&policy)
+                        .map_err(|_| corrupt("environment policy"))?,
                 });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn roles(&self) -> Result<Vec<RoleRecord>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT name, description, permissions, builtin, created_at, updated_at \
+                     FROM roles ORDER BY name",
+                )
+                .map_err(unavailable)?;
+            let mut rows = stmt.query([]).map_err(unavailable)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(unavailable)? {
+                out.push(role_from_row(row)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn count_keys_with_role(&self, role: RoleName) -> Result<u64, StoreError> {
+        self.read(move |conn| {
+            let count: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM keys WHERE status != 'revoked' AND ( \
+                       EXISTS (SELECT 1 FROM json_each(keys.access, '$.roles') WHERE value = ?1) OR \
+                       EXISTS (SELECT 1 FROM json_each(keys.access, '$.grants') WHERE json_extract(value, '$.role') = ?1))",
+                    params![role.as_str()],
+                    |row| row.get(0),
+                )
+                .map_err(unavailable)?;
+            Ok(u64::try_from(count).unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn keys_with_lapsed_grants(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {KEY_COLUMNS} FROM keys WHERE next_grant_expiry <= ?1 \
+                     ORDER BY next_grant_expiry LIMIT ?2"
+                ))
+                .map_err(unavailable)?;
+            let mut rows = stmt
+                .query(params![now.unix_ms(), i64::from(limit)])
+                .map_err(unavailable)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(unavailable)? {
+                out.push(key_from_row(row)?);
             }
             Ok(out)
         })

@@ -18,10 +18,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use keyward_core::audit::AuditEntry;
 use keyward_core::model::ADMIN_ENVIRONMENT;
-use keyward_core::{EnvironmentName, FakeClock, KeyHash, KeyId, KeyRecord, Timestamp};
+use keyward_core::{
+    EnvironmentName, FakeClock, KeyHash, KeyId, KeyRecord, RoleName, RoleRecord, Timestamp,
+};
 use keyward_crypto::HmacSecret;
 use keyward_server::ServerConfig;
-use keyward_service::{Authority, AuthorityConfig, Keyring, initial_environments, initialize};
+use keyward_service::{
+    Authority, AuthorityConfig, EnvironmentSecrets, Keyring, initial_environments, initialize,
+};
 use keyward_store::{
     AuditHead, Changes, EnvironmentRecord, KeyQuery, KeyUsage, SqliteStore, Store, StoreError,
 };
@@ -53,6 +57,19 @@ impl Store for CountingStore {
     async fn environments(&self) -> Result<Vec<EnvironmentRecord>, StoreError> {
         self.inner.environments().await
     }
+    async fn roles(&self) -> Result<Vec<RoleRecord>, StoreError> {
+        self.inner.roles().await
+    }
+    async fn count_keys_with_role(&self, role: RoleName) -> Result<u64, StoreError> {
+        self.inner.count_keys_with_role(role).await
+    }
+    async fn keys_with_lapsed_grants(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        self.inner.keys_with_lapsed_grants(now, limit).await
+    }
     async fn key(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
         self.inner.key(id).await
     }
@@ -80,6 +97,22 @@ impl Store for CountingStore {
     }
 }
 
+/// Keeps secrets of environments created during a test, so a restart finds them.
+#[derive(Debug, Default)]
+pub struct TestSecrets {
+    added: std::sync::Mutex<Vec<(EnvironmentName, HmacSecret)>>,
+}
+
+impl EnvironmentSecrets for TestSecrets {
+    fn add(&self, environment: &EnvironmentName, secret: &HmacSecret) -> Result<(), String> {
+        self.added
+            .lock()
+            .unwrap()
+            .push((environment.clone(), secret.clone()));
+        Ok(())
+    }
+}
+
 /// A running server and what a test needs to talk to it.
 #[derive(Debug)]
 pub struct TestApp {
@@ -90,6 +123,7 @@ pub struct TestApp {
     pub store: Arc<CountingStore>,
     pub authority: Arc<Authority>,
     keyring: Keyring,
+    secrets: Arc<TestSecrets>,
     config: ServerConfig,
     dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
@@ -112,7 +146,8 @@ pub async fn spawn_app_with(config: ServerConfig) -> TestApp {
     let store = SqliteStore::open(&dir.path().join("keyward.db")).unwrap();
     let root = initialize(&store, &clock, &keyring).await.unwrap();
     drop(store);
-    let running = Running::start(&dir, &clock, &keyring, &config).await;
+    let secrets = Arc::new(TestSecrets::default());
+    let running = Running::start(&dir, &clock, &keyring, &secrets, &config).await;
     TestApp {
         addr: running.addr,
         root_key: root.expose().to_owned(),
@@ -121,6 +156,7 @@ pub async fn spawn_app_with(config: ServerConfig) -> TestApp {
         store: running.store,
         authority: running.authority,
         keyring,
+        secrets,
         config,
         dir,
         stop: Some(running.stop),
@@ -142,8 +178,13 @@ impl Running {
         dir: &tempfile::TempDir,
         clock: &FakeClock,
         keyring: &Keyring,
+        secrets: &Arc<TestSecrets>,
         config: &ServerConfig,
     ) -> Running {
+        let mut keyring = keyring.clone();
+        for (env, secret) in secrets.added.lock().unwrap().iter() {
+            keyring.add(env.clone(), secret);
+        }
         let store = SqliteStore::open(&dir.path().join("keyward.db")).unwrap();
         let store = Arc::new(CountingStore {
             inner: store,
@@ -153,7 +194,8 @@ impl Running {
             Authority::open(
                 store.clone(),
                 Arc::new(clock.clone()),
-                keyring.clone(),
+                keyring,
+                secrets.clone(),
                 AuthorityConfig {
                     usage_flush_interval: Duration::from_millis(50),
                     ..AuthorityConfig::default()
@@ -162,6 +204,7 @@ impl Running {
             .await
             .unwrap(),
         );
+        authority.start_background();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -185,7 +228,14 @@ impl Running {
 
 impl TestApp {
     async fn start(&mut self) {
-        let running = Running::start(&self.dir, &self.clock, &self.keyring, &self.config).await;
+        let running = Running::start(
+            &self.dir,
+            &self.clock,
+            &self.keyring,
+            &self.secrets,
+            &self.config,
+        )
+        .await;
         self.addr = running.addr;
         self.store = running.store;
         self.authority = running.authority;

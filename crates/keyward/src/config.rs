@@ -23,6 +23,7 @@ pub struct FileConfig {
     pub insecure_unauthenticated_verify: Option<bool>,
     pub insecure_plain_http: Option<bool>,
     pub worker_threads: Option<usize>,
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 impl FileConfig {
@@ -110,6 +111,14 @@ impl Config {
         if !(1..=1024).contains(&worker_threads) {
             problems.push("worker_threads: must be between 1 and 1024".into());
         }
+        let trusted_proxies =
+            match keyward_core::CidrSet::parse(&file.trusted_proxies.unwrap_or_default()) {
+                Ok(set) => set,
+                Err((i, e)) => {
+                    problems.push(format!("trusted_proxies: entry {i}: {e}"));
+                    keyward_core::CidrSet::default()
+                }
+            };
         let plain_http_ok = flags.insecure_plain_http || file.insecure_plain_http.unwrap_or(false);
         if let Ok(addr) = listen
             && !addr.ip().is_loopback()
@@ -139,6 +148,7 @@ impl Config {
                 insecure_unauthenticated_verify: file
                     .insecure_unauthenticated_verify
                     .unwrap_or(false),
+                trusted_proxies,
             },
             authority: keyward_service::AuthorityConfig {
                 cache_capacity,

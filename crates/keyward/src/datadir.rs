@@ -91,15 +91,23 @@ impl DataDir {
     /// Generates a secret for each environment and writes them durably (write, fsync, rename).
     pub fn write_new_secrets(&self, environments: &[EnvironmentName]) -> anyhow::Result<Keyring> {
         let mut secrets = Vec::new();
+        for env in environments {
+            secrets.push((env.clone(), HmacSecret::generate()?));
+        }
+        self.write_secrets(&secrets)?;
+        Ok(Keyring::new(secrets))
+    }
+
+    /// Replaces the secrets file with `secrets`, durably: a temp file is written and synced, then
+    /// renamed over the old one, and the directory synced.
+    fn write_secrets(&self, secrets: &[(EnvironmentName, HmacSecret)]) -> anyhow::Result<()> {
         let mut file = SecretsFile {
             version: 1,
             environments: BTreeMap::new(),
         };
-        for env in environments {
-            let secret = HmacSecret::generate()?;
+        for (env, secret) in secrets {
             file.environments
                 .insert(env.to_string(), secret.to_hex().to_string());
-            secrets.push((env.clone(), secret));
         }
         let text = zeroize::Zeroizing::new(serde_json::to_string_pretty(&file)?);
         for value in file.environments.values_mut() {
@@ -119,10 +127,10 @@ impl DataDir {
         }
         fs::rename(&tmp, self.secrets_path())?;
         File::open(&self.root)?.sync_all()?;
-        Ok(Keyring::new(secrets))
+        Ok(())
     }
 
-    pub fn read_keyring(&self) -> anyhow::Result<Keyring> {
+    fn read_secrets(&self) -> anyhow::Result<Vec<(EnvironmentName, HmacSecret)>> {
         let path = self.secrets_path();
         let text = zeroize::Zeroizing::new(
             fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?,
@@ -137,7 +145,37 @@ impl DataDir {
                 .with_context(|| format!("{}: bad secret for {name}", path.display()))?;
             secrets.push((env, secret));
         }
-        Ok(Keyring::new(secrets))
+        Ok(secrets)
+    }
+
+    pub fn read_keyring(&self) -> anyhow::Result<Keyring> {
+        Ok(Keyring::new(self.read_secrets()?))
+    }
+}
+
+/// Adds new environments' secrets to the data dir's secrets file.
+#[derive(Debug)]
+pub struct SecretsWriter {
+    dir: DataDir,
+    lock: std::sync::Mutex<()>,
+}
+
+impl SecretsWriter {
+    pub fn new(root: &Path) -> Self {
+        SecretsWriter {
+            dir: DataDir::new(root),
+            lock: std::sync::Mutex::new(()),
+        }
+    }
+}
+
+impl keyward_service::EnvironmentSecrets for SecretsWriter {
+    fn add(&self, environment: &EnvironmentName, secret: &HmacSecret) -> Result<(), String> {
+        let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut secrets = self.dir.read_secrets().map_err(|e| e.to_string())?;
+        secrets.retain(|(env, _)| env != environment);
+        secrets.push((environment.clone(), secret.clone()));
+        self.dir.write_secrets(&secrets).map_err(|e| e.to_string())
     }
 }
 

@@ -212,10 +212,12 @@ async fn serve((config, json): (Config, bool)) -> anyhow::Result<()> {
             Arc::new(store),
             Arc::new(SystemClock),
             keyring,
+            Arc::new(datadir::SecretsWriter::new(&config.data_dir)),
             config.authority.clone(),
         )
         .await?,
     );
+    authority.start_background();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

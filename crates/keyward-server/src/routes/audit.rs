@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorResponses};
-use crate::extract::{Bearer, QueryParams};
+use crate::extract::{Caller, QueryParams};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -70,13 +70,10 @@ pub struct AuditPage {
 )]
 pub async fn list_audit(
     State(state): State<AppState>,
-    Bearer(bearer): Bearer,
+    caller: Caller,
     QueryParams(params): QueryParams<AuditParams>,
 ) -> Result<Json<AuditPage>, ApiError> {
-    state
-        .authority
-        .authenticate(bearer.as_deref(), admin::AUDIT_READ)
-        .await?;
+    caller.authenticate(&state, admin::AUDIT_READ).await?;
     let limit = match params.limit {
         None => 100,
         Some(n @ 1..=1000) => n,

@@ -1,21 +1,22 @@
-//! `/v1/keys`: create, read, list, update, revoke and roll keys.
+//! `/v1/keys`: create, read, list, update, revoke and roll keys; grants; effective permissions.
 
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use keyward_core::permission::admin;
 use keyward_core::{
-    EnvironmentName, KeyId, KeyRecord, KeyStatus, Permission, ServiceName, Timestamp,
+    Cidr, EnvironmentName, Grant, KeyAccess, KeyId, KeyRecord, KeyStatus, PathRule, Permission,
+    RoleName, ServiceName, Timestamp,
 };
 use keyward_service::KeyQuery;
-use keyward_service::{KeyUpdate, NewKey};
+use keyward_service::{KeyUpdate, NewGrant, NewKey, ServiceError, parse_cidrs, parse_path_rules};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorResponses};
-use crate::extract::{Bearer, JsonBody, QueryParams};
+use crate::extract::{Caller, JsonBody, QueryParams};
 
 /// A key as the API shows it: never the secret, never the hash.
 #[derive(Debug, Serialize, ToSchema)]
@@ -58,6 +59,23 @@ pub struct KeyView {
     pub last_used_at: Option<Timestamp>,
     /// Successful verifications, counted in batches like `last_used_at`.
     pub uses: u64,
+    /// Roles whose permissions the key holds.
+    #[schema(value_type = Vec<String>)]
+    pub roles: Vec<RoleName>,
+    /// Temporary permissions or roles, each with the instant it lapses.
+    #[schema(value_type = Vec<Object>)]
+    pub grants: Vec<Grant>,
+    /// If any, the only requests the key may make (`METHOD /path/pattern`).
+    #[schema(value_type = Vec<String>)]
+    pub path_rules: Vec<PathRule>,
+    #[schema(value_type = Vec<String>)]
+    pub allowed_cidrs: Vec<Cidr>,
+    #[schema(value_type = Vec<String>)]
+    pub denied_cidrs: Vec<Cidr>,
+    /// For admin keys: the environments whose keys they may manage (absent: all).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub admin_environments: Option<Vec<EnvironmentName>>,
 }
 
 impl From<KeyRecord> for KeyView {
@@ -82,6 +100,12 @@ impl From<KeyRecord> for KeyView {
             rolled_to: k.rolled_to,
             last_used_at: k.last_used_at,
             uses: k.uses,
+            roles: k.access.roles,
+            grants: k.access.grants,
+            path_rules: k.access.path_rules,
+            allowed_cidrs: k.access.allowed_cidrs,
+            denied_cidrs: k.access.denied_cidrs,
+            admin_environments: k.access.admin_environments,
         }
     }
 }
@@ -146,13 +170,73 @@ pub struct CreateKeyRequest {
     /// `default` (API keys, the default) or `keyward` (admin keys, in the `admin` environment).
     #[schema(pattern = "^(default|keyward)$")]
     pub service: Option<String>,
+    /// Roles whose permissions the key holds.
+    #[serde(default)]
+    #[schema(value_type = Vec<RoleText>)]
+    pub roles: Vec<String>,
+    /// `METHOD /path/pattern` rules (`*` one segment, `**` any); if any, verify needs method
+    /// and path and they must match one.
+    #[serde(default)]
+    #[schema(max_items = 256)]
+    pub path_rules: Vec<String>,
+    /// CIDR blocks the key may be used from (IPv4 or IPv6); empty: anywhere not denied.
+    #[serde(default)]
+    pub allowed_cidrs: Vec<String>,
+    /// CIDR blocks the key may never be used from; deny wins over allow.
+    #[serde(default)]
+    pub denied_cidrs: Vec<String>,
+    /// For admin keys: the environments whose keys this key may manage.
+    #[schema(value_type = Option<Vec<String>>)]
+    pub admin_environments: Option<Vec<String>>,
 }
 
-fn parse_environment(text: &str) -> Result<EnvironmentName, ApiError> {
+/// A role name: 1-64 characters of `[a-z0-9_.-]`, starting with a letter or digit.
+#[derive(Debug, ToSchema)]
+#[schema(pattern = "^[a-z0-9][a-z0-9_.-]{0,63}$", example = "read-only")]
+pub struct RoleText(pub String);
+
+fn field_error(e: ServiceError) -> ApiError {
+    ApiError::from(e)
+}
+
+pub(crate) fn parse_roles(field: &str, list: &[String]) -> Result<Vec<RoleName>, ApiError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, r)| {
+            RoleName::parse(r)
+                .map_err(|e| ApiError::field(format!("{field}[{i}]"), format!("{r:?}: {e}")))
+        })
+        .collect()
+}
+
+fn parse_access(
+    roles: &[String],
+    path_rules: &[String],
+    allowed: &[String],
+    denied: &[String],
+    admin_environments: Option<&[String]>,
+) -> Result<KeyAccess, ApiError> {
+    Ok(KeyAccess {
+        roles: parse_roles("roles", roles)?,
+        grants: Vec::new(),
+        path_rules: parse_path_rules("path_rules", path_rules).map_err(field_error)?,
+        allowed_cidrs: parse_cidrs("allowed_cidrs", allowed).map_err(field_error)?,
+        denied_cidrs: parse_cidrs("denied_cidrs", denied).map_err(field_error)?,
+        admin_environments: admin_environments
+            .map(|list| {
+                list.iter()
+                    .map(|e| parse_environment(e))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?,
+    })
+}
+
+pub(crate) fn parse_environment(text: &str) -> Result<EnvironmentName, ApiError> {
     EnvironmentName::parse(text).map_err(|e| ApiError::field("environment", e.to_string()))
 }
 
-fn parse_permissions(list: &[String]) -> Result<Vec<Permission>, ApiError> {
+pub(crate) fn parse_permissions(list: &[String]) -> Result<Vec<Permission>, ApiError> {
     list.iter()
         .enumerate()
         .map(|(i, p)| {
@@ -162,11 +246,11 @@ fn parse_permissions(list: &[String]) -> Result<Vec<Permission>, ApiError> {
         .collect()
 }
 
-fn parse_time(field: &str, text: &str) -> Result<Timestamp, ApiError> {
+pub(crate) fn parse_time(field: &str, text: &str) -> Result<Timestamp, ApiError> {
     Timestamp::parse_rfc3339(text).map_err(|e| ApiError::field(field, e.to_string()))
 }
 
-fn parse_id(text: &str) -> Result<KeyId, ApiError> {
+pub(crate) fn parse_id(text: &str) -> Result<KeyId, ApiError> {
     text.parse().map_err(|_| ApiError::not_found("key"))
 }
 
@@ -181,13 +265,10 @@ fn parse_id(text: &str) -> Result<KeyId, ApiError> {
 )]
 pub async fn create_key(
     State(state): State<AppState>,
-    Bearer(bearer): Bearer,
+    caller: Caller,
     JsonBody(body): JsonBody<CreateKeyRequest>,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
-    let actor = state
-        .authority
-        .authenticate(bearer.as_deref(), admin::KEYS_CREATE)
-        .await?;
+    let actor = caller.authenticate(&state, admin::KEYS_CREATE).await?;
     let service = match body.service.as_deref() {
         None => ServiceName::Default,
         Some(text) => ServiceName::parse(text)
@@ -207,6 +288,13 @@ pub async fn create_key(
             .transpose()?,
         ttl_s: body.ttl_s,
         meta: body.meta.unwrap_or_default(),
+        access: parse_access(
+            &body.roles,
+            &body.path_rules,
+            &body.allowed_cidrs,
+            &body.denied_cidrs,
+            body.admin_environments.as_deref(),
+        )?,
     };
     let (record, key) = state.authority.create_key(&actor, new).await?;
     Ok((
@@ -229,15 +317,12 @@ pub async fn create_key(
 )]
 pub async fn show_key(
     State(state): State<AppState>,
-    Bearer(bearer): Bearer,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
-    state
-        .authority
-        .authenticate(bearer.as_deref(), admin::KEYS_READ)
-        .await?;
+    let actor = caller.authenticate(&state, admin::KEYS_READ).await?;
     let id = parse_id(&id)?;
-    Ok(Json(state.authority.key(id).await?.into()))
+    Ok(Json(state.authority.key_as(&actor, id).await?.into()))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -278,13 +363,10 @@ pub struct KeyList {
 )]
 pub async fn list_keys(
     State(state): State<AppState>,
-    Bearer(bearer): Bearer,
+    caller: Caller,
     QueryParams(params): QueryParams<ListParams>,
 ) -> Result<Json<KeyList>, ApiError> {
-    state
-        .authority
-        .authenticate(bearer.as_deref(), admin::KEYS_READ)
-        .await?;
+    let actor = caller.authenticate(&state, admin::KEYS_READ).await?;
     let query = KeyQuery {
         service: params
             .service
@@ -325,7 +407,7 @@ pub async fn list_keys(
             None => 0,
         },
     };
-    let page = state.authority.list_keys(query).await?;
+    let page = state.authority.list_keys(&actor, query).await?;
     Ok(Json(KeyList {
         keys: page.keys.into_iter().map(KeyView::from).collect(),
         next_cursor: page.next.map(|id| id.to_string()),
@@ -372,6 +454,15 @@ pub struct UpdateKeyRequest {
     pub expires_at: Option<Option<String>>,
     /// `false` disables the key (verify answers DISABLED); `true` enables it again.
     pub enabled: Option<bool>,
+    /// Replaces the key's roles.
+    #[schema(value_type = Option<Vec<RoleText>>)]
+    pub roles: Option<Vec<String>>,
+    /// Replaces the key's path rules.
+    pub path_rules: Option<Vec<String>>,
+    /// Replaces the key's allowed CIDR blocks.
+    pub allowed_cidrs: Option<Vec<String>>,
+    /// Replaces the key's denied CIDR blocks.
+    pub denied_cidrs: Option<Vec<String>>,
 }
 
 #[utoipa::path(
@@ -386,14 +477,11 @@ pub struct UpdateKeyRequest {
 )]
 pub async fn update_key(
     State(state): State<AppState>,
-    Bearer(bearer): Bearer,
+    caller: Caller,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<UpdateKeyRequest>,
 ) -> Result<Json<KeyView>, ApiError> {
-    let actor = state
-        .authority
-        .authenticate(bearer.as_deref(), admin::KEYS_UPDATE)
-        .await?;
+    let actor = caller.authenticate(&state, admin::KEYS_UPDATE).await?;
     let id = parse_id(&id)?;
     let update = KeyUpdate {
         name: body.name,
@@ -414,6 +502,26 @@ pub async fn update_key(
             })
             .transpose()?,
         enabled: body.enabled,
+        roles: body
+            .roles
+            .as_deref()
+            .map(|r| parse_roles("roles", r))
+            .transpose()?,
+        path_rules: body
+            .path_rules
+            .as_deref()
+            .map(|r| parse_path_rules("path_rules", r).map_err(field_error))
+            .transpose()?,
+        allowed_cidrs: body
+            .allowed_cidrs
+            .as_deref()
+            .map(|c| parse_cidrs("allowed_cidrs", c).map_err(field_error))
+            .transpose()?,
+        denied_cidrs: body
+            .denied_cidrs
+            .as_deref()
+            .map(|c| parse_cidrs("denied_cidrs", c).map_err(field_error))
+            .transpose()?,
     };
     Ok(Json(
         state.authority.update_key(&actor, id, update).await?.into(),
@@ -444,14 +552,11 @@ pub struct RevokeRequest {
 )]
 pub async fn revoke_key(
     State(state): State<AppState>,
-    Bearer(bearer): Bearer,
+    caller: Caller,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<RevokeRequest>,
 ) -> Result<Json<KeyView>, ApiError> {
-    let actor = state
-        .authority
-        .authenticate(bearer.as_deref(), admin::KEYS_REVOKE)
-        .await?;
+    let actor = caller.authenticate(&state, admin::KEYS_REVOKE).await?;
     let id = parse_id(&id)?;
     Ok(Json(
         state
@@ -491,14 +596,11 @@ pub struct RolledKey {
 )]
 pub async fn roll_key(
     State(state): State<AppState>,
-    Bearer(bearer): Bearer,
+    caller: Caller,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<RollRequest>,
 ) -> Result<(StatusCode, Json<RolledKey>), ApiError> {
-    let actor = state
-        .authority
-        .authenticate(bearer.as_deref(), admin::KEYS_ROLL)
-        .await?;
+    let actor = caller.authenticate(&state, admin::KEYS_ROLL).await?;
     let id = parse_id(&id)?;
     let (old, new, key) = state
         .authority
@@ -514,4 +616,127 @@ pub async fn roll_key(
             previous: old.into(),
         }),
     ))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrantRequest {
+    /// The permission to grant; exclusive with `role`.
+    #[schema(value_type = Option<PermissionText>)]
+    pub permission: Option<String>,
+    /// The role to grant; exclusive with `permission`.
+    #[schema(value_type = Option<RoleText>)]
+    pub role: Option<String>,
+    /// RFC 3339, in the future; exclusive with `ttl_s`.
+    #[schema(format = DateTime)]
+    pub expires_at: Option<String>,
+    /// Seconds until the grant lapses; exclusive with `expires_at`.
+    #[schema(minimum = 1, maximum = 3_153_600_000_u64)]
+    pub ttl_s: Option<u64>,
+}
+
+#[utoipa::path(
+    post, path = "/v1/keys/{id}/grants", tag = "keys",
+    params(("id" = String, Path, description = "The key's id")),
+    request_body = GrantRequest,
+    responses(
+        (status = 201, description = "Granted until its expiry, then it lapses by itself", body = KeyView),
+        ErrorResponses,
+    ),
+    security(("bearer" = []))
+)]
+pub async fn add_grant(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<GrantRequest>,
+) -> Result<(StatusCode, Json<KeyView>), ApiError> {
+    let actor = caller.authenticate(&state, admin::KEYS_UPDATE).await?;
+    let id = parse_id(&id)?;
+    let grant = NewGrant {
+        permission: body
+            .permission
+            .as_deref()
+            .map(|p| {
+                Permission::parse(p)
+                    .map_err(|e| ApiError::field("permission", format!("{p:?}: {e}")))
+            })
+            .transpose()?,
+        role: body
+            .role
+            .as_deref()
+            .map(|r| RoleName::parse(r).map_err(|e| ApiError::field("role", format!("{r:?}: {e}"))))
+            .transpose()?,
+        expires_at: body
+            .expires_at
+            .as_deref()
+            .map(|t| parse_time("expires_at", t))
+            .transpose()?,
+        ttl_s: body.ttl_s,
+    };
+    let key = state.authority.add_grant(&actor, id, grant).await?;
+    Ok((StatusCode::CREATED, Json(key.into())))
+}
+
+/// One effective permission and where it comes from.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EffectivePermissionView {
+    #[schema(value_type = String)]
+    pub permission: Permission,
+    /// `direct`, `role` or `grant`.
+    pub source: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub role: Option<RoleName>,
+    /// For grants: when it lapses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Timestamp>,
+    /// Set when the environment's policy takes the permission away, with the reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub removed_by_policy: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Explanation {
+    #[schema(value_type = String, format = Uuid)]
+    pub key_id: KeyId,
+    #[schema(value_type = String)]
+    pub environment: EnvironmentName,
+    pub permissions: Vec<EffectivePermissionView>,
+    /// The environment's policy, which removed what is marked `removed_by_policy`.
+    #[schema(value_type = Object)]
+    pub policy: keyward_core::EnvironmentPolicy,
+}
+
+#[utoipa::path(
+    get, path = "/v1/keys/{id}/effective-permissions", tag = "keys",
+    params(("id" = String, Path, description = "The key's id")),
+    responses((status = 200, body = Explanation), ErrorResponses),
+    security(("bearer" = []))
+)]
+pub async fn explain_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Explanation>, ApiError> {
+    let actor = caller.authenticate(&state, admin::KEYS_READ).await?;
+    let id = parse_id(&id)?;
+    let explained = state.authority.explain(&actor, id).await?;
+    Ok(Json(Explanation {
+        key_id: explained.key.id,
+        environment: explained.key.environment,
+        permissions: explained
+            .permissions
+            .into_iter()
+            .map(|p| EffectivePermissionView {
+                permission: p.permission,
+                source: p.source,
+                role: p.role,
+                expires_at: p.expires_at,
+                removed_by_policy: p.removed_by_policy,
+            })
+            .collect(),
+        policy: explained.policy,
+    }))
 }

@@ -1,6 +1,8 @@
 //! The HTTP routes, one module per resource.
 
 pub mod audit;
+pub mod environments;
 pub mod keys;
+pub mod roles;
 pub mod system;
 pub mod verify;

@@ -5,15 +5,18 @@ use std::time::Instant;
 use axum::Json;
 use axum::extract::State;
 use keyward_core::permission::admin;
-use keyward_core::{EnvironmentName, KeyId, Permission, Timestamp, VerifyCode};
+use std::net::IpAddr;
+
+use keyward_core::{EnvironmentName, KeyId, Permission, PermissionQuery, Timestamp, VerifyCode};
 use keyward_crypto::PlaintextKey;
+use keyward_service::VerifyRequest as Checks;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorResponses};
-use crate::extract::{Bearer, JsonBody};
+use crate::extract::{Caller, JsonBody};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +29,19 @@ pub struct VerifyRequest {
     /// answers ENVIRONMENT_MISMATCH.
     #[schema(pattern = "^[a-z0-9]{1,8}$", example = "live")]
     pub environment: Option<String>,
+    /// The permissions the request needs: `resource:action` combined with AND, OR, NOT and
+    /// parentheses, e.g. `invoices:read AND (orders:read OR admin:*)`.
+    #[schema(max_length = 1000, example = "invoices:read")]
+    pub permissions: Option<String>,
+    /// The request's method, checked with `path` against the key's path rules.
+    #[schema(pattern = "^[A-Z]{1,16}$", example = "GET")]
+    pub method: Option<String>,
+    /// The request's path (a query string is ignored).
+    #[schema(pattern = "^/", max_length = 2048, example = "/v1/invoices/42")]
+    pub path: Option<String>,
+    /// The client's address, checked against the key's and the environment's network rules.
+    #[schema(example = "203.0.113.7")]
+    pub ip: Option<String>,
 }
 
 fn presented_key<'de, D: Deserializer<'de>>(d: D) -> Result<PlaintextKey, D::Error> {
@@ -57,6 +73,10 @@ pub struct VerifyResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Timestamp>,
+    /// With INSUFFICIENT_PERMISSIONS or IP_DENIED: what was missing or refused, e.g.
+    /// `missing permission invoices:write`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 #[utoipa::path(
@@ -70,15 +90,12 @@ pub struct VerifyResponse {
 )]
 pub async fn verify(
     State(state): State<AppState>,
-    Bearer(bearer): Bearer,
+    caller: Caller,
     JsonBody(body): JsonBody<VerifyRequest>,
 ) -> Result<Json<VerifyResponse>, ApiError> {
     let started = Instant::now();
     if !state.config.insecure_unauthenticated_verify {
-        state
-            .authority
-            .authenticate(bearer.as_deref(), admin::KEYS_VERIFY)
-            .await?;
+        caller.authenticate(&state, admin::KEYS_VERIFY).await?;
     }
     let environment = body
         .environment
@@ -87,10 +104,53 @@ pub async fn verify(
             EnvironmentName::parse(e).map_err(|err| ApiError::field("environment", err.to_string()))
         })
         .transpose()?;
-    let verdict = state
-        .authority
-        .verify(body.key.expose(), environment.as_ref())
-        .await?;
+    let query = body
+        .permissions
+        .as_deref()
+        .map(|q| {
+            PermissionQuery::parse(q).map_err(|e| ApiError::field("permissions", e.to_string()))
+        })
+        .transpose()?;
+    if body
+        .method
+        .as_ref()
+        .is_some_and(|m| m.is_empty() || m.len() > 16 || !m.bytes().all(|b| b.is_ascii_uppercase()))
+    {
+        return Err(ApiError::field(
+            "method",
+            "an HTTP method in capitals, e.g. GET",
+        ));
+    }
+    if body
+        .path
+        .as_ref()
+        .is_some_and(|p| !p.starts_with('/') || p.len() > 2048)
+    {
+        return Err(ApiError::field(
+            "path",
+            "a path starting with '/', at most 2048 characters",
+        ));
+    }
+    if body.method.is_some() != body.path.is_some() {
+        return Err(ApiError::field("method", "give method and path together"));
+    }
+    let ip = body
+        .ip
+        .as_deref()
+        .map(|ip| {
+            ip.parse::<IpAddr>().map_err(|_| {
+                ApiError::field("ip", format!("{ip:?} is not an IPv4 or IPv6 address"))
+            })
+        })
+        .transpose()?;
+    let request = Checks {
+        environment: environment.as_ref(),
+        permissions: query.as_ref(),
+        method: body.method.as_deref(),
+        path: body.path.as_deref(),
+        ip,
+    };
+    let verdict = state.authority.verify(body.key.expose(), &request).await?;
     state.metrics.verified(verdict.code, started.elapsed());
     let key = verdict.key.as_deref();
     Ok(Json(VerifyResponse {
@@ -99,8 +159,13 @@ pub async fn verify(
         key_id: key.map(|k| k.id),
         owner: key.map(|k| k.owner.to_string()),
         environment: key.map(|k| (*k.environment).clone()),
-        permissions: key.map(|k| k.permissions.to_vec()),
+        permissions: key.map(|k| {
+            state
+                .authority
+                .effective_permissions(k, state.authority.now())
+        }),
         meta: key.map(|k| k.meta.as_deref().cloned().unwrap_or_default()),
         expires_at: key.and_then(|k| k.expires_at),
+        detail: verdict.unmet,
     }))
 }

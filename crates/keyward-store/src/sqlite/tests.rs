@@ -18,6 +18,7 @@ async fn reopening_keeps_data_and_does_not_rerun_migrations() {
                 environments: vec![EnvironmentRecord {
                     name: EnvironmentName::parse("live").unwrap(),
                     created_at: Timestamp::from_unix_ms(1),
+                    policy: keyward_core::EnvironmentPolicy::default(),
                 }],
                 insert_keys: vec![crate::conformance::sample_key(1, "live")],
                 ..Changes::default()
@@ -53,4 +54,33 @@ async fn audit_rows_cannot_be_changed_through_sql() {
             .is_err()
     );
     assert!(conn.execute("DELETE FROM audit_log", []).is_err());
+}
+
+#[tokio::test]
+async fn a_version_1_store_is_migrated_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keyward.db");
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.execute_batch(
+            "PRAGMA user_version = 1;
+             INSERT INTO environments (name, created_at) VALUES ('live', 1);
+             INSERT INTO keys (id, service, environment, hash, start, name, owner, permissions, meta,
+                               created_at, updated_at, status)
+             VALUES ('01a22198-ed00-7000-8000-000000000001', 'default', 'live', zeroblob(32),
+                     'kw_live_abcd', 'old', 'team', '[\"a:b\"]', '{}', 1, 1, 'active');",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let key = store
+        .key("01a22198-ed00-7000-8000-000000000001".parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(key.name, "old");
+    assert_eq!(key.access, keyward_core::KeyAccess::default());
+    let envs = store.environments().await.unwrap();
+    assert_eq!(envs[0].policy, keyward_core::EnvironmentPolicy::default());
 }

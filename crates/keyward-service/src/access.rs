@@ -1,0 +1,658 @@
+//! Access rules: environments and their policies, roles, temporary grants, the checks verify
+//! makes beyond status and expiry, and the explanation of a key's effective permissions.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use keyward_core::{
+    Cidr, CidrSet, EnvironmentName, EnvironmentPolicy, Grant, KeyId, KeyRecord, PathRule,
+    Permission, PermissionQuery, RoleName, RoleRecord, Timestamp,
+};
+use keyward_crypto::HmacSecret;
+use keyward_store::{Changes, EnvironmentRecord};
+use serde_json::json;
+
+use crate::audit::PendingEntry;
+use crate::cache::CachedKey;
+use crate::{Actor, Authority, EnvState, ServiceError, read, write};
+
+/// Keeps a new environment's HMAC secret durably, before the environment is stored: a stored
+/// environment without its secret would make its keys unverifiable.
+pub trait EnvironmentSecrets: Send + Sync + std::fmt::Debug + 'static {
+    fn add(&self, environment: &EnvironmentName, secret: &HmacSecret) -> Result<(), String>;
+}
+
+/// What a verification asks beyond the key itself.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct VerifyRequest<'a> {
+    /// The environment the caller expects the key to belong to.
+    pub environment: Option<&'a EnvironmentName>,
+    /// Permissions the request needs.
+    pub permissions: Option<&'a PermissionQuery>,
+    /// The request's method and path, checked against the key's path rules.
+    pub method: Option<&'a str>,
+    pub path: Option<&'a str>,
+    /// The address the request came from, checked against network rules.
+    pub ip: Option<IpAddr>,
+}
+
+/// A grant to add to a key.
+#[derive(Debug, Clone)]
+pub struct NewGrant {
+    pub permission: Option<Permission>,
+    pub role: Option<RoleName>,
+    pub expires_at: Option<Timestamp>,
+    pub ttl_s: Option<u64>,
+}
+
+/// One line of [`Explanation`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct EffectivePermission {
+    pub permission: Permission,
+    /// `direct`, `role` or `grant`.
+    pub source: &'static str,
+    pub role: Option<RoleName>,
+    /// For grants: when it lapses.
+    pub expires_at: Option<Timestamp>,
+    /// Why the environment's policy takes it away, if it does.
+    pub removed_by_policy: Option<String>,
+}
+
+/// Where each of a key's permissions comes from, and what its environment's policy removes.
+#[derive(Debug, Clone)]
+pub struct Explanation {
+    pub key: KeyRecord,
+    pub permissions: Vec<EffectivePermission>,
+    pub policy: EnvironmentPolicy,
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ServiceError {
+    ServiceError::InvalidField {
+        field,
+        message: message.into(),
+    }
+}
+
+/// A key's lifetime in seconds, for policy checks.
+fn lifetime_s(created_at: Timestamp, expires_at: Option<Timestamp>) -> Option<u64> {
+    expires_at.map(|at| {
+        u64::try_from((at.unix_ms() - created_at.unix_ms()).max(0))
+            .unwrap_or(0)
+            .div_ceil(1000)
+    })
+}
+
+/// Checks a policy's own values, naming the first bad one.
+fn check_policy(policy: &EnvironmentPolicy) -> Result<(), ServiceError> {
+    if policy.max_ttl_s == Some(0) {
+        return Err(invalid("policy.max_ttl_s", "must be at least 1"));
+    }
+    for (field, list) in [
+        ("policy.allowed_cidrs", &policy.allowed_cidrs),
+        ("policy.denied_cidrs", &policy.denied_cidrs),
+    ] {
+        CidrSet::parse(list).map_err(|(i, e)| {
+            invalid(
+                field,
+                format!(
+                    "entry {i} ({:?}): {e}",
+                    list.get(i).map(String::as_str).unwrap_or("")
+                ),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+impl Authority {
+    /// Verdict details beyond status and expiry: network, path rules, then permissions. Returns
+    /// the failing code and what was unmet.
+    pub(crate) fn check_access(
+        &self,
+        key: &CachedKey,
+        request: &VerifyRequest<'_>,
+        now: Timestamp,
+    ) -> Result<(), (keyward_core::VerifyCode, String)> {
+        use keyward_core::VerifyCode::{InsufficientPermissions, IpDenied};
+        let env = self.environment(key.environment.as_str());
+        let env_network = env.as_ref().map(|e| &e.network).filter(|n| !n.is_empty());
+        if key.network.is_some() || env_network.is_some() {
+            let Some(ip) = request.ip else {
+                return Err((
+                    IpDenied,
+                    "the key is restricted by network, and no ip was given".into(),
+                ));
+            };
+            if let Some(network) = &key.network
+                && !network.permits(ip)
+            {
+                return Err((
+                    IpDenied,
+                    format!("{ip} is not allowed by the key's network rules"),
+                ));
+            }
+            if let Some(network) = env_network
+                && !network.permits(ip)
+            {
+                return Err((
+                    IpDenied,
+                    format!("{ip} is not allowed by the environment's network rules"),
+                ));
+            }
+        }
+        if let Some(rules) = &key.path_rules {
+            let (Some(method), Some(path)) = (request.method, request.path) else {
+                return Err((
+                    InsufficientPermissions,
+                    "the key is limited to path rules; give method and path".into(),
+                ));
+            };
+            if !rules.iter().any(|r| r.matches(method, path)) {
+                return Err((
+                    InsufficientPermissions,
+                    format!("{method} {path} is outside the key's path rules"),
+                ));
+            }
+        }
+        if let Some(query) = request.permissions {
+            let policy = env.as_ref().map(|e| &e.record.policy);
+            let holds = |wanted: &str| {
+                policy.is_none_or(|p| p.allows_use(wanted)) && key.holds(wanted, now)
+            };
+            query
+                .evaluate(&holds)
+                .map_err(|unmet| (InsufficientPermissions, unmet.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// The permissions a key may use now: what it holds, live grants included, less what its
+    /// environment's policy removes.
+    pub fn effective_permissions(&self, key: &CachedKey, now: Timestamp) -> Vec<Permission> {
+        let env = self.environment(key.environment.as_str());
+        let mut out: Vec<Permission> = key
+            .permissions
+            .list
+            .iter()
+            .chain(
+                key.grants
+                    .iter()
+                    .filter(|(_, until)| *until > now)
+                    .map(|(p, _)| p),
+            )
+            .filter(|p| {
+                env.as_ref()
+                    .is_none_or(|e| e.record.policy.removes(p).is_none())
+            })
+            .cloned()
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Checks a key's settings against its environment's policy and its roles' existence.
+    pub(crate) fn check_key_policy(&self, key: &KeyRecord) -> Result<(), ServiceError> {
+        let env = self.environment(key.environment.as_str()).ok_or_else(|| {
+            invalid(
+                "environment",
+                format!("no environment named {}", key.environment),
+            )
+        })?;
+        {
+            let roles = read(&self.roles);
+            for (i, role) in key.access.roles.iter().enumerate() {
+                if !roles.contains_key(role) {
+                    return Err(invalid(
+                        "roles",
+                        format!("roles[{i}]: no role named {role}"),
+                    ));
+                }
+            }
+        }
+        let (held, _) = self.held_by(key);
+        env.record.policy.check_key(
+            lifetime_s(key.created_at, key.expires_at),
+            &held,
+            !key.access.allowed_cidrs.is_empty(),
+        )?;
+        Ok(())
+    }
+
+    /// Whether `actor` may manage keys of `environment`.
+    pub(crate) fn check_scope(
+        actor: &Actor,
+        environment: &EnvironmentName,
+    ) -> Result<(), ServiceError> {
+        if actor.may_manage(environment) {
+            Ok(())
+        } else {
+            Err(ServiceError::Forbidden {
+                permission: format!("keys of environment {environment} (this admin key is scoped)"),
+            })
+        }
+    }
+
+    // ---- environments ------------------------------------------------------------------------
+
+    pub fn environments(&self) -> Vec<EnvironmentRecord> {
+        let mut out: Vec<EnvironmentRecord> = read(&self.environments)
+            .values()
+            .map(|e| e.record.clone())
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    pub fn environment_record(&self, name: &str) -> Result<EnvironmentRecord, ServiceError> {
+        self.environment(name)
+            .map(|e| e.record.clone())
+            .ok_or(ServiceError::NotFound {
+                what: "environment",
+            })
+    }
+
+    /// Creates an environment with its own HMAC secret (so its own key store) and policy.
+    pub async fn create_environment(
+        &self,
+        actor: &Actor,
+        name: EnvironmentName,
+        policy: EnvironmentPolicy,
+    ) -> Result<EnvironmentRecord, ServiceError> {
+        check_policy(&policy)?;
+        let mut head = self.writer.lock().await;
+        if self.environment(name.as_str()).is_some() {
+            return Err(ServiceError::Conflict(format!("environment {name} exists")));
+        }
+        let secret = HmacSecret::generate().map_err(|e| ServiceError::Internal(e.to_string()))?;
+        self.secrets.add(&name, &secret).map_err(|e| {
+            ServiceError::Internal(format!("cannot keep the environment's secret: {e}"))
+        })?;
+        let record = EnvironmentRecord {
+            name: name.clone(),
+            created_at: self.clock.now(),
+            policy,
+        };
+        let entry = PendingEntry {
+            actor: actor.audit_name(),
+            action: "environment.create",
+            target: Some(name.to_string()),
+            details: json!({ "policy": record.policy }),
+        };
+        self.commit(
+            &mut head,
+            Changes {
+                environments: vec![record.clone()],
+                ..Changes::default()
+            },
+            vec![entry],
+        )
+        .await?;
+        write(&self.keyring).add(name.clone(), &secret);
+        write(&self.environments).insert(name, Arc::new(EnvState::new(record.clone())));
+        Ok(record)
+    }
+
+    /// Replaces an environment's policy. Existing keys keep working; the new policy applies to
+    /// every verification from now on and to every later create and update.
+    pub async fn update_environment(
+        &self,
+        actor: &Actor,
+        name: &EnvironmentName,
+        policy: EnvironmentPolicy,
+    ) -> Result<EnvironmentRecord, ServiceError> {
+        check_policy(&policy)?;
+        let mut head = self.writer.lock().await;
+        let mut record = self.environment_record(name.as_str())?;
+        record.policy = policy;
+        let entry = PendingEntry {
+            actor: actor.audit_name(),
+            action: "environment.update",
+            target: Some(name.to_string()),
+            details: json!({ "policy": record.policy }),
+        };
+        self.commit(
+            &mut head,
+            Changes {
+                update_environments: vec![record.clone()],
+                ..Changes::default()
+            },
+            vec![entry],
+        )
+        .await?;
+        write(&self.environments).insert(name.clone(), Arc::new(EnvState::new(record.clone())));
+        Ok(record)
+    }
+
+    // ---- roles -------------------------------------------------------------------------------
+
+    pub fn roles(&self) -> Vec<RoleRecord> {
+        let mut out: Vec<RoleRecord> = read(&self.roles).values().map(|r| (**r).clone()).collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    pub fn role(&self, name: &RoleName) -> Result<RoleRecord, ServiceError> {
+        read(&self.roles)
+            .get(name)
+            .map(|r| (**r).clone())
+            .ok_or(ServiceError::NotFound { what: "role" })
+    }
+
+    /// Creates a role, or replaces one (`replace`). Every key holding it sees the change before
+    /// this returns.
+    pub async fn put_role(
+        &self,
+        actor: &Actor,
+        name: RoleName,
+        description: Option<String>,
+        permissions: Vec<Permission>,
+        replace: bool,
+    ) -> Result<RoleRecord, ServiceError> {
+        if permissions.len() > crate::limits::PERMISSIONS {
+            return Err(invalid(
+                "permissions",
+                format!("at most {} permissions", crate::limits::PERMISSIONS),
+            ));
+        }
+        if let Some(d) = &description
+            && (d.chars().count() > crate::limits::PURPOSE_CHARS || d.chars().any(char::is_control))
+        {
+            return Err(invalid("description", "at most 1000 printable characters"));
+        }
+        let mut head = self.writer.lock().await;
+        let now = self.clock.now();
+        let existing = read(&self.roles).get(&name).cloned();
+        let record = match (existing, replace) {
+            (Some(_), false) => return Err(ServiceError::Conflict(format!("role {name} exists"))),
+            (None, true) => return Err(ServiceError::NotFound { what: "role" }),
+            (Some(old), true) => RoleRecord {
+                description,
+                permissions,
+                updated_at: now,
+                ..(*old).clone()
+            },
+            (None, false) => RoleRecord {
+                name: name.clone(),
+                description,
+                permissions,
+                builtin: false,
+                created_at: now,
+                updated_at: now,
+            },
+        };
+        let entry = PendingEntry {
+            actor: actor.audit_name(),
+            action: if replace {
+                "role.update"
+            } else {
+                "role.create"
+            },
+            target: Some(name.to_string()),
+            details: json!({ "permissions": record.permissions.iter().map(Permission::as_str).collect::<Vec<_>>() }),
+        };
+        self.commit(
+            &mut head,
+            Changes {
+                upsert_roles: vec![record.clone()],
+                ..Changes::default()
+            },
+            vec![entry],
+        )
+        .await?;
+        write(&self.roles).insert(name, Arc::new(record.clone()));
+        // Role changes are rare; refilling the cache is cheaper than indexing keys by role.
+        self.cache.clear();
+        Ok(record)
+    }
+
+    /// Deletes a role that no key holds.
+    pub async fn delete_role(&self, actor: &Actor, name: &RoleName) -> Result<(), ServiceError> {
+        let mut head = self.writer.lock().await;
+        if !read(&self.roles).contains_key(name) {
+            return Err(ServiceError::NotFound { what: "role" });
+        }
+        let holders = self.store.count_keys_with_role(name.clone()).await?;
+        if holders > 0 {
+            return Err(ServiceError::Conflict(format!(
+                "role {name} is held by {holders} key(s); remove it from them first"
+            )));
+        }
+        let entry = PendingEntry {
+            actor: actor.audit_name(),
+            action: "role.delete",
+            target: Some(name.to_string()),
+            details: json!({}),
+        };
+        self.commit(
+            &mut head,
+            Changes {
+                delete_roles: vec![name.clone()],
+                ..Changes::default()
+            },
+            vec![entry],
+        )
+        .await?;
+        write(&self.roles).remove(name);
+        self.cache.clear();
+        Ok(())
+    }
+
+    // ---- grants ------------------------------------------------------------------------------
+
+    /// Grants a permission or a role to a key until a time. It lapses by itself then; the lapse
+    /// is audited by [`Authority::sweep_lapsed_grants`].
+    pub async fn add_grant(
+        &self,
+        actor: &Actor,
+        id: KeyId,
+        grant: NewGrant,
+    ) -> Result<KeyRecord, ServiceError> {
+        if grant.permission.is_some() == grant.role.is_some() {
+            return Err(invalid(
+                "permission",
+                "give exactly one of permission and role",
+            ));
+        }
+        let mut head = self.writer.lock().await;
+        let now = self.clock.now();
+        let expires_at = match (grant.expires_at, grant.ttl_s) {
+            (Some(at), None) if at > now => at,
+            (Some(_), None) => return Err(invalid("expires_at", "must be in the future")),
+            (None, Some(ttl)) if (1..=crate::limits::MAX_TTL_S).contains(&ttl) => {
+                now.plus_seconds(ttl)
+            }
+            (None, Some(_)) => return Err(invalid("ttl_s", "must be between 1 and 3153600000")),
+            _ => {
+                return Err(invalid(
+                    "expires_at",
+                    "give expires_at or ttl_s (exactly one)",
+                ));
+            }
+        };
+        let mut key = self.key(id).await?;
+        Self::check_scope(actor, &key.environment)?;
+        if key.status == keyward_core::KeyStatus::Revoked {
+            return Err(ServiceError::Conflict(format!(
+                "key {id} is revoked; revocation is final"
+            )));
+        }
+        if let Some(role) = &grant.role
+            && !read(&self.roles).contains_key(role)
+        {
+            return Err(invalid("role", format!("no role named {role}")));
+        }
+        if key.access.grants.len() >= 64 {
+            return Err(invalid("permission", "a key holds at most 64 grants"));
+        }
+        if let Some(p) = &grant.permission {
+            Self::check_no_escalation(actor, key.service, std::slice::from_ref(p))?;
+        }
+        key.access.grants.push(Grant {
+            permission: grant.permission.clone(),
+            role: grant.role.clone(),
+            expires_at,
+            granted_at: now,
+            granted_by: actor.audit_name(),
+        });
+        key.updated_at = now;
+        // The grant's permissions must fit the environment's policy as direct ones would.
+        let mut with_grant = key.clone();
+        with_grant.expires_at = key.expires_at;
+        if let Some(p) = &grant.permission {
+            with_grant.permissions.push(p.clone());
+        }
+        if let Some(r) = &grant.role {
+            with_grant.access.roles.push(r.clone());
+        }
+        self.check_key_policy(&with_grant)?;
+        let entry = PendingEntry {
+            actor: actor.audit_name(),
+            action: "grant.add",
+            target: Some(id.to_string()),
+            details: json!({ "permission": grant.permission, "role": grant.role, "expires_at": expires_at }),
+        };
+        self.commit(
+            &mut head,
+            Changes {
+                update_keys: vec![key.clone()],
+                ..Changes::default()
+            },
+            vec![entry],
+        )
+        .await?;
+        self.forget(&key);
+        Ok(key)
+    }
+
+    /// Removes grants that lapsed by now and audits each lapse. Verification already ignores a
+    /// lapsed grant from the instant it lapses; this makes the lapse visible and durable. Runs
+    /// in the background; safe to call at any time (what it finds is recomputed from the store).
+    pub async fn sweep_lapsed_grants(&self) -> Result<usize, ServiceError> {
+        let mut swept = 0;
+        loop {
+            let mut head = self.writer.lock().await;
+            let now = self.clock.now();
+            let due = self.store.keys_with_lapsed_grants(now, 100).await?;
+            if due.is_empty() {
+                return Ok(swept);
+            }
+            let mut entries = Vec::new();
+            let mut updated = Vec::new();
+            for mut key in due {
+                let (lapsed, live): (Vec<Grant>, Vec<Grant>) = key
+                    .access
+                    .grants
+                    .drain(..)
+                    .partition(|g| g.expires_at <= now);
+                key.access.grants = live;
+                for g in lapsed {
+                    entries.push(PendingEntry {
+                        actor: "system".into(),
+                        action: "grant.lapse",
+                        target: Some(key.id.to_string()),
+                        details: json!({ "permission": g.permission, "role": g.role, "expires_at": g.expires_at }),
+                    });
+                }
+                updated.push(key);
+            }
+            swept += entries.len();
+            let changed = updated.clone();
+            self.commit(
+                &mut head,
+                Changes {
+                    update_keys: updated,
+                    ..Changes::default()
+                },
+                entries,
+            )
+            .await?;
+            for key in &changed {
+                self.forget(key);
+            }
+        }
+    }
+
+    // ---- explain -----------------------------------------------------------------------------
+
+    pub async fn explain(&self, actor: &Actor, id: KeyId) -> Result<Explanation, ServiceError> {
+        let key = self.key(id).await?;
+        Self::check_scope(actor, &key.environment)?;
+        let now = self.clock.now();
+        let policy = self
+            .environment(key.environment.as_str())
+            .map(|e| e.record.policy.clone())
+            .unwrap_or_default();
+        let roles = read(&self.roles);
+        let line = |permission: &Permission, source, role: Option<&RoleName>, expires_at| {
+            EffectivePermission {
+                permission: permission.clone(),
+                source,
+                role: role.cloned(),
+                expires_at,
+                removed_by_policy: policy.removes(permission),
+            }
+        };
+        let mut permissions: Vec<EffectivePermission> = key
+            .permissions
+            .iter()
+            .map(|p| line(p, "direct", None, None))
+            .collect();
+        for role in &key.access.roles {
+            for p in roles
+                .get(role)
+                .map(|r| r.permissions.as_slice())
+                .unwrap_or_default()
+            {
+                permissions.push(line(p, "role", Some(role), None));
+            }
+        }
+        for g in key.access.grants.iter().filter(|g| g.expires_at > now) {
+            if let Some(p) = &g.permission {
+                permissions.push(line(p, "grant", None, Some(g.expires_at)));
+            }
+            if let Some(role) = &g.role {
+                for p in roles
+                    .get(role)
+                    .map(|r| r.permissions.as_slice())
+                    .unwrap_or_default()
+                {
+                    permissions.push(line(p, "grant", Some(role), Some(g.expires_at)));
+                }
+            }
+        }
+        drop(roles);
+        Ok(Explanation {
+            key,
+            permissions,
+            policy,
+        })
+    }
+}
+
+/// Parses CIDR blocks for a field, naming the first bad entry and its value.
+pub fn parse_cidrs(field: &'static str, list: &[String]) -> Result<Vec<Cidr>, ServiceError> {
+    if list.len() > keyward_core::cidr::MAX_BLOCKS {
+        return Err(invalid(field, "at most 10000 blocks"));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, c)| Cidr::parse(c).map_err(|e| invalid(field, format!("entry {i} ({c:?}): {e}"))))
+        .collect()
+}
+
+/// Parses path rules for a field, naming the first bad entry and its value.
+pub fn parse_path_rules(
+    field: &'static str,
+    list: &[String],
+) -> Result<Vec<PathRule>, ServiceError> {
+    if list.len() > 256 {
+        return Err(invalid(field, "at most 256 rules"));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, r)| {
+            PathRule::parse(r).map_err(|e| invalid(field, format!("entry {i} ({r:?}): {e}")))
+        })
+        .collect()
+}
