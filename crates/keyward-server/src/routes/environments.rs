@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use crate::AppState;
 use crate::error::{ApiError, ErrorResponses};
 use crate::extract::{Caller, JsonBody};
-use crate::routes::keys::{parse_environment, parse_permissions};
+use crate::routes::keys::{parse_environment, parse_permissions_in};
 
 /// An environment's policy as the API reads and writes it. Every field is optional.
 #[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
@@ -40,10 +40,6 @@ pub struct PolicyView {
 
 impl PolicyView {
     fn parse(self) -> Result<EnvironmentPolicy, ApiError> {
-        let prefix = |e: ApiError| ApiError {
-            field: e.field.map(|f| format!("policy.{f}")),
-            ..e
-        };
         Ok(EnvironmentPolicy {
             max_ttl_s: self.max_ttl_s,
             require_expiry: self.require_expiry,
@@ -51,11 +47,12 @@ impl PolicyView {
             permission_ceiling: self
                 .permission_ceiling
                 .as_deref()
-                .map(parse_permissions)
-                .transpose()
-                .map_err(prefix)?,
-            forbidden_permissions: parse_permissions(&self.forbidden_permissions)
-                .map_err(prefix)?,
+                .map(|l| parse_permissions_in("policy.permission_ceiling", l))
+                .transpose()?,
+            forbidden_permissions: parse_permissions_in(
+                "policy.forbidden_permissions",
+                &self.forbidden_permissions,
+            )?,
             require_approval: self.require_approval,
             allowed_cidrs: self.allowed_cidrs,
             denied_cidrs: self.denied_cidrs,

@@ -237,11 +237,19 @@ pub(crate) fn parse_environment(text: &str) -> Result<EnvironmentName, ApiError>
 }
 
 pub(crate) fn parse_permissions(list: &[String]) -> Result<Vec<Permission>, ApiError> {
+    parse_permissions_in("permissions", list)
+}
+
+/// Parses permissions, naming the bad entry as `field[i]` with its value.
+pub(crate) fn parse_permissions_in(
+    field: &str,
+    list: &[String],
+) -> Result<Vec<Permission>, ApiError> {
     list.iter()
         .enumerate()
         .map(|(i, p)| {
             Permission::parse(p)
-                .map_err(|e| ApiError::field(format!("permissions[{i}]"), e.to_string()))
+                .map_err(|e| ApiError::field(format!("{field}[{i}]"), format!("{p:?}: {e}")))
         })
         .collect()
 }
