@@ -609,8 +609,7 @@ async fn admin_network_rules_use_the_socket_or_a_trusted_proxy() {
         .audit()
         .await
         .into_iter()
-        .filter(|e| e["action"] == "auth.failed")
-        .last()
+        .rfind(|e| e["action"] == "auth.failed")
         .unwrap();
     assert_eq!(refused["details"]["reason"], "ip_denied");
     assert_eq!(refused["details"]["ip"], "198.51.100.1");
