@@ -48,6 +48,18 @@ pub enum KeysCommand {
         /// `default` or `keyward` (an admin key, in the admin environment).
         #[arg(long)]
         service: Option<String>,
+        /// A role whose permissions the key holds; repeat for more.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// A `METHOD /path/pattern` rule; repeat for more.
+        #[arg(long = "path-rule")]
+        path_rules: Vec<String>,
+        /// A CIDR block the key may be used from; repeat for more.
+        #[arg(long = "allow-cidr")]
+        allowed_cidrs: Vec<String>,
+        /// A CIDR block the key may never be used from; repeat for more.
+        #[arg(long = "deny-cidr")]
+        denied_cidrs: Vec<String>,
     },
     /// List keys, oldest first.
     List {
@@ -64,6 +76,8 @@ pub enum KeysCommand {
     },
     /// Show one key (never its secret).
     Show { id: String },
+    /// Show where each of a key's permissions comes from and what its environment's policy removes.
+    Explain { id: String },
     /// Revoke a key for good.
     Revoke {
         id: String,
@@ -94,6 +108,10 @@ pub async fn run(remote: Remote, command: KeysCommand) -> anyhow::Result<ExitCod
             expires_at,
             meta,
             service,
+            roles,
+            path_rules,
+            allowed_cidrs,
+            denied_cidrs,
         } => {
             let mut body = Map::new();
             body.insert("environment".into(), json!(environment));
@@ -111,6 +129,16 @@ pub async fn run(remote: Remote, command: KeysCommand) -> anyhow::Result<ExitCod
             }
             if let Some(ttl) = ttl_s {
                 body.insert("ttl_s".into(), json!(ttl));
+            }
+            for (field, list) in [
+                ("roles", roles),
+                ("path_rules", path_rules),
+                ("allowed_cidrs", allowed_cidrs),
+                ("denied_cidrs", denied_cidrs),
+            ] {
+                if !list.is_empty() {
+                    body.insert(field.into(), json!(list));
+                }
             }
             if let Some(meta) = meta {
                 let parsed: Value = serde_json::from_str(meta).context("--meta is not JSON")?;
@@ -141,6 +169,11 @@ pub async fn run(remote: Remote, command: KeysCommand) -> anyhow::Result<ExitCod
             }
             (reqwest::Method::GET, format!("/v1/keys{query}"), None)
         }
+        KeysCommand::Explain { id } => (
+            reqwest::Method::GET,
+            format!("/v1/keys/{}/effective-permissions", path_segment(id)),
+            None,
+        ),
         KeysCommand::Show { id } => (
             reqwest::Method::GET,
             format!("/v1/keys/{}", path_segment(id)),
@@ -241,6 +274,26 @@ fn print_summary(command: &KeysCommand, answer: &Value) {
             }
             if let Some(next) = answer.get("next_cursor").and_then(Value::as_str) {
                 println!("more: --cursor {next}");
+            }
+        }
+        KeysCommand::Explain { .. } => {
+            for line in answer
+                .get("permissions")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let mut out = format!("{:<32} {}", text(line, "permission"), text(line, "source"));
+                if let Some(role) = line.get("role").and_then(Value::as_str) {
+                    out.push_str(&format!(" {role}"));
+                }
+                if let Some(until) = line.get("expires_at").and_then(Value::as_str) {
+                    out.push_str(&format!(" until {until}"));
+                }
+                if let Some(why) = line.get("removed_by_policy").and_then(Value::as_str) {
+                    out.push_str(&format!("  REMOVED by policy: {why}"));
+                }
+                println!("{out}");
             }
         }
         KeysCommand::Show { .. } | KeysCommand::Revoke { .. } => {

@@ -278,6 +278,53 @@ fn cli_init_and_keys_commands() {
     );
     let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed["keys"][0]["id"], id);
+    assert_eq!(listed["keys"].as_array().unwrap().len(), 1);
+
+    let out = cli(
+        &[
+            "keys",
+            "create",
+            "--environment",
+            "test",
+            "--name",
+            "ro",
+            "--owner",
+            "ops",
+            "--role",
+            "read-only",
+            "--allow-cidr",
+            "10.0.0.0/8",
+            "--path-rule",
+            "GET /v1/**",
+            "--json",
+        ],
+        &url,
+        &root,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let scoped: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(scoped["roles"], json!(["read-only"]));
+    assert_eq!(scoped["allowed_cidrs"], json!(["10.0.0.0/8"]));
+    assert_eq!(scoped["path_rules"], json!(["GET /v1/**"]));
+    let out = cli(
+        &["keys", "explain", scoped["id"].as_str().unwrap()],
+        &url,
+        &root,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("*:read") && printed.contains("role read-only"),
+        "{printed}"
+    );
 
     let out = cli(&["keys", "show", id], &url, &root);
     assert!(out.status.success());
