@@ -199,8 +199,9 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
         })
         .map(str::to_owned)
         .unwrap_or_else(|| state.request_ids.next());
+    // Kept for the log line of a failed request only; the common success path copies nothing.
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    let uri = req.uri().clone();
     req.extensions_mut().insert(RequestId(request_id.clone()));
     let mut response = next.run(req).await;
     let status = response.status();
@@ -219,9 +220,9 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
     });
     if let Some(error) = error {
         if status.is_server_error() {
-            tracing::warn!(%request_id, %method, %path, status = status.as_u16(), code = error.code.name(), "request failed");
+            tracing::warn!(%request_id, %method, path = uri.path(), status = status.as_u16(), code = error.code.name(), "request failed");
         } else {
-            tracing::debug!(%request_id, %method, %path, status = status.as_u16(), code = error.code.name(), "request refused");
+            tracing::debug!(%request_id, %method, path = uri.path(), status = status.as_u16(), code = error.code.name(), "request refused");
         }
         response = render_error(error, &request_id);
     }

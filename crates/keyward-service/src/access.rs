@@ -114,8 +114,8 @@ impl Authority {
         now: Timestamp,
     ) -> Result<(), (keyward_core::VerifyCode, String)> {
         use keyward_core::VerifyCode::{InsufficientPermissions, IpDenied};
-        let env = self.environment(key.environment.as_str());
-        let env_network = env.as_ref().map(|e| &e.network).filter(|n| !n.is_empty());
+        let env = &key.env;
+        let env_network = Some(&env.network).filter(|n| !n.is_empty());
         if key.network.is_some() || env_network.is_some() {
             let Some(ip) = request.ip else {
                 return Err((
@@ -155,10 +155,8 @@ impl Authority {
             }
         }
         if let Some(query) = request.permissions {
-            let policy = env.as_ref().map(|e| &e.record.policy);
-            let holds = |wanted: &str| {
-                policy.is_none_or(|p| p.allows_use(wanted)) && key.holds(wanted, now)
-            };
+            let policy = &env.record.policy;
+            let holds = |wanted: &str| policy.allows_use(wanted) && key.holds(wanted, now);
             query
                 .evaluate(&holds)
                 .map_err(|unmet| (InsufficientPermissions, unmet.to_string()))?;
@@ -169,21 +167,19 @@ impl Authority {
     /// The permissions a key may use now: what it holds, live grants included, less what its
     /// environment's policy removes.
     pub fn effective_permissions(&self, key: &CachedKey, now: Timestamp) -> Vec<Permission> {
-        let env = self.environment(key.environment.as_str());
+        let policy = &key.env.record.policy;
+        let unrestricted =
+            policy.forbidden_permissions.is_empty() && policy.permission_ceiling.is_none();
+        if unrestricted && key.grants.is_empty() {
+            // Already sorted and without duplicates.
+            return key.permissions.list.to_vec();
+        }
         let mut out: Vec<Permission> = key
             .permissions
             .list
             .iter()
-            .chain(
-                key.grants
-                    .iter()
-                    .filter(|(_, until)| *until > now)
-                    .map(|(p, _)| p),
-            )
-            .filter(|p| {
-                env.as_ref()
-                    .is_none_or(|e| e.record.policy.removes(p).is_none())
-            })
+            .chain(key.grants.iter().filter(|(_, until)| *until > now).map(|(p, _)| p))
+            .filter(|p| unrestricted || policy.removes(p).is_none())
             .cloned()
             .collect();
         out.sort();
@@ -290,6 +286,7 @@ impl Authority {
         .await?;
         write(&self.keyring).add(name.clone(), &secret);
         write(&self.environments).insert(name, Arc::new(EnvState::new(record.clone())));
+        self.cache.clear();
         Ok(record)
     }
 
@@ -321,6 +318,8 @@ impl Authority {
         )
         .await?;
         write(&self.environments).insert(name.clone(), Arc::new(EnvState::new(record.clone())));
+        // Cached keys carry their environment's policy: refill them with the new one.
+        self.cache.clear();
         Ok(record)
     }
 

@@ -29,12 +29,14 @@ const SHARDS: usize = 64;
 /// environment, owner and permission set are shared between the keys that have the same ones
 /// (most keys of a team share them), metadata is only allocated when there is some, and the
 /// name, which no verdict carries, is left out.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct CachedKey {
     pub id: KeyId,
     pub service: ServiceName,
     pub status: KeyStatus,
-    pub environment: Arc<EnvironmentName>,
+    /// The key's environment with its policy and network rules, shared by all its keys (a policy
+    /// change clears the cache).
+    pub env: Arc<EnvironmentState>,
     pub owner: Arc<str>,
     /// Direct permissions and those of the key's roles, as they were when the entry was made
     /// (a role change clears the cache).
@@ -58,7 +60,33 @@ pub struct HeldPermissions {
     pub set: PermissionSet,
 }
 
+/// An environment as verification uses it: its record and its compiled network rules.
+#[derive(Debug)]
+pub struct EnvironmentState {
+    pub record: keyward_store::EnvironmentRecord,
+    pub network: NetworkRules,
+}
+
+impl EnvironmentState {
+    pub fn new(record: keyward_store::EnvironmentRecord) -> Self {
+        // Stored policies were validated when they were written, so every block parses.
+        let parse = |list: &[String]| {
+            keyward_core::CidrSet::new(list.iter().filter_map(|c| keyward_core::Cidr::parse(c).ok()).collect())
+                .unwrap_or_default()
+        };
+        let network = NetworkRules {
+            allow: parse(&record.policy.allowed_cidrs),
+            deny: parse(&record.policy.denied_cidrs),
+        };
+        EnvironmentState { record, network }
+    }
+}
+
 impl CachedKey {
+    pub fn environment(&self) -> &EnvironmentName {
+        &self.env.record.name
+    }
+
     /// Whether the key holds `wanted` at `now`, directly, through a role or a live grant.
     pub fn holds(&self, wanted: &str, now: Timestamp) -> bool {
         self.permissions.set.grants(wanted)
@@ -144,7 +172,6 @@ pub struct VerifyCache {
     shards: Box<[Shard]>,
     per_shard: usize,
     known: RwLock<HashSet<u64, BuildKeyHash>>,
-    environments: RwLock<Vec<Arc<EnvironmentName>>>,
     owners: Interner<str>,
     permission_sets: std::sync::Mutex<(PermissionSets, usize)>,
 }
@@ -174,7 +201,6 @@ impl VerifyCache {
                 .collect(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
             known: RwLock::new(HashSet::default()),
-            environments: RwLock::new(Vec::new()),
             owners: Interner::new(),
             permission_sets: std::sync::Mutex::new((HashMap::new(), 1024)),
         }
@@ -185,19 +211,10 @@ impl VerifyCache {
     pub fn entry_for(
         &self,
         key: &KeyRecord,
+        env: Arc<EnvironmentState>,
         held: Vec<Permission>,
         grants: Vec<(Permission, Timestamp)>,
     ) -> Arc<CachedKey> {
-        let shared = read(&self.environments)
-            .iter()
-            .find(|e| ***e == key.environment)
-            .cloned();
-        let environment = shared.unwrap_or_else(|| {
-            let mut environments = write(&self.environments);
-            let env = Arc::new(key.environment.clone());
-            environments.push(Arc::clone(&env));
-            env
-        });
         let access = &key.access;
         let network = NetworkRules {
             allow: keyward_core::CidrSet::new(access.allowed_cidrs.clone()).unwrap_or_default(),
@@ -207,7 +224,7 @@ impl VerifyCache {
             id: key.id,
             service: key.service,
             status: key.status,
-            environment,
+            env,
             owner: self.owners.intern(key.owner.as_str()),
             permissions: self.held_permissions(held),
             grants: grants.into_boxed_slice(),
@@ -331,13 +348,21 @@ fn unreachable_shard() -> ! {
 mod tests {
     use super::*;
 
+    fn test_env() -> Arc<EnvironmentState> {
+        Arc::new(EnvironmentState::new(keyward_store::EnvironmentRecord {
+            name: EnvironmentName::parse("live").unwrap(),
+            created_at: Timestamp::from_unix_ms(0),
+            policy: keyward_core::EnvironmentPolicy::default(),
+        }))
+    }
+
     fn cached(n: u8) -> (KeyHash, Arc<CachedKey>) {
         let mut record = keyward_store::conformance::sample_key(n, "live");
         record.hash = KeyHash([n; 32]);
         let held = record.permissions.clone();
         (
             record.hash,
-            VerifyCache::new(1).entry_for(&record, held, Vec::new()),
+            VerifyCache::new(1).entry_for(&record, test_env(), held, Vec::new()),
         )
     }
 
@@ -372,11 +397,12 @@ mod tests {
             keyward_store::conformance::sample_key(2, "live"),
             keyward_store::conformance::sample_key(4, "live"),
         );
-        let a = cache.entry_for(&ka, ka.permissions.clone(), Vec::new());
-        let b = cache.entry_for(&kb, kb.permissions.clone(), Vec::new());
+        let env = test_env();
+        let a = cache.entry_for(&ka, Arc::clone(&env), ka.permissions.clone(), Vec::new());
+        let b = cache.entry_for(&kb, env, kb.permissions.clone(), Vec::new());
         assert!(Arc::ptr_eq(&a.owner, &b.owner));
         assert!(Arc::ptr_eq(&a.permissions, &b.permissions));
-        assert!(Arc::ptr_eq(&a.environment, &b.environment));
+        assert!(Arc::ptr_eq(&a.env, &b.env));
     }
 
     #[test]

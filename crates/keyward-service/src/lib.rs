@@ -11,7 +11,7 @@ use std::time::Duration;
 use keyward_core::audit::GENESIS_HASH;
 use keyward_core::model::ADMIN_ENVIRONMENT;
 use keyward_core::{
-    Clock, EnvironmentName, KeyHash, KeyRecord, NetworkRules, ParsedKey, Permission, RoleName,
+    Clock, EnvironmentName, KeyHash, KeyRecord, ParsedKey, Permission, RoleName,
     RoleRecord, Timestamp,
 };
 use keyward_store::{AuditHead, Store, StoreError};
@@ -314,31 +314,7 @@ impl Authority {
     }
 }
 
-/// An environment as the authority uses it: its record and its compiled network rules.
-#[derive(Debug)]
-pub(crate) struct EnvState {
-    pub(crate) record: EnvironmentRecord,
-    pub(crate) network: NetworkRules,
-}
-
-impl EnvState {
-    pub(crate) fn new(record: EnvironmentRecord) -> Self {
-        // Stored policies were validated when they were written, so every block parses.
-        let parse = |list: &[String]| {
-            keyward_core::CidrSet::new(
-                list.iter()
-                    .filter_map(|c| keyward_core::Cidr::parse(c).ok())
-                    .collect(),
-            )
-            .unwrap_or_default()
-        };
-        let network = NetworkRules {
-            allow: parse(&record.policy.allowed_cidrs),
-            deny: parse(&record.policy.denied_cidrs),
-        };
-        EnvState { record, network }
-    }
-}
+pub(crate) use cache::EnvironmentState as EnvState;
 
 pub(crate) fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|p| p.into_inner())

@@ -84,7 +84,7 @@ fn evaluate(key: &CachedKey, now: Timestamp, environment: Option<&EnvironmentNam
         VerifyCode::Expired
     } else if key.status == KeyStatus::Disabled {
         VerifyCode::Disabled
-    } else if environment.is_some_and(|env| *env != *key.environment) {
+    } else if environment.is_some_and(|env| env != key.environment()) {
         VerifyCode::EnvironmentMismatch
     } else {
         VerifyCode::Valid
@@ -146,8 +146,11 @@ impl Authority {
         let epoch = self.cache.epoch(&hash);
         match self.store.key_by_hash(hash).await? {
             Some(record) => {
+                let Some(env) = self.environment(record.environment.as_str()) else {
+                    return Ok(Lookup::Unknown);
+                };
                 let (held, grants) = self.held_by(&record);
-                let key = self.cache.entry_for(&record, held, grants);
+                let key = self.cache.entry_for(&record, env, held, grants);
                 self.cache.insert_if_current(hash, Arc::clone(&key), epoch);
                 Ok(Self::same_environment(&parsed, key))
             }
@@ -159,7 +162,7 @@ impl Authority {
     /// makes that so (each environment has its own secret); this also holds if rows of two
     /// environments were ever mixed up in the store.
     fn same_environment(parsed: &ParsedKey<'_>, key: Arc<CachedKey>) -> Lookup {
-        if key.environment.as_str() == parsed.environment() {
+        if key.environment().as_str() == parsed.environment() {
             Lookup::Found(key)
         } else {
             Lookup::Unknown

@@ -238,6 +238,21 @@ async fn roles_are_templates_and_changes_reach_verify_at_once() {
     assert_eq!(status, 204);
     let (status, _) = app.call(Method::GET, "/v1/roles/support", None).await;
     assert_eq!(status, 404);
+    let actions: Vec<String> = app.audit().await.iter().map(|e| e["action"].as_str().unwrap().to_owned()).collect();
+    for action in ["role.create", "role.update", "role.delete"] {
+        assert!(actions.contains(&action.to_owned()), "{action} not audited: {actions:?}");
+    }
+    for (body, field) in [
+        (json!({"name": "Bad Name", "permissions": []}), "name"),
+        (json!({"name": "x", "permissions": ["nope"]}), "permissions[0]"),
+        (json!({"name": "x"}), ""),
+    ] {
+        let (status, err) = app.call(Method::POST, "/v1/roles", Some(body.clone())).await;
+        assert_eq!(status, 400, "{body}: {err}");
+        if !field.is_empty() {
+            assert_eq!(err["error"]["field"], field, "{err}");
+        }
+    }
 }
 
 #[tokio::test]

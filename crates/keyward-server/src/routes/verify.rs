@@ -158,7 +158,7 @@ pub async fn verify(
         code: verdict.code,
         key_id: key.map(|k| k.id),
         owner: key.map(|k| k.owner.to_string()),
-        environment: key.map(|k| (*k.environment).clone()),
+        environment: key.map(|k| k.environment().clone()),
         permissions: key.map(|k| {
             state
                 .authority
