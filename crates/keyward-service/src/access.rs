@@ -84,8 +84,14 @@ fn lifetime_s(created_at: Timestamp, expires_at: Option<Timestamp>) -> Option<u6
 
 /// Checks a policy's own values, naming the first bad one.
 fn check_policy(policy: &EnvironmentPolicy) -> Result<(), ServiceError> {
-    if policy.max_ttl_s == Some(0) {
-        return Err(invalid("policy.max_ttl_s", "must be at least 1"));
+    if policy
+        .max_ttl_s
+        .is_some_and(|ttl| !(1..=crate::limits::MAX_TTL_S).contains(&ttl))
+    {
+        return Err(invalid(
+            "policy.max_ttl_s",
+            format!("must be between 1 and {}", crate::limits::MAX_TTL_S),
+        ));
     }
     for (field, list) in [
         ("policy.allowed_cidrs", &policy.allowed_cidrs),
@@ -178,7 +184,12 @@ impl Authority {
             .permissions
             .list
             .iter()
-            .chain(key.grants.iter().filter(|(_, until)| *until > now).map(|(p, _)| p))
+            .chain(
+                key.grants
+                    .iter()
+                    .filter(|(_, until)| *until > now)
+                    .map(|(p, _)| p),
+            )
             .filter(|p| unrestricted || policy.removes(p).is_none())
             .cloned()
             .collect();
@@ -299,6 +310,15 @@ impl Authority {
         policy: EnvironmentPolicy,
     ) -> Result<EnvironmentRecord, ServiceError> {
         check_policy(&policy)?;
+        if Self::is_admin_environment(name.as_str()) {
+            let network = EnvState::new(EnvironmentRecord {
+                name: name.clone(),
+                created_at: Timestamp::UNIX_EPOCH,
+                policy: policy.clone(),
+            })
+            .network;
+            Self::check_not_locked_out(actor, &network)?;
+        }
         let mut head = self.writer.lock().await;
         let mut record = self.environment_record(name.as_str())?;
         record.policy = policy;
@@ -321,6 +341,22 @@ impl Authority {
         // Cached keys carry their environment's policy: refill them with the new one.
         self.cache.clear();
         Ok(record)
+    }
+
+    /// Refuses a change of network rules that would deny the admin key making it, from where it
+    /// is calling now: the last admin key could otherwise lock every admin out.
+    pub(crate) fn check_not_locked_out(
+        actor: &Actor,
+        network: &keyward_core::NetworkRules,
+    ) -> Result<(), ServiceError> {
+        if network.is_empty() || actor.ip().is_some_and(|ip| network.permits(ip)) {
+            Ok(())
+        } else {
+            Err(ServiceError::Conflict(
+                "these network rules would deny the admin key making the change, from where it calls now"
+                    .into(),
+            ))
+        }
     }
 
     // ---- roles -------------------------------------------------------------------------------

@@ -71,8 +71,12 @@ impl EnvironmentState {
     pub fn new(record: keyward_store::EnvironmentRecord) -> Self {
         // Stored policies were validated when they were written, so every block parses.
         let parse = |list: &[String]| {
-            keyward_core::CidrSet::new(list.iter().filter_map(|c| keyward_core::Cidr::parse(c).ok()).collect())
-                .unwrap_or_default()
+            keyward_core::CidrSet::new(
+                list.iter()
+                    .filter_map(|c| keyward_core::Cidr::parse(c).ok())
+                    .collect(),
+            )
+            .unwrap_or_default()
         };
         let network = NetworkRules {
             allow: parse(&record.policy.allowed_cidrs),

@@ -465,6 +465,15 @@ impl Authority {
         }
         key.updated_at = now;
         self.check_key_policy(&key)?;
+        if key.id == actor.key_id() {
+            let network = keyward_core::NetworkRules {
+                allow: keyward_core::CidrSet::new(key.access.allowed_cidrs.clone())
+                    .unwrap_or_default(),
+                deny: keyward_core::CidrSet::new(key.access.denied_cidrs.clone())
+                    .unwrap_or_default(),
+            };
+            Self::check_not_locked_out(actor, &network)?;
+        }
         let entry = PendingEntry {
             actor: actor.audit_name(),
             action: "key.update",

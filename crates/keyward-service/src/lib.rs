@@ -11,8 +11,8 @@ use std::time::Duration;
 use keyward_core::audit::GENESIS_HASH;
 use keyward_core::model::ADMIN_ENVIRONMENT;
 use keyward_core::{
-    Clock, EnvironmentName, KeyHash, KeyRecord, ParsedKey, Permission, RoleName,
-    RoleRecord, Timestamp,
+    Clock, EnvironmentName, KeyHash, KeyRecord, ParsedKey, Permission, RoleName, RoleRecord,
+    Timestamp,
 };
 use keyward_store::{AuditHead, Store, StoreError};
 

@@ -40,6 +40,8 @@ pub struct Actor {
     key: Arc<CachedKey>,
     /// When the caller was authenticated: grants are judged at this instant.
     at: keyward_core::Timestamp,
+    /// Where the caller called from, if known.
+    ip: Option<std::net::IpAddr>,
 }
 
 impl Actor {
@@ -53,6 +55,10 @@ impl Actor {
             .admin_environments
             .as_ref()
             .is_none_or(|scope| scope.contains(environment))
+    }
+
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        self.ip
     }
 
     /// The environments this admin key is limited to, if it is.
@@ -184,10 +190,12 @@ impl Authority {
                 Lookup::Malformed => Some("malformed"),
                 Lookup::Unknown => Some("unknown_key"),
                 Lookup::Found(key) => {
-                    let network_ok = key
-                        .network
-                        .as_ref()
-                        .is_none_or(|n| client.is_some_and(|ip| n.permits(ip)));
+                    // Both the key's network rules and its (admin) environment's apply.
+                    let permits = |n: &keyward_core::NetworkRules| {
+                        n.is_empty() || client.is_some_and(|ip| n.permits(ip))
+                    };
+                    let network_ok =
+                        key.network.as_deref().is_none_or(permits) && permits(&key.env.network);
                     let reason = match evaluate(&key, self.clock.now(), None) {
                         _ if key.service != ServiceName::Keyward => Some("not_an_admin_key"),
                         VerifyCode::Valid if !network_ok => Some("ip_denied"),
@@ -202,6 +210,7 @@ impl Authority {
                             let actor = Actor {
                                 key,
                                 at: self.clock.now(),
+                                ip: client,
                             };
                             if actor.holds(permission) {
                                 return Ok(actor);

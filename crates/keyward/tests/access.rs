@@ -238,16 +238,29 @@ async fn roles_are_templates_and_changes_reach_verify_at_once() {
     assert_eq!(status, 204);
     let (status, _) = app.call(Method::GET, "/v1/roles/support", None).await;
     assert_eq!(status, 404);
-    let actions: Vec<String> = app.audit().await.iter().map(|e| e["action"].as_str().unwrap().to_owned()).collect();
+    let actions: Vec<String> = app
+        .audit()
+        .await
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect();
     for action in ["role.create", "role.update", "role.delete"] {
-        assert!(actions.contains(&action.to_owned()), "{action} not audited: {actions:?}");
+        assert!(
+            actions.contains(&action.to_owned()),
+            "{action} not audited: {actions:?}"
+        );
     }
     for (body, field) in [
         (json!({"name": "Bad Name", "permissions": []}), "name"),
-        (json!({"name": "x", "permissions": ["nope"]}), "permissions[0]"),
+        (
+            json!({"name": "x", "permissions": ["nope"]}),
+            "permissions[0]",
+        ),
         (json!({"name": "x"}), ""),
     ] {
-        let (status, err) = app.call(Method::POST, "/v1/roles", Some(body.clone())).await;
+        let (status, err) = app
+            .call(Method::POST, "/v1/roles", Some(body.clone()))
+            .await;
         assert_eq!(status, 400, "{body}: {err}");
         if !field.is_empty() {
             assert_eq!(err["error"]["field"], field, "{err}");
@@ -782,5 +795,73 @@ async fn explain_lists_sources_and_what_policy_removed() {
     assert_eq!(
         verdict["permissions"],
         json!(["invoices:read", "invoices:refund", "servers:restart"])
+    );
+}
+
+#[tokio::test]
+async fn network_rules_cannot_lock_out_the_admin_making_them() {
+    let app = spawn_app().await;
+    // Rules for the admin environment that would deny this caller (127.0.0.1) are refused.
+    let (status, err) = app
+        .call(
+            Method::PATCH,
+            "/v1/environments/admin",
+            Some(json!({"policy": {"allowed_cidrs": ["192.0.2.0/24"]}})),
+        )
+        .await;
+    assert_eq!(status, 409, "{err}");
+    let (status, _) = app
+        .call(
+            Method::PATCH,
+            "/v1/environments/admin",
+            Some(json!({"policy": {"denied_cidrs": ["127.0.0.0/8"]}})),
+        )
+        .await;
+    assert_eq!(status, 409);
+    // Rules that keep it in are accepted, and apply to every admin key.
+    let (status, _) = app
+        .call(
+            Method::PATCH,
+            "/v1/environments/admin",
+            Some(json!({"policy": {"allowed_cidrs": ["127.0.0.0/8", "10.0.0.0/8"]}})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = app.call(Method::GET, "/v1/keys", None).await;
+    assert_eq!(status, 200);
+    // Same for an admin key's own rules.
+    let (_, page) = app
+        .call(Method::GET, "/v1/keys?service=keyward", None)
+        .await;
+    let root_id = page["keys"][0]["id"].as_str().unwrap().to_owned();
+    let (status, err) = app
+        .call(
+            Method::PATCH,
+            &format!("/v1/keys/{root_id}"),
+            Some(json!({"allowed_cidrs": ["192.0.2.0/24"]})),
+        )
+        .await;
+    assert_eq!(status, 409, "{err}");
+    let (status, _) = app
+        .call(
+            Method::PATCH,
+            &format!("/v1/keys/{root_id}"),
+            Some(json!({"allowed_cidrs": ["127.0.0.1/32"]})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = app.call(Method::GET, "/v1/keys", None).await;
+    assert_eq!(status, 200);
+    let (status, err) = app
+        .call(
+            Method::PATCH,
+            "/v1/environments/live",
+            Some(json!({"policy": {"max_ttl_s": 9223372036854775808u64}})),
+        )
+        .await;
+    assert_eq!(
+        (status, err["error"]["field"].as_str()),
+        (400, Some("policy.max_ttl_s")),
+        "{err}"
     );
 }
