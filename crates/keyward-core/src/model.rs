@@ -235,6 +235,15 @@ pub struct KeyAccess {
 }
 
 impl KeyAccess {
+    /// The key's network rules, compiled.
+    pub fn network(&self) -> crate::NetworkRules {
+        // At most MAX_BLOCKS blocks were accepted when the key was written.
+        crate::NetworkRules {
+            allow: crate::CidrSet::new(self.allowed_cidrs.clone()).unwrap_or_default(),
+            deny: crate::CidrSet::new(self.denied_cidrs.clone()).unwrap_or_default(),
+        }
+    }
+
     /// The earliest expiry among the grants, which the lapse sweeper waits for.
     pub fn next_grant_expiry(&self) -> Option<Timestamp> {
         self.grants.iter().map(|g| g.expires_at).min()

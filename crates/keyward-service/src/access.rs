@@ -547,16 +547,7 @@ impl Authority {
             target: Some(id.to_string()),
             details: json!({ "permission": grant.permission, "role": grant.role, "expires_at": expires_at }),
         };
-        self.commit(
-            &mut head,
-            Changes {
-                update_keys: vec![key.clone()],
-                ..Changes::default()
-            },
-            vec![entry],
-        )
-        .await?;
-        self.forget(&key);
+        self.commit_key(&mut head, &key, entry).await?;
         Ok(key)
     }
 

@@ -220,10 +220,7 @@ impl VerifyCache {
         grants: Vec<(Permission, Timestamp)>,
     ) -> Arc<CachedKey> {
         let access = &key.access;
-        let network = NetworkRules {
-            allow: keyward_core::CidrSet::new(access.allowed_cidrs.clone()).unwrap_or_default(),
-            deny: keyward_core::CidrSet::new(access.denied_cidrs.clone()).unwrap_or_default(),
-        };
+        let network = access.network();
         Arc::new(CachedKey {
             id: key.id,
             service: key.service,

@@ -365,6 +365,27 @@ impl Authority {
         Ok(KeyPage { keys, next })
     }
 
+    /// Writes a changed key with its audit entry, then drops it from the cache. The caller
+    /// holds the writer lock (`head`).
+    pub(crate) async fn commit_key(
+        &self,
+        head: &mut keyward_store::AuditHead,
+        key: &KeyRecord,
+        entry: PendingEntry,
+    ) -> Result<(), ServiceError> {
+        self.commit(
+            head,
+            Changes {
+                update_keys: vec![key.clone()],
+                ..Changes::default()
+            },
+            vec![entry],
+        )
+        .await?;
+        self.forget(key);
+        Ok(())
+    }
+
     /// Reads a key for a change, under the writer lock.
     async fn key_for_change(&self, id: KeyId) -> Result<KeyRecord, ServiceError> {
         let key = self.key(id).await?;
@@ -466,13 +487,7 @@ impl Authority {
         key.updated_at = now;
         self.check_key_policy(&key)?;
         if key.id == actor.key_id() {
-            let network = keyward_core::NetworkRules {
-                allow: keyward_core::CidrSet::new(key.access.allowed_cidrs.clone())
-                    .unwrap_or_default(),
-                deny: keyward_core::CidrSet::new(key.access.denied_cidrs.clone())
-                    .unwrap_or_default(),
-            };
-            Self::check_not_locked_out(actor, &network)?;
+            Self::check_not_locked_out(actor, &key.access.network())?;
         }
         let entry = PendingEntry {
             actor: actor.audit_name(),
@@ -480,16 +495,7 @@ impl Authority {
             target: Some(id.to_string()),
             details: Value::Object(changed),
         };
-        self.commit(
-            &mut head,
-            Changes {
-                update_keys: vec![key.clone()],
-                ..Changes::default()
-            },
-            vec![entry],
-        )
-        .await?;
-        self.forget(&key);
+        self.commit_key(&mut head, &key, entry).await?;
         Ok(key)
     }
 
@@ -517,16 +523,7 @@ impl Authority {
             target: Some(id.to_string()),
             details: json!({ "reason": reason, "start": key.start }),
         };
-        self.commit(
-            &mut head,
-            Changes {
-                update_keys: vec![key.clone()],
-                ..Changes::default()
-            },
-            vec![entry],
-        )
-        .await?;
-        self.forget(&key);
+        self.commit_key(&mut head, &key, entry).await?;
         tracing::info!(key_id = %id, actor = %actor.key_id(), "key revoked");
         Ok(key)
     }
