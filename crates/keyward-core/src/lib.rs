@@ -14,6 +14,7 @@ pub mod path_rule;
 pub mod permission;
 pub mod policy;
 pub mod query;
+pub mod ratelimit;
 pub mod timestamp;
 
 pub use cidr::{Cidr, CidrSet, NetworkRules};
@@ -27,4 +28,5 @@ pub use path_rule::PathRule;
 pub use permission::{Permission, PermissionSet};
 pub use policy::{EnvironmentPolicy, PolicyViolation};
 pub use query::PermissionQuery;
+pub use ratelimit::{LimitOutcome, LimitState, RateLimit};
 pub use timestamp::Timestamp;
