@@ -124,10 +124,6 @@ impl RateLimit {
             .unwrap_or(i64::MAX / NS_PER_S)
             .saturating_mul(NS_PER_S)
     }
-
-    fn limit_i(&self) -> i64 {
-        i64::try_from(self.limit).unwrap_or(i64::MAX)
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,7 +177,6 @@ pub fn check(
     now: i64,
     cost: u64,
 ) -> (LimitOutcome, LimitState) {
-    let cost_i = i64::try_from(cost).unwrap_or(i64::MAX);
     match limit.algorithm() {
         Algorithm::Gcra => {
             // i128 throughout: no input, however extreme, can overflow.
