@@ -22,6 +22,7 @@ pub mod cache;
 mod init;
 mod keyring;
 mod keys;
+pub mod limiter;
 mod usage;
 mod verify;
 
