@@ -232,6 +232,8 @@ pub struct KeyAccess {
     pub denied_cidrs: Vec<Cidr>,
     /// For admin keys: the environments whose keys it may manage (`None`: all).
     pub admin_environments: Option<Vec<EnvironmentName>>,
+    /// Named rate limits; a request is admitted only if every applicable one admits it.
+    pub ratelimits: Vec<crate::RateLimit>,
 }
 
 impl KeyAccess {

@@ -23,7 +23,7 @@ pub trait EnvironmentSecrets: Send + Sync + std::fmt::Debug + 'static {
 }
 
 /// What a verification asks beyond the key itself.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub struct VerifyRequest<'a> {
     /// The environment the caller expects the key to belong to.
     pub environment: Option<&'a EnvironmentName>,
@@ -34,6 +34,21 @@ pub struct VerifyRequest<'a> {
     pub path: Option<&'a str>,
     /// The address the request came from, checked against network rules.
     pub ip: Option<IpAddr>,
+    /// What the request costs against the key's rate limits (default 1; 0 only reads them).
+    pub cost: u64,
+}
+
+impl Default for VerifyRequest<'_> {
+    fn default() -> Self {
+        VerifyRequest {
+            environment: None,
+            permissions: None,
+            method: None,
+            path: None,
+            ip: None,
+            cost: 1,
+        }
+    }
 }
 
 /// A grant to add to a key.
@@ -200,6 +215,7 @@ impl Authority {
 
     /// Checks a key's settings against its environment's policy and its roles' existence.
     pub(crate) fn check_key_policy(&self, key: &KeyRecord) -> Result<(), ServiceError> {
+        check_ratelimits(&key.access.ratelimits)?;
         let env = self.environment(key.environment.as_str()).ok_or_else(|| {
             invalid(
                 "environment",
@@ -681,4 +697,27 @@ pub fn parse_path_rules(
             PathRule::parse(r).map_err(|e| invalid(field, format!("entry {i} ({r:?}): {e}")))
         })
         .collect()
+}
+
+/// Checks a key's rate limits: each valid, names unique, at most 16.
+pub fn check_ratelimits(limits: &[keyward_core::RateLimit]) -> Result<(), ServiceError> {
+    if limits.len() > crate::limiter::MAX_LIMITS {
+        return Err(invalid(
+            "ratelimits",
+            format!("at most {} limits", crate::limiter::MAX_LIMITS),
+        ));
+    }
+    for (i, limit) in limits.iter().enumerate() {
+        limit.validate().map_err(|e| ServiceError::InvalidField {
+            field: "ratelimits",
+            message: format!("ratelimits[{i}].{}: {}", e.field, e.message),
+        })?;
+        if limits.iter().take(i).any(|other| other.name == limit.name) {
+            return Err(invalid(
+                "ratelimits",
+                format!("ratelimits[{i}].name: {:?} is used twice", limit.name),
+            ));
+        }
+    }
+    Ok(())
 }

@@ -47,11 +47,19 @@ pub struct CachedKey {
     pub network: Option<Arc<NetworkRules>>,
     /// For admin keys: the environments they may manage (`None`: all).
     pub admin_environments: Option<Arc<[EnvironmentName]>>,
+    pub ratelimits: Option<Arc<KeyLimits>>,
     pub meta: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
     pub expires_at: Option<Timestamp>,
 }
 
 type PermissionSets = HashMap<Box<[Permission]>, Arc<HeldPermissions>>;
+
+/// A key's rate limits with the fingerprint the limiter keys their state by.
+#[derive(Debug)]
+pub struct KeyLimits {
+    pub list: Box<[keyward_core::RateLimit]>,
+    pub fingerprint: u64,
+}
 
 /// A permission list with its compiled form, shared by every key that holds the same list.
 #[derive(Debug, PartialEq)]
@@ -233,6 +241,12 @@ impl VerifyCache {
                 .then(|| Arc::from(access.path_rules.as_slice())),
             network: (!network.is_empty()).then(|| Arc::new(network)),
             admin_environments: access.admin_environments.as_deref().map(Arc::from),
+            ratelimits: (!access.ratelimits.is_empty()).then(|| {
+                Arc::new(KeyLimits {
+                    fingerprint: crate::limiter::fingerprint(&access.ratelimits),
+                    list: access.ratelimits.clone().into_boxed_slice(),
+                })
+            }),
             meta: (!key.meta.is_empty()).then(|| Arc::new(key.meta.clone())),
             expires_at: key.expires_at,
         })

@@ -63,6 +63,7 @@ pub struct KeyUpdate {
     pub path_rules: Option<Vec<keyward_core::PathRule>>,
     pub allowed_cidrs: Option<Vec<keyward_core::Cidr>>,
     pub denied_cidrs: Option<Vec<keyward_core::Cidr>>,
+    pub ratelimits: Option<Vec<keyward_core::RateLimit>>,
 }
 
 /// One page of a key listing.
@@ -483,6 +484,10 @@ impl Authority {
         if let Some(cidrs) = update.denied_cidrs {
             changed.insert("denied_cidrs".into(), json!(cidrs));
             key.access.denied_cidrs = cidrs;
+        }
+        if let Some(limits) = update.ratelimits {
+            changed.insert("ratelimits".into(), json!(limits));
+            key.access.ratelimits = limits;
         }
         key.updated_at = now;
         self.check_key_policy(&key)?;

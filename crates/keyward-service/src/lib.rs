@@ -27,15 +27,15 @@ mod usage;
 mod verify;
 
 pub use access::{
-    EffectivePermission, EnvironmentSecrets, Explanation, NewGrant, VerifyRequest, parse_cidrs,
-    parse_path_rules,
+    EffectivePermission, EnvironmentSecrets, Explanation, NewGrant, VerifyRequest,
+    check_ratelimits, parse_cidrs, parse_path_rules,
 };
 pub use cache::{CachedKey, VerifyCache};
 pub use init::{InitError, builtin_roles, initial_environments, initialize};
 pub use keyring::Keyring;
 pub use keys::{KeyPage, KeyUpdate, NewKey, limits};
 pub use keyward_store::{EnvironmentRecord, KeyQuery};
-pub use verify::{Actor, Verification};
+pub use verify::{Actor, RateLimitStatus, Verification};
 
 use audit::PendingEntry;
 use usage::UsageRecorder;
@@ -114,6 +114,8 @@ pub struct Authority {
     roles: RwLock<HashMap<RoleName, Arc<RoleRecord>>>,
     cache: VerifyCache,
     usage: UsageRecorder,
+    /// Rate-limit state: in this process until a cluster-wide limiter is configured.
+    limiter: Arc<dyn limiter::Limiter>,
     ids: keyward_crypto::KeyIds,
     stop: tokio::sync::watch::Sender<bool>,
     background: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -165,6 +167,7 @@ impl Authority {
             roles: RwLock::new(roles),
             cache,
             usage,
+            limiter: Arc::new(limiter::LocalLimiter::new()),
             ids: keyward_crypto::KeyIds::default(),
             stop: tokio::sync::watch::channel(false).0,
             background: tokio::sync::Mutex::new(None),
@@ -190,11 +193,12 @@ impl Authority {
     }
 
     /// Starts the background work that needs the authority itself: the grant-lapse sweeper,
-    /// once a second. It stops at [`Authority::shutdown`].
+    /// once a second, and the limiter's sweep of idle state, once a minute. It stops at [`Authority::shutdown`].
     pub fn start_background(self: &Arc<Self>) {
         let authority = Arc::downgrade(self);
         let mut stopped = self.stop.subscribe();
         let task = tokio::spawn(async move {
+            let mut ticks: u64 = 0;
             let mut ticker = tokio::time::interval(Duration::from_secs(1));
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -207,6 +211,11 @@ impl Authority {
                 };
                 if let Err(e) = authority.sweep_lapsed_grants().await {
                     tracing::warn!(error = %e, "grant lapse sweep failed; will retry");
+                }
+                ticks += 1;
+                if ticks.is_multiple_of(60) {
+                    let now_ns = authority.clock.now().unix_ms().saturating_mul(1_000_000);
+                    authority.limiter.sweep(now_ns);
                 }
             }
         });

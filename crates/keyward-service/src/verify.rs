@@ -12,6 +12,7 @@ use keyward_core::{
 use serde_json::json;
 
 use crate::audit::PendingEntry;
+use crate::limiter::LimitRequest;
 use crate::{Authority, CachedKey, ServiceError, VerifyRequest};
 
 /// The outcome of a verification. `key` is present whenever the presented key matched a stored
@@ -22,6 +23,27 @@ pub struct Verification {
     pub key: Option<Arc<CachedKey>>,
     /// For INSUFFICIENT_PERMISSIONS and IP_DENIED: what was missing or refused.
     pub unmet: Option<String>,
+    /// Each applicable rate limit after this request, in the key's order.
+    pub ratelimits: Vec<RateLimitStatus>,
+    /// For RATE_LIMITED: seconds until a request of the same cost would be admitted.
+    pub retry_after_s: Option<u64>,
+}
+
+/// Where a key stands against one of its limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitStatus {
+    pub name: String,
+    pub limit: u64,
+    pub period_s: u64,
+    pub remaining: u64,
+    /// Seconds until the limit is back at its full allowance (rounded up).
+    pub reset_s: u64,
+}
+
+fn ceil_s(ns: i64) -> u64 {
+    u64::try_from(ns.max(0))
+        .unwrap_or(0)
+        .div_ceil(1_000_000_000)
 }
 
 impl Verification {
@@ -30,6 +52,8 @@ impl Verification {
             code,
             key: None,
             unmet: None,
+            ratelimits: Vec::new(),
+            retry_after_s: None,
         }
     }
 }
@@ -118,22 +142,68 @@ impl Authority {
             Lookup::Found(key) => key,
         };
         let now = self.clock.now();
-        let mut code = evaluate(&key, now, request.environment);
-        let mut unmet = None;
-        if code == VerifyCode::Valid
+        let mut verdict = Verification {
+            code: evaluate(&key, now, request.environment),
+            ..Verification::of(VerifyCode::Valid)
+        };
+        if verdict.code == VerifyCode::Valid
             && let Err((refused, why)) = self.check_access(&key, request, now)
         {
-            code = refused;
-            unmet = Some(why);
+            verdict.code = refused;
+            verdict.unmet = Some(why);
         }
-        if code == VerifyCode::Valid {
+        // Limits count only requests that would otherwise be served.
+        if verdict.code == VerifyCode::Valid
+            && let Some(limits) = &key.ratelimits
+        {
+            let mut applies = [false; crate::limiter::MAX_LIMITS];
+            for (slot, limit) in applies.iter_mut().zip(limits.list.iter()) {
+                *slot = limit.applies(request.method, request.path);
+            }
+            let applies = applies.get(..limits.list.len()).unwrap_or_default();
+            if applies.iter().any(|a| *a) {
+                let outcomes = self
+                    .limiter
+                    .check(LimitRequest {
+                        key: key.id,
+                        limits: &limits.list,
+                        applies,
+                        cost: request.cost,
+                        now: now.unix_ms().saturating_mul(1_000_000),
+                        fingerprint: limits.fingerprint,
+                    })
+                    .await;
+                let applicable = limits
+                    .list
+                    .iter()
+                    .zip(applies)
+                    .filter(|(_, a)| **a)
+                    .map(|(l, _)| l);
+                for (limit, outcome) in applicable.zip(&outcomes) {
+                    verdict.ratelimits.push(RateLimitStatus {
+                        name: limit.name.clone(),
+                        limit: limit.limit,
+                        period_s: limit.period_s,
+                        remaining: outcome.remaining,
+                        reset_s: ceil_s(outcome.reset_ns),
+                    });
+                }
+                if let Some(wait) = outcomes
+                    .iter()
+                    .filter(|o| !o.admitted)
+                    .map(|o| o.retry_after_ns)
+                    .max()
+                {
+                    verdict.code = VerifyCode::RateLimited;
+                    verdict.retry_after_s = Some(ceil_s(wait).max(1));
+                }
+            }
+        }
+        if verdict.code == VerifyCode::Valid {
             self.usage.record(key.id, now);
         }
-        Ok(Verification {
-            code,
-            key: Some(key),
-            unmet,
-        })
+        verdict.key = Some(key);
+        Ok(verdict)
     }
 
     async fn lookup(&self, presented: &str) -> Result<Lookup, ServiceError> {

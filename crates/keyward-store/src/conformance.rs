@@ -372,6 +372,13 @@ async fn access_and_roles(store: &dyn Store) {
         allowed_cidrs: vec![Cidr::parse("10.0.0.0/8").unwrap()],
         denied_cidrs: vec![Cidr::parse("2001:db8::/32").unwrap()],
         admin_environments: Some(vec![env("test")]),
+        ratelimits: vec![keyward_core::RateLimit {
+            name: "burst".into(),
+            limit: 100,
+            period_s: 1,
+            burst: Some(10),
+            rule: Some(PathRule::parse("POST /v1/export/**").unwrap()),
+        }],
     };
     store
         .apply(Changes {

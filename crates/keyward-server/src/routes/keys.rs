@@ -76,6 +76,7 @@ pub struct KeyView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<String>>)]
     pub admin_environments: Option<Vec<EnvironmentName>>,
+    pub ratelimits: Vec<RateLimitView>,
 }
 
 impl From<KeyRecord> for KeyView {
@@ -106,6 +107,12 @@ impl From<KeyRecord> for KeyView {
             allowed_cidrs: k.access.allowed_cidrs,
             denied_cidrs: k.access.denied_cidrs,
             admin_environments: k.access.admin_environments,
+            ratelimits: k
+                .access
+                .ratelimits
+                .into_iter()
+                .map(RateLimitView::from)
+                .collect(),
         }
     }
 }
@@ -188,6 +195,70 @@ pub struct CreateKeyRequest {
     /// For admin keys: the environments whose keys this key may manage.
     #[schema(value_type = Option<Vec<String>>)]
     pub admin_environments: Option<Vec<String>>,
+    /// Named rate limits; a request is admitted only if every applicable one admits it.
+    #[serde(default)]
+    #[schema(max_items = 16)]
+    pub ratelimits: Vec<RateLimitView>,
+}
+
+/// A rate limit: at most `limit` requests per `period_s`. Periods up to 60 s use GCRA (even
+/// spacing, with a `burst` allowance, default `limit`); longer ones a sliding window.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitView {
+    #[schema(pattern = "^[a-z0-9_.-]{1,32}$", example = "burst")]
+    pub name: String,
+    #[schema(minimum = 1, maximum = 1_000_000_000_u64)]
+    pub limit: u64,
+    #[schema(minimum = 1, maximum = 31_536_000_u64)]
+    pub period_s: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1_000_000_000_u64)]
+    pub burst: Option<u64>,
+    /// If set, the limit counts only requests matching this `METHOD /path` pattern.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "POST /v1/reports/**")]
+    pub rule: Option<String>,
+}
+
+impl From<keyward_core::RateLimit> for RateLimitView {
+    fn from(l: keyward_core::RateLimit) -> Self {
+        RateLimitView {
+            name: l.name,
+            limit: l.limit,
+            period_s: l.period_s,
+            burst: l.burst,
+            rule: l.rule.map(|r| r.to_string()),
+        }
+    }
+}
+
+pub(crate) fn parse_ratelimits(
+    list: &[RateLimitView],
+) -> Result<Vec<keyward_core::RateLimit>, ApiError> {
+    let limits = list
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            Ok(keyward_core::RateLimit {
+                name: l.name.clone(),
+                limit: l.limit,
+                period_s: l.period_s,
+                burst: l.burst,
+                rule: l
+                    .rule
+                    .as_deref()
+                    .map(|r| {
+                        PathRule::parse(r).map_err(|e| {
+                            ApiError::field(format!("ratelimits[{i}].rule"), format!("{r:?}: {e}"))
+                        })
+                    })
+                    .transpose()?,
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    keyward_service::check_ratelimits(&limits).map_err(field_error)?;
+    Ok(limits)
 }
 
 /// A role name: 1-64 characters of `[a-z0-9_.-]`, starting with a letter or digit.
@@ -215,8 +286,10 @@ fn parse_access(
     allowed: &[String],
     denied: &[String],
     admin_environments: Option<&[String]>,
+    ratelimits: &[RateLimitView],
 ) -> Result<KeyAccess, ApiError> {
     Ok(KeyAccess {
+        ratelimits: parse_ratelimits(ratelimits)?,
         roles: parse_roles("roles", roles)?,
         grants: Vec::new(),
         path_rules: parse_path_rules("path_rules", path_rules).map_err(field_error)?,
@@ -302,6 +375,7 @@ pub async fn create_key(
             &body.allowed_cidrs,
             &body.denied_cidrs,
             body.admin_environments.as_deref(),
+            &body.ratelimits,
         )?,
     };
     let (record, key) = state.authority.create_key(&actor, new).await?;
@@ -471,6 +545,8 @@ pub struct UpdateKeyRequest {
     pub allowed_cidrs: Option<Vec<String>>,
     /// Replaces the key's denied CIDR blocks.
     pub denied_cidrs: Option<Vec<String>>,
+    /// Replaces the key's rate limits (their state starts afresh).
+    pub ratelimits: Option<Vec<RateLimitView>>,
 }
 
 #[utoipa::path(
@@ -529,6 +605,11 @@ pub async fn update_key(
             .denied_cidrs
             .as_deref()
             .map(|c| parse_cidrs("denied_cidrs", c).map_err(field_error))
+            .transpose()?,
+        ratelimits: body
+            .ratelimits
+            .as_deref()
+            .map(parse_ratelimits)
             .transpose()?,
     };
     Ok(Json(

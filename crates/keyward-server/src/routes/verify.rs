@@ -4,6 +4,8 @@ use std::time::Instant;
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::IntoResponse;
 use keyward_core::permission::admin;
 use std::net::IpAddr;
 
@@ -42,6 +44,21 @@ pub struct VerifyRequest {
     /// The client's address, checked against the key's and the environment's network rules.
     #[schema(example = "203.0.113.7")]
     pub ip: Option<String>,
+    /// What the request costs against the key's rate limits (default 1; 0 only reads them).
+    #[schema(minimum = 0, maximum = 1_000_000_000_u64)]
+    pub cost: Option<u64>,
+}
+
+/// Where the key stands against one rate limit after this request.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RateLimitState {
+    pub name: String,
+    pub limit: u64,
+    /// The limit's period, in seconds.
+    pub period_s: u64,
+    pub remaining: u64,
+    /// Seconds until the limit is back at its full allowance.
+    pub reset_s: u64,
 }
 
 fn presented_key<'de, D: Deserializer<'de>>(d: D) -> Result<PlaintextKey, D::Error> {
@@ -77,13 +94,19 @@ pub struct VerifyResponse {
     /// `missing permission invoices:write`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// The key's rate limits that counted this request, after it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ratelimits: Vec<RateLimitState>,
+    /// With RATE_LIMITED: seconds until a request of the same cost would be admitted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_s: Option<u64>,
 }
 
 #[utoipa::path(
     post, path = "/v1/verify", tag = "verify",
     request_body = VerifyRequest,
     responses(
-        (status = 200, description = "The verdict, for valid and invalid keys alike", body = VerifyResponse),
+        (status = 200, description = "The verdict, for valid and invalid keys alike. With rate limits: RateLimit-Policy and RateLimit fields, and Retry-After when RATE_LIMITED", body = VerifyResponse),
         ErrorResponses,
     ),
     security(("bearer" = []))
@@ -92,7 +115,7 @@ pub async fn verify(
     State(state): State<AppState>,
     caller: Caller,
     JsonBody(body): JsonBody<VerifyRequest>,
-) -> Result<Json<VerifyResponse>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let started = Instant::now();
     if !state.config.insecure_unauthenticated_verify {
         caller.authenticate(&state, admin::KEYS_VERIFY).await?;
@@ -143,7 +166,12 @@ pub async fn verify(
             })
         })
         .transpose()?;
+    let cost = body.cost.unwrap_or(1);
+    if cost > keyward_core::ratelimit::MAX_LIMIT {
+        return Err(ApiError::field("cost", "must be between 0 and 1000000000"));
+    }
     let request = Checks {
+        cost,
         environment: environment.as_ref(),
         permissions: query.as_ref(),
         method: body.method.as_deref(),
@@ -153,7 +181,7 @@ pub async fn verify(
     let verdict = state.authority.verify(body.key.expose(), &request).await?;
     state.metrics.verified(verdict.code, started.elapsed());
     let key = verdict.key.as_deref();
-    Ok(Json(VerifyResponse {
+    let response = VerifyResponse {
         valid: verdict.code == VerifyCode::Valid,
         code: verdict.code,
         key_id: key.map(|k| k.id),
@@ -167,5 +195,51 @@ pub async fn verify(
         meta: key.map(|k| k.meta.as_deref().cloned().unwrap_or_default()),
         expires_at: key.and_then(|k| k.expires_at),
         detail: verdict.unmet,
-    }))
+        ratelimits: verdict
+            .ratelimits
+            .into_iter()
+            .map(|r| RateLimitState {
+                name: r.name,
+                limit: r.limit,
+                period_s: r.period_s,
+                remaining: r.remaining,
+                reset_s: r.reset_s,
+            })
+            .collect(),
+        retry_after_s: verdict.retry_after_s,
+    };
+    Ok((ratelimit_headers(&response), Json(response)).into_response())
+}
+
+/// The IETF rate-limit fields (draft-ietf-httpapi-ratelimit-headers, structured-field syntax)
+/// for the limits that counted the request, and `Retry-After` when it was refused.
+fn ratelimit_headers(response: &VerifyResponse) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if response.ratelimits.is_empty() {
+        return headers;
+    }
+    let policy = response
+        .ratelimits
+        .iter()
+        .map(|r| format!("\"{}\";q={};w={}", r.name, r.limit, r.period_s))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let state = response
+        .ratelimits
+        .iter()
+        .map(|r| format!("\"{}\";r={};t={}", r.name, r.remaining, r.reset_s))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // Limit names are [a-z0-9_.-], so both values are valid header text.
+    if let (Ok(policy), Ok(state)) = (
+        HeaderValue::from_str(&policy),
+        HeaderValue::from_str(&state),
+    ) {
+        headers.insert("ratelimit-policy", policy);
+        headers.insert("ratelimit", state);
+    }
+    if let Some(retry) = response.retry_after_s {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(retry));
+    }
+    headers
 }

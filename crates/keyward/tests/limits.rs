@@ -1,0 +1,308 @@
+//! Rate limits through verify, under the fake clock.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use keyward_testkit::{TestApp, spawn_app};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+async fn key_with(app: &TestApp, limits: Value) -> (String, String) {
+    let created = app.create_key("live", json!({"ratelimits": limits})).await;
+    (
+        created["key"].as_str().unwrap().to_owned(),
+        created["id"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Verifies and returns the JSON verdict and the rate-limit headers.
+async fn verify(app: &TestApp, body: Value) -> (Value, reqwest::header::HeaderMap) {
+    let resp = app
+        .client
+        .post(app.url("/v1/verify"))
+        .bearer_auth(&app.root_key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let headers = resp.headers().clone();
+    (resp.json().await.unwrap(), headers)
+}
+
+async fn code(app: &TestApp, body: Value) -> String {
+    verify(app, body).await.0["code"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn burst_then_steady_state_exactly_as_configured() {
+    let app = spawn_app().await;
+    let (key, _) = key_with(&app, json!([{"name": "burst", "limit": 5, "period_s": 1}])).await;
+    for expected_remaining in (0..5).rev() {
+        let (v, _) = verify(&app, json!({"key": key})).await;
+        assert_eq!(v["code"], "VALID", "{v}");
+        assert_eq!(v["ratelimits"][0]["remaining"], expected_remaining, "{v}");
+    }
+    let (v, headers) = verify(&app, json!({"key": key})).await;
+    assert_eq!(v["code"], "RATE_LIMITED");
+    assert_eq!(v["valid"], false);
+    assert_eq!(v["retry_after_s"], 1);
+    assert_eq!(headers["retry-after"], "1");
+    // One request every 200 ms after the burst.
+    app.clock.advance_ms(199);
+    assert_eq!(code(&app, json!({"key": key})).await, "RATE_LIMITED");
+    app.clock.advance_ms(1);
+    assert_eq!(code(&app, json!({"key": key})).await, "VALID");
+    assert_eq!(code(&app, json!({"key": key})).await, "RATE_LIMITED");
+    app.clock.advance_ms(200);
+    assert_eq!(code(&app, json!({"key": key})).await, "VALID");
+    // After a quiet period the whole burst is back.
+    app.clock.advance_seconds(1);
+    for _ in 0..5 {
+        assert_eq!(code(&app, json!({"key": key})).await, "VALID");
+    }
+    assert_eq!(code(&app, json!({"key": key})).await, "RATE_LIMITED");
+}
+
+#[tokio::test]
+async fn a_rejected_request_consumes_nothing_from_any_limit() {
+    let app = spawn_app().await;
+    let (key, id) = key_with(
+        &app,
+        json!([{"name": "burst", "limit": 100, "period_s": 1}, {"name": "hourly", "limit": 3, "period_s": 3600}]),
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(code(&app, json!({"key": key})).await, "VALID");
+    }
+    for _ in 0..5 {
+        let (v, _) = verify(&app, json!({"key": key})).await;
+        assert_eq!(v["code"], "RATE_LIMITED");
+        assert_eq!(v["ratelimits"][0]["name"], "burst");
+        assert_eq!(
+            v["ratelimits"][0]["remaining"], 97,
+            "the burst limit was charged: {v}"
+        );
+        assert_eq!(v["ratelimits"][1]["remaining"], 0);
+    }
+    // Refused requests are not usage either.
+    let mut app = app;
+    app.restart().await;
+    let (_, shown) = app.call(Method::GET, &format!("/v1/keys/{id}"), None).await;
+    assert_eq!(shown["uses"], 3);
+}
+
+#[tokio::test]
+async fn the_sliding_window_refills_as_the_period_passes() {
+    let app = spawn_app().await;
+    let (key, _) = key_with(
+        &app,
+        json!([{"name": "hourly", "limit": 2, "period_s": 3600}]),
+    )
+    .await;
+    assert_eq!(code(&app, json!({"key": key})).await, "VALID");
+    assert_eq!(code(&app, json!({"key": key})).await, "VALID");
+    let (v, _) = verify(&app, json!({"key": key})).await;
+    assert_eq!(v["code"], "RATE_LIMITED");
+    assert!(v["retry_after_s"].as_u64().unwrap() <= 3600);
+    app.clock.advance_seconds(2 * 3600);
+    assert_eq!(code(&app, json!({"key": key})).await, "VALID");
+}
+
+#[tokio::test]
+async fn endpoint_limits_and_costs() {
+    let app = spawn_app().await;
+    let (key, _) = key_with(
+        &app,
+        json!([
+            {"name": "all", "limit": 10, "period_s": 60},
+            {"name": "export", "limit": 1, "period_s": 60, "rule": "POST /v1/export/**"}
+        ]),
+    )
+    .await;
+    let export = json!({"key": key, "method": "POST", "path": "/v1/export/all"});
+    let (v, _) = verify(&app, export.clone()).await;
+    assert_eq!(v["code"], "VALID");
+    assert_eq!(v["ratelimits"].as_array().unwrap().len(), 2);
+    assert_eq!(code(&app, export.clone()).await, "RATE_LIMITED");
+    let (v, _) = verify(
+        &app,
+        json!({"key": key, "method": "GET", "path": "/v1/items"}),
+    )
+    .await;
+    assert_eq!(v["code"], "VALID");
+    assert_eq!(
+        v["ratelimits"].as_array().unwrap().len(),
+        1,
+        "only the general limit counts: {v}"
+    );
+    assert_eq!(v["ratelimits"][0]["remaining"], 8);
+    // Costs count in full; cost 0 only reads.
+    let (v, _) = verify(&app, json!({"key": key, "cost": 5})).await;
+    assert_eq!(v["ratelimits"][0]["remaining"], 3);
+    let (v, _) = verify(&app, json!({"key": key, "cost": 0})).await;
+    assert_eq!(
+        (v["code"].as_str(), v["ratelimits"][0]["remaining"].as_u64()),
+        (Some("VALID"), Some(3))
+    );
+    assert_eq!(
+        code(&app, json!({"key": key, "cost": 4})).await,
+        "RATE_LIMITED"
+    );
+    assert_eq!(code(&app, json!({"key": key, "cost": 3})).await, "VALID");
+}
+
+#[tokio::test]
+async fn headers_match_the_json() {
+    let app = spawn_app().await;
+    let (key, _) = key_with(
+        &app,
+        json!([{"name": "burst", "limit": 100, "period_s": 1}, {"name": "daily", "limit": 1000, "period_s": 86400}]),
+    )
+    .await;
+    let (v, headers) = verify(&app, json!({"key": key})).await;
+    let limits = v["ratelimits"].as_array().unwrap();
+    let policy: Vec<String> = limits
+        .iter()
+        .map(|l| {
+            format!(
+                "\"{}\";q={};w={}",
+                l["name"].as_str().unwrap(),
+                l["limit"],
+                l["period_s"]
+            )
+        })
+        .collect();
+    let state: Vec<String> = limits
+        .iter()
+        .map(|l| {
+            format!(
+                "\"{}\";r={};t={}",
+                l["name"].as_str().unwrap(),
+                l["remaining"],
+                l["reset_s"]
+            )
+        })
+        .collect();
+    assert_eq!(headers["ratelimit-policy"], policy.join(", ").as_str());
+    assert_eq!(headers["ratelimit"], state.join(", ").as_str());
+    assert_eq!(
+        headers["ratelimit-policy"],
+        "\"burst\";q=100;w=1, \"daily\";q=1000;w=86400"
+    );
+    assert!(headers.get("retry-after").is_none());
+    // Keys without limits get no rate-limit fields.
+    let plain = app.create_key("live", json!({})).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (v, headers) = verify(&app, json!({"key": plain})).await;
+    assert!(v.get("ratelimits").is_none() && headers.get("ratelimit").is_none());
+}
+
+#[tokio::test]
+async fn changing_limits_starts_afresh() {
+    let app = spawn_app().await;
+    let (key, id) = key_with(&app, json!([{"name": "burst", "limit": 1, "period_s": 10}])).await;
+    assert_eq!(code(&app, json!({"key": key})).await, "VALID");
+    assert_eq!(code(&app, json!({"key": key})).await, "RATE_LIMITED");
+    let (status, updated) = app
+        .call(
+            Method::PATCH,
+            &format!("/v1/keys/{id}"),
+            Some(json!({"ratelimits": [{"name": "burst", "limit": 3, "period_s": 10}]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(updated["ratelimits"][0]["limit"], 3);
+    for _ in 0..3 {
+        assert_eq!(code(&app, json!({"key": key})).await, "VALID");
+    }
+    assert_eq!(code(&app, json!({"key": key})).await, "RATE_LIMITED");
+}
+
+#[tokio::test]
+async fn bad_limits_and_costs_are_refused_naming_the_field() {
+    let app = spawn_app().await;
+    let many: Vec<Value> = (0..17)
+        .map(|i| json!({"name": format!("l{i}"), "limit": 1, "period_s": 1}))
+        .collect();
+    for (limits, mention) in [
+        (
+            json!([{"name": "a", "limit": 0, "period_s": 1}]),
+            "ratelimits[0].limit",
+        ),
+        (
+            json!([{"name": "a", "limit": -1, "period_s": 1}]),
+            "ratelimits[0].limit",
+        ),
+        (
+            json!([{"name": "a", "limit": 1, "period_s": 0}]),
+            "ratelimits[0].period_s",
+        ),
+        (
+            json!([{"name": "a", "limit": 1, "period_s": 999_999_999}]),
+            "ratelimits[0].period_s",
+        ),
+        (
+            json!([{"name": "a", "limit": 1, "period_s": 3600, "burst": 5}]),
+            "ratelimits[0].burst",
+        ),
+        (
+            json!([{"name": "A B", "limit": 1, "period_s": 1}]),
+            "ratelimits[0].name",
+        ),
+        (
+            json!([{"name": "a", "limit": 1, "period_s": 1}, {"name": "a", "limit": 2, "period_s": 2}]),
+            "ratelimits[1].name",
+        ),
+        (
+            json!([{"name": "a", "limit": 1, "period_s": 1, "rule": "GET nowhere"}]),
+            "ratelimits[0].rule",
+        ),
+        (json!([{"name": "a", "limit": 1}]), "ratelimits[0]"),
+        (json!(many), "at most 16"),
+    ] {
+        let (status, err) = app
+            .call(
+                Method::POST,
+                "/v1/keys",
+                Some(
+                    json!({"environment": "live", "name": "n", "owner": "o", "ratelimits": limits}),
+                ),
+            )
+            .await;
+        assert_eq!(status, 400, "{limits}: {err}");
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(mention)
+                || err["error"]["field"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains(mention),
+            "{limits}: {err}"
+        );
+    }
+    let (key, _) = key_with(&app, json!([{"name": "a", "limit": 5, "period_s": 1}])).await;
+    for cost in [json!(-1), json!(2_000_000_000u64), json!(1.5), json!("1")] {
+        let (status, err) = app
+            .call(
+                Method::POST,
+                "/v1/verify",
+                Some(json!({"key": key, "cost": cost})),
+            )
+            .await;
+        assert_eq!(
+            (status, err["error"]["field"].as_str()),
+            (400, Some("cost")),
+            "{cost}: {err}"
+        );
+    }
+}
