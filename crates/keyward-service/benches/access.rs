@@ -54,6 +54,7 @@ impl EnvironmentSecrets for NoNewEnvironments {
 struct Fixture {
     authority: Arc<Authority>,
     key: String,
+    limited_key: String,
     query: PermissionQuery,
     runtime: tokio::runtime::Runtime,
     _dir: tempfile::TempDir,
@@ -74,7 +75,7 @@ fn fixture() -> &'static Fixture {
                 .map(|e| (e, HmacSecret::generate().unwrap())),
         );
         let clock = FakeClock::new(Timestamp::from_unix_ms(1_795_860_000_000));
-        let (authority, key) = runtime.block_on(async {
+        let (authority, key, limited_key) = runtime.block_on(async {
             let store = SqliteStore::open(&dir.path().join("keyward.db")).unwrap();
             let root = initialize(&store, &clock, &keyring).await.unwrap();
             let authority = Arc::new(
@@ -110,16 +111,55 @@ fn fixture() -> &'static Fixture {
                 )
                 .await
                 .unwrap();
-            // Warm the cache: the timed loops measure cached verification.
-            authority
-                .verify(key.expose(), &VerifyRequest::default())
+            let big = |name: &str, period_s| keyward_core::RateLimit {
+                name: name.into(),
+                limit: 1_000_000_000,
+                period_s,
+                burst: None,
+                rule: None,
+            };
+            let (_, limited) = authority
+                .create_key(
+                    &admin,
+                    NewKey {
+                        service: keyward_core::ServiceName::Default,
+                        environment: EnvironmentName::parse("live").unwrap(),
+                        name: "limited".into(),
+                        owner: "bench".into(),
+                        purpose: None,
+                        permissions: fifty_permissions(),
+                        expires_at: None,
+                        ttl_s: None,
+                        meta: serde_json::Map::new(),
+                        access: keyward_core::KeyAccess {
+                            ratelimits: vec![
+                                big("burst", 1),
+                                big("minute", 60),
+                                big("daily", 86_400),
+                            ],
+                            ..keyward_core::KeyAccess::default()
+                        },
+                    },
+                )
                 .await
                 .unwrap();
-            (authority, key.expose().to_owned())
+            // Warm the cache: the timed loops measure cached verification.
+            for k in [&key, &limited] {
+                authority
+                    .verify(k.expose(), &VerifyRequest::default())
+                    .await
+                    .unwrap();
+            }
+            (
+                authority,
+                key.expose().to_owned(),
+                limited.expose().to_owned(),
+            )
         });
         Fixture {
             authority,
             key,
+            limited_key,
             query: PermissionQuery::parse(QUERY).unwrap(),
             runtime,
             _dir: dir,
@@ -160,6 +200,22 @@ fn verify_with_query(bencher: divan::Bencher) {
     };
     bencher.bench_local(|| {
         let v = now_or_block(&f.runtime, f.authority.verify(&f.key, &request)).unwrap();
+        debug_assert_eq!(v.code, VerifyCode::Valid);
+        v
+    });
+}
+
+/// The same key shape with three rate limits (GCRA, GCRA, sliding window), no query.
+#[divan::bench(sample_count = 300, sample_size = 300)]
+fn verify_with_three_limits(bencher: divan::Bencher) {
+    let f = fixture();
+    bencher.bench_local(|| {
+        let v = now_or_block(
+            &f.runtime,
+            f.authority
+                .verify(&f.limited_key, &VerifyRequest::default()),
+        )
+        .unwrap();
         debug_assert_eq!(v.code, VerifyCode::Valid);
         v
     });

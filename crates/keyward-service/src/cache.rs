@@ -58,6 +58,8 @@ type PermissionSets = HashMap<Box<[Permission]>, Arc<HeldPermissions>>;
 #[derive(Debug)]
 pub struct KeyLimits {
     pub list: Box<[keyward_core::RateLimit]>,
+    /// The limits' names, shared with every verdict that reports them.
+    pub names: Box<[Arc<str>]>,
     pub fingerprint: u64,
 }
 
@@ -244,6 +246,11 @@ impl VerifyCache {
             ratelimits: (!access.ratelimits.is_empty()).then(|| {
                 Arc::new(KeyLimits {
                     fingerprint: crate::limiter::fingerprint(&access.ratelimits),
+                    names: access
+                        .ratelimits
+                        .iter()
+                        .map(|l| Arc::from(l.name.as_str()))
+                        .collect(),
                     list: access.ratelimits.clone().into_boxed_slice(),
                 })
             }),

@@ -41,6 +41,14 @@ pub trait Limiter: Send + Sync + std::fmt::Debug + 'static {
     /// it, from none otherwise. Returns one outcome per applicable limit, in order.
     async fn check(&self, request: LimitRequest<'_>) -> Vec<LimitOutcome>;
 
+    /// The same judgement without waiting, for implementations that need no I/O to give it.
+    /// Verification tries this first and awaits [`Limiter::check`] only on `None`, so an
+    /// in-process limiter costs no future allocation per request.
+    fn check_without_waiting(&self, request: LimitRequest<'_>) -> Option<Vec<LimitOutcome>> {
+        let _ = request;
+        None
+    }
+
     /// Forgets state that no longer limits anything (every limit back to full) as of `now`.
     fn sweep(&self, now: i64);
 }
@@ -216,6 +224,10 @@ fn is_spent(state: &LimitState, now: i64) -> bool {
 impl Limiter for LocalLimiter {
     async fn check(&self, request: LimitRequest<'_>) -> Vec<LimitOutcome> {
         self.check_now(request)
+    }
+
+    fn check_without_waiting(&self, request: LimitRequest<'_>) -> Option<Vec<LimitOutcome>> {
+        Some(self.check_now(request))
     }
 
     fn sweep(&self, now: i64) {

@@ -32,7 +32,7 @@ pub struct Verification {
 /// Where a key stands against one of its limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimitStatus {
-    pub name: String,
+    pub name: Arc<str>,
     pub limit: u64,
     pub period_s: u64,
     pub remaining: u64,
@@ -162,26 +162,28 @@ impl Authority {
             }
             let applies = applies.get(..limits.list.len()).unwrap_or_default();
             if applies.iter().any(|a| *a) {
-                let outcomes = self
-                    .limiter
-                    .check(LimitRequest {
-                        key: key.id,
-                        limits: &limits.list,
-                        applies,
-                        cost: request.cost,
-                        now: now.unix_ms().saturating_mul(1_000_000),
-                        fingerprint: limits.fingerprint,
-                    })
-                    .await;
+                let request = LimitRequest {
+                    key: key.id,
+                    limits: &limits.list,
+                    applies,
+                    cost: request.cost,
+                    now: now.unix_ms().saturating_mul(1_000_000),
+                    fingerprint: limits.fingerprint,
+                };
+                let outcomes = match self.limiter.check_without_waiting(request) {
+                    Some(outcomes) => outcomes,
+                    None => self.limiter.check(request).await,
+                };
                 let applicable = limits
                     .list
                     .iter()
+                    .zip(limits.names.iter())
                     .zip(applies)
                     .filter(|(_, a)| **a)
                     .map(|(l, _)| l);
-                for (limit, outcome) in applicable.zip(&outcomes) {
+                for ((limit, name), outcome) in applicable.zip(&outcomes) {
                     verdict.ratelimits.push(RateLimitStatus {
-                        name: limit.name.clone(),
+                        name: Arc::clone(name),
                         limit: limit.limit,
                         period_s: limit.period_s,
                         remaining: outcome.remaining,

@@ -199,7 +199,7 @@ pub async fn verify(
             .ratelimits
             .into_iter()
             .map(|r| RateLimitState {
-                name: r.name,
+                name: r.name.to_string(),
                 limit: r.limit,
                 period_s: r.period_s,
                 remaining: r.remaining,
