@@ -263,10 +263,19 @@ pub fn check(
                     to_next
                 }
             };
+            // Back at full allowance once everything counted has slid out: what the current
+            // window holds leaves at the end of the next window.
+            let reset_ns = if new_current > 0 {
+                period.saturating_add(period - elapsed)
+            } else if previous > 0 {
+                period - elapsed
+            } else {
+                0
+            };
             let outcome = LimitOutcome {
                 admitted,
                 remaining: u64::try_from((limit_n - used).max(0)).unwrap_or(0),
-                reset_ns: period - elapsed,
+                reset_ns,
                 retry_after_ns,
             };
             (
