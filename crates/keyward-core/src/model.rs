@@ -232,8 +232,12 @@ pub struct KeyAccess {
     pub denied_cidrs: Vec<Cidr>,
     /// For admin keys: the environments whose keys it may manage (`None`: all).
     pub admin_environments: Option<Vec<EnvironmentName>>,
-    /// Named rate limits; a request is admitted only if every applicable one admits it.
+    /// Named rate limits; a request is admitted only if every applicable one admits it. They
+    /// add to the plan's; one with a plan limit's name replaces it for this key.
     pub ratelimits: Vec<crate::RateLimit>,
+    /// The plan (tier) whose limits the key has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanName>,
 }
 
 impl KeyAccess {
@@ -266,53 +270,74 @@ pub struct Grant {
     pub granted_by: String,
 }
 
-/// A role's name: 1-64 characters of `[a-z0-9_.-]`, starting with a letter or digit.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RoleName(String);
+macro_rules! slug_type {
+    ($(#[$doc:meta])* $name:ident, $invalid:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("a role name is 1-64 characters of [a-z0-9_.-], starting with a letter or digit")]
-pub struct InvalidRoleName;
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+        #[error("a {} name is 1-64 characters of [a-z0-9_.-], starting with a letter or digit", $what)]
+        pub struct $invalid;
 
-impl RoleName {
-    pub fn parse(text: &str) -> Result<Self, InvalidRoleName> {
-        let ok = (1..=64).contains(&text.len())
-            && text
-                .bytes()
-                .next()
-                .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            && text.bytes().all(|b| {
-                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
-            });
-        if ok {
-            Ok(RoleName(text.to_owned()))
-        } else {
-            Err(InvalidRoleName)
+        impl $name {
+            pub fn parse(text: &str) -> Result<Self, $invalid> {
+                let ok = (1..=64).contains(&text.len())
+                    && text.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                    && text
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'));
+                if ok { Ok($name(text.to_owned())) } else { Err($invalid) }
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
         }
-    }
 
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                $name::parse(&text).map_err(serde::de::Error::custom)
+            }
+        }
+    };
 }
 
-impl fmt::Display for RoleName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+slug_type!(
+    /// A role's name: 1-64 characters of `[a-z0-9_.-]`, starting with a letter or digit.
+    RoleName,
+    InvalidRoleName,
+    "role"
+);
+slug_type!(
+    /// A plan's name, with the same rules as a role's.
+    PlanName,
+    InvalidPlanName,
+    "plan"
+);
 
-impl Serialize for RoleName {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for RoleName {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        RoleName::parse(&text).map_err(serde::de::Error::custom)
-    }
+/// A named set of rate limits (a tier: `free`, `pro`, …). Every key on the plan has its
+/// limits; changing the plan changes them for every such key at once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanRecord {
+    pub name: PlanName,
+    pub description: Option<String>,
+    pub ratelimits: Vec<crate::RateLimit>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
 }
 
 /// A named, reusable set of permissions.

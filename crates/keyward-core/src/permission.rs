@@ -188,6 +188,8 @@ pub mod admin {
     pub const ROLES_READ: &str = "roles:read";
     pub const ENVIRONMENTS_MANAGE: &str = "environments:manage";
     pub const ENVIRONMENTS_READ: &str = "environments:read";
+    pub const PLANS_MANAGE: &str = "plans:manage";
+    pub const PLANS_READ: &str = "plans:read";
 }
 
 #[cfg(test)]

@@ -97,6 +97,7 @@ impl RequestIds {
         (name = "audit", description = "The hash-chained audit log"),
         (name = "environments", description = "Environments, their secrets and policies"),
         (name = "roles", description = "Reusable permission sets"),
+        (name = "plans", description = "Tiers: named sets of rate limits"),
         (name = "system", description = "Health, readiness and metrics"),
     )
 )]
@@ -142,6 +143,15 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
             routes::roles::show_role,
             routes::roles::replace_role,
             routes::roles::delete_role
+        ))
+        .routes(routes!(
+            routes::plans::list_plans,
+            routes::plans::create_plan
+        ))
+        .routes(routes!(
+            routes::plans::show_plan,
+            routes::plans::replace_plan,
+            routes::plans::delete_plan
         ))
         .routes(routes!(routes::verify::verify))
         .routes(routes!(routes::audit::list_audit))

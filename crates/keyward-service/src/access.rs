@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use keyward_core::{
     Cidr, CidrSet, EnvironmentName, EnvironmentPolicy, Grant, KeyId, KeyRecord, PathRule,
-    Permission, PermissionQuery, RoleName, RoleRecord, Timestamp,
+    Permission, PermissionQuery, PlanName, PlanRecord, RoleName, RoleRecord, Timestamp,
 };
 use keyward_crypto::HmacSecret;
 use keyward_store::{Changes, EnvironmentRecord};
@@ -216,6 +216,11 @@ impl Authority {
     /// Checks a key's settings against its environment's policy and its roles' existence.
     pub(crate) fn check_key_policy(&self, key: &KeyRecord) -> Result<(), ServiceError> {
         check_ratelimits(&key.access.ratelimits)?;
+        if let Some(plan) = &key.access.plan
+            && !read(&self.plans).contains_key(plan)
+        {
+            return Err(invalid("plan", format!("no plan named {plan}")));
+        }
         let env = self.environment(key.environment.as_str()).ok_or_else(|| {
             invalid(
                 "environment",
@@ -489,6 +494,131 @@ impl Authority {
         Ok(())
     }
 
+    // ---- plans -------------------------------------------------------------------------------
+
+    pub fn plans(&self) -> Vec<PlanRecord> {
+        let mut out: Vec<PlanRecord> = read(&self.plans).values().map(|p| (**p).clone()).collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    pub fn plan(&self, name: &PlanName) -> Result<PlanRecord, ServiceError> {
+        read(&self.plans)
+            .get(name)
+            .map(|p| (**p).clone())
+            .ok_or(ServiceError::NotFound { what: "plan" })
+    }
+
+    /// Creates a plan, or replaces one (`replace`). Every key on it has the new limits before
+    /// this returns.
+    pub async fn put_plan(
+        &self,
+        actor: &Actor,
+        name: PlanName,
+        description: Option<String>,
+        ratelimits: Vec<keyward_core::RateLimit>,
+        replace: bool,
+    ) -> Result<PlanRecord, ServiceError> {
+        check_ratelimits(&ratelimits)?;
+        if let Some(d) = &description
+            && (d.chars().count() > crate::limits::PURPOSE_CHARS || d.chars().any(char::is_control))
+        {
+            return Err(invalid("description", "at most 1000 printable characters"));
+        }
+        let mut head = self.writer.lock().await;
+        let now = self.clock.now();
+        let existing = read(&self.plans).get(&name).cloned();
+        let record = match (existing, replace) {
+            (Some(_), false) => return Err(ServiceError::Conflict(format!("plan {name} exists"))),
+            (None, true) => return Err(ServiceError::NotFound { what: "plan" }),
+            (Some(old), true) => PlanRecord {
+                description,
+                ratelimits,
+                updated_at: now,
+                ..(*old).clone()
+            },
+            (None, false) => PlanRecord {
+                name: name.clone(),
+                description,
+                ratelimits,
+                created_at: now,
+                updated_at: now,
+            },
+        };
+        let entry = PendingEntry {
+            actor: actor.audit_name(),
+            action: if replace {
+                "plan.update"
+            } else {
+                "plan.create"
+            },
+            target: Some(name.to_string()),
+            details: json!({ "ratelimits": record.ratelimits }),
+        };
+        self.commit(
+            &mut head,
+            Changes {
+                upsert_plans: vec![record.clone()],
+                ..Changes::default()
+            },
+            vec![entry],
+        )
+        .await?;
+        write(&self.plans).insert(name, Arc::new(record.clone()));
+        self.cache.clear();
+        Ok(record)
+    }
+
+    /// Deletes a plan no key is on.
+    pub async fn delete_plan(&self, actor: &Actor, name: &PlanName) -> Result<(), ServiceError> {
+        let mut head = self.writer.lock().await;
+        if !read(&self.plans).contains_key(name) {
+            return Err(ServiceError::NotFound { what: "plan" });
+        }
+        let holders = self.store.count_keys_with_plan(name.clone()).await?;
+        if holders > 0 {
+            return Err(ServiceError::Conflict(format!(
+                "{holders} key(s) are on plan {name}; move them first"
+            )));
+        }
+        let entry = PendingEntry {
+            actor: actor.audit_name(),
+            action: "plan.delete",
+            target: Some(name.to_string()),
+            details: json!({}),
+        };
+        self.commit(
+            &mut head,
+            Changes {
+                delete_plans: vec![name.clone()],
+                ..Changes::default()
+            },
+            vec![entry],
+        )
+        .await?;
+        write(&self.plans).remove(name);
+        self.cache.clear();
+        Ok(())
+    }
+
+    /// A key's limits: its plan's, then its own; its own replace the plan's of the same name.
+    pub(crate) fn limits_of(&self, key: &KeyRecord) -> Vec<keyward_core::RateLimit> {
+        let own = &key.access.ratelimits;
+        let plan = key
+            .access
+            .plan
+            .as_ref()
+            .and_then(|p| read(&self.plans).get(p).cloned());
+        let mut limits: Vec<keyward_core::RateLimit> = plan
+            .iter()
+            .flat_map(|p| p.ratelimits.iter())
+            .filter(|l| !own.iter().any(|o| o.name == l.name))
+            .cloned()
+            .collect();
+        limits.extend(own.iter().cloned());
+        limits
+    }
+
     // ---- grants ------------------------------------------------------------------------------
 
     /// Grants a permission or a role to a key until a time. It lapses by itself then; the lapse
@@ -701,10 +831,10 @@ pub fn parse_path_rules(
 
 /// Checks a key's rate limits: each valid, names unique, at most 16.
 pub fn check_ratelimits(limits: &[keyward_core::RateLimit]) -> Result<(), ServiceError> {
-    if limits.len() > crate::limiter::MAX_LIMITS {
+    if limits.len() > crate::limiter::MAX_OWN_LIMITS {
         return Err(invalid(
             "ratelimits",
-            format!("at most {} limits", crate::limiter::MAX_LIMITS),
+            format!("at most {} limits", crate::limiter::MAX_OWN_LIMITS),
         ));
     }
     for (i, limit) in limits.iter().enumerate() {

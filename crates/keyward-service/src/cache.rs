@@ -228,6 +228,7 @@ impl VerifyCache {
         env: Arc<EnvironmentState>,
         held: Vec<Permission>,
         grants: Vec<(Permission, Timestamp)>,
+        limits: Vec<keyward_core::RateLimit>,
     ) -> Arc<CachedKey> {
         let access = &key.access;
         let network = access.network();
@@ -243,15 +244,11 @@ impl VerifyCache {
                 .then(|| Arc::from(access.path_rules.as_slice())),
             network: (!network.is_empty()).then(|| Arc::new(network)),
             admin_environments: access.admin_environments.as_deref().map(Arc::from),
-            ratelimits: (!access.ratelimits.is_empty()).then(|| {
+            ratelimits: (!limits.is_empty()).then(|| {
                 Arc::new(KeyLimits {
-                    fingerprint: crate::limiter::fingerprint(&access.ratelimits),
-                    names: access
-                        .ratelimits
-                        .iter()
-                        .map(|l| Arc::from(l.name.as_str()))
-                        .collect(),
-                    list: access.ratelimits.clone().into_boxed_slice(),
+                    fingerprint: crate::limiter::fingerprint(&limits),
+                    names: limits.iter().map(|l| Arc::from(l.name.as_str())).collect(),
+                    list: limits.into_boxed_slice(),
                 })
             }),
             meta: (!key.meta.is_empty()).then(|| Arc::new(key.meta.clone())),
@@ -384,7 +381,7 @@ mod tests {
         let held = record.permissions.clone();
         (
             record.hash,
-            VerifyCache::new(1).entry_for(&record, test_env(), held, Vec::new()),
+            VerifyCache::new(1).entry_for(&record, test_env(), held, Vec::new(), Vec::new()),
         )
     }
 
@@ -420,8 +417,14 @@ mod tests {
             keyward_store::conformance::sample_key(4, "live"),
         );
         let env = test_env();
-        let a = cache.entry_for(&ka, Arc::clone(&env), ka.permissions.clone(), Vec::new());
-        let b = cache.entry_for(&kb, env, kb.permissions.clone(), Vec::new());
+        let a = cache.entry_for(
+            &ka,
+            Arc::clone(&env),
+            ka.permissions.clone(),
+            Vec::new(),
+            Vec::new(),
+        );
+        let b = cache.entry_for(&kb, env, kb.permissions.clone(), Vec::new(), Vec::new());
         assert!(Arc::ptr_eq(&a.owner, &b.owner));
         assert!(Arc::ptr_eq(&a.permissions, &b.permissions));
         assert!(Arc::ptr_eq(&a.env, &b.env));

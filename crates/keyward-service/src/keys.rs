@@ -64,6 +64,8 @@ pub struct KeyUpdate {
     pub allowed_cidrs: Option<Vec<keyward_core::Cidr>>,
     pub denied_cidrs: Option<Vec<keyward_core::Cidr>>,
     pub ratelimits: Option<Vec<keyward_core::RateLimit>>,
+    /// `Some(None)` takes the key off its plan.
+    pub plan: Option<Option<keyward_core::PlanName>>,
 }
 
 /// One page of a key listing.
@@ -488,6 +490,10 @@ impl Authority {
         if let Some(limits) = update.ratelimits {
             changed.insert("ratelimits".into(), json!(limits));
             key.access.ratelimits = limits;
+        }
+        if let Some(plan) = update.plan {
+            changed.insert("plan".into(), json!(plan));
+            key.access.plan = plan;
         }
         key.updated_at = now;
         self.check_key_policy(&key)?;

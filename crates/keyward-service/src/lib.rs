@@ -112,6 +112,7 @@ pub struct Authority {
     secrets: Arc<dyn EnvironmentSecrets>,
     environments: RwLock<HashMap<EnvironmentName, Arc<EnvState>>>,
     roles: RwLock<HashMap<RoleName, Arc<RoleRecord>>>,
+    plans: RwLock<HashMap<keyward_core::PlanName, Arc<keyward_core::PlanRecord>>>,
     cache: VerifyCache,
     usage: UsageRecorder,
     /// Rate-limit state: in this process until a cluster-wide limiter is configured.
@@ -147,6 +148,12 @@ impl Authority {
             .into_iter()
             .map(|role| (role.name.clone(), Arc::new(role)))
             .collect();
+        let plans = store
+            .plans()
+            .await?
+            .into_iter()
+            .map(|plan| (plan.name.clone(), Arc::new(plan)))
+            .collect();
         let head = store.audit_head().await?.unwrap_or(AuditHead {
             seq: 0,
             hash: GENESIS_HASH.to_owned(),
@@ -165,6 +172,7 @@ impl Authority {
             secrets,
             environments: RwLock::new(environments),
             roles: RwLock::new(roles),
+            plans: RwLock::new(plans),
             cache,
             usage,
             limiter: Arc::new(limiter::LocalLimiter::new()),

@@ -32,8 +32,10 @@ pub struct LimitRequest<'a> {
     pub fingerprint: u64,
 }
 
-/// The most limits one key may have.
-pub const MAX_LIMITS: usize = 16;
+/// The most limits one key may have of its own; a plan may have as many again.
+pub const MAX_OWN_LIMITS: usize = 16;
+/// The most limits judged for one key: its own and its plan's.
+pub const MAX_LIMITS: usize = 2 * MAX_OWN_LIMITS;
 
 #[async_trait]
 pub trait Limiter: Send + Sync + std::fmt::Debug + 'static {

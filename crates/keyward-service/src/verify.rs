@@ -228,7 +228,8 @@ impl Authority {
                     return Ok(Lookup::Unknown);
                 };
                 let (held, grants) = self.held_by(&record);
-                let key = self.cache.entry_for(&record, env, held, grants);
+                let limits = self.limits_of(&record);
+                let key = self.cache.entry_for(&record, env, held, grants, limits);
                 self.cache.insert_if_current(hash, Arc::clone(&key), epoch);
                 Ok(Self::same_environment(&parsed, key))
             }

@@ -13,7 +13,8 @@
 use keyward_core::audit::{AuditEntry, GENESIS_HASH};
 use keyward_core::{
     Cidr, EnvironmentName, EnvironmentPolicy, Grant, KeyAccess, KeyHash, KeyId, KeyRecord,
-    KeyStatus, PathRule, Permission, RoleName, RoleRecord, ServiceName, Timestamp,
+    KeyStatus, PathRule, Permission, PlanName, PlanRecord, RoleName, RoleRecord, ServiceName,
+    Timestamp,
 };
 use uuid::Uuid;
 
@@ -80,6 +81,7 @@ pub async fn run(store: &dyn Store) {
     usage(store).await;
     listing(store).await;
     access_and_roles(store).await;
+    plans(store).await;
     store.ping().await.unwrap();
 }
 
@@ -379,6 +381,7 @@ async fn access_and_roles(store: &dyn Store) {
             burst: Some(10),
             rule: Some(PathRule::parse("POST /v1/export/**").unwrap()),
         }],
+        plan: None,
     };
     store
         .apply(Changes {
@@ -510,4 +513,91 @@ async fn access_and_roles(store: &dyn Store) {
         .find(|e| e.name.as_str() == "live")
         .unwrap();
     assert_eq!(stored, live);
+}
+
+async fn plans(store: &dyn Store) {
+    let at = |ms| Timestamp::from_unix_ms(ms);
+    let plan = PlanRecord {
+        name: PlanName::parse("pro").unwrap(),
+        description: Some("paying customers".into()),
+        ratelimits: vec![keyward_core::RateLimit {
+            name: "burst".into(),
+            limit: 100,
+            period_s: 1,
+            burst: None,
+            rule: None,
+        }],
+        created_at: at(1),
+        updated_at: at(1),
+    };
+    store
+        .apply(Changes {
+            upsert_plans: vec![plan.clone()],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    let mut changed = plan.clone();
+    changed.ratelimits[0].limit = 200;
+    changed.updated_at = at(2);
+    store
+        .apply(Changes {
+            upsert_plans: vec![changed.clone()],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.plans().await.unwrap(), vec![changed]);
+
+    let mut key = sample_key(60, "live");
+    key.access.plan = Some(plan.name.clone());
+    store
+        .apply(Changes {
+            insert_keys: vec![key.clone()],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.count_keys_with_plan(plan.name.clone()).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .count_keys_with_plan(PlanName::parse("free").unwrap())
+            .await
+            .unwrap(),
+        0
+    );
+    key.status = KeyStatus::Revoked;
+    store
+        .apply(Changes {
+            update_keys: vec![key],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.count_keys_with_plan(plan.name.clone()).await.unwrap(),
+        0
+    );
+
+    store
+        .apply(Changes {
+            delete_plans: vec![plan.name.clone()],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    assert!(store.plans().await.unwrap().is_empty());
+    let missing = store
+        .apply(Changes {
+            delete_plans: vec![plan.name],
+            ..Changes::default()
+        })
+        .await;
+    assert!(
+        matches!(missing, Err(StoreError::NotFound(_))),
+        "{missing:?}"
+    );
 }

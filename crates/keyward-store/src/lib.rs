@@ -9,8 +9,8 @@ use std::fmt;
 use async_trait::async_trait;
 use keyward_core::audit::AuditEntry;
 use keyward_core::{
-    EnvironmentName, EnvironmentPolicy, KeyHash, KeyId, KeyRecord, KeyStatus, RoleName, RoleRecord,
-    ServiceName, Timestamp,
+    EnvironmentName, EnvironmentPolicy, KeyHash, KeyId, KeyRecord, KeyStatus, PlanName, PlanRecord,
+    RoleName, RoleRecord, ServiceName, Timestamp,
 };
 
 pub mod conformance;
@@ -63,6 +63,9 @@ pub struct Changes {
     /// Roles created or replaced whole.
     pub upsert_roles: Vec<RoleRecord>,
     pub delete_roles: Vec<RoleName>,
+    /// Plans created or replaced whole.
+    pub upsert_plans: Vec<PlanRecord>,
+    pub delete_plans: Vec<PlanName>,
     pub insert_keys: Vec<KeyRecord>,
     /// Full records whose mutable fields replace the stored ones. `last_used_at` and `uses` are
     /// left alone: they belong to [`Store::record_usage`].
@@ -110,6 +113,11 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn environments(&self) -> Result<Vec<EnvironmentRecord>, StoreError>;
 
     async fn roles(&self) -> Result<Vec<RoleRecord>, StoreError>;
+
+    async fn plans(&self) -> Result<Vec<PlanRecord>, StoreError>;
+
+    /// How many keys that are not revoked are on `plan`.
+    async fn count_keys_with_plan(&self, plan: PlanName) -> Result<u64, StoreError>;
 
     /// How many keys that are not revoked hold `role` (directly or as a grant).
     async fn count_keys_with_role(&self, role: RoleName) -> Result<u64, StoreError>;

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use keyward_core::audit::{AuditEntry, GENESIS_HASH};
 use keyward_core::{
-    EnvironmentName, KeyHash, KeyId, KeyRecord, KeyStatus, Permission, RoleName, RoleRecord,
-    ServiceName, Timestamp,
+    EnvironmentName, KeyHash, KeyId, KeyRecord, KeyStatus, Permission, PlanName, PlanRecord,
+    RoleName, RoleRecord, ServiceName, Timestamp,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 
@@ -19,6 +19,7 @@ use crate::{AuditHead, Changes, EnvironmentRecord, KeyQuery, KeyUsage, Store, St
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
     include_str!("../migrations/sqlite/0002_access.sql"),
+    include_str!("../migrations/sqlite/0003_plans.sql"),
 ];
 
 /// Readers kept open for reuse; more are opened under load and closed after. Opening one costs
@@ -346,6 +347,32 @@ fn apply_changes(conn: &mut Connection, changes: &Changes) -> Result<(), StoreEr
         )
         .map_err(map_write_error)?;
     }
+    for plan in &changes.upsert_plans {
+        let limits = serde_json::to_string(&plan.ratelimits)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        tx.execute(
+            "INSERT INTO plans (name, description, ratelimits, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (name) DO UPDATE SET \
+             description = excluded.description, ratelimits = excluded.ratelimits, \
+             updated_at = excluded.updated_at",
+            params![
+                plan.name.as_str(),
+                plan.description,
+                limits,
+                plan.created_at.unix_ms(),
+                plan.updated_at.unix_ms()
+            ],
+        )
+        .map_err(map_write_error)?;
+    }
+    for name in &changes.delete_plans {
+        let changed = tx
+            .execute("DELETE FROM plans WHERE name = ?1", params![name.as_str()])
+            .map_err(map_write_error)?;
+        if changed == 0 {
+            return Err(StoreError::NotFound(name.to_string()));
+        }
+    }
     for name in &changes.delete_roles {
         let changed = tx
             .execute("DELETE FROM roles WHERE name = ?1", params![name.as_str()])
@@ -479,6 +506,44 @@ impl Store for SqliteStore {
                 out.push(role_from_row(row)?);
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn plans(&self) -> Result<Vec<PlanRecord>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT name, description, ratelimits, created_at, updated_at FROM plans ORDER BY name")
+                .map_err(unavailable)?;
+            let mut rows = stmt.query([]).map_err(unavailable)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(unavailable)? {
+                let get_err = |e: rusqlite::Error| StoreError::Corrupt(e.to_string());
+                let name: String = row.get(0).map_err(get_err)?;
+                let limits: String = row.get(2).map_err(get_err)?;
+                out.push(PlanRecord {
+                    name: PlanName::parse(&name).map_err(|_| corrupt("plan name"))?,
+                    description: row.get(1).map_err(get_err)?,
+                    ratelimits: serde_json::from_str(&limits).map_err(|_| corrupt("plan limits"))?,
+                    created_at: Timestamp::from_unix_ms(row.get(3).map_err(get_err)?),
+                    updated_at: Timestamp::from_unix_ms(row.get(4).map_err(get_err)?),
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn count_keys_with_plan(&self, plan: PlanName) -> Result<u64, StoreError> {
+        self.read(move |conn| {
+            let count: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM keys WHERE status != 'revoked' AND json_extract(access, '$.plan') = ?1",
+                    params![plan.as_str()],
+                    |row| row.get(0),
+                )
+                .map_err(unavailable)?;
+            Ok(u64::try_from(count).unwrap_or(0))
         })
         .await
     }

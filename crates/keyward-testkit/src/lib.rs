@@ -60,6 +60,12 @@ impl Store for CountingStore {
     async fn roles(&self) -> Result<Vec<RoleRecord>, StoreError> {
         self.inner.roles().await
     }
+    async fn plans(&self) -> Result<Vec<keyward_core::PlanRecord>, StoreError> {
+        self.inner.plans().await
+    }
+    async fn count_keys_with_plan(&self, plan: keyward_core::PlanName) -> Result<u64, StoreError> {
+        self.inner.count_keys_with_plan(plan).await
+    }
     async fn count_keys_with_role(&self, role: RoleName) -> Result<u64, StoreError> {
         self.inner.count_keys_with_role(role).await
     }

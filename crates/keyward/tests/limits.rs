@@ -306,3 +306,94 @@ async fn bad_limits_and_costs_are_refused_naming_the_field() {
         );
     }
 }
+
+#[tokio::test]
+async fn plans_change_every_key_on_them_at_once() {
+    let app = spawn_app().await;
+    let (status, plan) = app
+        .call(Method::POST, "/v1/plans", Some(json!({"name": "free", "description": "tier 0", "ratelimits": [{"name": "burst", "limit": 3, "period_s": 10}]})))
+        .await;
+    assert_eq!(status, 201, "{plan}");
+    let a = app.create_key("live", json!({"plan": "free"})).await;
+    let b = app
+        .create_key(
+            "live",
+            json!({"plan": "free", "ratelimits": [{"name": "burst", "limit": 1, "period_s": 10}]}),
+        )
+        .await;
+    let (ka, kb) = (
+        a["key"].as_str().unwrap().to_owned(),
+        b["key"].as_str().unwrap().to_owned(),
+    );
+    assert_eq!(a["plan"], "free");
+    for _ in 0..3 {
+        assert_eq!(code(&app, json!({"key": ka})).await, "VALID");
+    }
+    assert_eq!(code(&app, json!({"key": ka})).await, "RATE_LIMITED");
+    // A key's own limit replaces the plan's of the same name.
+    assert_eq!(code(&app, json!({"key": kb})).await, "VALID");
+    assert_eq!(code(&app, json!({"key": kb})).await, "RATE_LIMITED");
+
+    let (status, _) = app
+        .call(Method::PUT, "/v1/plans/free", Some(json!({"ratelimits": [{"name": "burst", "limit": 5, "period_s": 10}, {"name": "daily", "limit": 1000, "period_s": 86400}]})))
+        .await;
+    assert_eq!(status, 200);
+    let (v, _) = verify(&app, json!({"key": ka})).await;
+    assert_eq!(v["code"], "VALID", "the new plan applies at once: {v}");
+    assert_eq!(v["ratelimits"].as_array().unwrap().len(), 2);
+    assert_eq!(v["ratelimits"][0]["limit"], 5);
+
+    for (method, path, body, expected) in [
+        (
+            Method::POST,
+            "/v1/keys",
+            Some(json!({"environment": "live", "name": "n", "owner": "o", "plan": "gold"})),
+            400,
+        ),
+        (
+            Method::POST,
+            "/v1/plans",
+            Some(json!({"name": "free", "ratelimits": []})),
+            409,
+        ),
+        (
+            Method::POST,
+            "/v1/plans",
+            Some(json!({"name": "x", "ratelimits": [{"name": "a", "limit": 0, "period_s": 1}]})),
+            400,
+        ),
+        (Method::DELETE, "/v1/plans/free", None, 409),
+        (Method::GET, "/v1/plans/gold", None, 404),
+    ] {
+        let (status, err) = app.call(method.clone(), path, body).await;
+        assert_eq!(status, expected, "{method} {path}: {err}");
+    }
+    for key in [&a, &b] {
+        let id = key["id"].as_str().unwrap();
+        let (status, updated) = app
+            .call(
+                Method::PATCH,
+                &format!("/v1/keys/{id}"),
+                Some(json!({"plan": null})),
+            )
+            .await;
+        assert_eq!(status, 200);
+        assert!(updated.get("plan").is_none(), "{updated}");
+    }
+    let (v, _) = verify(&app, json!({"key": ka})).await;
+    assert!(
+        v.get("ratelimits").is_none(),
+        "off the plan, no limits: {v}"
+    );
+    let (status, _) = app.call(Method::DELETE, "/v1/plans/free", None).await;
+    assert_eq!(status, 204);
+    let actions: Vec<String> = app
+        .audit()
+        .await
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect();
+    for action in ["plan.create", "plan.update", "plan.delete"] {
+        assert!(actions.contains(&action.to_owned()), "{action} not audited");
+    }
+}

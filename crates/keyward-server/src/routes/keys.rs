@@ -77,6 +77,9 @@ pub struct KeyView {
     #[schema(value_type = Option<Vec<String>>)]
     pub admin_environments: Option<Vec<EnvironmentName>>,
     pub ratelimits: Vec<RateLimitView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub plan: Option<keyward_core::PlanName>,
 }
 
 impl From<KeyRecord> for KeyView {
@@ -113,6 +116,7 @@ impl From<KeyRecord> for KeyView {
                 .into_iter()
                 .map(RateLimitView::from)
                 .collect(),
+            plan: k.access.plan,
         }
     }
 }
@@ -199,6 +203,9 @@ pub struct CreateKeyRequest {
     #[serde(default)]
     #[schema(max_items = 16)]
     pub ratelimits: Vec<RateLimitView>,
+    /// A plan (tier) whose limits the key has besides its own.
+    #[schema(value_type = Option<RoleText>)]
+    pub plan: Option<String>,
 }
 
 /// A rate limit: at most `limit` requests per `period_s`. Periods up to 60 s use GCRA (even
@@ -231,6 +238,11 @@ impl From<keyward_core::RateLimit> for RateLimitView {
             rule: l.rule.map(|r| r.to_string()),
         }
     }
+}
+
+pub(crate) fn parse_plan(text: &str) -> Result<keyward_core::PlanName, ApiError> {
+    keyward_core::PlanName::parse(text)
+        .map_err(|e| ApiError::field("plan", format!("{text:?}: {e}")))
 }
 
 pub(crate) fn parse_ratelimits(
@@ -287,8 +299,10 @@ fn parse_access(
     denied: &[String],
     admin_environments: Option<&[String]>,
     ratelimits: &[RateLimitView],
+    plan: Option<&str>,
 ) -> Result<KeyAccess, ApiError> {
     Ok(KeyAccess {
+        plan: plan.map(parse_plan).transpose()?,
         ratelimits: parse_ratelimits(ratelimits)?,
         roles: parse_roles("roles", roles)?,
         grants: Vec::new(),
@@ -376,6 +390,7 @@ pub async fn create_key(
             &body.denied_cidrs,
             body.admin_environments.as_deref(),
             &body.ratelimits,
+            body.plan.as_deref(),
         )?,
     };
     let (record, key) = state.authority.create_key(&actor, new).await?;
@@ -547,6 +562,10 @@ pub struct UpdateKeyRequest {
     pub denied_cidrs: Option<Vec<String>>,
     /// Replaces the key's rate limits (their state starts afresh).
     pub ratelimits: Option<Vec<RateLimitView>>,
+    /// Moves the key to another plan; `null` takes it off its plan.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<RoleText>)]
+    pub plan: Option<Option<String>>,
 }
 
 #[utoipa::path(
@@ -610,6 +629,10 @@ pub async fn update_key(
             .ratelimits
             .as_deref()
             .map(parse_ratelimits)
+            .transpose()?,
+        plan: body
+            .plan
+            .map(|p| p.as_deref().map(parse_plan).transpose())
             .transpose()?,
     };
     Ok(Json(

@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod environments;
 pub mod keys;
+pub mod plans;
 pub mod roles;
 pub mod system;
 pub mod verify;

@@ -1,0 +1,153 @@
+//! `/v1/plans`: tiers, named sets of rate limits. A plan's change reaches every key on it
+//! before the call returns.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use keyward_core::permission::admin;
+use keyward_core::{PlanName, PlanRecord, Timestamp};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::AppState;
+use crate::error::{ApiError, ErrorResponses};
+use crate::extract::{Caller, JsonBody};
+use crate::routes::keys::{RateLimitView, RoleText, parse_plan, parse_ratelimits};
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PlanView {
+    #[schema(value_type = String)]
+    pub name: PlanName,
+    pub description: Option<String>,
+    pub ratelimits: Vec<RateLimitView>,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: Timestamp,
+}
+
+impl From<PlanRecord> for PlanView {
+    fn from(p: PlanRecord) -> Self {
+        PlanView {
+            name: p.name,
+            description: p.description,
+            ratelimits: p.ratelimits.into_iter().map(RateLimitView::from).collect(),
+            created_at: p.created_at,
+            updated_at: p.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PlanList {
+    pub plans: Vec<PlanView>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePlanRequest {
+    #[schema(value_type = RoleText)]
+    pub name: String,
+    #[schema(max_length = 1000)]
+    pub description: Option<String>,
+    #[schema(max_items = 16)]
+    pub ratelimits: Vec<RateLimitView>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplacePlanRequest {
+    #[schema(max_length = 1000)]
+    pub description: Option<String>,
+    #[schema(max_items = 16)]
+    pub ratelimits: Vec<RateLimitView>,
+}
+
+fn plan_name(text: &str) -> Result<PlanName, ApiError> {
+    PlanName::parse(text).map_err(|_| ApiError::not_found("plan"))
+}
+
+#[utoipa::path(get, path = "/v1/plans", tag = "plans",
+    responses((status = 200, body = PlanList), ErrorResponses), security(("bearer" = [])))]
+pub async fn list_plans(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<PlanList>, ApiError> {
+    caller.authenticate(&state, admin::PLANS_READ).await?;
+    Ok(Json(PlanList {
+        plans: state
+            .authority
+            .plans()
+            .into_iter()
+            .map(PlanView::from)
+            .collect(),
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/plans", tag = "plans", request_body = CreatePlanRequest,
+    responses((status = 201, body = PlanView), ErrorResponses), security(("bearer" = [])))]
+pub async fn create_plan(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<CreatePlanRequest>,
+) -> Result<(StatusCode, Json<PlanView>), ApiError> {
+    let actor = caller.authenticate(&state, admin::PLANS_MANAGE).await?;
+    let name = parse_plan(&body.name).map_err(|e| ApiError {
+        field: Some("name".into()),
+        ..e
+    })?;
+    let limits = parse_ratelimits(&body.ratelimits)?;
+    let plan = state
+        .authority
+        .put_plan(&actor, name, body.description, limits, false)
+        .await?;
+    Ok((StatusCode::CREATED, Json(plan.into())))
+}
+
+#[utoipa::path(get, path = "/v1/plans/{name}", tag = "plans", params(("name" = String, Path)),
+    responses((status = 200, body = PlanView), ErrorResponses), security(("bearer" = [])))]
+pub async fn show_plan(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<PlanView>, ApiError> {
+    caller.authenticate(&state, admin::PLANS_READ).await?;
+    Ok(Json(state.authority.plan(&plan_name(&name)?)?.into()))
+}
+
+#[utoipa::path(put, path = "/v1/plans/{name}", tag = "plans", params(("name" = String, Path)),
+    request_body = ReplacePlanRequest,
+    responses((status = 200, description = "Replaced; every key on the plan has the new limits at once", body = PlanView), ErrorResponses),
+    security(("bearer" = [])))]
+pub async fn replace_plan(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody<ReplacePlanRequest>,
+) -> Result<Json<PlanView>, ApiError> {
+    let actor = caller.authenticate(&state, admin::PLANS_MANAGE).await?;
+    let name = plan_name(&name)?;
+    let limits = parse_ratelimits(&body.ratelimits)?;
+    Ok(Json(
+        state
+            .authority
+            .put_plan(&actor, name, body.description, limits, true)
+            .await?
+            .into(),
+    ))
+}
+
+#[utoipa::path(delete, path = "/v1/plans/{name}", tag = "plans", params(("name" = String, Path)),
+    responses((status = 204, description = "Deleted"), ErrorResponses), security(("bearer" = [])))]
+pub async fn delete_plan(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let actor = caller.authenticate(&state, admin::PLANS_MANAGE).await?;
+    state
+        .authority
+        .delete_plan(&actor, &plan_name(&name)?)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
