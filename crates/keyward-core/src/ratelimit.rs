@@ -218,25 +218,28 @@ pub fn check(
             )
         }
         Algorithm::SlidingWindow => {
-            let period = limit.period_ns();
-            let window_start = now - now.rem_euclid(period);
+            // i128 throughout, as for GCRA: no input can overflow.
+            let narrow =
+                |v: i128| i64::try_from(v).unwrap_or(if v < 0 { i64::MIN } else { i64::MAX });
+            let period = i128::from(limit.period_ns());
+            let now_w = i128::from(now);
+            let window_start = now_w - now_w.rem_euclid(period);
             let (previous, current) = match state {
                 LimitState::Window {
                     start,
                     previous,
                     current,
-                } if start == window_start => (previous, current),
+                } if i128::from(start) == window_start => (previous, current),
                 LimitState::Window { start, current, .. }
-                    if start.checked_add(period) == Some(window_start) =>
+                    if i128::from(start) + period == window_start =>
                 {
                     (current, 0)
                 }
                 _ => (0, 0),
             };
-            let elapsed = now - window_start;
+            let elapsed = now_w - window_start;
             // The part of the previous window that still lies within the trailing period.
-            let weight =
-                |at: i64| i128::from(previous) * i128::from(period - at) / i128::from(period);
+            let weight = |at: i128| i128::from(previous) * (period - at) / period;
             let estimate = weight(elapsed) + i128::from(current);
             let limit_n = i128::from(limit.limit);
             let admitted = estimate + i128::from(cost) <= limit_n;
@@ -246,19 +249,15 @@ pub fn check(
                 current
             };
             let used = weight(elapsed) + i128::from(new_current);
+            let to_next = period - elapsed;
             let retry_after_ns = if admitted {
                 0
             } else {
                 // Wait until enough of the previous window has slid out, or for the next window.
                 let room = limit_n - i128::from(current) - i128::from(cost);
-                let to_next = period - elapsed;
                 if previous > 0 && room >= 0 {
-                    let needed_elapsed =
-                        i128::from(period) - room * i128::from(period) / i128::from(previous);
-                    i64::try_from(needed_elapsed)
-                        .unwrap_or(i64::MAX)
-                        .saturating_sub(elapsed)
-                        .clamp(1, to_next)
+                    let needed_elapsed = period - room * period / i128::from(previous);
+                    (needed_elapsed - elapsed).clamp(1, to_next)
                 } else {
                     to_next
                 }
@@ -266,22 +265,22 @@ pub fn check(
             // Back at full allowance once everything counted has slid out: what the current
             // window holds leaves at the end of the next window.
             let reset_ns = if new_current > 0 {
-                period.saturating_add(period - elapsed)
+                period + to_next
             } else if previous > 0 {
-                period - elapsed
+                to_next
             } else {
                 0
             };
             let outcome = LimitOutcome {
                 admitted,
                 remaining: u64::try_from((limit_n - used).max(0)).unwrap_or(0),
-                reset_ns,
-                retry_after_ns,
+                reset_ns: narrow(reset_ns),
+                retry_after_ns: narrow(retry_after_ns),
             };
             (
                 outcome,
                 LimitState::Window {
-                    start: window_start,
+                    start: narrow(window_start),
                     previous,
                     current: new_current,
                 },

@@ -112,6 +112,11 @@ pub enum ErrorResponses {
         description = "POLICY_VIOLATION: the environment's policy refuses it (`field` names the rule)"
     )]
     PolicyViolation(ErrorBody),
+    #[response(
+        status = 429,
+        description = "RATE_LIMITED: too many failed attempts from this address (Retry-After)"
+    )]
+    RateLimited(ErrorBody),
     #[response(status = 503, description = "UNAVAILABLE: the store cannot be reached")]
     Unavailable(ErrorBody),
 }
@@ -123,6 +128,8 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
     pub field: Option<String>,
+    /// For RATE_LIMITED: seconds for the `Retry-After` field.
+    pub retry_after_s: Option<u64>,
 }
 
 impl ApiError {
@@ -131,6 +138,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            retry_after_s: None,
         }
     }
 
@@ -145,6 +153,7 @@ impl ApiError {
                 format!("{field}: {message}")
             },
             field: Some(field),
+            retry_after_s: None,
         }
     }
 
@@ -179,6 +188,16 @@ impl From<ServiceError> for ApiError {
                 code: ErrorCode::PolicyViolation,
                 message: violation.to_string(),
                 field: Some(violation.rule.to_owned()),
+                retry_after_s: None,
+            },
+            ServiceError::TooManyFailures { retry_after_s } => ApiError {
+                retry_after_s: Some(retry_after_s),
+                ..ApiError::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "too many failed attempts from this address; retry in {retry_after_s} s"
+                    ),
+                )
             },
             ServiceError::Unavailable(cause) => {
                 tracing::error!(error = %cause, "store unavailable");

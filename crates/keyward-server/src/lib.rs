@@ -266,6 +266,11 @@ fn render_error(error: ApiError, request_id: &str) -> Response {
         Body::from(body.to_string()),
     )
         .into_response();
+    if let Some(retry) = error.retry_after_s {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry));
+    }
     if error.code == ErrorCode::Unauthorized {
         response
             .headers_mut()

@@ -19,6 +19,7 @@ use keyward_store::{AuditHead, Store, StoreError};
 mod access;
 pub mod audit;
 pub mod cache;
+mod guard;
 mod init;
 mod keyring;
 mod keys;
@@ -31,6 +32,7 @@ pub use access::{
     check_ratelimits, parse_cidrs, parse_path_rules,
 };
 pub use cache::{CachedKey, VerifyCache};
+pub use guard::GuardConfig;
 pub use init::{InitError, builtin_roles, initial_environments, initialize};
 pub use keyring::Keyring;
 pub use keys::{KeyPage, KeyUpdate, NewKey, limits};
@@ -62,6 +64,9 @@ pub enum ServiceError {
     Unavailable(#[source] StoreError),
     #[error("internal error")]
     Internal(String),
+    /// The client address failed too often and is blocked for a while.
+    #[error("too many failed attempts from this address; retry in {retry_after_s} s")]
+    TooManyFailures { retry_after_s: u64 },
 }
 
 impl From<StoreError> for ServiceError {
@@ -89,6 +94,8 @@ pub struct AuthorityConfig {
     pub usage_flush_interval: Duration,
     /// Usage events buffered between flushes before new ones are dropped (and counted).
     pub usage_buffer: usize,
+    /// keyward's own protection against key guessing and brute force.
+    pub guard: GuardConfig,
 }
 
 impl Default for AuthorityConfig {
@@ -97,6 +104,7 @@ impl Default for AuthorityConfig {
             cache_capacity: 2_000_000,
             usage_flush_interval: Duration::from_secs(1),
             usage_buffer: 65_536,
+            guard: GuardConfig::default(),
         }
     }
 }
@@ -117,6 +125,7 @@ pub struct Authority {
     usage: UsageRecorder,
     /// Rate-limit state: in this process until a cluster-wide limiter is configured.
     limiter: Arc<dyn limiter::Limiter>,
+    guard: guard::Guard,
     ids: keyward_crypto::KeyIds,
     stop: tokio::sync::watch::Sender<bool>,
     background: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -176,6 +185,7 @@ impl Authority {
             cache,
             usage,
             limiter: Arc::new(limiter::LocalLimiter::new()),
+            guard: guard::Guard::new(config.guard.clone()),
             ids: keyward_crypto::KeyIds::default(),
             stop: tokio::sync::watch::channel(false).0,
             background: tokio::sync::Mutex::new(None),
@@ -224,6 +234,7 @@ impl Authority {
                 if ticks.is_multiple_of(60) {
                     let now_ns = authority.clock.now().unix_ms().saturating_mul(1_000_000);
                     authority.limiter.sweep(now_ns);
+                    authority.guard.sweep(now_ns);
                 }
             }
         });

@@ -144,6 +144,15 @@ impl LocalLimiter {
 
     /// The synchronous check behind [`Limiter::check`].
     pub fn check_now(&self, request: LimitRequest<'_>) -> Vec<LimitOutcome> {
+        self.judge(request, true)
+    }
+
+    /// What [`LocalLimiter::check_now`] would answer, without consuming anything.
+    pub fn peek(&self, request: LimitRequest<'_>) -> Vec<LimitOutcome> {
+        self.judge(request, false)
+    }
+
+    fn judge(&self, request: LimitRequest<'_>, consume: bool) -> Vec<LimitOutcome> {
         let LimitRequest {
             key,
             limits,
@@ -177,7 +186,7 @@ impl LocalLimiter {
             outcomes.push(outcome);
             *slot = new_state;
         }
-        if outcomes.iter().all(|o| o.admitted) {
+        if consume && outcomes.iter().all(|o| o.admitted) {
             let applicable = entry
                 .states
                 .iter_mut()

@@ -12,6 +12,7 @@ use keyward_core::{
 use serde_json::json;
 
 use crate::audit::PendingEntry;
+use crate::guard::Guarded;
 use crate::limiter::LimitRequest;
 use crate::{Authority, CachedKey, ServiceError, VerifyRequest};
 
@@ -132,14 +133,29 @@ impl Authority {
         presented: &str,
         request: &VerifyRequest<'_>,
     ) -> Result<Verification, ServiceError> {
+        // An address that has been guessing keys is refused before any lookup.
+        if let Some(ip) = request.ip
+            && let Some(wait) = self
+                .guard
+                .blocked(Guarded::Verification, ip, self.clock.now())
+        {
+            return Ok(Verification {
+                unmet: Some(format!("too many failed verifications from {ip}")),
+                retry_after_s: Some(wait),
+                ..Verification::of(VerifyCode::RateLimited)
+            });
+        }
         let key = match self.lookup(presented).await? {
-            Lookup::Malformed => return Ok(Verification::of(VerifyCode::Malformed)),
-            Lookup::Unknown => return Ok(Verification::of(VerifyCode::NotFound)),
+            Lookup::Found(key) if key.service != ServiceName::Keyward => key,
             // Admin keys are not API keys: they never pass verification for a protected API.
-            Lookup::Found(key) if key.service == ServiceName::Keyward => {
-                return Ok(Verification::of(VerifyCode::NotFound));
+            other => {
+                let code = match other {
+                    Lookup::Malformed => VerifyCode::Malformed,
+                    _ => VerifyCode::NotFound,
+                };
+                self.guard_failure(Guarded::Verification, request.ip).await;
+                return Ok(Verification::of(code));
             }
-            Lookup::Found(key) => key,
         };
         let now = self.clock.now();
         let mut verdict = Verification {
@@ -257,6 +273,12 @@ impl Authority {
         permission: &str,
         client: Option<std::net::IpAddr>,
     ) -> Result<Actor, ServiceError> {
+        if let Some(ip) = client
+            && let Some(retry_after_s) =
+                self.guard.blocked(Guarded::AdminAuth, ip, self.clock.now())
+        {
+            return Err(ServiceError::TooManyFailures { retry_after_s });
+        }
         let refusal = match bearer {
             None => Some("missing"),
             Some(presented) => match self.lookup(presented).await? {
@@ -314,6 +336,7 @@ impl Authority {
             details: json!({ "reason": reason, "key_start": start, "permission": permission, "ip": client }),
         })
         .await;
+        self.guard_failure(Guarded::AdminAuth, client).await;
         Err(ServiceError::Unauthorized)
     }
 

@@ -24,6 +24,10 @@ pub struct FileConfig {
     pub insecure_plain_http: Option<bool>,
     pub worker_threads: Option<usize>,
     pub trusted_proxies: Option<Vec<String>>,
+    /// Failed verifications (MALFORMED, NOT_FOUND) allowed per client `ip` a minute; 0: no limit.
+    pub failed_verifications_per_minute: Option<u64>,
+    /// Failed admin authentications allowed per client address a minute; 0: no limit.
+    pub failed_admin_auth_per_minute: Option<u64>,
 }
 
 impl FileConfig {
@@ -119,6 +123,40 @@ impl Config {
                     keyward_core::CidrSet::default()
                 }
             };
+        let guard =
+            |name: &str, configured: Option<u64>, default: u64, problems: &mut Vec<String>| {
+                match configured.unwrap_or(default) {
+                    0 => None,
+                    n if n > keyward_core::ratelimit::MAX_LIMIT => {
+                        problems.push(format!(
+                            "{name}: must be at most {}",
+                            keyward_core::ratelimit::MAX_LIMIT
+                        ));
+                        None
+                    }
+                    n => Some(keyward_core::RateLimit {
+                        name: name.replace('_', "-"),
+                        limit: n,
+                        period_s: 60,
+                        burst: None,
+                        rule: None,
+                    }),
+                }
+            };
+        let guard_config = keyward_service::GuardConfig {
+            failed_verifications: guard(
+                "failed_verifications_per_minute",
+                file.failed_verifications_per_minute,
+                100,
+                &mut problems,
+            ),
+            failed_admin_auth: guard(
+                "failed_admin_auth_per_minute",
+                file.failed_admin_auth_per_minute,
+                20,
+                &mut problems,
+            ),
+        };
         let plain_http_ok = flags.insecure_plain_http || file.insecure_plain_http.unwrap_or(false);
         if let Ok(addr) = listen
             && !addr.ip().is_loopback()
@@ -153,6 +191,7 @@ impl Config {
             authority: keyward_service::AuthorityConfig {
                 cache_capacity,
                 usage_flush_interval: Duration::from_millis(flush_ms),
+                guard: guard_config,
                 ..keyward_service::AuthorityConfig::default()
             },
         })

@@ -397,3 +397,93 @@ async fn plans_change_every_key_on_them_at_once() {
         assert!(actions.contains(&action.to_owned()), "{action} not audited");
     }
 }
+
+#[tokio::test]
+async fn key_guessing_from_one_address_is_cut_off_and_audited() {
+    let app = spawn_app().await;
+    let good = app.create_key("live", json!({})).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let guess = |n: u32| format!("kw_live_{n:0>49}");
+    for n in 0..100 {
+        assert_ne!(
+            code(&app, json!({"key": guess(n), "ip": "203.0.113.9"})).await,
+            "RATE_LIMITED"
+        );
+    }
+    // The address is now refused before any lookup, even with a good key…
+    let (v, headers) = verify(&app, json!({"key": good, "ip": "203.0.113.9"})).await;
+    assert_eq!(v["code"], "RATE_LIMITED", "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("203.0.113.9"));
+    assert!(v["retry_after_s"].as_u64().unwrap() >= 1);
+    assert!(headers.get("ratelimit").is_none());
+    // …while other addresses, and calls without an address, go on.
+    assert_eq!(
+        code(&app, json!({"key": good, "ip": "203.0.113.10"})).await,
+        "VALID"
+    );
+    assert_eq!(code(&app, json!({"key": good})).await, "VALID");
+    // The allowance refills: 100 a minute.
+    app.clock.advance_seconds(1);
+    assert_eq!(
+        code(&app, json!({"key": good, "ip": "203.0.113.9"})).await,
+        "VALID"
+    );
+    let blocks: Vec<Value> = app
+        .audit()
+        .await
+        .into_iter()
+        .filter(|e| e["action"] == "guard.block")
+        .collect();
+    assert_eq!(blocks.len(), 1, "a block is audited once");
+    assert_eq!(blocks[0]["target"], "203.0.113.9");
+    assert_eq!(blocks[0]["details"]["guard"], "failed_verifications");
+}
+
+#[tokio::test]
+async fn admin_brute_force_gets_429_until_the_allowance_refills() {
+    let app = spawn_app().await;
+    for _ in 0..20 {
+        let (status, _) = app
+            .call_as("keyward_admin_nope", Method::GET, "/v1/keys", None)
+            .await;
+        assert_eq!(status, 401);
+    }
+    let resp = app
+        .client
+        .get(app.url("/v1/keys"))
+        .bearer_auth("keyward_admin_nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert!(
+        resp.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "RATE_LIMITED");
+    // The address is blocked for everyone until it refills (one failure every 3 s).
+    let (status, _) = app.call(Method::GET, "/v1/keys", None).await;
+    assert_eq!(status, 429);
+    app.clock.advance_seconds(3);
+    let (status, _) = app.call(Method::GET, "/v1/keys", None).await;
+    assert_eq!(status, 200);
+    let actions: Vec<String> = app
+        .audit()
+        .await
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        actions.iter().filter(|a| *a == "auth.failed").count(),
+        20,
+        "refused attempts past the block are not written"
+    );
+    assert_eq!(actions.iter().filter(|a| *a == "guard.block").count(), 1);
+}

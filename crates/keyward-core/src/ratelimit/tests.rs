@@ -218,3 +218,33 @@ proptest! {
         let _ = check(&l, LimitState::Window { start: tat, previous: cost, current: lim }, now, cost);
     }
 }
+
+#[test]
+fn extreme_inputs_do_not_panic() {
+    let extremes = [i64::MIN, i64::MIN + 1, -1, 0, 1, i64::MAX - 1, i64::MAX];
+    for l in [
+        limit(1, 1, None),
+        limit(MAX_LIMIT, 60, Some(MAX_LIMIT)),
+        limit(1, MAX_PERIOD_S, None),
+        limit(MAX_LIMIT, MAX_PERIOD_S, None),
+    ] {
+        for &now in &extremes {
+            for &t in &extremes {
+                for cost in [0, 1, u64::MAX] {
+                    let _ = check(&l, LimitState::Gcra { tat: t }, now, cost);
+                    let _ = check(
+                        &l,
+                        LimitState::Window {
+                            start: t,
+                            previous: u64::MAX,
+                            current: u64::MAX,
+                        },
+                        now,
+                        cost,
+                    );
+                    let _ = check(&l, LimitState::Fresh, now, cost);
+                }
+            }
+        }
+    }
+}
