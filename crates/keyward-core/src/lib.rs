@@ -21,8 +21,8 @@ pub use cidr::{Cidr, CidrSet, NetworkRules};
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use key::{EnvironmentName, KeyPrefix, MalformedKey, ParsedKey};
 pub use model::{
-    Grant, KeyAccess, KeyHash, KeyId, KeyRecord, KeyStatus, PlanName, PlanRecord, RoleName,
-    RoleRecord, ServiceName, VerifyCode,
+    ConcurrencyLimit, Grant, KeyAccess, KeyHash, KeyId, KeyRecord, KeyStatus, PlanName, PlanRecord,
+    RoleName, RoleRecord, ServiceName, VerifyCode,
 };
 pub use path_rule::PathRule;
 pub use permission::{Permission, PermissionSet};

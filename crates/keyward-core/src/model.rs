@@ -238,6 +238,38 @@ pub struct KeyAccess {
     /// The plan (tier) whose limits the key has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<PlanName>,
+    /// At most this many of the key's requests in flight (verify with `lease`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<ConcurrencyLimit>,
+}
+
+/// At most `limit` requests in flight; a lease lapses by itself after `lease_timeout_s`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyLimit {
+    pub limit: u32,
+    #[serde(default = "default_lease_timeout_s")]
+    pub lease_timeout_s: u32,
+}
+
+fn default_lease_timeout_s() -> u32 {
+    30
+}
+
+impl ConcurrencyLimit {
+    /// Checks the values a client gave; names the bad field.
+    pub fn validate(&self) -> Result<(), (&'static str, &'static str)> {
+        if !(1..=100_000).contains(&self.limit) {
+            return Err(("concurrency.limit", "must be between 1 and 100000"));
+        }
+        if !(1..=86_400).contains(&self.lease_timeout_s) {
+            return Err((
+                "concurrency.lease_timeout_s",
+                "must be between 1 and 86400 (a day)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl KeyAccess {

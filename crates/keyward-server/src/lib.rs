@@ -154,6 +154,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
             routes::plans::delete_plan
         ))
         .routes(routes!(routes::verify::verify))
+        .routes(routes!(routes::verify::release_lease))
         .routes(routes!(routes::audit::list_audit))
         .split_for_parts()
 }

@@ -36,6 +36,8 @@ pub struct VerifyRequest<'a> {
     pub ip: Option<IpAddr>,
     /// What the request costs against the key's rate limits (default 1; 0 only reads them).
     pub cost: u64,
+    /// Take a concurrency lease, if the key has a concurrency limit.
+    pub lease: bool,
 }
 
 impl Default for VerifyRequest<'_> {
@@ -47,6 +49,7 @@ impl Default for VerifyRequest<'_> {
             path: None,
             ip: None,
             cost: 1,
+            lease: false,
         }
     }
 }
@@ -216,6 +219,14 @@ impl Authority {
     /// Checks a key's settings against its environment's policy and its roles' existence.
     pub(crate) fn check_key_policy(&self, key: &KeyRecord) -> Result<(), ServiceError> {
         check_ratelimits(&key.access.ratelimits)?;
+        if let Some(concurrency) = &key.access.concurrency {
+            concurrency
+                .validate()
+                .map_err(|(field, message)| ServiceError::InvalidField {
+                    field,
+                    message: message.into(),
+                })?;
+        }
         if let Some(plan) = &key.access.plan
             && !read(&self.plans).contains_key(plan)
         {

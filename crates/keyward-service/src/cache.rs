@@ -48,6 +48,7 @@ pub struct CachedKey {
     /// For admin keys: the environments they may manage (`None`: all).
     pub admin_environments: Option<Arc<[EnvironmentName]>>,
     pub ratelimits: Option<Arc<KeyLimits>>,
+    pub concurrency: Option<keyward_core::ConcurrencyLimit>,
     pub meta: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
     pub expires_at: Option<Timestamp>,
 }
@@ -244,6 +245,7 @@ impl VerifyCache {
                 .then(|| Arc::from(access.path_rules.as_slice())),
             network: (!network.is_empty()).then(|| Arc::new(network)),
             admin_environments: access.admin_environments.as_deref().map(Arc::from),
+            concurrency: access.concurrency,
             ratelimits: (!limits.is_empty()).then(|| {
                 Arc::new(KeyLimits {
                     fingerprint: crate::limiter::fingerprint(&limits),

@@ -66,6 +66,8 @@ pub struct KeyUpdate {
     pub ratelimits: Option<Vec<keyward_core::RateLimit>>,
     /// `Some(None)` takes the key off its plan.
     pub plan: Option<Option<keyward_core::PlanName>>,
+    /// `Some(None)` removes the concurrency limit.
+    pub concurrency: Option<Option<keyward_core::ConcurrencyLimit>>,
 }
 
 /// One page of a key listing.
@@ -494,6 +496,10 @@ impl Authority {
         if let Some(plan) = update.plan {
             changed.insert("plan".into(), json!(plan));
             key.access.plan = plan;
+        }
+        if let Some(concurrency) = update.concurrency {
+            changed.insert("concurrency".into(), json!(concurrency));
+            key.access.concurrency = concurrency;
         }
         key.updated_at = now;
         self.check_key_policy(&key)?;

@@ -23,6 +23,7 @@ mod guard;
 mod init;
 mod keyring;
 mod keys;
+mod leases;
 pub mod limiter;
 mod usage;
 mod verify;
@@ -37,6 +38,7 @@ pub use init::{InitError, builtin_roles, initial_environments, initialize};
 pub use keyring::Keyring;
 pub use keys::{KeyPage, KeyUpdate, NewKey, limits};
 pub use keyward_store::{EnvironmentRecord, KeyQuery};
+pub use leases::Lease;
 pub use verify::{Actor, RateLimitStatus, Verification};
 
 use audit::PendingEntry;
@@ -126,6 +128,7 @@ pub struct Authority {
     /// Rate-limit state: in this process until a cluster-wide limiter is configured.
     limiter: Arc<dyn limiter::Limiter>,
     guard: guard::Guard,
+    leases: leases::Leases,
     ids: keyward_crypto::KeyIds,
     stop: tokio::sync::watch::Sender<bool>,
     background: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -186,6 +189,7 @@ impl Authority {
             usage,
             limiter: Arc::new(limiter::LocalLimiter::new()),
             guard: guard::Guard::new(config.guard.clone()),
+            leases: leases::Leases::default(),
             ids: keyward_crypto::KeyIds::default(),
             stop: tokio::sync::watch::channel(false).0,
             background: tokio::sync::Mutex::new(None),
@@ -235,6 +239,7 @@ impl Authority {
                     let now_ns = authority.clock.now().unix_ms().saturating_mul(1_000_000);
                     authority.limiter.sweep(now_ns);
                     authority.guard.sweep(now_ns);
+                    authority.leases.sweep(authority.clock.now());
                 }
             }
         });
@@ -250,6 +255,11 @@ impl Authority {
             let _ = task.await;
         }
         self.usage.shutdown().await;
+    }
+
+    /// Ends a concurrency lease taken by a verification. False if it is unknown or lapsed.
+    pub fn release_lease(&self, id: &str) -> bool {
+        self.leases.release(id, self.clock.now())
     }
 
     /// Whether the store answers.

@@ -28,6 +28,8 @@ pub struct Verification {
     pub ratelimits: Vec<RateLimitStatus>,
     /// For RATE_LIMITED: seconds until a request of the same cost would be admitted.
     pub retry_after_s: Option<u64>,
+    /// The concurrency lease taken, when asked for and the key has a concurrency limit.
+    pub lease: Option<crate::Lease>,
 }
 
 /// Where a key stands against one of its limits.
@@ -55,6 +57,7 @@ impl Verification {
             unmet: None,
             ratelimits: Vec::new(),
             retry_after_s: None,
+            lease: None,
         }
     }
 }
@@ -168,6 +171,34 @@ impl Authority {
             verdict.code = refused;
             verdict.unmet = Some(why);
         }
+        // A lease first: if the rate limits then refuse the request, the lease is given back.
+        if verdict.code == VerifyCode::Valid
+            && request.lease
+            && let Some(concurrency) = key.concurrency
+        {
+            let id = keyward_crypto::new_request_id()
+                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+            match self.leases.acquire(
+                key.id,
+                concurrency.limit,
+                concurrency.lease_timeout_s,
+                now,
+                id,
+            ) {
+                Ok(lease) => verdict.lease = Some(lease),
+                Err(earliest) => {
+                    verdict.code = VerifyCode::RateLimited;
+                    verdict.unmet = Some(format!(
+                        "{} requests already in flight (the key's concurrency limit)",
+                        concurrency.limit
+                    ));
+                    verdict.retry_after_s = Some(
+                        ceil_s((earliest.unix_ms() - now.unix_ms()).saturating_mul(1_000_000))
+                            .max(1),
+                    );
+                }
+            }
+        }
         // Limits count only requests that would otherwise be served.
         if verdict.code == VerifyCode::Valid
             && let Some(limits) = &key.ratelimits
@@ -219,6 +250,8 @@ impl Authority {
         }
         if verdict.code == VerifyCode::Valid {
             self.usage.record(key.id, now);
+        } else if let Some(lease) = verdict.lease.take() {
+            self.leases.release(&lease.id, now);
         }
         verdict.key = Some(key);
         Ok(verdict)

@@ -382,6 +382,10 @@ async fn access_and_roles(store: &dyn Store) {
             rule: Some(PathRule::parse("POST /v1/export/**").unwrap()),
         }],
         plan: None,
+        concurrency: Some(keyward_core::ConcurrencyLimit {
+            limit: 3,
+            lease_timeout_s: 30,
+        }),
     };
     store
         .apply(Changes {

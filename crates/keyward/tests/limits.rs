@@ -487,3 +487,114 @@ async fn admin_brute_force_gets_429_until_the_allowance_refills() {
     );
     assert_eq!(actions.iter().filter(|a| *a == "guard.block").count(), 1);
 }
+
+#[tokio::test]
+async fn concurrency_leases_limit_requests_in_flight_and_lapse() {
+    let app = spawn_app().await;
+    let created = app
+        .create_key(
+            "live",
+            json!({"concurrency": {"limit": 2, "lease_timeout_s": 30}}),
+        )
+        .await;
+    assert_eq!(
+        created["concurrency"],
+        json!({"limit": 2, "lease_timeout_s": 30})
+    );
+    let key = created["key"].as_str().unwrap().to_owned();
+    let take = || verify(&app, json!({"key": key, "lease": true}));
+    let (first, _) = take().await;
+    let (second, _) = take().await;
+    assert_eq!(
+        (first["code"].as_str(), second["code"].as_str()),
+        (Some("VALID"), Some("VALID"))
+    );
+    let first_id = first["lease"]["id"].as_str().unwrap().to_owned();
+    assert_ne!(Some(first_id.as_str()), second["lease"]["id"].as_str());
+    let (third, _) = take().await;
+    assert_eq!(third["code"], "RATE_LIMITED", "{third}");
+    assert!(third["detail"].as_str().unwrap().contains("in flight"));
+    assert_eq!(third["retry_after_s"], 30);
+    // Releasing frees a slot; a lease is released once.
+    let (status, _) = app
+        .call(
+            Method::POST,
+            &format!("/v1/leases/{first_id}/release"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (status, err) = app
+        .call(
+            Method::POST,
+            &format!("/v1/leases/{first_id}/release"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (404, Some("NOT_FOUND"))
+    );
+    assert_eq!(take().await.0["code"], "VALID");
+    assert_eq!(take().await.0["code"], "RATE_LIMITED");
+    // A crashed caller cannot lock the key out: leases lapse.
+    app.clock.advance_seconds(30);
+    assert_eq!(take().await.0["code"], "VALID");
+    // Without `lease`, the limit does not apply.
+    assert_eq!(code(&app, json!({"key": key})).await, "VALID");
+    // Keys without a concurrency limit get no lease.
+    let plain = app.create_key("live", json!({})).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (v, _) = verify(&app, json!({"key": plain, "lease": true})).await;
+    assert!(v.get("lease").is_none(), "{v}");
+}
+
+#[tokio::test]
+async fn a_rate_limited_request_gives_its_lease_back() {
+    let app = spawn_app().await;
+    let key = app
+        .create_key("live", json!({"concurrency": {"limit": 1}, "ratelimits": [{"name": "slow", "limit": 1, "period_s": 10}]}))
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (v, _) = verify(&app, json!({"key": key, "lease": true})).await;
+    app.call(
+        Method::POST,
+        &format!("/v1/leases/{}/release", v["lease"]["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    let (v, _) = verify(&app, json!({"key": key, "lease": true})).await;
+    assert_eq!(v["code"], "RATE_LIMITED");
+    assert!(v.get("lease").is_none());
+    app.clock.advance_seconds(10);
+    // Had the refused request kept its lease, the key would still be at its concurrency limit.
+    assert_eq!(
+        verify(&app, json!({"key": key, "lease": true})).await.0["code"],
+        "VALID"
+    );
+    for bad in [
+        json!({"limit": 0}),
+        json!({"limit": 1, "lease_timeout_s": 0}),
+        json!({"limit": 1, "lease_timeout_s": 100000}),
+    ] {
+        let (status, err) = app
+            .call(
+                Method::POST,
+                "/v1/keys",
+                Some(json!({"environment": "live", "name": "n", "owner": "o", "concurrency": bad})),
+            )
+            .await;
+        assert_eq!(status, 400, "{err}");
+        assert!(
+            err["error"]["field"]
+                .as_str()
+                .unwrap()
+                .starts_with("concurrency"),
+            "{err}"
+        );
+    }
+}

@@ -80,6 +80,8 @@ pub struct KeyView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub plan: Option<keyward_core::PlanName>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<ConcurrencyView>,
 }
 
 impl From<KeyRecord> for KeyView {
@@ -117,6 +119,10 @@ impl From<KeyRecord> for KeyView {
                 .map(RateLimitView::from)
                 .collect(),
             plan: k.access.plan,
+            concurrency: k.access.concurrency.map(|c| ConcurrencyView {
+                limit: c.limit,
+                lease_timeout_s: Some(c.lease_timeout_s),
+            }),
         }
     }
 }
@@ -206,6 +212,32 @@ pub struct CreateKeyRequest {
     /// A plan (tier) whose limits the key has besides its own.
     #[schema(value_type = Option<RoleText>)]
     pub plan: Option<String>,
+    /// At most this many of the key's requests in flight (verify with `lease: true`).
+    pub concurrency: Option<ConcurrencyView>,
+}
+
+/// At most `limit` requests in flight; an unreleased lease lapses after `lease_timeout_s`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyView {
+    #[schema(minimum = 1, maximum = 100_000)]
+    pub limit: u32,
+    /// Default 30.
+    #[schema(minimum = 1, maximum = 86_400)]
+    pub lease_timeout_s: Option<u32>,
+}
+
+impl ConcurrencyView {
+    fn parse(self) -> Result<keyward_core::ConcurrencyLimit, ApiError> {
+        let limit = keyward_core::ConcurrencyLimit {
+            limit: self.limit,
+            lease_timeout_s: self.lease_timeout_s.unwrap_or(30),
+        };
+        limit
+            .validate()
+            .map_err(|(field, message)| ApiError::field(field, message))?;
+        Ok(limit)
+    }
 }
 
 /// A rate limit: at most `limit` requests per `period_s`. Periods up to 60 s use GCRA (even
@@ -292,24 +324,20 @@ pub(crate) fn parse_roles(field: &str, list: &[String]) -> Result<Vec<RoleName>,
         .collect()
 }
 
-fn parse_access(
-    roles: &[String],
-    path_rules: &[String],
-    allowed: &[String],
-    denied: &[String],
-    admin_environments: Option<&[String]>,
-    ratelimits: &[RateLimitView],
-    plan: Option<&str>,
-) -> Result<KeyAccess, ApiError> {
+/// A new key's access rules from its create request, each bad value named by its field.
+fn parse_access(body: &CreateKeyRequest) -> Result<KeyAccess, ApiError> {
     Ok(KeyAccess {
-        plan: plan.map(parse_plan).transpose()?,
-        ratelimits: parse_ratelimits(ratelimits)?,
-        roles: parse_roles("roles", roles)?,
+        concurrency: body.concurrency.map(ConcurrencyView::parse).transpose()?,
+        plan: body.plan.as_deref().map(parse_plan).transpose()?,
+        ratelimits: parse_ratelimits(&body.ratelimits)?,
+        roles: parse_roles("roles", &body.roles)?,
         grants: Vec::new(),
-        path_rules: parse_path_rules("path_rules", path_rules).map_err(field_error)?,
-        allowed_cidrs: parse_cidrs("allowed_cidrs", allowed).map_err(field_error)?,
-        denied_cidrs: parse_cidrs("denied_cidrs", denied).map_err(field_error)?,
-        admin_environments: admin_environments
+        path_rules: parse_path_rules("path_rules", &body.path_rules).map_err(field_error)?,
+        allowed_cidrs: parse_cidrs("allowed_cidrs", &body.allowed_cidrs).map_err(field_error)?,
+        denied_cidrs: parse_cidrs("denied_cidrs", &body.denied_cidrs).map_err(field_error)?,
+        admin_environments: body
+            .admin_environments
+            .as_deref()
             .map(|list| {
                 list.iter()
                     .map(|e| parse_environment(e))
@@ -369,6 +397,7 @@ pub async fn create_key(
         Some(text) => ServiceName::parse(text)
             .ok_or_else(|| ApiError::field("service", "must be 'default' or 'keyward'"))?,
     };
+    let access = parse_access(&body)?;
     let new = NewKey {
         service,
         environment: parse_environment(&body.environment)?,
@@ -383,15 +412,7 @@ pub async fn create_key(
             .transpose()?,
         ttl_s: body.ttl_s,
         meta: body.meta.unwrap_or_default(),
-        access: parse_access(
-            &body.roles,
-            &body.path_rules,
-            &body.allowed_cidrs,
-            &body.denied_cidrs,
-            body.admin_environments.as_deref(),
-            &body.ratelimits,
-            body.plan.as_deref(),
-        )?,
+        access,
     };
     let (record, key) = state.authority.create_key(&actor, new).await?;
     Ok((
@@ -566,6 +587,10 @@ pub struct UpdateKeyRequest {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<RoleText>)]
     pub plan: Option<Option<String>>,
+    /// Replaces the concurrency limit; `null` removes it.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<ConcurrencyView>)]
+    pub concurrency: Option<Option<ConcurrencyView>>,
 }
 
 #[utoipa::path(
@@ -633,6 +658,10 @@ pub async fn update_key(
         plan: body
             .plan
             .map(|p| p.as_deref().map(parse_plan).transpose())
+            .transpose()?,
+        concurrency: body
+            .concurrency
+            .map(|c| c.map(ConcurrencyView::parse).transpose())
             .transpose()?,
     };
     Ok(Json(

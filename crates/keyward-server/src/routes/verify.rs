@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use keyward_core::permission::admin;
 use std::net::IpAddr;
@@ -47,6 +47,18 @@ pub struct VerifyRequest {
     /// What the request costs against the key's rate limits (default 1; 0 only reads them).
     #[schema(minimum = 0, maximum = 1_000_000_000_u64)]
     pub cost: Option<u64>,
+    /// Take a concurrency lease when the key has a concurrency limit; release it with
+    /// `POST /v1/leases/{id}/release` when the request ends.
+    #[serde(default)]
+    pub lease: bool,
+}
+
+/// A concurrency lease: one of the key's requests in flight until released or `expires_at`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LeaseView {
+    pub id: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: Timestamp,
 }
 
 /// Where the key stands against one rate limit after this request.
@@ -100,6 +112,9 @@ pub struct VerifyResponse {
     /// With RATE_LIMITED: seconds until a request of the same cost would be admitted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after_s: Option<u64>,
+    /// The lease taken, when asked for with `lease: true` and the key has a concurrency limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseView>,
 }
 
 #[utoipa::path(
@@ -172,6 +187,7 @@ pub async fn verify(
     }
     let request = Checks {
         cost,
+        lease: body.lease,
         environment: environment.as_ref(),
         permissions: query.as_ref(),
         method: body.method.as_deref(),
@@ -207,6 +223,10 @@ pub async fn verify(
             })
             .collect(),
         retry_after_s: verdict.retry_after_s,
+        lease: verdict.lease.map(|l| LeaseView {
+            id: l.id,
+            expires_at: l.expires_at,
+        }),
     };
     Ok((ratelimit_headers(&response), Json(response)).into_response())
 }
@@ -242,4 +262,30 @@ fn ratelimit_headers(response: &VerifyResponse) -> HeaderMap {
         headers.insert(header::RETRY_AFTER, HeaderValue::from(retry));
     }
     headers
+}
+
+#[utoipa::path(
+    post, path = "/v1/leases/{id}/release", tag = "verify",
+    params(("id" = String, Path, description = "The lease id verify returned")),
+    responses(
+        (status = 204, description = "Released: the slot is free for another request"),
+        ErrorResponses,
+    ),
+    security(("bearer" = []))
+)]
+pub async fn release_lease(
+    State(state): State<AppState>,
+    caller: Caller,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if !state.config.insecure_unauthenticated_verify {
+        caller.authenticate(&state, admin::KEYS_VERIFY).await?;
+    }
+    if state.authority.release_lease(&id) {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(
+            "lease (released already, lapsed, or never taken)",
+        ))
+    }
 }

@@ -1,0 +1,143 @@
+//! Concurrency limits: at most N requests of a key in flight. A verification with `lease`
+//! takes a lease when the key has a concurrency limit; the caller releases it when its request
+//! ends. Leases lapse by themselves after the key's lease timeout, so a caller that crashed
+//! cannot lock its key out. Leases live in memory: after a restart every lease is gone, which
+//! errs towards admitting (they would have lapsed within the timeout anyway).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use keyward_core::{KeyId, Timestamp};
+
+/// A lease: proof that one request of a key is in flight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub id: String,
+    pub key: KeyId,
+    pub expires_at: Timestamp,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Leases {
+    inner: Mutex<LeaseTable>,
+}
+
+#[derive(Debug, Default)]
+struct LeaseTable {
+    by_key: HashMap<KeyId, Vec<(String, Timestamp)>>,
+    by_id: HashMap<String, KeyId>,
+}
+
+impl LeaseTable {
+    fn expire(&mut self, key: KeyId, now: Timestamp) {
+        if let Some(held) = self.by_key.get_mut(&key) {
+            let by_id = &mut self.by_id;
+            held.retain(|(id, until)| {
+                let live = *until > now;
+                if !live {
+                    by_id.remove(id);
+                }
+                live
+            });
+            if held.is_empty() {
+                self.by_key.remove(&key);
+            }
+        }
+    }
+}
+
+impl Leases {
+    /// Takes a lease for `key` if fewer than `limit` are in flight. `Err` carries the instant
+    /// the earliest lease lapses.
+    pub(crate) fn acquire(
+        &self,
+        key: KeyId,
+        limit: u32,
+        timeout_s: u32,
+        now: Timestamp,
+        id: String,
+    ) -> Result<Lease, Timestamp> {
+        let mut table = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        table.expire(key, now);
+        let held = table.by_key.entry(key).or_default();
+        if held.len() >= limit as usize {
+            let earliest = held.iter().map(|(_, until)| *until).min().unwrap_or(now);
+            return Err(earliest);
+        }
+        let expires_at = now.plus_seconds(u64::from(timeout_s));
+        held.push((id.clone(), expires_at));
+        table.by_id.insert(id.clone(), key);
+        Ok(Lease {
+            id,
+            key,
+            expires_at,
+        })
+    }
+
+    /// Ends a lease. False if it is unknown (released already, lapsed, or never taken).
+    pub(crate) fn release(&self, id: &str, now: Timestamp) -> bool {
+        let mut table = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(key) = table.by_id.remove(id) else {
+            return false;
+        };
+        let mut live = false;
+        if let Some(held) = table.by_key.get_mut(&key) {
+            if let Some(pos) = held.iter().position(|(lease, _)| lease == id) {
+                live = held.swap_remove(pos).1 > now;
+            }
+            if held.is_empty() {
+                table.by_key.remove(&key);
+            }
+        }
+        live
+    }
+
+    /// How many leases `key` holds now.
+    #[cfg(test)]
+    pub(crate) fn in_flight(&self, key: KeyId, now: Timestamp) -> usize {
+        let mut table = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        table.expire(key, now);
+        table.by_key.get(&key).map_or(0, Vec::len)
+    }
+
+    /// Drops every lapsed lease.
+    pub(crate) fn sweep(&self, now: Timestamp) {
+        let mut table = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let keys: Vec<KeyId> = table.by_key.keys().copied().collect();
+        for key in keys {
+            table.expire(key, now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> KeyId {
+        KeyId(uuid::Uuid::from_u128(5))
+    }
+
+    #[test]
+    fn at_most_n_in_flight_and_leases_lapse() {
+        let leases = Leases::default();
+        let t0 = Timestamp::from_unix_ms(1_000_000);
+        let a = leases.acquire(key(), 2, 30, t0, "a".into()).unwrap();
+        leases.acquire(key(), 2, 30, t0, "b".into()).unwrap();
+        assert_eq!(
+            leases.acquire(key(), 2, 30, t0, "c".into()),
+            Err(a.expires_at)
+        );
+        assert!(leases.release("a", t0));
+        assert!(!leases.release("a", t0), "released twice");
+        leases.acquire(key(), 2, 30, t0, "c".into()).unwrap();
+        assert_eq!(leases.in_flight(key(), t0), 2);
+        // A crashed caller's leases lapse by themselves.
+        let later = t0.plus_seconds(30);
+        assert_eq!(leases.in_flight(key(), later), 0);
+        assert!(!leases.release("b", later));
+        leases.acquire(key(), 2, 30, later, "d".into()).unwrap();
+        leases.sweep(later.plus_seconds(31));
+        assert_eq!(leases.in_flight(key(), later), 0);
+    }
+}
