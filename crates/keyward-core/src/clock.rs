@@ -46,6 +46,11 @@ impl FakeClock {
         self.advance_ms(seconds.saturating_mul(1000));
     }
 
+    /// The current fake time in milliseconds since the epoch.
+    pub fn now_ms(&self) -> i64 {
+        self.ms.load(Ordering::SeqCst)
+    }
+
     pub fn set(&self, at: Timestamp) {
         self.ms.store(at.unix_ms(), Ordering::SeqCst);
     }

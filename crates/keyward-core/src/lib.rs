@@ -22,7 +22,8 @@ pub use clock::{Clock, FakeClock, SystemClock};
 pub use key::{EnvironmentName, KeyPrefix, MalformedKey, ParsedKey};
 pub use model::{
     ConcurrencyLimit, Grant, KeyAccess, KeyHash, KeyId, KeyRecord, KeyStatus, PlanName, PlanRecord,
-    RoleName, RoleRecord, ServiceName, VerifyCode,
+    QuotaConfig, QuotaRefill, QuotaState, RefillInterval, RoleName, RoleRecord, ServiceName,
+    VerifyCode,
 };
 pub use path_rule::PathRule;
 pub use permission::{Permission, PermissionSet};

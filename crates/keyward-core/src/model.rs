@@ -241,6 +241,83 @@ pub struct KeyAccess {
     /// At most this many of the key's requests in flight (verify with `lease`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<ConcurrencyLimit>,
+    /// Usage credits: how the key's remaining uses are refilled, if they are. (The remaining
+    /// count itself is state, kept apart from the key's settings.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaConfig>,
+}
+
+/// A key's quota: present means verification spends credits; `refill` says whether and how
+/// they come back. A one-time credit grant has no refill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refill: Option<QuotaRefill>,
+}
+
+/// Back to `amount` remaining at the start of each UTC day or month (not added: reset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaRefill {
+    pub amount: u64,
+    pub interval: RefillInterval,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefillInterval {
+    Daily,
+    Monthly,
+}
+
+impl RefillInterval {
+    /// The start of the refill period that contains `at` (00:00 UTC of its day or month).
+    pub fn period_start(self, at: Timestamp) -> Timestamp {
+        let day_ms = 86_400_000;
+        let day_start = at.unix_ms() - at.unix_ms().rem_euclid(day_ms);
+        match self {
+            RefillInterval::Daily => Timestamp::from_unix_ms(day_start),
+            RefillInterval::Monthly => {
+                let text = at.to_rfc3339();
+                // RFC 3339 from 1970 on always starts with YYYY-MM.
+                let month = text.get(..7).unwrap_or("1970-01");
+                Timestamp::parse_rfc3339(&format!("{month}-01T00:00:00Z"))
+                    .unwrap_or(Timestamp::from_unix_ms(day_start))
+            }
+        }
+    }
+
+    /// The start of the period after the one containing `at`.
+    pub fn next_start(self, at: Timestamp) -> Timestamp {
+        let start = self.period_start(at);
+        match self {
+            RefillInterval::Daily => start.plus_seconds(86_400),
+            // 32 days past a month's first day is always in the next month.
+            RefillInterval::Monthly => self.period_start(start.plus_seconds(32 * 86_400)),
+        }
+    }
+}
+
+/// Where a key's quota stands: `remaining` credits as of the refill period starting at
+/// `period_start`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaState {
+    pub remaining: u64,
+    pub period_start: Timestamp,
+}
+
+impl QuotaState {
+    /// The state at `now`: refilled if a new period has begun.
+    pub fn at(self, config: &QuotaConfig, now: Timestamp) -> QuotaState {
+        match config.refill {
+            Some(refill) if refill.interval.period_start(now) > self.period_start => QuotaState {
+                remaining: refill.amount,
+                period_start: refill.interval.period_start(now),
+            },
+            _ => self,
+        }
+    }
 }
 
 /// At most `limit` requests in flight; a lease lapses by itself after `lease_timeout_s`.
@@ -393,6 +470,54 @@ impl KeyRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refill_periods() {
+        let at = |t: &str| Timestamp::parse_rfc3339(t).unwrap();
+        let now = at("2026-11-28T10:00:00Z");
+        assert_eq!(
+            RefillInterval::Daily.period_start(now),
+            at("2026-11-28T00:00:00Z")
+        );
+        assert_eq!(
+            RefillInterval::Daily.next_start(now),
+            at("2026-11-29T00:00:00Z")
+        );
+        assert_eq!(
+            RefillInterval::Monthly.period_start(now),
+            at("2026-11-01T00:00:00Z")
+        );
+        assert_eq!(
+            RefillInterval::Monthly.next_start(now),
+            at("2026-12-01T00:00:00Z")
+        );
+        assert_eq!(
+            RefillInterval::Monthly.next_start(at("2026-12-31T23:59:59Z")),
+            at("2027-01-01T00:00:00Z")
+        );
+        assert_eq!(
+            RefillInterval::Monthly.next_start(at("2027-01-31T12:00:00Z")),
+            at("2027-02-01T00:00:00Z")
+        );
+
+        let config = QuotaConfig {
+            refill: Some(QuotaRefill {
+                amount: 100,
+                interval: RefillInterval::Daily,
+            }),
+        };
+        let spent = QuotaState {
+            remaining: 3,
+            period_start: at("2026-11-28T00:00:00Z"),
+        };
+        assert_eq!(spent.at(&config, at("2026-11-28T23:59:59Z")), spent);
+        assert_eq!(spent.at(&config, at("2026-11-29T00:00:00Z")).remaining, 100);
+        // A one-time grant never refills.
+        assert_eq!(
+            spent.at(&QuotaConfig { refill: None }, at("2027-06-01T00:00:00Z")),
+            spent
+        );
+    }
 
     #[test]
     fn service_prefixes_are_valid() {

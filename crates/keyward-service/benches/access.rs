@@ -107,6 +107,7 @@ fn fixture() -> &'static Fixture {
                         ttl_s: None,
                         meta: serde_json::Map::new(),
                         access: keyward_core::KeyAccess::default(),
+                        quota_remaining: None,
                     },
                 )
                 .await
@@ -139,6 +140,7 @@ fn fixture() -> &'static Fixture {
                             ],
                             ..keyward_core::KeyAccess::default()
                         },
+                        quota_remaining: None,
                     },
                 )
                 .await

@@ -49,6 +49,7 @@ pub struct CachedKey {
     pub admin_environments: Option<Arc<[EnvironmentName]>>,
     pub ratelimits: Option<Arc<KeyLimits>>,
     pub concurrency: Option<keyward_core::ConcurrencyLimit>,
+    pub quota: Option<keyward_core::QuotaConfig>,
     pub meta: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
     pub expires_at: Option<Timestamp>,
 }
@@ -246,6 +247,7 @@ impl VerifyCache {
             network: (!network.is_empty()).then(|| Arc::new(network)),
             admin_environments: access.admin_environments.as_deref().map(Arc::from),
             concurrency: access.concurrency,
+            quota: access.quota,
             ratelimits: (!limits.is_empty()).then(|| {
                 Arc::new(KeyLimits {
                     fingerprint: crate::limiter::fingerprint(&limits),

@@ -46,6 +46,8 @@ pub struct NewKey {
     pub ttl_s: Option<u64>,
     pub meta: Map<String, Value>,
     pub access: KeyAccess,
+    /// With `access.quota`: the credits the key starts with (default: the refill amount).
+    pub quota_remaining: Option<u64>,
 }
 
 /// A partial update: `None` leaves a field as it is. For `purpose` and `expires_at`,
@@ -68,6 +70,8 @@ pub struct KeyUpdate {
     pub plan: Option<Option<keyward_core::PlanName>>,
     /// `Some(None)` removes the concurrency limit.
     pub concurrency: Option<Option<keyward_core::ConcurrencyLimit>>,
+    /// Replaces the quota and sets what remains (a credit grant); `Some(None)` removes it.
+    pub quota: Option<Option<(keyward_core::QuotaConfig, Option<u64>)>>,
 }
 
 /// One page of a key listing.
@@ -267,16 +271,25 @@ impl Authority {
                 "access": record.access,
             }),
         };
+        let quota = record
+            .access
+            .quota
+            .map(|config| initial_quota(&config, new.quota_remaining, now))
+            .transpose()?;
         let mut head = self.writer.lock().await;
         self.commit(
             &mut head,
             Changes {
                 insert_keys: vec![record.clone()],
+                set_quotas: quota.map(|q| (record.id, Some(q))).into_iter().collect(),
                 ..Changes::default()
             },
             vec![entry],
         )
         .await?;
+        if let Some(state) = quota {
+            self.quotas.set(record.id, Some(state));
+        }
         self.cache.add_known(&record.hash);
         tracing::info!(key_id = %record.id, actor = %actor.key_id(), "key created");
         Ok((record, plaintext))
@@ -391,6 +404,17 @@ impl Authority {
         Ok(())
     }
 
+    /// Writes a key's changed quota with the key (a grant takes effect at once).
+    pub(crate) fn apply_quota_change(
+        &self,
+        id: KeyId,
+        change: Option<Option<keyward_core::QuotaState>>,
+    ) {
+        if let Some(state) = change {
+            self.quotas.set(id, state);
+        }
+    }
+
     /// Reads a key for a change, under the writer lock.
     async fn key_for_change(&self, id: KeyId) -> Result<KeyRecord, ServiceError> {
         let key = self.key(id).await?;
@@ -501,6 +525,18 @@ impl Authority {
             changed.insert("concurrency".into(), json!(concurrency));
             key.access.concurrency = concurrency;
         }
+        let mut quota_change = None;
+        if let Some(quota) = update.quota {
+            let state = quota
+                .map(|(config, remaining)| initial_quota(&config, remaining, now))
+                .transpose()?;
+            changed.insert(
+                "quota".into(),
+                json!({"config": quota.map(|(c, _)| c), "remaining": state.map(|s| s.remaining)}),
+            );
+            key.access.quota = quota.map(|(c, _)| c);
+            quota_change = Some(state);
+        }
         key.updated_at = now;
         self.check_key_policy(&key)?;
         if key.id == actor.key_id() {
@@ -512,7 +548,21 @@ impl Authority {
             target: Some(id.to_string()),
             details: Value::Object(changed),
         };
-        self.commit_key(&mut head, &key, entry).await?;
+        self.commit(
+            &mut head,
+            Changes {
+                update_keys: vec![key.clone()],
+                set_quotas: quota_change
+                    .map(|state| (key.id, state))
+                    .into_iter()
+                    .collect(),
+                ..Changes::default()
+            },
+            vec![entry],
+        )
+        .await?;
+        self.forget(&key);
+        self.apply_quota_change(key.id, quota_change);
         Ok(key)
     }
 
@@ -608,16 +658,29 @@ impl Authority {
                 "old_expires_at": old.expires_at,
             }),
         };
+        // The successor carries on with what is left of the old key's quota.
+        let quota = match &old.access.quota {
+            Some(config) => {
+                self.seed_quota(&old).await?;
+                let remaining = self.quotas.remaining(old.id, config, now).unwrap_or(0);
+                Some(initial_quota(config, Some(remaining), now)?)
+            }
+            None => None,
+        };
         self.commit(
             &mut head,
             Changes {
                 insert_keys: vec![new.clone()],
                 update_keys: vec![old.clone()],
+                set_quotas: quota.map(|q| (new.id, Some(q))).into_iter().collect(),
                 ..Changes::default()
             },
             vec![entry],
         )
         .await?;
+        if let Some(state) = quota {
+            self.quotas.set(new.id, Some(state));
+        }
         self.cache.add_known(&new.hash);
         self.forget(&old);
         Ok((old, new, plaintext))
@@ -650,4 +713,40 @@ struct KeyTemplate {
     status: KeyStatus,
     rolled_from: Option<KeyId>,
     access: KeyAccess,
+}
+
+/// A quota's starting state: `remaining` credits (default: the refill amount) in the current
+/// refill period.
+fn initial_quota(
+    config: &keyward_core::QuotaConfig,
+    remaining: Option<u64>,
+    now: Timestamp,
+) -> Result<keyward_core::QuotaState, ServiceError> {
+    const MAX: u64 = 1_000_000_000_000;
+    if let Some(refill) = config.refill
+        && !(1..=MAX).contains(&refill.amount)
+    {
+        return Err(invalid(
+            "quota.refill.amount",
+            "must be between 1 and 1000000000000",
+        ));
+    }
+    let remaining = match (remaining, config.refill) {
+        (Some(r), _) if r > MAX => {
+            return Err(invalid("quota.remaining", "must be at most 1000000000000"));
+        }
+        (Some(r), _) => r,
+        (None, Some(refill)) => refill.amount,
+        (None, None) => {
+            return Err(invalid(
+                "quota.remaining",
+                "a quota without a refill needs remaining",
+            ));
+        }
+    };
+    let period_start = config.refill.map_or(now, |r| r.interval.period_start(now));
+    Ok(keyward_core::QuotaState {
+        remaining,
+        period_start,
+    })
 }

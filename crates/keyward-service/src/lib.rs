@@ -25,6 +25,7 @@ mod keyring;
 mod keys;
 mod leases;
 pub mod limiter;
+mod quotas;
 mod usage;
 mod verify;
 
@@ -129,6 +130,7 @@ pub struct Authority {
     limiter: Arc<dyn limiter::Limiter>,
     guard: guard::Guard,
     leases: leases::Leases,
+    quotas: quotas::Quotas,
     ids: keyward_crypto::KeyIds,
     stop: tokio::sync::watch::Sender<bool>,
     background: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -190,6 +192,7 @@ impl Authority {
             limiter: Arc::new(limiter::LocalLimiter::new()),
             guard: guard::Guard::new(config.guard.clone()),
             leases: leases::Leases::default(),
+            quotas: quotas::Quotas::default(),
             ids: keyward_crypto::KeyIds::default(),
             stop: tokio::sync::watch::channel(false).0,
             background: tokio::sync::Mutex::new(None),
@@ -234,6 +237,7 @@ impl Authority {
                 if let Err(e) = authority.sweep_lapsed_grants().await {
                     tracing::warn!(error = %e, "grant lapse sweep failed; will retry");
                 }
+                authority.flush_quotas().await;
                 ticks += 1;
                 if ticks.is_multiple_of(60) {
                     let now_ns = authority.clock.now().unix_ms().saturating_mul(1_000_000);
@@ -254,6 +258,7 @@ impl Authority {
         if let Some(task) = self.background.lock().await.take() {
             let _ = task.await;
         }
+        self.flush_quotas().await;
         self.usage.shutdown().await;
     }
 

@@ -30,6 +30,8 @@ pub struct Verification {
     pub retry_after_s: Option<u64>,
     /// The concurrency lease taken, when asked for and the key has a concurrency limit.
     pub lease: Option<crate::Lease>,
+    /// For a key with a quota: the credits left after this request.
+    pub quota_remaining: Option<u64>,
 }
 
 /// Where a key stands against one of its limits.
@@ -58,6 +60,7 @@ impl Verification {
             ratelimits: Vec::new(),
             retry_after_s: None,
             lease: None,
+            quota_remaining: None,
         }
     }
 }
@@ -199,6 +202,26 @@ impl Authority {
                 }
             }
         }
+        // Credits next: spent now, given back if the rate limits refuse the request.
+        let mut spent = 0;
+        if verdict.code == VerifyCode::Valid
+            && let Some(config) = &key.quota
+        {
+            match self.quotas.spend(key.id, config, now, request.cost) {
+                Ok(remaining) => {
+                    spent = request.cost;
+                    verdict.quota_remaining = Some(remaining);
+                }
+                Err(remaining) => {
+                    verdict.code = VerifyCode::UsageExceeded;
+                    verdict.quota_remaining = Some(remaining);
+                    verdict.unmet = Some(format!(
+                        "the key's quota has {remaining} left, the request costs {}",
+                        request.cost
+                    ));
+                }
+            }
+        }
         // Limits count only requests that would otherwise be served.
         if verdict.code == VerifyCode::Valid
             && let Some(limits) = &key.ratelimits
@@ -250,8 +273,14 @@ impl Authority {
         }
         if verdict.code == VerifyCode::Valid {
             self.usage.record(key.id, now);
-        } else if let Some(lease) = verdict.lease.take() {
-            self.leases.release(&lease.id, now);
+        } else {
+            if let Some(lease) = verdict.lease.take() {
+                self.leases.release(&lease.id, now);
+            }
+            if spent > 0 {
+                self.quotas.give_back(key.id, spent);
+                verdict.quota_remaining = verdict.quota_remaining.map(|r| r + spent);
+            }
         }
         verdict.key = Some(key);
         Ok(verdict)
@@ -277,6 +306,7 @@ impl Authority {
                     return Ok(Lookup::Unknown);
                 };
                 let (held, grants) = self.held_by(&record);
+                self.seed_quota(&record).await?;
                 let limits = self.limits_of(&record);
                 let key = self.cache.entry_for(&record, env, held, grants, limits);
                 self.cache.insert_if_current(hash, Arc::clone(&key), epoch);

@@ -82,6 +82,7 @@ pub async fn run(store: &dyn Store) {
     listing(store).await;
     access_and_roles(store).await;
     plans(store).await;
+    quotas(store).await;
     store.ping().await.unwrap();
 }
 
@@ -386,6 +387,12 @@ async fn access_and_roles(store: &dyn Store) {
             limit: 3,
             lease_timeout_s: 30,
         }),
+        quota: Some(keyward_core::QuotaConfig {
+            refill: Some(keyward_core::QuotaRefill {
+                amount: 1000,
+                interval: keyward_core::RefillInterval::Monthly,
+            }),
+        }),
     };
     store
         .apply(Changes {
@@ -597,6 +604,67 @@ async fn plans(store: &dyn Store) {
     let missing = store
         .apply(Changes {
             delete_plans: vec![plan.name],
+            ..Changes::default()
+        })
+        .await;
+    assert!(
+        matches!(missing, Err(StoreError::NotFound(_))),
+        "{missing:?}"
+    );
+}
+
+async fn quotas(store: &dyn Store) {
+    let at = |ms| Timestamp::from_unix_ms(ms);
+    let key = sample_key(70, "live");
+    store
+        .apply(Changes {
+            insert_keys: vec![key.clone()],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.quota_state(key.id).await.unwrap(), None);
+    // Spending without a quota set writes nothing.
+    store
+        .record_quotas(vec![(
+            key.id,
+            keyward_core::QuotaState {
+                remaining: 5,
+                period_start: at(1),
+            },
+        )])
+        .await
+        .unwrap();
+    assert_eq!(store.quota_state(key.id).await.unwrap(), None);
+    let granted = keyward_core::QuotaState {
+        remaining: 100,
+        period_start: at(1_000),
+    };
+    store
+        .apply(Changes {
+            set_quotas: vec![(key.id, Some(granted))],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.quota_state(key.id).await.unwrap(), Some(granted));
+    let spent = keyward_core::QuotaState {
+        remaining: 97,
+        period_start: at(1_000),
+    };
+    store.record_quotas(vec![(key.id, spent)]).await.unwrap();
+    assert_eq!(store.quota_state(key.id).await.unwrap(), Some(spent));
+    store
+        .apply(Changes {
+            set_quotas: vec![(key.id, None)],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.quota_state(key.id).await.unwrap(), None);
+    let missing = store
+        .apply(Changes {
+            set_quotas: vec![(sample_key(71, "live").id, Some(granted))],
             ..Changes::default()
         })
         .await;

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use keyward_core::audit::AuditEntry;
 use keyward_core::{
     EnvironmentName, EnvironmentPolicy, KeyHash, KeyId, KeyRecord, KeyStatus, PlanName, PlanRecord,
-    RoleName, RoleRecord, ServiceName, Timestamp,
+    QuotaState, RoleName, RoleRecord, ServiceName, Timestamp,
 };
 
 pub mod conformance;
@@ -66,6 +66,8 @@ pub struct Changes {
     /// Plans created or replaced whole.
     pub upsert_plans: Vec<PlanRecord>,
     pub delete_plans: Vec<PlanName>,
+    /// Quota states set by an admin (a credit grant); `None` clears the key's quota.
+    pub set_quotas: Vec<(KeyId, Option<QuotaState>)>,
     pub insert_keys: Vec<KeyRecord>,
     /// Full records whose mutable fields replace the stored ones. `last_used_at` and `uses` are
     /// left alone: they belong to [`Store::record_usage`].
@@ -115,6 +117,13 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn roles(&self) -> Result<Vec<RoleRecord>, StoreError>;
 
     async fn plans(&self) -> Result<Vec<PlanRecord>, StoreError>;
+
+    /// Where a key's quota stands, if it has one.
+    async fn quota_state(&self, id: KeyId) -> Result<Option<QuotaState>, StoreError>;
+
+    /// Writes quota states spent by verification, in one batch. Keys that no longer exist are
+    /// skipped. Like usage, this is not audited.
+    async fn record_quotas(&self, states: Vec<(KeyId, QuotaState)>) -> Result<(), StoreError>;
 
     /// How many keys that are not revoked are on `plan`.
     async fn count_keys_with_plan(&self, plan: PlanName) -> Result<u64, StoreError>;

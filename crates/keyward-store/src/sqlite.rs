@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use keyward_core::audit::{AuditEntry, GENESIS_HASH};
 use keyward_core::{
     EnvironmentName, KeyHash, KeyId, KeyRecord, KeyStatus, Permission, PlanName, PlanRecord,
-    RoleName, RoleRecord, ServiceName, Timestamp,
+    QuotaState, RoleName, RoleRecord, ServiceName, Timestamp,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 
@@ -20,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
     include_str!("../migrations/sqlite/0002_access.sql"),
     include_str!("../migrations/sqlite/0003_plans.sql"),
+    include_str!("../migrations/sqlite/0004_quotas.sql"),
 ];
 
 /// Readers kept open for reuse; more are opened under load and closed after. Opening one costs
@@ -443,6 +444,22 @@ fn apply_changes(conn: &mut Connection, changes: &Changes) -> Result<(), StoreEr
             return Err(StoreError::NotFound(key.id.to_string()));
         }
     }
+    // After the key inserts: a new key's quota is set in the same write.
+    for (id, state) in &changes.set_quotas {
+        let changed = tx
+            .execute(
+                "UPDATE keys SET quota_remaining = ?2, quota_period_start = ?3 WHERE id = ?1",
+                params![
+                    id.to_string(),
+                    state.map(|s| to_i64(s.remaining)),
+                    state.map(|s| s.period_start.unix_ms()),
+                ],
+            )
+            .map_err(map_write_error)?;
+        if changed == 0 {
+            return Err(StoreError::NotFound(id.to_string()));
+        }
+    }
     for entry in &changes.audit {
         tx.execute(
             "INSERT INTO audit_log (seq, ts, actor, action, target, details, prev_hash, hash) \
@@ -530,6 +547,51 @@ impl Store for SqliteStore {
                 });
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn quota_state(&self, id: KeyId) -> Result<Option<QuotaState>, StoreError> {
+        self.read(move |conn| {
+            let row: Option<(Option<i64>, Option<i64>)> = conn
+                .query_row(
+                    "SELECT quota_remaining, quota_period_start FROM keys WHERE id = ?1",
+                    [id.to_string()],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            Ok(match row {
+                Some((Some(remaining), Some(start))) => Some(QuotaState {
+                    remaining: u64::try_from(remaining).unwrap_or(0),
+                    period_start: Timestamp::from_unix_ms(start),
+                }),
+                _ => None,
+            })
+        })
+        .await
+    }
+
+    async fn record_quotas(&self, states: Vec<(KeyId, QuotaState)>) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            let tx = conn.transaction().map_err(unavailable)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "UPDATE keys SET quota_remaining = ?2, quota_period_start = ?3 \
+                         WHERE id = ?1 AND quota_remaining IS NOT NULL",
+                    )
+                    .map_err(unavailable)?;
+                for (id, state) in &states {
+                    stmt.execute(params![
+                        id.to_string(),
+                        to_i64(state.remaining),
+                        state.period_start.unix_ms()
+                    ])
+                    .map_err(unavailable)?;
+                }
+            }
+            tx.commit().map_err(unavailable)
         })
         .await
     }

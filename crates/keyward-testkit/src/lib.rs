@@ -63,6 +63,15 @@ impl Store for CountingStore {
     async fn plans(&self) -> Result<Vec<keyward_core::PlanRecord>, StoreError> {
         self.inner.plans().await
     }
+    async fn quota_state(&self, id: KeyId) -> Result<Option<keyward_core::QuotaState>, StoreError> {
+        self.inner.quota_state(id).await
+    }
+    async fn record_quotas(
+        &self,
+        states: Vec<(KeyId, keyward_core::QuotaState)>,
+    ) -> Result<(), StoreError> {
+        self.inner.record_quotas(states).await
+    }
     async fn count_keys_with_plan(&self, plan: keyward_core::PlanName) -> Result<u64, StoreError> {
         self.inner.count_keys_with_plan(plan).await
     }

@@ -598,3 +598,147 @@ async fn a_rate_limited_request_gives_its_lease_back() {
         );
     }
 }
+
+#[tokio::test]
+async fn quotas_spend_credits_refill_and_survive_a_restart() {
+    let mut app = spawn_app().await;
+    // A one-time grant: no refill unless asked.
+    let once = app
+        .create_key("live", json!({"quota": {"remaining": 3}}))
+        .await;
+    assert_eq!(once["quota"], json!({"remaining": 3}));
+    let (once_key, once_id) = (
+        once["key"].as_str().unwrap().to_owned(),
+        once["id"].as_str().unwrap().to_owned(),
+    );
+    let (v, _) = verify(&app, json!({"key": once_key, "cost": 2})).await;
+    assert_eq!(
+        (v["code"].as_str(), v["quota_remaining"].as_u64()),
+        (Some("VALID"), Some(1))
+    );
+    let (v, _) = verify(&app, json!({"key": once_key, "cost": 2})).await;
+    assert_eq!(v["code"], "USAGE_EXCEEDED", "{v}");
+    assert_eq!(v["quota_remaining"], 1, "a refused request spends nothing");
+    assert!(v["detail"].as_str().unwrap().contains("1 left"));
+    assert_eq!(code(&app, json!({"key": once_key})).await, "VALID");
+    app.clock.advance_seconds(400 * 86_400);
+    assert_eq!(
+        code(&app, json!({"key": once_key})).await,
+        "USAGE_EXCEEDED",
+        "a one-time grant never refills"
+    );
+    // An admin grants more.
+    let (status, granted) = app
+        .call(
+            Method::PATCH,
+            &format!("/v1/keys/{once_id}"),
+            Some(json!({"quota": {"remaining": 10}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{granted}");
+    assert_eq!(granted["quota"]["remaining"], 10);
+    assert_eq!(code(&app, json!({"key": once_key})).await, "VALID");
+
+    // A daily refill resets to the amount at 00:00 UTC; it does not add up.
+    let daily = app
+        .create_key(
+            "live",
+            json!({"quota": {"refill": {"amount": 5, "interval": "daily"}}}),
+        )
+        .await;
+    let daily_key = daily["key"].as_str().unwrap().to_owned();
+    assert_eq!(daily["quota"]["remaining"], 5);
+    assert_eq!(
+        verify(&app, json!({"key": daily_key, "cost": 5})).await.0["quota_remaining"],
+        0
+    );
+    assert_eq!(
+        code(&app, json!({"key": daily_key})).await,
+        "USAGE_EXCEEDED"
+    );
+    let now = app.clock.now_ms();
+    app.clock
+        .advance_ms(86_400_000 - now.rem_euclid(86_400_000) - 1);
+    assert_eq!(
+        code(&app, json!({"key": daily_key})).await,
+        "USAGE_EXCEEDED",
+        "still the same day"
+    );
+    app.clock.advance_ms(1);
+    let (v, _) = verify(&app, json!({"key": daily_key})).await;
+    assert_eq!(
+        (v["code"].as_str(), v["quota_remaining"].as_u64()),
+        (Some("VALID"), Some(4))
+    );
+
+    // Spending is written at shutdown and survives a restart.
+    app.restart().await;
+    let (_, shown) = app
+        .call(
+            Method::GET,
+            &format!("/v1/keys/{}", daily["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(shown["quota"]["remaining"], 4, "{shown}");
+    assert_eq!(
+        verify(&app, json!({"key": daily_key})).await.0["quota_remaining"],
+        3
+    );
+}
+
+#[tokio::test]
+async fn rate_limited_requests_spend_no_credits_and_a_roll_keeps_them() {
+    let app = spawn_app().await;
+    let created = app
+        .create_key("live", json!({"quota": {"remaining": 5}, "ratelimits": [{"name": "slow", "limit": 1, "period_s": 10}]}))
+        .await;
+    let (key, id) = (
+        created["key"].as_str().unwrap().to_owned(),
+        created["id"].as_str().unwrap().to_owned(),
+    );
+    assert_eq!(
+        verify(&app, json!({"key": key})).await.0["quota_remaining"],
+        4
+    );
+    let (v, _) = verify(&app, json!({"key": key})).await;
+    assert_eq!(v["code"], "RATE_LIMITED");
+    assert_eq!(v["quota_remaining"], 4, "{v}");
+    let (_, rolled) = app
+        .call(
+            Method::POST,
+            &format!("/v1/keys/{id}/roll"),
+            Some(json!({"grace_period_s": 60})),
+        )
+        .await;
+    assert_eq!(rolled["quota"]["remaining"], 4, "{rolled}");
+    for (quota, field) in [
+        (json!({}), "quota.remaining"),
+        (
+            json!({"refill": {"amount": 0, "interval": "daily"}}),
+            "quota.refill.amount",
+        ),
+        (
+            json!({"refill": {"amount": 5, "interval": "weekly"}}),
+            "quota.refill.interval",
+        ),
+        (json!({"remaining": -1}), "quota.remaining"),
+        (json!({"remaining": 5, "extra": 1}), "quota"),
+    ] {
+        let (status, err) = app
+            .call(
+                Method::POST,
+                "/v1/keys",
+                Some(json!({"environment": "live", "name": "n", "owner": "o", "quota": quota})),
+            )
+            .await;
+        assert_eq!(status, 400, "{quota}: {err}");
+        assert!(
+            err["error"]["field"]
+                .as_str()
+                .unwrap()
+                .starts_with(field.split('.').next().unwrap()),
+            "{quota}: {err}"
+        );
+    }
+}

@@ -82,6 +82,9 @@ pub struct KeyView {
     pub plan: Option<keyward_core::PlanName>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<ConcurrencyView>,
+    /// The quota; `remaining` is given where the server looked it up (show, create, update).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaView>,
 }
 
 impl From<KeyRecord> for KeyView {
@@ -123,6 +126,7 @@ impl From<KeyRecord> for KeyView {
                 limit: c.limit,
                 lease_timeout_s: Some(c.lease_timeout_s),
             }),
+            quota: k.access.quota.map(|q| QuotaView::of(q, None)),
         }
     }
 }
@@ -214,6 +218,52 @@ pub struct CreateKeyRequest {
     pub plan: Option<String>,
     /// At most this many of the key's requests in flight (verify with `lease: true`).
     pub concurrency: Option<ConcurrencyView>,
+    /// Usage credits that verification spends (`cost`), optionally refilled daily or monthly.
+    pub quota: Option<QuotaView>,
+}
+
+/// A quota: `remaining` credits, and whether they are reset to `refill.amount` at the start of
+/// each UTC day or month. Without `refill` it is a one-time grant.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaView {
+    /// Credits left (on input: to start with; default the refill amount).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_u64)]
+    pub remaining: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refill: Option<RefillView>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefillView {
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_u64)]
+    pub amount: u64,
+    /// `daily` or `monthly` (UTC).
+    #[schema(value_type = String, pattern = "^(daily|monthly)$")]
+    pub interval: keyward_core::RefillInterval,
+}
+
+impl QuotaView {
+    fn config(self) -> keyward_core::QuotaConfig {
+        keyward_core::QuotaConfig {
+            refill: self.refill.map(|r| keyward_core::QuotaRefill {
+                amount: r.amount,
+                interval: r.interval,
+            }),
+        }
+    }
+
+    pub(crate) fn of(config: keyward_core::QuotaConfig, remaining: Option<u64>) -> Self {
+        QuotaView {
+            remaining,
+            refill: config.refill.map(|r| RefillView {
+                amount: r.amount,
+                interval: r.interval,
+            }),
+        }
+    }
 }
 
 /// At most `limit` requests in flight; an unreleased lease lapses after `lease_timeout_s`.
@@ -272,6 +322,16 @@ impl From<keyward_core::RateLimit> for RateLimitView {
     }
 }
 
+/// A key as shown after a lookup or a change: with what remains of its quota.
+async fn view(state: &AppState, record: KeyRecord) -> Result<KeyView, ApiError> {
+    let remaining = state.authority.quota_remaining(&record).await?;
+    let mut view = KeyView::from(record);
+    if let Some(quota) = &mut view.quota {
+        quota.remaining = remaining;
+    }
+    Ok(view)
+}
+
 pub(crate) fn parse_plan(text: &str) -> Result<keyward_core::PlanName, ApiError> {
     keyward_core::PlanName::parse(text)
         .map_err(|e| ApiError::field("plan", format!("{text:?}: {e}")))
@@ -327,6 +387,7 @@ pub(crate) fn parse_roles(field: &str, list: &[String]) -> Result<Vec<RoleName>,
 /// A new key's access rules from its create request, each bad value named by its field.
 fn parse_access(body: &CreateKeyRequest) -> Result<KeyAccess, ApiError> {
     Ok(KeyAccess {
+        quota: body.quota.map(QuotaView::config),
         concurrency: body.concurrency.map(ConcurrencyView::parse).transpose()?,
         plan: body.plan.as_deref().map(parse_plan).transpose()?,
         ratelimits: parse_ratelimits(&body.ratelimits)?,
@@ -413,13 +474,14 @@ pub async fn create_key(
         ttl_s: body.ttl_s,
         meta: body.meta.unwrap_or_default(),
         access,
+        quota_remaining: body.quota.and_then(|q| q.remaining),
     };
     let (record, key) = state.authority.create_key(&actor, new).await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedKey {
             key: key.expose().to_owned(),
-            record: record.into(),
+            record: view(&state, record).await?,
         }),
     ))
 }
@@ -440,7 +502,8 @@ pub async fn show_key(
 ) -> Result<Json<KeyView>, ApiError> {
     let actor = caller.authenticate(&state, admin::KEYS_READ).await?;
     let id = parse_id(&id)?;
-    Ok(Json(state.authority.key_as(&actor, id).await?.into()))
+    let record = state.authority.key_as(&actor, id).await?;
+    Ok(Json(view(&state, record).await?))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -591,6 +654,10 @@ pub struct UpdateKeyRequest {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<ConcurrencyView>)]
     pub concurrency: Option<Option<ConcurrencyView>>,
+    /// Replaces the quota and sets what remains (a credit grant); `null` removes it.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<QuotaView>)]
+    pub quota: Option<Option<QuotaView>>,
 }
 
 #[utoipa::path(
@@ -663,9 +730,14 @@ pub async fn update_key(
             .concurrency
             .map(|c| c.map(ConcurrencyView::parse).transpose())
             .transpose()?,
+        quota: body.quota.map(|q| q.map(|q| (q.config(), q.remaining))),
     };
     Ok(Json(
-        state.authority.update_key(&actor, id, update).await?.into(),
+        view(
+            &state,
+            state.authority.update_key(&actor, id, update).await?,
+        )
+        .await?,
     ))
 }
 
@@ -752,9 +824,9 @@ pub async fn roll_key(
         Json(RolledKey {
             successor: CreatedKey {
                 key: key.expose().to_owned(),
-                record: new.into(),
+                record: view(&state, new).await?,
             },
-            previous: old.into(),
+            previous: view(&state, old).await?,
         }),
     ))
 }

@@ -115,6 +115,10 @@ pub struct VerifyResponse {
     /// The lease taken, when asked for with `lease: true` and the key has a concurrency limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lease: Option<LeaseView>,
+    /// For a key with a quota: the credits left after this request (USAGE_EXCEEDED when a
+    /// request costs more than remain).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota_remaining: Option<u64>,
 }
 
 #[utoipa::path(
@@ -227,6 +231,7 @@ pub async fn verify(
             id: l.id,
             expires_at: l.expires_at,
         }),
+        quota_remaining: verdict.quota_remaining,
     };
     Ok((ratelimit_headers(&response), Json(response)).into_response())
 }
