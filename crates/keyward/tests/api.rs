@@ -736,6 +736,15 @@ async fn metrics_and_openapi() {
         ("/healthz", "get"),
         ("/readyz", "get"),
         ("/metrics", "get"),
+        ("/v1/roles", "post"),
+        ("/v1/roles/{name}", "put"),
+        ("/v1/plans", "post"),
+        ("/v1/plans/{name}", "delete"),
+        ("/v1/environments", "post"),
+        ("/v1/environments/{name}", "patch"),
+        ("/v1/keys/{id}/grants", "post"),
+        ("/v1/keys/{id}/effective-permissions", "get"),
+        ("/v1/leases/{id}/release", "post"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),
