@@ -449,6 +449,18 @@ pub struct PlanRecord {
     pub updated_at: Timestamp,
 }
 
+/// Something that happened to a key that consumers (webhooks, anomaly detection) may act on:
+/// `ratelimit.warning`, `ratelimit.exceeded`, `guard.block`, … Not an audit entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Position in the log; 0 until stored.
+    pub seq: u64,
+    pub ts: Timestamp,
+    pub kind: String,
+    pub key_id: Option<KeyId>,
+    pub details: serde_json::Value,
+}
+
 /// A named, reusable set of permissions.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RoleRecord {

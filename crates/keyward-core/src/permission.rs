@@ -190,6 +190,7 @@ pub mod admin {
     pub const ENVIRONMENTS_READ: &str = "environments:read";
     pub const PLANS_MANAGE: &str = "plans:manage";
     pub const PLANS_READ: &str = "plans:read";
+    pub const EVENTS_READ: &str = "events:read";
 }
 
 #[cfg(test)]

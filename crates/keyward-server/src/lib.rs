@@ -156,6 +156,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::verify::verify))
         .routes(routes!(routes::verify::release_lease))
         .routes(routes!(routes::audit::list_audit))
+        .routes(routes!(routes::audit::list_events))
         .split_for_parts()
 }
 

@@ -164,6 +164,13 @@ impl Authority {
             if let Err(e) = self.audit_only(vec![entry]).await {
                 tracing::error!(error = %e, "could not audit a guard block");
             }
+            self.events.record(keyward_core::Event {
+                seq: 0,
+                ts: self.clock.now(),
+                kind: "guard.block".into(),
+                key_id: None,
+                details: json!({ "guard": kind.name(), "ip": ip }),
+            });
         }
     }
 }

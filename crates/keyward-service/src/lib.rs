@@ -19,6 +19,7 @@ use keyward_store::{AuditHead, Store, StoreError};
 mod access;
 pub mod audit;
 pub mod cache;
+mod events;
 mod guard;
 mod init;
 mod keyring;
@@ -131,6 +132,10 @@ pub struct Authority {
     guard: guard::Guard,
     leases: leases::Leases,
     quotas: quotas::Quotas,
+    events: events::EventRecorder,
+    /// For each key and limit, the window in which a warning or refusal event was last sent:
+    /// one event a window, not one a request.
+    notified: std::sync::Mutex<HashMap<(keyward_core::KeyId, u64, bool), i64>>,
     ids: keyward_crypto::KeyIds,
     stop: tokio::sync::watch::Sender<bool>,
     background: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -174,6 +179,7 @@ impl Authority {
         });
         let cache = VerifyCache::new(config.cache_capacity);
         cache.add_known_many(store.key_hashes().await?);
+        let store_for_events = Arc::clone(&store);
         let usage = UsageRecorder::start(
             Arc::clone(&store),
             config.usage_buffer,
@@ -193,6 +199,12 @@ impl Authority {
             guard: guard::Guard::new(config.guard.clone()),
             leases: leases::Leases::default(),
             quotas: quotas::Quotas::default(),
+            events: events::EventRecorder::start(
+                Arc::clone(&store_for_events),
+                config.usage_buffer,
+                config.usage_flush_interval,
+            ),
+            notified: std::sync::Mutex::new(HashMap::new()),
             ids: keyward_crypto::KeyIds::default(),
             stop: tokio::sync::watch::channel(false).0,
             background: tokio::sync::Mutex::new(None),
@@ -215,6 +227,53 @@ impl Authority {
     /// Usage events dropped because the buffer was full.
     pub fn usage_events_dropped(&self) -> u64 {
         self.usage.dropped()
+    }
+
+    /// Log events dropped because the buffer was full.
+    pub fn events_dropped(&self) -> u64 {
+        self.events.dropped()
+    }
+
+    /// Events after `after`, in order, at most `limit` (1..=1000).
+    pub async fn events_after(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<keyward_core::Event>, ServiceError> {
+        Ok(self.store.events(after, limit.clamp(1, 1000)).await?)
+    }
+
+    /// Sends an event for `key` and limit `limit_index` at most once per `window` (an id such as
+    /// the limit's window number).
+    pub(crate) fn notify_once(
+        &self,
+        kind: &str,
+        key: keyward_core::KeyId,
+        name: &str,
+        window: i64,
+        details: serde_json::Value,
+    ) {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        name.hash(&mut hasher);
+        let slot = (key, hasher.finish(), kind == "ratelimit.warning");
+        {
+            let mut notified = self.notified.lock().unwrap_or_else(|p| p.into_inner());
+            if notified.get(&slot) == Some(&window) {
+                return;
+            }
+            if notified.len() > 1_000_000 {
+                notified.clear();
+            }
+            notified.insert(slot, window);
+        }
+        self.events.record(keyward_core::Event {
+            seq: 0,
+            ts: self.clock.now(),
+            kind: kind.to_owned(),
+            key_id: Some(key),
+            details,
+        });
     }
 
     /// Starts the background work that needs the authority itself: the grant-lapse sweeper,
@@ -259,6 +318,7 @@ impl Authority {
             let _ = task.await;
         }
         self.flush_quotas().await;
+        self.events.shutdown().await;
         self.usage.shutdown().await;
     }
 

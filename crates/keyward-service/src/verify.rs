@@ -32,7 +32,13 @@ pub struct Verification {
     pub lease: Option<crate::Lease>,
     /// For a key with a quota: the credits left after this request.
     pub quota_remaining: Option<u64>,
+    /// The request was admitted, but a rate limit is past its warning threshold.
+    pub warning: bool,
 }
+
+/// Past this share of a limit, verify warns (`warning`) and a `ratelimit.warning` event is
+/// sent, once per window.
+pub const WARNING_PERCENT: u8 = 80;
 
 /// Where a key stands against one of its limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +67,7 @@ impl Verification {
             retry_after_s: None,
             lease: None,
             quota_remaining: None,
+            warning: false,
         }
     }
 }
@@ -251,7 +258,35 @@ impl Authority {
                     .zip(applies)
                     .filter(|(_, a)| **a)
                     .map(|(l, _)| l);
+                let all_admitted = outcomes.iter().all(|o| o.admitted);
+                let now_ns = now.unix_ms().saturating_mul(1_000_000);
                 for ((limit, name), outcome) in applicable.zip(&outcomes) {
+                    let period_ns = i64::try_from(limit.period_s)
+                        .unwrap_or(i64::MAX / 1_000_000_000)
+                        .saturating_mul(1_000_000_000);
+                    let window = now_ns / period_ns.max(1);
+                    let used = limit.limit.saturating_sub(outcome.remaining);
+                    if !outcome.admitted {
+                        self.notify_once(
+                            "ratelimit.exceeded",
+                            key.id,
+                            name,
+                            window,
+                            json!({ "limit": name.as_ref(), "quota": limit.limit, "period_s": limit.period_s, "retry_after_s": ceil_s(outcome.retry_after_ns) }),
+                        );
+                    } else if all_admitted
+                        && u128::from(used) * 100
+                            >= u128::from(limit.limit) * u128::from(WARNING_PERCENT)
+                    {
+                        verdict.warning = true;
+                        self.notify_once(
+                            "ratelimit.warning",
+                            key.id,
+                            name,
+                            window,
+                            json!({ "limit": name.as_ref(), "quota": limit.limit, "period_s": limit.period_s, "remaining": outcome.remaining }),
+                        );
+                    }
                     verdict.ratelimits.push(RateLimitStatus {
                         name: Arc::clone(name),
                         limit: limit.limit,

@@ -83,6 +83,7 @@ pub async fn run(store: &dyn Store) {
     access_and_roles(store).await;
     plans(store).await;
     quotas(store).await;
+    events(store).await;
     store.ping().await.unwrap();
 }
 
@@ -672,4 +673,28 @@ async fn quotas(store: &dyn Store) {
         matches!(missing, Err(StoreError::NotFound(_))),
         "{missing:?}"
     );
+}
+
+async fn events(store: &dyn Store) {
+    let event = |n: u64| keyward_core::Event {
+        seq: 0,
+        ts: Timestamp::from_unix_ms(i64::try_from(n).unwrap()),
+        kind: "ratelimit.warning".into(),
+        key_id: n.is_multiple_of(2).then(|| sample_key(1, "live").id),
+        details: serde_json::json!({"n": n}),
+    };
+    store
+        .append_events((1..=5).map(event).collect())
+        .await
+        .unwrap();
+    let all = store.events(0, 100).await.unwrap();
+    assert_eq!(all.len(), 5);
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq), "seq increases");
+    assert_eq!(all[1].key_id, Some(sample_key(1, "live").id));
+    assert_eq!(all[0].details, serde_json::json!({"n": 1}));
+    assert_eq!(
+        store.events(all[2].seq, 100).await.unwrap(),
+        all[3..].to_vec()
+    );
+    assert_eq!(store.events(0, 2).await.unwrap(), all[..2].to_vec());
 }

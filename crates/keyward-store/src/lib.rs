@@ -151,6 +151,12 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// exist are skipped. Not audited: usage is telemetry, not an admin action.
     async fn record_usage(&self, usage: Vec<KeyUsage>) -> Result<(), StoreError>;
 
+    /// Appends events in one batch; their `seq` is assigned by the store, increasing.
+    async fn append_events(&self, events: Vec<keyward_core::Event>) -> Result<(), StoreError>;
+
+    /// Events with `seq > after`, in order, at most `limit`.
+    async fn events(&self, after: u64, limit: u32) -> Result<Vec<keyward_core::Event>, StoreError>;
+
     async fn audit_head(&self) -> Result<Option<AuditHead>, StoreError>;
 
     /// Audit entries with `seq > after`, in sequence order, at most `limit`.

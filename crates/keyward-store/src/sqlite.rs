@@ -21,6 +21,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0002_access.sql"),
     include_str!("../migrations/sqlite/0003_plans.sql"),
     include_str!("../migrations/sqlite/0004_quotas.sql"),
+    include_str!("../migrations/sqlite/0005_events.sql"),
 ];
 
 /// Readers kept open for reuse; more are opened under load and closed after. Opening one costs
@@ -743,6 +744,54 @@ impl Store for SqliteStore {
                 }
             }
             tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn append_events(&self, events: Vec<keyward_core::Event>) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            let tx = conn.transaction().map_err(unavailable)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "INSERT INTO events (ts, kind, key_id, details) VALUES (?1, ?2, ?3, ?4)",
+                    )
+                    .map_err(unavailable)?;
+                for e in &events {
+                    stmt.execute(params![
+                        e.ts.unix_ms(),
+                        e.kind,
+                        e.key_id.map(|id| id.to_string()),
+                        e.details.to_string(),
+                    ])
+                    .map_err(unavailable)?;
+                }
+            }
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn events(&self, after: u64, limit: u32) -> Result<Vec<keyward_core::Event>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT seq, ts, kind, key_id, details FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+                .map_err(unavailable)?;
+            let mut rows = stmt.query(params![to_i64(after), i64::from(limit)]).map_err(unavailable)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(unavailable)? {
+                let get_err = |e: rusqlite::Error| StoreError::Corrupt(e.to_string());
+                let key_id: Option<String> = row.get(3).map_err(get_err)?;
+                let details: String = row.get(4).map_err(get_err)?;
+                out.push(keyward_core::Event {
+                    seq: u64::try_from(row.get::<_, i64>(0).map_err(get_err)?).unwrap_or(0),
+                    ts: Timestamp::from_unix_ms(row.get(1).map_err(get_err)?),
+                    kind: row.get(2).map_err(get_err)?,
+                    key_id: key_id.as_deref().map(|k| k.parse().map_err(|_| corrupt("event key id"))).transpose()?,
+                    details: serde_json::from_str(&details).map_err(|_| corrupt("event details"))?,
+                });
+            }
+            Ok(out)
         })
         .await
     }

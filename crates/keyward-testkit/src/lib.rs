@@ -101,6 +101,12 @@ impl Store for CountingStore {
     async fn record_usage(&self, usage: Vec<KeyUsage>) -> Result<(), StoreError> {
         self.inner.record_usage(usage).await
     }
+    async fn append_events(&self, events: Vec<keyward_core::Event>) -> Result<(), StoreError> {
+        self.inner.append_events(events).await
+    }
+    async fn events(&self, after: u64, limit: u32) -> Result<Vec<keyward_core::Event>, StoreError> {
+        self.inner.events(after, limit).await
+    }
     async fn audit_head(&self) -> Result<Option<AuditHead>, StoreError> {
         self.inner.audit_head().await
     }

@@ -742,3 +742,55 @@ async fn rate_limited_requests_spend_no_credits_and_a_roll_keeps_them() {
         );
     }
 }
+
+#[tokio::test]
+async fn warnings_and_refusals_become_events_once_per_window() {
+    let mut app = spawn_app().await;
+    let created = app
+        .create_key(
+            "live",
+            json!({"ratelimits": [{"name": "burst", "limit": 10, "period_s": 60}]}),
+        )
+        .await;
+    let (key, id) = (
+        created["key"].as_str().unwrap().to_owned(),
+        created["id"].as_str().unwrap().to_owned(),
+    );
+    for i in 1..=10 {
+        let (v, _) = verify(&app, json!({"key": key})).await;
+        // Past 80 % of the allowance: the 8th request on.
+        assert_eq!(v.get("warning").is_some(), i >= 8, "request {i}: {v}");
+    }
+    for _ in 0..3 {
+        assert_eq!(code(&app, json!({"key": key})).await, "RATE_LIMITED");
+    }
+    // Events are written in batches; a restart flushes them.
+    app.restart().await;
+    let (status, page) = app.call(Method::GET, "/v1/events", None).await;
+    assert_eq!(status, 200, "{page}");
+    let events = page["events"].as_array().unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["ratelimit.warning", "ratelimit.exceeded"],
+        "one of each per window"
+    );
+    assert_eq!(events[0]["key_id"], id.as_str());
+    assert_eq!(events[0]["details"]["limit"], "burst");
+    assert!(events[1]["details"]["retry_after_s"].as_u64().unwrap() >= 1);
+    // Paging by cursor.
+    let (_, first) = app.call(Method::GET, "/v1/events?limit=1", None).await;
+    let cursor = first["next_cursor"].as_u64().unwrap();
+    let (_, rest) = app
+        .call(Method::GET, &format!("/v1/events?cursor={cursor}"), None)
+        .await;
+    assert_eq!(rest["events"][0]["kind"], "ratelimit.exceeded");
+    // A new window warns again.
+    app.clock.advance_seconds(60);
+    for _ in 0..9 {
+        verify(&app, json!({"key": key})).await;
+    }
+    app.restart().await;
+    let (_, page) = app.call(Method::GET, "/v1/events", None).await;
+    assert_eq!(page["events"].as_array().unwrap().len(), 3, "{page}");
+}

@@ -95,3 +95,80 @@ pub async fn list_audit(
         next_cursor,
     }))
 }
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EventParams {
+    /// The `next_cursor` of the previous page (a sequence number).
+    #[param(maximum = 9_223_372_036_854_775_807_u64)]
+    pub cursor: Option<u64>,
+    /// Page size, 1-1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+}
+
+/// An event: `ratelimit.warning`, `ratelimit.exceeded` (each at most once per key, limit and
+/// window), `guard.block`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventView {
+    pub seq: u64,
+    #[schema(value_type = String, format = DateTime)]
+    pub ts: keyward_core::Timestamp,
+    pub kind: String,
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub key_id: Option<keyward_core::KeyId>,
+    #[schema(value_type = Object)]
+    pub details: Value,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventPage {
+    pub events: Vec<EventView>,
+    /// Pass as `cursor` for the next page; absent when there are no more events yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<u64>,
+}
+
+#[utoipa::path(
+    get, path = "/v1/events", tag = "audit",
+    params(EventParams),
+    responses((status = 200, body = EventPage), ErrorResponses),
+    security(("bearer" = []))
+)]
+pub async fn list_events(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryParams(params): QueryParams<EventParams>,
+) -> Result<Json<EventPage>, ApiError> {
+    caller.authenticate(&state, admin::EVENTS_READ).await?;
+    let limit = match params.limit {
+        None => 100,
+        Some(n @ 1..=1000) => n,
+        Some(_) => return Err(ApiError::field("limit", "must be between 1 and 1000")),
+    };
+    let cursor = params.cursor.unwrap_or(0);
+    if i64::try_from(cursor).is_err() {
+        return Err(ApiError::field(
+            "cursor",
+            "not a cursor from a previous page",
+        ));
+    }
+    let events = state.authority.events_after(cursor, limit).await?;
+    let next_cursor = (events.len() == limit as usize)
+        .then(|| events.last().map(|e| e.seq))
+        .flatten();
+    Ok(Json(EventPage {
+        events: events
+            .into_iter()
+            .map(|e| EventView {
+                seq: e.seq,
+                ts: e.ts,
+                kind: e.kind,
+                key_id: e.key_id,
+                details: e.details,
+            })
+            .collect(),
+        next_cursor,
+    }))
+}

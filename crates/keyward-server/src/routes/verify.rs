@@ -119,6 +119,10 @@ pub struct VerifyResponse {
     /// request costs more than remain).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quota_remaining: Option<u64>,
+    /// Admitted, but a rate limit is past 80 % of its allowance (a `ratelimit.warning` event
+    /// is sent once per window).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub warning: bool,
 }
 
 #[utoipa::path(
@@ -232,6 +236,7 @@ pub async fn verify(
             expires_at: l.expires_at,
         }),
         quota_remaining: verdict.quota_remaining,
+        warning: verdict.warning,
     };
     Ok((ratelimit_headers(&response), Json(response)).into_response())
 }
