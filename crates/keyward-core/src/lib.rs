@@ -21,9 +21,9 @@ pub use cidr::{Cidr, CidrSet, NetworkRules};
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use key::{EnvironmentName, KeyPrefix, MalformedKey, ParsedKey};
 pub use model::{
-    ConcurrencyLimit, Event, Grant, KeyAccess, KeyHash, KeyId, KeyRecord, KeyStatus, PlanName,
-    PlanRecord, QuotaConfig, QuotaRefill, QuotaState, RefillInterval, RoleName, RoleRecord,
-    ServiceName, VerifyCode,
+    BlockRule, ConcurrencyLimit, Event, Graduated, Grant, KeyAccess, KeyHash, KeyId, KeyRecord,
+    KeyStatus, PlanName, PlanRecord, QuotaConfig, QuotaRefill, QuotaState, RefillInterval,
+    RoleName, RoleRecord, ServiceName, VerifyCode,
 };
 pub use path_rule::PathRule;
 pub use permission::{Permission, PermissionSet};

@@ -445,8 +445,68 @@ pub struct PlanRecord {
     pub name: PlanName,
     pub description: Option<String>,
     pub ratelimits: Vec<crate::RateLimit>,
+    /// How the plan answers a key that keeps hitting its limits.
+    pub graduated: Option<Graduated>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+}
+
+/// A graduated response to rate-limit pressure: warn past a share of a limit; block a key that
+/// is refused `violations` times within `within_s` for `block_s`; disable it after
+/// `disable_after_blocks` blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Graduated {
+    /// Warn past this percentage of a limit (default 80).
+    #[serde(default = "default_warning_percent")]
+    pub warning_percent: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block: Option<BlockRule>,
+}
+
+fn default_warning_percent() -> u8 {
+    80
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockRule {
+    pub violations: u32,
+    pub within_s: u64,
+    pub block_s: u64,
+    /// Disable the key (an audited change an admin must undo) after this many blocks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disable_after_blocks: Option<u32>,
+}
+
+impl Graduated {
+    /// Checks the values a client gave; names the bad field.
+    pub fn validate(&self) -> Result<(), (&'static str, &'static str)> {
+        if !(1..=100).contains(&self.warning_percent) {
+            return Err(("graduated.warning_percent", "must be between 1 and 100"));
+        }
+        if let Some(block) = &self.block {
+            if !(1..=1_000_000).contains(&block.violations) {
+                return Err((
+                    "graduated.block.violations",
+                    "must be between 1 and 1000000",
+                ));
+            }
+            if !(1..=86_400).contains(&block.within_s) {
+                return Err(("graduated.block.within_s", "must be between 1 and 86400"));
+            }
+            if !(1..=2_592_000).contains(&block.block_s) {
+                return Err((
+                    "graduated.block.block_s",
+                    "must be between 1 and 2592000 (30 days)",
+                ));
+            }
+            if block.disable_after_blocks == Some(0) {
+                return Err(("graduated.block.disable_after_blocks", "must be at least 1"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Something that happened to a key that consumers (webhooks, anomaly detection) may act on:

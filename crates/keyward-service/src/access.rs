@@ -528,9 +528,17 @@ impl Authority {
         name: PlanName,
         description: Option<String>,
         ratelimits: Vec<keyward_core::RateLimit>,
+        graduated: Option<keyward_core::Graduated>,
         replace: bool,
     ) -> Result<PlanRecord, ServiceError> {
         check_ratelimits(&ratelimits)?;
+        if let Some(g) = &graduated {
+            g.validate()
+                .map_err(|(field, message)| ServiceError::InvalidField {
+                    field,
+                    message: message.into(),
+                })?;
+        }
         if let Some(d) = &description
             && (d.chars().count() > crate::limits::PURPOSE_CHARS || d.chars().any(char::is_control))
         {
@@ -545,6 +553,7 @@ impl Authority {
             (Some(old), true) => PlanRecord {
                 description,
                 ratelimits,
+                graduated,
                 updated_at: now,
                 ..(*old).clone()
             },
@@ -552,6 +561,7 @@ impl Authority {
                 name: name.clone(),
                 description,
                 ratelimits,
+                graduated,
                 created_at: now,
                 updated_at: now,
             },
@@ -564,7 +574,7 @@ impl Authority {
                 "plan.create"
             },
             target: Some(name.to_string()),
-            details: json!({ "ratelimits": record.ratelimits }),
+            details: json!({ "ratelimits": record.ratelimits, "graduated": record.graduated }),
         };
         self.commit(
             &mut head,
@@ -612,8 +622,15 @@ impl Authority {
         Ok(())
     }
 
-    /// A key's limits: its plan's, then its own; its own replace the plan's of the same name.
-    pub(crate) fn limits_of(&self, key: &KeyRecord) -> Vec<keyward_core::RateLimit> {
+    /// A key's limits: its plan's, then its own (its own replace the plan's of the same name);
+    /// and the plan's graduated response.
+    pub(crate) fn limits_of(
+        &self,
+        key: &KeyRecord,
+    ) -> (
+        Vec<keyward_core::RateLimit>,
+        Option<keyward_core::Graduated>,
+    ) {
         let own = &key.access.ratelimits;
         let plan = key
             .access
@@ -627,7 +644,7 @@ impl Authority {
             .cloned()
             .collect();
         limits.extend(own.iter().cloned());
-        limits
+        (limits, plan.and_then(|p| p.graduated))
     }
 
     // ---- grants ------------------------------------------------------------------------------

@@ -60,6 +60,8 @@ type PermissionSets = HashMap<Box<[Permission]>, Arc<HeldPermissions>>;
 #[derive(Debug)]
 pub struct KeyLimits {
     pub list: Box<[keyward_core::RateLimit]>,
+    /// The plan's graduated response, if any.
+    pub graduated: Option<keyward_core::Graduated>,
     /// The limits' names, shared with every verdict that reports them.
     pub names: Box<[Arc<str>]>,
     pub fingerprint: u64,
@@ -230,7 +232,10 @@ impl VerifyCache {
         env: Arc<EnvironmentState>,
         held: Vec<Permission>,
         grants: Vec<(Permission, Timestamp)>,
-        limits: Vec<keyward_core::RateLimit>,
+        (limits, graduated): (
+            Vec<keyward_core::RateLimit>,
+            Option<keyward_core::Graduated>,
+        ),
     ) -> Arc<CachedKey> {
         let access = &key.access;
         let network = access.network();
@@ -252,6 +257,7 @@ impl VerifyCache {
                 Arc::new(KeyLimits {
                     fingerprint: crate::limiter::fingerprint(&limits),
                     names: limits.iter().map(|l| Arc::from(l.name.as_str())).collect(),
+                    graduated,
                     list: limits.into_boxed_slice(),
                 })
             }),
@@ -385,7 +391,13 @@ mod tests {
         let held = record.permissions.clone();
         (
             record.hash,
-            VerifyCache::new(1).entry_for(&record, test_env(), held, Vec::new(), Vec::new()),
+            VerifyCache::new(1).entry_for(
+                &record,
+                test_env(),
+                held,
+                Vec::new(),
+                (Vec::new(), None),
+            ),
         )
     }
 
@@ -426,9 +438,15 @@ mod tests {
             Arc::clone(&env),
             ka.permissions.clone(),
             Vec::new(),
-            Vec::new(),
+            (Vec::new(), None),
         );
-        let b = cache.entry_for(&kb, env, kb.permissions.clone(), Vec::new(), Vec::new());
+        let b = cache.entry_for(
+            &kb,
+            env,
+            kb.permissions.clone(),
+            Vec::new(),
+            (Vec::new(), None),
+        );
         assert!(Arc::ptr_eq(&a.owner, &b.owner));
         assert!(Arc::ptr_eq(&a.permissions, &b.permissions));
         assert!(Arc::ptr_eq(&a.env, &b.env));

@@ -566,6 +566,26 @@ impl Authority {
         Ok(key)
     }
 
+    /// Disables an active key on the system's own authority (repeated rate-limit violations),
+    /// with an audit entry. False if the key was not active.
+    pub(crate) async fn disable_for_violations(&self, id: KeyId) -> Result<bool, ServiceError> {
+        let mut head = self.writer.lock().await;
+        let mut key = self.key(id).await?;
+        if key.status != KeyStatus::Active {
+            return Ok(false);
+        }
+        key.status = KeyStatus::Disabled;
+        key.updated_at = self.clock.now();
+        let entry = PendingEntry {
+            actor: "system".into(),
+            action: "key.update",
+            target: Some(id.to_string()),
+            details: json!({ "enabled": false, "reason": "repeated rate-limit violations" }),
+        };
+        self.commit_key(&mut head, &key, entry).await?;
+        Ok(true)
+    }
+
     /// Revokes a key for good. When this returns, no verification that starts afterwards
     /// answers `VALID` for it.
     pub async fn revoke_key(

@@ -19,6 +19,7 @@ use keyward_store::{AuditHead, Store, StoreError};
 mod access;
 pub mod audit;
 pub mod cache;
+mod escalation;
 mod events;
 mod guard;
 mod init;
@@ -133,6 +134,7 @@ pub struct Authority {
     leases: leases::Leases,
     quotas: quotas::Quotas,
     events: events::EventRecorder,
+    escalations: escalation::Escalations,
     /// For each key and limit, the window in which a warning or refusal event was last sent:
     /// one event a window, not one a request.
     notified: std::sync::Mutex<HashMap<(keyward_core::KeyId, u64, bool), i64>>,
@@ -205,6 +207,7 @@ impl Authority {
                 config.usage_flush_interval,
             ),
             notified: std::sync::Mutex::new(HashMap::new()),
+            escalations: escalation::Escalations::default(),
             ids: keyward_crypto::KeyIds::default(),
             stop: tokio::sync::watch::channel(false).0,
             background: tokio::sync::Mutex::new(None),
@@ -303,6 +306,7 @@ impl Authority {
                     authority.limiter.sweep(now_ns);
                     authority.guard.sweep(now_ns);
                     authority.leases.sweep(authority.clock.now());
+                    authority.escalations.sweep(authority.clock.now());
                 }
             }
         });

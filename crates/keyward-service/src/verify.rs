@@ -34,6 +34,8 @@ pub struct Verification {
     pub quota_remaining: Option<u64>,
     /// The request was admitted, but a rate limit is past its warning threshold.
     pub warning: bool,
+    /// For a key blocked after repeated violations: until when.
+    pub blocked_until: Option<keyward_core::Timestamp>,
 }
 
 /// Past this share of a limit, verify warns (`warning`) and a `ratelimit.warning` event is
@@ -68,6 +70,7 @@ impl Verification {
             lease: None,
             quota_remaining: None,
             warning: false,
+            blocked_until: None,
         }
     }
 }
@@ -229,6 +232,22 @@ impl Authority {
                 }
             }
         }
+        // A key blocked for repeated violations is refused before its limits are counted.
+        if verdict.code == VerifyCode::Valid
+            && key
+                .ratelimits
+                .as_ref()
+                .is_some_and(|l| l.graduated.is_some_and(|g| g.block.is_some()))
+            && let Some(until) = self.escalations.blocked_until(key.id, now)
+        {
+            verdict.code = VerifyCode::RateLimited;
+            verdict.blocked_until = Some(until);
+            verdict.retry_after_s =
+                Some(ceil_s((until.unix_ms() - now.unix_ms()).saturating_mul(1_000_000)).max(1));
+            verdict.unmet = Some(format!(
+                "blocked until {until} after repeated rate-limit violations"
+            ));
+        }
         // Limits count only requests that would otherwise be served.
         if verdict.code == VerifyCode::Valid
             && let Some(limits) = &key.ratelimits
@@ -276,7 +295,12 @@ impl Authority {
                         );
                     } else if all_admitted
                         && u128::from(used) * 100
-                            >= u128::from(limit.limit) * u128::from(WARNING_PERCENT)
+                            >= u128::from(limit.limit)
+                                * u128::from(
+                                    limits
+                                        .graduated
+                                        .map_or(WARNING_PERCENT, |g| g.warning_percent),
+                                )
                     {
                         verdict.warning = true;
                         self.notify_once(
@@ -303,6 +327,9 @@ impl Authority {
                 {
                     verdict.code = VerifyCode::RateLimited;
                     verdict.retry_after_s = Some(ceil_s(wait).max(1));
+                    if let Some(rule) = limits.graduated.and_then(|g| g.block) {
+                        self.escalate(&key, &rule, now).await;
+                    }
                 }
             }
         }
@@ -348,6 +375,49 @@ impl Authority {
                 Ok(Self::same_environment(&parsed, key))
             }
             None => Ok(Lookup::Unknown),
+        }
+    }
+
+    /// Counts a refusal by the key's limits against its plan's block rule; blocks the key, and
+    /// after enough blocks disables it (an audited change), recording each step as an event.
+    async fn escalate(
+        &self,
+        key: &CachedKey,
+        rule: &keyward_core::BlockRule,
+        now: keyward_core::Timestamp,
+    ) {
+        use crate::escalation::Escalated;
+        let event = |kind: &str, details: serde_json::Value| keyward_core::Event {
+            seq: 0,
+            ts: now,
+            kind: kind.to_owned(),
+            key_id: Some(key.id),
+            details,
+        };
+        match self.escalations.violation(key.id, rule, now) {
+            Escalated::Nothing => {}
+            Escalated::Blocked(until) => {
+                self.events.record(event(
+                    "ratelimit.block",
+                    json!({ "until": until, "violations": rule.violations }),
+                ));
+            }
+            Escalated::Disable(until) => {
+                self.events.record(event(
+                    "ratelimit.block",
+                    json!({ "until": until, "violations": rule.violations }),
+                ));
+                match self.disable_for_violations(key.id).await {
+                    Ok(true) => self.events.record(event(
+                        "key.disabled",
+                        json!({ "reason": "repeated rate-limit violations" }),
+                    )),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, key_id = %key.id, "could not disable a key after repeated violations")
+                    }
+                }
+            }
         }
     }
 

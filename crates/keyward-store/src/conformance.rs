@@ -539,6 +539,15 @@ async fn plans(store: &dyn Store) {
             burst: None,
             rule: None,
         }],
+        graduated: Some(keyward_core::Graduated {
+            warning_percent: 90,
+            block: Some(keyward_core::BlockRule {
+                violations: 3,
+                within_s: 60,
+                block_s: 300,
+                disable_after_blocks: Some(2),
+            }),
+        }),
         created_at: at(1),
         updated_at: at(1),
     };

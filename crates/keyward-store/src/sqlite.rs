@@ -22,6 +22,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0003_plans.sql"),
     include_str!("../migrations/sqlite/0004_quotas.sql"),
     include_str!("../migrations/sqlite/0005_events.sql"),
+    include_str!("../migrations/sqlite/0006_graduated.sql"),
 ];
 
 /// Readers kept open for reuse; more are opened under load and closed after. Opening one costs
@@ -350,17 +351,23 @@ fn apply_changes(conn: &mut Connection, changes: &Changes) -> Result<(), StoreEr
         .map_err(map_write_error)?;
     }
     for plan in &changes.upsert_plans {
-        let limits = serde_json::to_string(&plan.ratelimits)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let corrupt_json = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
+        let limits = serde_json::to_string(&plan.ratelimits).map_err(corrupt_json)?;
+        let graduated = plan
+            .graduated
+            .map(|g| serde_json::to_string(&g))
+            .transpose()
+            .map_err(corrupt_json)?;
         tx.execute(
-            "INSERT INTO plans (name, description, ratelimits, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (name) DO UPDATE SET \
+            "INSERT INTO plans (name, description, ratelimits, graduated, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (name) DO UPDATE SET \
              description = excluded.description, ratelimits = excluded.ratelimits, \
-             updated_at = excluded.updated_at",
+             graduated = excluded.graduated, updated_at = excluded.updated_at",
             params![
                 plan.name.as_str(),
                 plan.description,
                 limits,
+                graduated,
                 plan.created_at.unix_ms(),
                 plan.updated_at.unix_ms()
             ],
@@ -531,7 +538,7 @@ impl Store for SqliteStore {
     async fn plans(&self) -> Result<Vec<PlanRecord>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn
-                .prepare_cached("SELECT name, description, ratelimits, created_at, updated_at FROM plans ORDER BY name")
+                .prepare_cached("SELECT name, description, ratelimits, created_at, updated_at, graduated FROM plans ORDER BY name")
                 .map_err(unavailable)?;
             let mut rows = stmt.query([]).map_err(unavailable)?;
             let mut out = Vec::new();
@@ -539,10 +546,15 @@ impl Store for SqliteStore {
                 let get_err = |e: rusqlite::Error| StoreError::Corrupt(e.to_string());
                 let name: String = row.get(0).map_err(get_err)?;
                 let limits: String = row.get(2).map_err(get_err)?;
+                let graduated: Option<String> = row.get(5).map_err(get_err)?;
                 out.push(PlanRecord {
                     name: PlanName::parse(&name).map_err(|_| corrupt("plan name"))?,
                     description: row.get(1).map_err(get_err)?,
                     ratelimits: serde_json::from_str(&limits).map_err(|_| corrupt("plan limits"))?,
+                    graduated: graduated
+                        .as_deref()
+                        .map(|g| serde_json::from_str(g).map_err(|_| corrupt("plan graduated response")))
+                        .transpose()?,
                     created_at: Timestamp::from_unix_ms(row.get(3).map_err(get_err)?),
                     updated_at: Timestamp::from_unix_ms(row.get(4).map_err(get_err)?),
                 });

@@ -794,3 +794,121 @@ async fn warnings_and_refusals_become_events_once_per_window() {
     let (_, page) = app.call(Method::GET, "/v1/events", None).await;
     assert_eq!(page["events"].as_array().unwrap().len(), 3, "{page}");
 }
+
+#[tokio::test]
+async fn graduated_response_warns_blocks_then_disables() {
+    let app = spawn_app().await;
+    let (status, plan) = app
+        .call(
+            Method::POST,
+            "/v1/plans",
+            Some(json!({
+                "name": "strict",
+                "ratelimits": [{"name": "minute", "limit": 4, "period_s": 60}],
+                "graduated": {"warning_percent": 50, "block": {"violations": 3, "within_s": 60, "block_s": 300, "disable_after_blocks": 2}}
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{plan}");
+    let created = app.create_key("live", json!({"plan": "strict"})).await;
+    let (key, id) = (
+        created["key"].as_str().unwrap().to_owned(),
+        created["id"].as_str().unwrap().to_owned(),
+    );
+    // Warning past 50 %: from the second request of four.
+    let warnings: Vec<bool> = {
+        let mut out = Vec::new();
+        for _ in 0..4 {
+            out.push(
+                verify(&app, json!({"key": key}))
+                    .await
+                    .0
+                    .get("warning")
+                    .is_some(),
+            );
+        }
+        out
+    };
+    assert_eq!(warnings, [false, true, true, true]);
+    // Three refusals within a minute: blocked for 300 s, answered with the block's end.
+    for _ in 0..3 {
+        assert_eq!(code(&app, json!({"key": key})).await, "RATE_LIMITED");
+    }
+    app.clock.advance_seconds(60);
+    let (v, _) = verify(&app, json!({"key": key})).await;
+    assert_eq!(
+        v["code"], "RATE_LIMITED",
+        "the limit has refilled, but the key is blocked: {v}"
+    );
+    assert_eq!(v["blocked_until"], "2026-11-28T10:05:00Z");
+    assert_eq!(v["retry_after_s"], 240);
+    app.clock.advance_seconds(240);
+    assert_eq!(code(&app, json!({"key": key})).await, "VALID");
+    // A second block disables the key, with an audit entry an admin can see.
+    for _ in 0..3 {
+        verify(&app, json!({"key": key})).await;
+    }
+    for _ in 0..3 {
+        assert_eq!(code(&app, json!({"key": key})).await, "RATE_LIMITED");
+    }
+    let (_, shown) = app.call(Method::GET, &format!("/v1/keys/{id}"), None).await;
+    assert_eq!(shown["status"], "disabled", "{shown}");
+    app.clock.advance_seconds(1000);
+    assert_eq!(code(&app, json!({"key": key})).await, "DISABLED");
+    let disabled = app
+        .audit()
+        .await
+        .into_iter()
+        .rfind(|e| e["action"] == "key.update")
+        .unwrap();
+    assert_eq!(disabled["actor"], "system");
+    assert_eq!(
+        disabled["details"]["reason"],
+        "repeated rate-limit violations"
+    );
+    // Every step is an event.
+    let mut app = app;
+    app.restart().await;
+    let (_, page) = app.call(Method::GET, "/v1/events?limit=1000", None).await;
+    let kinds: Vec<&str> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    for kind in [
+        "ratelimit.warning",
+        "ratelimit.exceeded",
+        "ratelimit.block",
+        "key.disabled",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    }
+    assert_eq!(kinds.iter().filter(|k| **k == "ratelimit.block").count(), 2);
+    // Bad settings are refused naming the field.
+    for (graduated, field) in [
+        (json!({"warning_percent": 0}), "graduated.warning_percent"),
+        (
+            json!({"block": {"violations": 0, "within_s": 60, "block_s": 60}}),
+            "graduated.block.violations",
+        ),
+        (
+            json!({"block": {"violations": 1, "within_s": 60, "block_s": 0}}),
+            "graduated.block.block_s",
+        ),
+        (json!({"block": {"violations": 1}}), "graduated"),
+    ] {
+        let (status, err) = app
+            .call(
+                Method::POST,
+                "/v1/plans",
+                Some(json!({"name": "x", "ratelimits": [], "graduated": graduated})),
+            )
+            .await;
+        assert_eq!(status, 400, "{graduated}: {err}");
+        assert!(
+            err["error"]["field"].as_str().unwrap().starts_with(field),
+            "{graduated}: {err}"
+        );
+    }
+}

@@ -20,6 +20,11 @@ pub struct PlanView {
     pub name: PlanName,
     pub description: Option<String>,
     pub ratelimits: Vec<RateLimitView>,
+    /// The graduated response: `{warning_percent, block: {violations, within_s, block_s,
+    /// disable_after_blocks?}}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub graduated: Option<keyward_core::Graduated>,
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
     #[schema(value_type = String, format = DateTime)]
@@ -32,6 +37,7 @@ impl From<PlanRecord> for PlanView {
             name: p.name,
             description: p.description,
             ratelimits: p.ratelimits.into_iter().map(RateLimitView::from).collect(),
+            graduated: p.graduated,
             created_at: p.created_at,
             updated_at: p.updated_at,
         }
@@ -52,6 +58,10 @@ pub struct CreatePlanRequest {
     pub description: Option<String>,
     #[schema(max_items = 16)]
     pub ratelimits: Vec<RateLimitView>,
+    /// Warn past `warning_percent` (default 80) of a limit; block a key refused `violations`
+    /// times within `within_s` for `block_s`; disable it after `disable_after_blocks` blocks.
+    #[schema(value_type = Option<Object>)]
+    pub graduated: Option<keyward_core::Graduated>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -61,6 +71,10 @@ pub struct ReplacePlanRequest {
     pub description: Option<String>,
     #[schema(max_items = 16)]
     pub ratelimits: Vec<RateLimitView>,
+    /// Warn past `warning_percent` (default 80) of a limit; block a key refused `violations`
+    /// times within `within_s` for `block_s`; disable it after `disable_after_blocks` blocks.
+    #[schema(value_type = Option<Object>)]
+    pub graduated: Option<keyward_core::Graduated>,
 }
 
 fn plan_name(text: &str) -> Result<PlanName, ApiError> {
@@ -99,7 +113,14 @@ pub async fn create_plan(
     let limits = parse_ratelimits(&body.ratelimits)?;
     let plan = state
         .authority
-        .put_plan(&actor, name, body.description, limits, false)
+        .put_plan(
+            &actor,
+            name,
+            body.description,
+            limits,
+            body.graduated,
+            false,
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(plan.into())))
 }
@@ -131,7 +152,7 @@ pub async fn replace_plan(
     Ok(Json(
         state
             .authority
-            .put_plan(&actor, name, body.description, limits, true)
+            .put_plan(&actor, name, body.description, limits, body.graduated, true)
             .await?
             .into(),
     ))

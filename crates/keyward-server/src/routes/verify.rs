@@ -123,6 +123,10 @@ pub struct VerifyResponse {
     /// is sent once per window).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub warning: bool,
+    /// With RATE_LIMITED for a key blocked after repeated violations: until when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub blocked_until: Option<Timestamp>,
 }
 
 #[utoipa::path(
@@ -237,6 +241,7 @@ pub async fn verify(
         }),
         quota_remaining: verdict.quota_remaining,
         warning: verdict.warning,
+        blocked_until: verdict.blocked_until,
     };
     Ok((ratelimit_headers(&response), Json(response)).into_response())
 }
