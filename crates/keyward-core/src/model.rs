@@ -447,6 +447,8 @@ pub struct PlanRecord {
     pub ratelimits: Vec<crate::RateLimit>,
     /// How the plan answers a key that keeps hitting its limits.
     pub graduated: Option<Graduated>,
+    /// Credits for each key on the plan that has no quota of its own, refilled each period.
+    pub quota: Option<QuotaRefill>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }

@@ -54,6 +54,15 @@ impl Default for VerifyRequest<'_> {
     }
 }
 
+/// What a plan holds, as an admin gives it.
+#[derive(Debug, Clone, Default)]
+pub struct PlanSpec {
+    pub description: Option<String>,
+    pub ratelimits: Vec<keyward_core::RateLimit>,
+    pub graduated: Option<keyward_core::Graduated>,
+    pub quota: Option<keyward_core::QuotaRefill>,
+}
+
 /// A grant to add to a key.
 #[derive(Debug, Clone)]
 pub struct NewGrant {
@@ -526,11 +535,21 @@ impl Authority {
         &self,
         actor: &Actor,
         name: PlanName,
-        description: Option<String>,
-        ratelimits: Vec<keyward_core::RateLimit>,
-        graduated: Option<keyward_core::Graduated>,
+        spec: PlanSpec,
         replace: bool,
     ) -> Result<PlanRecord, ServiceError> {
+        let PlanSpec {
+            description,
+            ratelimits,
+            graduated,
+            quota,
+        } = spec;
+        if quota.is_some_and(|q| !(1..=1_000_000_000_000).contains(&q.amount)) {
+            return Err(invalid(
+                "quota.amount",
+                "must be between 1 and 1000000000000",
+            ));
+        }
         check_ratelimits(&ratelimits)?;
         if let Some(g) = &graduated {
             g.validate()
@@ -554,6 +573,7 @@ impl Authority {
                 description,
                 ratelimits,
                 graduated,
+                quota,
                 updated_at: now,
                 ..(*old).clone()
             },
@@ -562,6 +582,7 @@ impl Authority {
                 description,
                 ratelimits,
                 graduated,
+                quota,
                 created_at: now,
                 updated_at: now,
             },
@@ -574,7 +595,7 @@ impl Authority {
                 "plan.create"
             },
             target: Some(name.to_string()),
-            details: json!({ "ratelimits": record.ratelimits, "graduated": record.graduated }),
+            details: json!({ "ratelimits": record.ratelimits, "graduated": record.graduated, "quota": record.quota }),
         };
         self.commit(
             &mut head,
@@ -623,14 +644,8 @@ impl Authority {
     }
 
     /// A key's limits: its plan's, then its own (its own replace the plan's of the same name);
-    /// and the plan's graduated response.
-    pub(crate) fn limits_of(
-        &self,
-        key: &KeyRecord,
-    ) -> (
-        Vec<keyward_core::RateLimit>,
-        Option<keyward_core::Graduated>,
-    ) {
+    /// the plan's graduated response; and the key's quota, its own or else the plan's.
+    pub(crate) fn limits_of(&self, key: &KeyRecord) -> crate::cache::KeyExtras {
         let own = &key.access.ratelimits;
         let plan = key
             .access
@@ -644,7 +659,18 @@ impl Authority {
             .cloned()
             .collect();
         limits.extend(own.iter().cloned());
-        (limits, plan.and_then(|p| p.graduated))
+        let quota = key.access.quota.or_else(|| {
+            plan.as_ref()
+                .and_then(|p| p.quota)
+                .map(|refill| keyward_core::QuotaConfig {
+                    refill: Some(refill),
+                })
+        });
+        crate::cache::KeyExtras {
+            limits,
+            graduated: plan.and_then(|p| p.graduated),
+            quota,
+        }
     }
 
     // ---- grants ------------------------------------------------------------------------------

@@ -56,6 +56,14 @@ pub struct CachedKey {
 
 type PermissionSets = HashMap<Box<[Permission]>, Arc<HeldPermissions>>;
 
+/// What a key has from its plan as well as itself: limits, graduated response, quota.
+#[derive(Debug, Default)]
+pub struct KeyExtras {
+    pub limits: Vec<keyward_core::RateLimit>,
+    pub graduated: Option<keyward_core::Graduated>,
+    pub quota: Option<keyward_core::QuotaConfig>,
+}
+
 /// A key's rate limits with the fingerprint the limiter keys their state by.
 #[derive(Debug)]
 pub struct KeyLimits {
@@ -232,11 +240,13 @@ impl VerifyCache {
         env: Arc<EnvironmentState>,
         held: Vec<Permission>,
         grants: Vec<(Permission, Timestamp)>,
-        (limits, graduated): (
-            Vec<keyward_core::RateLimit>,
-            Option<keyward_core::Graduated>,
-        ),
+        extras: KeyExtras,
     ) -> Arc<CachedKey> {
+        let KeyExtras {
+            limits,
+            graduated,
+            quota,
+        } = extras;
         let access = &key.access;
         let network = access.network();
         Arc::new(CachedKey {
@@ -252,7 +262,7 @@ impl VerifyCache {
             network: (!network.is_empty()).then(|| Arc::new(network)),
             admin_environments: access.admin_environments.as_deref().map(Arc::from),
             concurrency: access.concurrency,
-            quota: access.quota,
+            quota,
             ratelimits: (!limits.is_empty()).then(|| {
                 Arc::new(KeyLimits {
                     fingerprint: crate::limiter::fingerprint(&limits),
@@ -396,7 +406,7 @@ mod tests {
                 test_env(),
                 held,
                 Vec::new(),
-                (Vec::new(), None),
+                KeyExtras::default(),
             ),
         )
     }
@@ -438,14 +448,14 @@ mod tests {
             Arc::clone(&env),
             ka.permissions.clone(),
             Vec::new(),
-            (Vec::new(), None),
+            KeyExtras::default(),
         );
         let b = cache.entry_for(
             &kb,
             env,
             kb.permissions.clone(),
             Vec::new(),
-            (Vec::new(), None),
+            KeyExtras::default(),
         );
         assert!(Arc::ptr_eq(&a.owner, &b.owner));
         assert!(Arc::ptr_eq(&a.permissions, &b.permissions));

@@ -679,11 +679,11 @@ impl Authority {
             }),
         };
         // The successor carries on with what is left of the old key's quota.
-        let quota = match &old.access.quota {
+        let quota = match self.limits_of(&old).quota {
             Some(config) => {
                 self.seed_quota(&old).await?;
-                let remaining = self.quotas.remaining(old.id, config, now).unwrap_or(0);
-                Some(initial_quota(config, Some(remaining), now)?)
+                let remaining = self.quotas.remaining(old.id, &config, now).unwrap_or(0);
+                Some(initial_quota(&config, Some(remaining), now)?)
             }
             None => None,
         };

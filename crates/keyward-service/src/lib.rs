@@ -32,7 +32,7 @@ mod usage;
 mod verify;
 
 pub use access::{
-    EffectivePermission, EnvironmentSecrets, Explanation, NewGrant, VerifyRequest,
+    EffectivePermission, EnvironmentSecrets, Explanation, NewGrant, PlanSpec, VerifyRequest,
     check_ratelimits, parse_cidrs, parse_path_rules,
 };
 pub use cache::{CachedKey, VerifyCache};

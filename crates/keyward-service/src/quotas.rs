@@ -34,6 +34,13 @@ impl Quotas {
         });
     }
 
+    /// Starts a count this node made up (a plan's quota, first used): written at the next flush.
+    pub(crate) fn seed_new(&self, id: KeyId, state: QuotaState) {
+        self.cells()
+            .entry(id)
+            .or_insert(Cell { state, dirty: true });
+    }
+
     pub(crate) fn is_seeded(&self, id: KeyId) -> bool {
         self.cells().contains_key(&id)
     }
@@ -137,16 +144,32 @@ impl crate::Authority {
         }
     }
 
-    /// Makes sure this node holds the key's quota count, reading it from the store once.
+    /// Makes sure this node holds the key's quota count, reading it from the store once. A key
+    /// on a plan's quota with no count yet starts with the plan's amount.
     pub(crate) async fn seed_quota(
         &self,
         key: &keyward_core::KeyRecord,
     ) -> Result<(), crate::ServiceError> {
-        if key.access.quota.is_some()
-            && !self.quotas.is_seeded(key.id)
-            && let Some(state) = self.store.quota_state(key.id).await?
-        {
-            self.quotas.seed(key.id, state);
+        let Some(config) = self.limits_of(key).quota else {
+            return Ok(());
+        };
+        if self.quotas.is_seeded(key.id) {
+            return Ok(());
+        }
+        match self.store.quota_state(key.id).await? {
+            Some(state) => self.quotas.seed(key.id, state),
+            None => {
+                if let Some(refill) = config.refill {
+                    let now = self.clock.now();
+                    self.quotas.seed_new(
+                        key.id,
+                        QuotaState {
+                            remaining: refill.amount,
+                            period_start: refill.interval.period_start(now),
+                        },
+                    );
+                }
+            }
         }
         Ok(())
     }

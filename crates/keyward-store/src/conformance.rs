@@ -548,6 +548,10 @@ async fn plans(store: &dyn Store) {
                 disable_after_blocks: Some(2),
             }),
         }),
+        quota: Some(keyward_core::QuotaRefill {
+            amount: 10_000,
+            interval: keyward_core::RefillInterval::Monthly,
+        }),
         created_at: at(1),
         updated_at: at(1),
     };
@@ -634,18 +638,13 @@ async fn quotas(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(store.quota_state(key.id).await.unwrap(), None);
-    // Spending without a quota set writes nothing.
-    store
-        .record_quotas(vec![(
-            key.id,
-            keyward_core::QuotaState {
-                remaining: 5,
-                period_start: at(1),
-            },
-        )])
-        .await
-        .unwrap();
-    assert_eq!(store.quota_state(key.id).await.unwrap(), None);
+    // Spending writes the count (a key on a plan's quota gets its first count this way).
+    let first = keyward_core::QuotaState {
+        remaining: 5,
+        period_start: at(1),
+    };
+    store.record_quotas(vec![(key.id, first)]).await.unwrap();
+    assert_eq!(store.quota_state(key.id).await.unwrap(), Some(first));
     let granted = keyward_core::QuotaState {
         remaining: 100,
         period_start: at(1_000),

@@ -23,6 +23,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0004_quotas.sql"),
     include_str!("../migrations/sqlite/0005_events.sql"),
     include_str!("../migrations/sqlite/0006_graduated.sql"),
+    include_str!("../migrations/sqlite/0007_plan_quotas.sql"),
 ];
 
 /// Readers kept open for reuse; more are opened under load and closed after. Opening one costs
@@ -358,18 +359,24 @@ fn apply_changes(conn: &mut Connection, changes: &Changes) -> Result<(), StoreEr
             .map(|g| serde_json::to_string(&g))
             .transpose()
             .map_err(corrupt_json)?;
+        let quota = plan
+            .quota
+            .map(|q| serde_json::to_string(&q))
+            .transpose()
+            .map_err(corrupt_json)?;
         tx.execute(
-            "INSERT INTO plans (name, description, ratelimits, graduated, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (name) DO UPDATE SET \
+            "INSERT INTO plans (name, description, ratelimits, graduated, created_at, updated_at, quota) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (name) DO UPDATE SET \
              description = excluded.description, ratelimits = excluded.ratelimits, \
-             graduated = excluded.graduated, updated_at = excluded.updated_at",
+             graduated = excluded.graduated, quota = excluded.quota, updated_at = excluded.updated_at",
             params![
                 plan.name.as_str(),
                 plan.description,
                 limits,
                 graduated,
                 plan.created_at.unix_ms(),
-                plan.updated_at.unix_ms()
+                plan.updated_at.unix_ms(),
+                quota
             ],
         )
         .map_err(map_write_error)?;
@@ -538,7 +545,7 @@ impl Store for SqliteStore {
     async fn plans(&self) -> Result<Vec<PlanRecord>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn
-                .prepare_cached("SELECT name, description, ratelimits, created_at, updated_at, graduated FROM plans ORDER BY name")
+                .prepare_cached("SELECT name, description, ratelimits, created_at, updated_at, graduated, quota FROM plans ORDER BY name")
                 .map_err(unavailable)?;
             let mut rows = stmt.query([]).map_err(unavailable)?;
             let mut out = Vec::new();
@@ -547,6 +554,7 @@ impl Store for SqliteStore {
                 let name: String = row.get(0).map_err(get_err)?;
                 let limits: String = row.get(2).map_err(get_err)?;
                 let graduated: Option<String> = row.get(5).map_err(get_err)?;
+                let quota: Option<String> = row.get(6).map_err(get_err)?;
                 out.push(PlanRecord {
                     name: PlanName::parse(&name).map_err(|_| corrupt("plan name"))?,
                     description: row.get(1).map_err(get_err)?,
@@ -554,6 +562,10 @@ impl Store for SqliteStore {
                     graduated: graduated
                         .as_deref()
                         .map(|g| serde_json::from_str(g).map_err(|_| corrupt("plan graduated response")))
+                        .transpose()?,
+                    quota: quota
+                        .as_deref()
+                        .map(|q| serde_json::from_str(q).map_err(|_| corrupt("plan quota")))
                         .transpose()?,
                     created_at: Timestamp::from_unix_ms(row.get(3).map_err(get_err)?),
                     updated_at: Timestamp::from_unix_ms(row.get(4).map_err(get_err)?),
@@ -591,8 +603,7 @@ impl Store for SqliteStore {
             {
                 let mut stmt = tx
                     .prepare_cached(
-                        "UPDATE keys SET quota_remaining = ?2, quota_period_start = ?3 \
-                         WHERE id = ?1 AND quota_remaining IS NOT NULL",
+                        "UPDATE keys SET quota_remaining = ?2, quota_period_start = ?3 WHERE id = ?1",
                     )
                     .map_err(unavailable)?;
                 for (id, state) in &states {

@@ -504,10 +504,7 @@ async fn environments_have_their_own_prefix_secret_and_policy() {
             json!({"name": "qa", "policy": {"forbidden_permissions": ["bad"]}}),
             "policy.forbidden_permissions[0]",
         ),
-        (
-            json!({"name": "qa", "policy": {"colour": "red"}}),
-            "policy.colour",
-        ),
+        (json!({"name": "qa", "policy": {"colour": "red"}}), "policy"),
     ] {
         let (status, err) = app
             .call(Method::POST, "/v1/environments", Some(body.clone()))

@@ -912,3 +912,57 @@ async fn graduated_response_warns_blocks_then_disables() {
         );
     }
 }
+
+#[tokio::test]
+async fn plan_quotas_apply_to_keys_without_their_own() {
+    let mut app = spawn_app().await;
+    let (status, plan) = app
+        .call(Method::POST, "/v1/plans", Some(json!({"name": "free", "ratelimits": [], "quota": {"amount": 3, "interval": "monthly"}})))
+        .await;
+    assert_eq!(status, 201, "{plan}");
+    assert_eq!(plan["quota"], json!({"amount": 3, "interval": "monthly"}));
+    let on_plan = app.create_key("live", json!({"plan": "free"})).await;
+    let own = app
+        .create_key("live", json!({"plan": "free", "quota": {"remaining": 1}}))
+        .await;
+    let (k1, k2) = (
+        on_plan["key"].as_str().unwrap().to_owned(),
+        own["key"].as_str().unwrap().to_owned(),
+    );
+    for expected in [2, 1, 0] {
+        assert_eq!(
+            verify(&app, json!({"key": k1})).await.0["quota_remaining"],
+            expected
+        );
+    }
+    assert_eq!(code(&app, json!({"key": k1})).await, "USAGE_EXCEEDED");
+    assert_eq!(code(&app, json!({"key": k2})).await, "VALID");
+    assert_eq!(
+        code(&app, json!({"key": k2})).await,
+        "USAGE_EXCEEDED",
+        "its own quota wins over the plan's"
+    );
+    // The count survives a restart and refills at the start of the next month.
+    app.restart().await;
+    assert_eq!(code(&app, json!({"key": k1})).await, "USAGE_EXCEEDED");
+    app.clock
+        .set(keyward_core::Timestamp::parse_rfc3339("2026-12-01T00:00:00Z").unwrap());
+    assert_eq!(
+        verify(&app, json!({"key": k1})).await.0["quota_remaining"],
+        2
+    );
+    let (status, err) = app
+        .call(
+            Method::POST,
+            "/v1/plans",
+            Some(
+                json!({"name": "x", "ratelimits": [], "quota": {"amount": 0, "interval": "daily"}}),
+            ),
+        )
+        .await;
+    assert_eq!(
+        (status, err["error"]["field"].as_str()),
+        (400, Some("quota.amount")),
+        "{err}"
+    );
+}

@@ -107,7 +107,7 @@ pub struct CreateEnvironmentRequest {
     /// 1-8 characters of `[a-z0-9]`; the key segment.
     #[schema(pattern = "^[a-z0-9]{1,8}$", example = "staging")]
     pub name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::extract::object")]
     pub policy: PolicyView,
 }
 
@@ -115,6 +115,7 @@ pub struct CreateEnvironmentRequest {
 #[serde(deny_unknown_fields)]
 pub struct UpdateEnvironmentRequest {
     /// Replaces the whole policy.
+    #[serde(deserialize_with = "crate::extract::object")]
     pub policy: PolicyView,
 }
 

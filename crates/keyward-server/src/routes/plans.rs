@@ -13,6 +13,7 @@ use crate::AppState;
 use crate::error::{ApiError, ErrorResponses};
 use crate::extract::{Caller, JsonBody};
 use crate::routes::keys::{RateLimitView, RoleText, parse_plan, parse_ratelimits};
+use keyward_service::PlanSpec;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PlanView {
@@ -25,6 +26,10 @@ pub struct PlanView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub graduated: Option<keyward_core::Graduated>,
+    /// Credits for each key on the plan without a quota of its own: `{amount, interval}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub quota: Option<keyward_core::QuotaRefill>,
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
     #[schema(value_type = String, format = DateTime)]
@@ -38,6 +43,7 @@ impl From<PlanRecord> for PlanView {
             description: p.description,
             ratelimits: p.ratelimits.into_iter().map(RateLimitView::from).collect(),
             graduated: p.graduated,
+            quota: p.quota,
             created_at: p.created_at,
             updated_at: p.updated_at,
         }
@@ -60,8 +66,14 @@ pub struct CreatePlanRequest {
     pub ratelimits: Vec<RateLimitView>,
     /// Warn past `warning_percent` (default 80) of a limit; block a key refused `violations`
     /// times within `within_s` for `block_s`; disable it after `disable_after_blocks` blocks.
+    #[serde(default, deserialize_with = "crate::extract::optional_object")]
     #[schema(value_type = Option<Object>)]
     pub graduated: Option<keyward_core::Graduated>,
+    /// Credits for each key on the plan without a quota of its own, reset to `amount` each
+    /// `interval` (`daily` or `monthly`).
+    #[serde(default, deserialize_with = "crate::extract::optional_object")]
+    #[schema(value_type = Option<Object>)]
+    pub quota: Option<keyward_core::QuotaRefill>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -73,8 +85,14 @@ pub struct ReplacePlanRequest {
     pub ratelimits: Vec<RateLimitView>,
     /// Warn past `warning_percent` (default 80) of a limit; block a key refused `violations`
     /// times within `within_s` for `block_s`; disable it after `disable_after_blocks` blocks.
+    #[serde(default, deserialize_with = "crate::extract::optional_object")]
     #[schema(value_type = Option<Object>)]
     pub graduated: Option<keyward_core::Graduated>,
+    /// Credits for each key on the plan without a quota of its own, reset to `amount` each
+    /// `interval` (`daily` or `monthly`).
+    #[serde(default, deserialize_with = "crate::extract::optional_object")]
+    #[schema(value_type = Option<Object>)]
+    pub quota: Option<keyward_core::QuotaRefill>,
 }
 
 fn plan_name(text: &str) -> Result<PlanName, ApiError> {
@@ -116,9 +134,12 @@ pub async fn create_plan(
         .put_plan(
             &actor,
             name,
-            body.description,
-            limits,
-            body.graduated,
+            PlanSpec {
+                description: body.description,
+                ratelimits: limits,
+                graduated: body.graduated,
+                quota: body.quota,
+            },
             false,
         )
         .await?;
@@ -152,7 +173,17 @@ pub async fn replace_plan(
     Ok(Json(
         state
             .authority
-            .put_plan(&actor, name, body.description, limits, body.graduated, true)
+            .put_plan(
+                &actor,
+                name,
+                PlanSpec {
+                    description: body.description,
+                    ratelimits: limits,
+                    graduated: body.graduated,
+                    quota: body.quota,
+                },
+                true,
+            )
             .await?
             .into(),
     ))
