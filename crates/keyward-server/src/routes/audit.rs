@@ -12,15 +12,41 @@ use crate::AppState;
 use crate::error::{ApiError, ErrorResponses};
 use crate::extract::{Caller, QueryParams};
 
+/// Paging through a log ordered by sequence number (the audit log, the event log).
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub struct AuditParams {
+pub struct SeqPageParams {
     /// The `next_cursor` of the previous page (a sequence number).
+    #[param(maximum = 9_223_372_036_854_775_807_u64)]
     pub cursor: Option<u64>,
     /// Page size, 1-1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
+}
+
+impl SeqPageParams {
+    /// The cursor and page size, checked.
+    fn checked(&self) -> Result<(u64, u32), ApiError> {
+        let limit = match self.limit {
+            None => 100,
+            Some(n @ 1..=1000) => n,
+            Some(_) => return Err(ApiError::field("limit", "must be between 1 and 1000")),
+        };
+        let cursor = self.cursor.unwrap_or(0);
+        if i64::try_from(cursor).is_err() {
+            return Err(ApiError::field(
+                "cursor",
+                "not a cursor from a previous page",
+            ));
+        }
+        Ok((cursor, limit))
+    }
+}
+
+/// The cursor of the next page: the last sequence number of a full page.
+fn next_cursor(len: usize, limit: u32, last_seq: Option<u64>) -> Option<u64> {
+    (len == limit as usize).then_some(last_seq).flatten()
 }
 
 /// One entry of the hash-chained log.
@@ -64,48 +90,23 @@ pub struct AuditPage {
 
 #[utoipa::path(
     get, path = "/v1/audit", tag = "audit",
-    params(AuditParams),
+    params(SeqPageParams),
     responses((status = 200, body = AuditPage), ErrorResponses),
     security(("bearer" = []))
 )]
 pub async fn list_audit(
     State(state): State<AppState>,
     caller: Caller,
-    QueryParams(params): QueryParams<AuditParams>,
+    QueryParams(params): QueryParams<SeqPageParams>,
 ) -> Result<Json<AuditPage>, ApiError> {
     caller.authenticate(&state, admin::AUDIT_READ).await?;
-    let limit = match params.limit {
-        None => 100,
-        Some(n @ 1..=1000) => n,
-        Some(_) => return Err(ApiError::field("limit", "must be between 1 and 1000")),
-    };
-    let cursor = params.cursor.unwrap_or(0);
-    if i64::try_from(cursor).is_err() {
-        return Err(ApiError::field(
-            "cursor",
-            "not a cursor from a previous page",
-        ));
-    }
+    let (cursor, limit) = params.checked()?;
     let entries = state.authority.audit_entries(cursor, limit).await?;
-    let next_cursor = (entries.len() == limit as usize)
-        .then(|| entries.last().map(|e| e.seq))
-        .flatten();
+    let next_cursor = next_cursor(entries.len(), limit, entries.last().map(|e| e.seq));
     Ok(Json(AuditPage {
         entries: entries.into_iter().map(AuditEntryView::from).collect(),
         next_cursor,
     }))
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct EventParams {
-    /// The `next_cursor` of the previous page (a sequence number).
-    #[param(maximum = 9_223_372_036_854_775_807_u64)]
-    pub cursor: Option<u64>,
-    /// Page size, 1-1000 (default 100).
-    #[param(minimum = 1, maximum = 1000)]
-    pub limit: Option<u32>,
 }
 
 /// An event: `ratelimit.warning`, `ratelimit.exceeded` (each at most once per key, limit and
@@ -132,32 +133,19 @@ pub struct EventPage {
 
 #[utoipa::path(
     get, path = "/v1/events", tag = "audit",
-    params(EventParams),
+    params(SeqPageParams),
     responses((status = 200, body = EventPage), ErrorResponses),
     security(("bearer" = []))
 )]
 pub async fn list_events(
     State(state): State<AppState>,
     caller: Caller,
-    QueryParams(params): QueryParams<EventParams>,
+    QueryParams(params): QueryParams<SeqPageParams>,
 ) -> Result<Json<EventPage>, ApiError> {
     caller.authenticate(&state, admin::EVENTS_READ).await?;
-    let limit = match params.limit {
-        None => 100,
-        Some(n @ 1..=1000) => n,
-        Some(_) => return Err(ApiError::field("limit", "must be between 1 and 1000")),
-    };
-    let cursor = params.cursor.unwrap_or(0);
-    if i64::try_from(cursor).is_err() {
-        return Err(ApiError::field(
-            "cursor",
-            "not a cursor from a previous page",
-        ));
-    }
+    let (cursor, limit) = params.checked()?;
     let events = state.authority.events_after(cursor, limit).await?;
-    let next_cursor = (events.len() == limit as usize)
-        .then(|| events.last().map(|e| e.seq))
-        .flatten();
+    let next_cursor = next_cursor(events.len(), limit, events.last().map(|e| e.seq));
     Ok(Json(EventPage {
         events: events
             .into_iter()
