@@ -167,6 +167,18 @@ const KEY_COLUMNS: &str = "id, service, environment, hash, start, name, owner, p
     permissions, meta, created_at, updated_at, expires_at, status, revoked_at, \
     revocation_reason, rolled_from, rolled_to, last_used_at, uses, access, next_grant_expiry";
 
+/// Maps every row of a query, stopping at the first error.
+fn collect_rows<T>(
+    mut rows: rusqlite::Rows<'_>,
+    mut map: impl FnMut(&Row<'_>) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(unavailable)? {
+        out.push(map(row)?);
+    }
+    Ok(out)
+}
+
 fn corrupt(what: &str) -> StoreError {
     StoreError::Corrupt(what.to_owned())
 }
@@ -532,12 +544,8 @@ impl Store for SqliteStore {
                      FROM roles ORDER BY name",
                 )
                 .map_err(unavailable)?;
-            let mut rows = stmt.query([]).map_err(unavailable)?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next().map_err(unavailable)? {
-                out.push(role_from_row(row)?);
-            }
-            Ok(out)
+            let rows = stmt.query([]).map_err(unavailable)?;
+            collect_rows(rows, role_from_row)
         })
         .await
     }
@@ -662,14 +670,10 @@ impl Store for SqliteStore {
                      ORDER BY next_grant_expiry LIMIT ?2"
                 ))
                 .map_err(unavailable)?;
-            let mut rows = stmt
+            let rows = stmt
                 .query(params![now.unix_ms(), i64::from(limit)])
                 .map_err(unavailable)?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next().map_err(unavailable)? {
-                out.push(key_from_row(row)?);
-            }
-            Ok(out)
+            collect_rows(rows, key_from_row)
         })
         .await
     }
@@ -712,7 +716,7 @@ impl Store for SqliteStore {
                      AND (?5 IS NULL OR id > ?5) ORDER BY id LIMIT ?6"
                 ))
                 .map_err(unavailable)?;
-            let mut rows = stmt
+            let rows = stmt
                 .query(params![
                     query.service.map(ServiceName::as_str),
                     query.environment.as_ref().map(EnvironmentName::as_str),
@@ -722,11 +726,7 @@ impl Store for SqliteStore {
                     i64::from(query.limit),
                 ])
                 .map_err(unavailable)?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next().map_err(unavailable)? {
-                out.push(key_from_row(row)?);
-            }
-            Ok(out)
+            collect_rows(rows, key_from_row)
         })
         .await
     }
@@ -831,14 +831,10 @@ impl Store for SqliteStore {
                      FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2",
                 )
                 .map_err(unavailable)?;
-            let mut rows = stmt
+            let rows = stmt
                 .query(params![to_i64(after), i64::from(limit)])
                 .map_err(unavailable)?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next().map_err(unavailable)? {
-                out.push(audit_from_row(row)?);
-            }
-            Ok(out)
+            collect_rows(rows, audit_from_row)
         })
         .await
     }
