@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+pub mod barrier;
+
 use hmac::{Hmac, Mac};
 use keyward_core::key::encode_key;
 use keyward_core::{EnvironmentName, KeyHash, KeyId, KeyPrefix, Timestamp};
