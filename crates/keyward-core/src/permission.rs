@@ -8,6 +8,12 @@
 //!   `invoices:read` does not cover `invoices:*`.
 //!
 //! Resource and action are 1-64 characters of `[a-z0-9_.-]`, or `*`.
+//!
+//! A permission may name a scope after a second colon, a glob over paths:
+//! `secrets:read:payments/*` covers `secrets:read:payments/stripe` (and deeper paths: `*` matches
+//! any run of characters, `/` included). A permission without a scope covers every scope of its
+//! resource and action; a scoped one never covers the unscoped form. Scopes are 1-256 characters
+//! of `[A-Za-z0-9_./*-]`.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -17,10 +23,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Permission(String);
 
-/// The permission is not `*` or `resource:action`.
+/// The permission is not `*` or `resource:action[:scope]`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "permission must be '*' or 'resource:action', each part '*' or 1-64 characters of [a-z0-9_.-]"
+    "permission must be '*' or 'resource:action' (each '*' or 1-64 characters of [a-z0-9_.-]), optionally ':scope' (a glob of 1-256 characters of [A-Za-z0-9_./*-])"
 )]
 pub struct InvalidPermission;
 
@@ -36,9 +42,13 @@ impl Permission {
         if text == "*" {
             return Ok(Permission(text.to_owned()));
         }
-        let (resource, action) = text.split_once(':').ok_or(InvalidPermission)?;
+        let (resource, rest) = text.split_once(':').ok_or(InvalidPermission)?;
+        let (action, scope) = match rest.split_once(':') {
+            Some((action, scope)) => (action, Some(scope)),
+            None => (rest, None),
+        };
         let part = |p: &str| p == "*" || is_name(p);
-        if part(resource) && part(action) {
+        if part(resource) && part(action) && scope.is_none_or(is_scope) {
             Ok(Permission(text.to_owned()))
         } else {
             Err(InvalidPermission)
@@ -61,8 +71,19 @@ impl Permission {
         }
         let (resource, action) = self.parts();
         let (wanted_resource, wanted_action) = split(wanted);
+        let scope_ok = match (self.scope(), scope_of(wanted)) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(glob), Some(path)) => glob_match(glob, path),
+        };
         (resource == "*" || resource == wanted_resource)
             && (action == "*" || action == wanted_action)
+            && scope_ok
+    }
+
+    /// The scope glob, if the permission has one.
+    pub fn scope(&self) -> Option<&str> {
+        scope_of(&self.0)
     }
 
     /// Resource and action; `*` is `("*", "*")`.
@@ -72,7 +93,53 @@ impl Permission {
 }
 
 fn split(permission: &str) -> (&str, &str) {
-    permission.split_once(':').unwrap_or(("*", "*"))
+    let (resource, rest) = permission.split_once(':').unwrap_or(("*", "*"));
+    (
+        resource,
+        rest.split_once(':').map_or(rest, |(action, _)| action),
+    )
+}
+
+fn scope_of(permission: &str) -> Option<&str> {
+    let (_, rest) = permission.split_once(':')?;
+    rest.split_once(':').map(|(_, scope)| scope)
+}
+
+fn is_scope(scope: &str) -> bool {
+    (1..=256).contains(&scope.len())
+        && scope
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'/' | b'*' | b'-'))
+}
+
+/// Whether `text` matches `glob`, where `*` matches any run of characters (`/` included).
+/// Linear in practice: on a mismatch it resumes after the last `*`, never further back.
+pub fn glob_match(glob: &str, text: &str) -> bool {
+    let (glob, text) = (glob.as_bytes(), text.as_bytes());
+    let (mut g, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match glob.get(g) {
+            Some(b'*') => {
+                star = Some((g, t));
+                g += 1;
+            }
+            Some(&c) if Some(&c) == text.get(t) => {
+                g += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((sg, st)) => {
+                    g = sg + 1;
+                    t = st + 1;
+                    star = Some((sg, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    glob.get(g..)
+        .is_some_and(|rest| rest.iter().all(|&c| c == b'*'))
 }
 
 /// Whether any of `held` grants `wanted`.
@@ -116,12 +183,18 @@ pub struct PermissionSet {
     every_action: HashSet<Box<str>, BuildFnv>,
     /// Actions held on every resource (`*:read`).
     every_resource: HashSet<Box<str>, BuildFnv>,
+    /// Permissions with a scope glob, checked one by one.
+    scoped: Vec<Permission>,
 }
 
 impl PermissionSet {
     pub fn new(held: &[Permission]) -> Self {
         let mut set = PermissionSet::default();
         for p in held {
+            if p.scope().is_some() {
+                set.scoped.push(p.clone());
+                continue;
+            }
             match p.parts() {
                 ("*", "*") => set.all = true,
                 (resource, "*") => {
@@ -144,8 +217,22 @@ impl PermissionSet {
             return true;
         }
         let (resource, action) = split(wanted);
-        (!self.every_resource.is_empty() && self.every_resource.contains(action))
+        if (!self.every_resource.is_empty() && self.every_resource.contains(action))
             || (!self.every_action.is_empty() && self.every_action.contains(resource))
+        {
+            return true;
+        }
+        if scope_of(wanted).is_some() {
+            // An unscoped `resource:action` covers every scope of it.
+            let unscoped_len = resource.len() + 1 + action.len();
+            if wanted
+                .get(..unscoped_len)
+                .is_some_and(|unscoped| self.exact.contains(unscoped))
+            {
+                return true;
+            }
+        }
+        self.scoped.iter().any(|p| p.covers_str(wanted))
     }
 }
 
@@ -191,6 +278,24 @@ pub mod admin {
     pub const PLANS_MANAGE: &str = "plans:manage";
     pub const PLANS_READ: &str = "plans:read";
     pub const EVENTS_READ: &str = "events:read";
+    /// Seal the vault (unsealing needs shares, not a key).
+    pub const SYS_SEAL: &str = "sys:seal";
+    /// Add a keyring term and re-seal old values under it.
+    pub const SYS_ROTATE: &str = "sys:rotate";
+    /// Replace the unseal shares (with a quorum of the current ones).
+    pub const SYS_REKEY: &str = "sys:rekey";
+    /// Read the vault's keyring terms and rewrap progress.
+    pub const SYS_READ: &str = "sys:read";
+    /// Secrets, each followed by `:<path>`: `secrets:read:payments/stripe`.
+    pub const SECRETS_READ: &str = "secrets:read";
+    pub const SECRETS_WRITE: &str = "secrets:write";
+    pub const SECRETS_LIST: &str = "secrets:list";
+    pub const SECRETS_DELETE: &str = "secrets:delete";
+    pub const SECRETS_DESTROY: &str = "secrets:destroy";
+    pub const LEASES_CREATE: &str = "leases:create";
+    pub const LEASES_READ: &str = "leases:read";
+    pub const LEASES_RENEW: &str = "leases:renew";
+    pub const LEASES_REVOKE: &str = "leases:revoke";
 }
 
 #[cfg(test)]
@@ -221,6 +326,25 @@ mod tests {
             ("*", "*:read", true),
             ("invoices:*", "invoices:*", true),
             ("invoices:*", "*:read", false),
+            (
+                "secrets:read:payments/*",
+                "secrets:read:payments/stripe",
+                true,
+            ),
+            ("secrets:read:payments/*", "secrets:read:payments/a/b", true),
+            ("secrets:read:payments/*", "secrets:read:paymentsx", false),
+            (
+                "secrets:read:payments/*",
+                "secrets:write:payments/stripe",
+                false,
+            ),
+            ("secrets:read:payments/*", "secrets:read", false),
+            ("secrets:read", "secrets:read:anything/at/all", true),
+            ("secrets:*", "secrets:write:a", true),
+            ("*:read", "secrets:read:a", true),
+            ("secrets:*:db/*", "secrets:destroy:db/main", true),
+            ("secrets:read:*/prod", "secrets:read:a/b/prod", true),
+            ("secrets:read:*/prod", "secrets:read:a/prod/x", false),
         ];
         for (held, wanted, expected) in cases {
             assert_eq!(
@@ -234,8 +358,8 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn compiled_set_agrees_with_the_definition(
-            held in proptest::collection::vec("(\\*|[ab])(:(\\*|[xy]))?", 0..6),
-            wanted in "(\\*|[abc]):(\\*|[xyz])",
+            held in proptest::collection::vec("(\\*|[ab])(:(\\*|[xy])(:[pq*/]{1,4})?)?", 0..6),
+            wanted in "(\\*|[abc]):(\\*|[xyz])(:[pq/]{1,4})?",
         ) {
             let held: Vec<Permission> = held.iter().filter_map(|p| Permission::parse(p).ok()).collect();
             let set = PermissionSet::new(&held);
@@ -250,7 +374,9 @@ mod tests {
             "invoices",
             ":read",
             "invoices:",
-            "a:b:c",
+            "a:b:",
+            "a:b:c d",
+            "a:b:c:d",
             "Invoices:read",
             "**:read",
             "a:*b",

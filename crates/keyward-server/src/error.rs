@@ -42,6 +42,7 @@ error_codes! {
     Sealed => SERVICE_UNAVAILABLE, "SEALED";
     Unavailable => SERVICE_UNAVAILABLE, "UNAVAILABLE";
     Internal => INTERNAL_SERVER_ERROR, "INTERNAL";
+    Integrity => INTERNAL_SERVER_ERROR, "INTEGRITY";
 }
 
 impl ErrorCode {
@@ -117,7 +118,10 @@ pub enum ErrorResponses {
         description = "RATE_LIMITED: too many failed attempts from this address (Retry-After)"
     )]
     RateLimited(ErrorBody),
-    #[response(status = 503, description = "UNAVAILABLE: the store cannot be reached")]
+    #[response(
+        status = 503,
+        description = "SEALED: the vault is sealed; UNAVAILABLE: the store cannot be reached"
+    )]
     Unavailable(ErrorBody),
 }
 
@@ -170,6 +174,10 @@ impl IntoResponse for ApiError {
     }
 }
 
+fn e_sealed_message() -> &'static str {
+    "the vault is sealed; unseal it with POST /v1/sys/unseal or keyward operator unseal"
+}
+
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         match e {
@@ -206,6 +214,15 @@ impl From<ServiceError> for ApiError {
                     "the store is unavailable; retry later",
                 )
             }
+            ServiceError::Sealed => ApiError::new(ErrorCode::Sealed, e_sealed_message()),
+            ServiceError::TooLarge(message) => ApiError::new(ErrorCode::PayloadTooLarge, message),
+            ServiceError::Integrity(cause) => {
+                tracing::error!(error = %cause, "integrity check failed");
+                ApiError::new(
+                    ErrorCode::Integrity,
+                    format!("a stored value failed its integrity check and was not used: {cause}"),
+                )
+            }
             ServiceError::Internal(cause) => {
                 tracing::error!(error = %cause, "internal error");
                 ApiError::new(ErrorCode::Internal, "internal error")
@@ -227,7 +244,10 @@ mod tests {
         for code in ErrorCode::ALL {
             let server_side = matches!(
                 code,
-                ErrorCode::Internal | ErrorCode::Unavailable | ErrorCode::Sealed
+                ErrorCode::Internal
+                    | ErrorCode::Unavailable
+                    | ErrorCode::Sealed
+                    | ErrorCode::Integrity
             );
             assert_eq!(code.status().is_server_error(), server_side, "{code:?}");
         }

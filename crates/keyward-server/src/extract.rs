@@ -166,7 +166,7 @@ impl Caller {
         permission: &str,
     ) -> Result<keyward_service::Actor, ApiError> {
         Ok(state
-            .authority
+            .authority()?
             .authenticate(self.bearer.as_deref(), permission, self.ip)
             .await?)
     }

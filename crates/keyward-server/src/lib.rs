@@ -18,7 +18,8 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use keyward_service::Authority;
+use axum::routing::{get, post};
+use keyward_service::{Node, Session};
 use tokio::net::TcpListener;
 use tower_http::timeout::TimeoutLayer;
 use utoipa::OpenApi;
@@ -61,11 +62,18 @@ impl Default for ServerConfig {
 
 #[derive(Clone, Debug)]
 pub struct AppState {
-    pub authority: Arc<Authority>,
+    pub node: Arc<Node>,
     pub metrics: Arc<metrics::Metrics>,
     pub config: Arc<ServerConfig>,
     pub openapi: Arc<String>,
     request_ids: Arc<RequestIds>,
+}
+
+impl AppState {
+    /// The unsealed authority for this request; 503 SEALED while the vault is sealed.
+    pub fn authority(&self) -> Result<Session, ApiError> {
+        Ok(self.node.session()?)
+    }
 }
 
 /// Request ids: a random per-process prefix and a counter, so making one costs no syscall.
@@ -99,6 +107,9 @@ impl RequestIds {
         (name = "roles", description = "Reusable permission sets"),
         (name = "plans", description = "Tiers: named sets of rate limits"),
         (name = "system", description = "Health, readiness and metrics"),
+        (name = "vault", description = "Seal, unseal, keyring rotation and rekeying"),
+        (name = "secrets", description = "Versioned secrets per environment, sealed at rest"),
+        (name = "leases", description = "Dynamic short-lived keys and leased secret reads"),
     )
 )]
 struct ApiDoc;
@@ -157,23 +168,89 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::verify::release_lease))
         .routes(routes!(routes::audit::list_audit))
         .routes(routes!(routes::audit::list_events))
+        .routes(routes!(routes::sys::seal_status))
+        .routes(routes!(routes::sys::unseal))
+        .routes(routes!(routes::sys::seal))
+        .routes(routes!(routes::sys::rotate))
+        .routes(routes!(routes::sys::keyring))
+        .routes(routes!(routes::sys::rekey))
+        .routes(routes!(routes::secrets::list_secrets))
+        // Secret paths hold slashes: axum needs a catch-all, which the OpenAPI document writes as
+        // a plain `{path}` parameter (see `SecretPaths`).
+        .route(
+            "/v1/secrets/{environment}/{*path}",
+            get(routes::secrets::read_secret)
+                .put(routes::secrets::write_secret)
+                .delete(routes::secrets::delete_secret_version),
+        )
+        .route(
+            "/v1/secret-metadata/{environment}/{*path}",
+            get(routes::secrets::read_metadata)
+                .patch(routes::secrets::update_metadata)
+                .delete(routes::secrets::delete_metadata),
+        )
+        .route(
+            "/v1/secret-undelete/{environment}/{*path}",
+            post(routes::secrets::undelete),
+        )
+        .route(
+            "/v1/secret-destroy/{environment}/{*path}",
+            post(routes::secrets::destroy),
+        )
+        .routes(routes!(routes::leases::create_key_lease))
+        .routes(routes!(routes::leases::list_leases))
+        .routes(routes!(routes::leases::show_lease))
+        .routes(routes!(routes::leases::renew_lease))
+        .routes(routes!(routes::leases::revoke_lease))
+        .routes(routes!(routes::leases::revoke_prefix))
         .split_for_parts()
+        .pipe_openapi(|doc| doc.merge_from(SecretPaths::openapi()))
 }
+
+trait PipeOpenApi {
+    fn pipe_openapi(
+        self,
+        f: impl FnOnce(utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi,
+    ) -> Self;
+}
+
+impl PipeOpenApi for (Router<AppState>, utoipa::openapi::OpenApi) {
+    fn pipe_openapi(
+        self,
+        f: impl FnOnce(utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi,
+    ) -> Self {
+        (self.0, f(self.1))
+    }
+}
+
+/// The secret routes, whose axum paths are catch-alls.
+#[derive(OpenApi)]
+#[openapi(paths(
+    routes::secrets::read_secret,
+    routes::secrets::write_secret,
+    routes::secrets::delete_secret_version,
+    routes::secrets::read_metadata,
+    routes::secrets::update_metadata,
+    routes::secrets::delete_metadata,
+    routes::secrets::undelete,
+    routes::secrets::destroy,
+))]
+struct SecretPaths;
 
 /// The OpenAPI document of this server, as served at `/openapi.json`.
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
     api().1
 }
 
-/// Builds the application around an opened authority.
+/// Builds the application around a node (sealed or not).
 pub fn app(
-    authority: Arc<Authority>,
+    node: Arc<Node>,
     config: ServerConfig,
 ) -> Result<Router, keyward_crypto::RandomUnavailable> {
     let (router, openapi) = api();
     let openapi = openapi.to_json().unwrap_or_else(|_| "{}".to_owned());
     let state = AppState {
-        authority,
+        node,
         metrics: Arc::new(metrics::Metrics::new()),
         openapi: Arc::new(openapi),
         request_ids: Arc::new(RequestIds {
@@ -281,20 +358,21 @@ fn render_error(error: ApiError, request_id: &str) -> Response {
     response
 }
 
-/// Serves until `shutdown` resolves, then drains in-flight requests and flushes batched usage.
+/// Serves until `shutdown` resolves, then drains in-flight requests, flushes batched usage and
+/// seals the node.
 pub async fn run(
     listener: TcpListener,
-    authority: Arc<Authority>,
+    node: Arc<Node>,
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = app(Arc::clone(&authority), config).map_err(std::io::Error::other)?;
+    let app = app(Arc::clone(&node), config).map_err(std::io::Error::other)?;
     let result = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await;
-    authority.shutdown().await;
+    node.shutdown().await;
     result
 }

@@ -81,10 +81,12 @@ impl Metrics {
         self.verify_duration.record(took.as_secs_f64());
     }
 
-    pub fn render(&self, authority: &Authority) -> String {
-        self.cached_keys.set(authority.cache().len() as f64);
-        self.usage_dropped
-            .set(authority.usage_events_dropped() as f64);
+    pub fn render(&self, authority: Option<&Authority>) -> String {
+        if let Some(authority) = authority {
+            self.cached_keys.set(authority.cache().len() as f64);
+            self.usage_dropped
+                .set(authority.usage_events_dropped() as f64);
+        }
         self.handle.run_upkeep();
         self.handle.render()
     }

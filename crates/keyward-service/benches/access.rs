@@ -20,11 +20,7 @@ use keyward_core::{
     Cidr, CidrSet, EnvironmentName, FakeClock, Permission, PermissionQuery, PermissionSet,
     Timestamp, VerifyCode,
 };
-use keyward_crypto::HmacSecret;
-use keyward_service::{
-    Authority, AuthorityConfig, EnvironmentSecrets, Keyring, NewKey, VerifyRequest,
-    initial_environments, initialize,
-};
+use keyward_service::{Authority, AuthorityConfig, NewKey, VerifyRequest, initialize};
 use keyward_store::SqliteStore;
 
 fn main() {
@@ -40,15 +36,6 @@ fn fifty_permissions() -> Vec<Permission> {
             Permission::parse(&format!("res{i}:{action}")).unwrap()
         })
         .collect()
-}
-
-#[derive(Debug)]
-struct NoNewEnvironments;
-
-impl EnvironmentSecrets for NoNewEnvironments {
-    fn add(&self, _: &EnvironmentName, _: &HmacSecret) -> Result<(), String> {
-        Err("the benchmark creates no environments".into())
-    }
 }
 
 struct Fixture {
@@ -69,21 +56,16 @@ fn fixture() -> &'static Fixture {
             .build()
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let keyring = Keyring::new(
-            initial_environments()
-                .into_iter()
-                .map(|e| (e, HmacSecret::generate().unwrap())),
-        );
         let clock = FakeClock::new(Timestamp::from_unix_ms(1_795_860_000_000));
         let (authority, key, limited_key) = runtime.block_on(async {
             let store = SqliteStore::open(&dir.path().join("keyward.db")).unwrap();
-            let root = initialize(&store, &clock, &keyring).await.unwrap();
+            let init = initialize(&store, &clock, 1, 1).await.unwrap();
+            let root = init.root_key;
             let authority = Arc::new(
-                Authority::open(
+                Authority::open_with_key(
                     Arc::new(store),
                     Arc::new(clock.clone()),
-                    keyring,
-                    Arc::new(NoNewEnvironments),
+                    &init.vault.unseal_key,
                     AuthorityConfig::default(),
                 )
                 .await

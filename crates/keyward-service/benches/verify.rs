@@ -20,25 +20,12 @@ use keyward_core::{
     EnvironmentName, KeyAccess, KeyRecord, KeyStatus, ParsedKey, Permission, ServiceName,
     SystemClock, Timestamp, VerifyCode,
 };
-use keyward_crypto::{HmacSecret, KeyHasher, KeyIds};
-use keyward_service::{
-    Authority, AuthorityConfig, EnvironmentSecrets, Keyring, VerifyRequest, initial_environments,
-    initialize,
-};
+use keyward_crypto::KeyIds;
+use keyward_service::{Authority, AuthorityConfig, VerifyRequest, initialize};
 use keyward_store::{Changes, SqliteStore, Store};
 
 fn main() {
     divan::main();
-}
-
-/// The benchmark creates no environments.
-#[derive(Debug)]
-struct NoNewEnvironments;
-
-impl EnvironmentSecrets for NoNewEnvironments {
-    fn add(&self, _: &EnvironmentName, _: &HmacSecret) -> Result<(), String> {
-        Err("the benchmark creates no environments".into())
-    }
 }
 
 /// Keys cycled through by the timed loops: spread over the whole store.
@@ -92,16 +79,18 @@ fn fixture() -> &'static Fixture {
         let dir = tempfile::tempdir().unwrap();
         let live = EnvironmentName::parse("live").unwrap();
         let prefix = ServiceName::Default.prefix();
-        let secrets: Vec<_> = initial_environments()
-            .into_iter()
-            .map(|env| (env, HmacSecret::generate().unwrap()))
-            .collect();
-        let hasher = KeyHasher::new(&secrets.iter().find(|(e, _)| *e == live).unwrap().1);
-        let keyring = Keyring::new(secrets);
-        let store = SqliteStore::open(&dir.path().join("keyward.db")).unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("keyward.db")).unwrap());
         let started = std::time::Instant::now();
-        runtime.block_on(async {
-            initialize(&store, &SystemClock, &keyring).await.unwrap();
+        let unseal_key = runtime.block_on(async {
+            let init = initialize(store.as_ref(), &SystemClock, 1, 1).await.unwrap();
+            let hasher = Authority::open_with_key(
+                store.clone(),
+                Arc::new(SystemClock),
+                &init.vault.unseal_key,
+                AuthorityConfig::default(),
+            )
+            .await
+            .unwrap();
             let ids = KeyIds::default();
             let now = Timestamp::from_unix_ms(1_795_860_000_000);
             let mut batch = Vec::new();
@@ -112,7 +101,7 @@ fn fixture() -> &'static Fixture {
                     id: ids.next(now).unwrap(),
                     service: ServiceName::Default,
                     environment: live.clone(),
-                    hash: hasher.hash(&key),
+                    hash: hasher.key_hash(&key).unwrap(),
                     start,
                     name: format!("bench key {i}"),
                     owner: "bench-team".into(),
@@ -136,10 +125,12 @@ fn fixture() -> &'static Fixture {
                     store.apply(Changes { insert_keys, ..Changes::default() }).await.unwrap();
                 }
             }
+            hasher.shutdown().await;
+            init.vault.unseal_key
         });
         eprintln!("setup: {count} keys stored in {:.1?}", started.elapsed());
         let authority = runtime.block_on(async {
-            Authority::open(Arc::new(store), Arc::new(SystemClock), keyring, Arc::new(NoNewEnvironments), AuthorityConfig::default())
+            Authority::open_with_key(store, Arc::new(SystemClock), &unseal_key, AuthorityConfig::default())
                 .await
                 .unwrap()
         });

@@ -8,19 +8,12 @@ use keyward_core::{
     Cidr, CidrSet, EnvironmentName, EnvironmentPolicy, Grant, KeyId, KeyRecord, PathRule,
     Permission, PermissionQuery, PlanName, PlanRecord, RoleName, RoleRecord, Timestamp,
 };
-use keyward_crypto::HmacSecret;
 use keyward_store::{Changes, EnvironmentRecord};
 use serde_json::json;
 
 use crate::audit::PendingEntry;
 use crate::cache::CachedKey;
 use crate::{Actor, Authority, EnvState, ServiceError, read, write};
-
-/// Keeps a new environment's HMAC secret durably, before the environment is stored: a stored
-/// environment without its secret would make its keys unverifiable.
-pub trait EnvironmentSecrets: Send + Sync + std::fmt::Debug + 'static {
-    fn add(&self, environment: &EnvironmentName, secret: &HmacSecret) -> Result<(), String>;
-}
 
 /// What a verification asks beyond the key itself.
 #[derive(Debug, Clone, Copy)]
@@ -312,10 +305,9 @@ impl Authority {
         if self.environment(name.as_str()).is_some() {
             return Err(ServiceError::Conflict(format!("environment {name} exists")));
         }
-        let secret = HmacSecret::generate().map_err(|e| ServiceError::Internal(e.to_string()))?;
-        self.secrets.add(&name, &secret).map_err(|e| {
-            ServiceError::Internal(format!("cannot keep the environment's secret: {e}"))
-        })?;
+        let made = self
+            .vault
+            .new_environment(&name, self.clock.now().unix_ms())?;
         let record = EnvironmentRecord {
             name: name.clone(),
             created_at: self.clock.now(),
@@ -331,12 +323,15 @@ impl Authority {
             &mut head,
             Changes {
                 environments: vec![record.clone()],
+                keyrings: vec![made.stored],
+                environment_secrets: vec![(name.clone(), made.sealed_secret)],
                 ..Changes::default()
             },
             vec![entry],
         )
         .await?;
-        write(&self.keyring).add(name.clone(), &secret);
+        self.vault.install(name.clone(), made.keyring);
+        write(&self.keyring).add(name.clone(), &made.secret);
         write(&self.environments).insert(name, Arc::new(EnvState::new(record.clone())));
         self.cache.clear();
         Ok(record)

@@ -9,8 +9,9 @@ use keyward_crypto::{KeyIds, PlaintextKey};
 use keyward_store::{Changes, EnvironmentRecord, Store};
 use serde_json::json;
 
-use crate::Keyring;
 use crate::audit::{PendingEntry, chain};
+use crate::vault::{NewVault, new_vault};
+use crate::{Keyring, ServiceError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
@@ -22,6 +23,15 @@ pub enum InitError {
     Store(#[from] keyward_store::StoreError),
     #[error(transparent)]
     Random(#[from] keyward_crypto::RandomUnavailable),
+    #[error(transparent)]
+    Vault(#[from] ServiceError),
+}
+
+/// What `keyward init` shows once: the root admin key and the vault's unseal material.
+#[derive(Debug)]
+pub struct Initialized {
+    pub root_key: PlaintextKey,
+    pub vault: NewVault,
 }
 
 /// The environments `keyward init` creates, the admin one included.
@@ -60,18 +70,33 @@ pub fn builtin_roles(now: Timestamp) -> Vec<RoleRecord> {
     .collect()
 }
 
-/// Creates the `live`, `test` and `admin` environments and the root key, which holds every
-/// permission, in one audited write. Returns the root key: the only time it exists in plaintext.
+/// Creates the vault (unseal key split into `shares` with `threshold`), the `live`, `test` and
+/// `admin` environments with their keyrings and sealed HMAC secrets, and the root key, which
+/// holds every permission, in one audited write. Returns the root key and the unseal material:
+/// the only time they exist in plaintext.
 pub async fn initialize(
     store: &dyn Store,
     clock: &dyn Clock,
-    keyring: &Keyring,
-) -> Result<PlaintextKey, InitError> {
-    if !store.environments().await?.is_empty() {
+    shares: u8,
+    threshold: u8,
+) -> Result<Initialized, InitError> {
+    if !store.environments().await?.is_empty() || store.vault().await?.is_some() {
         return Err(InitError::AlreadyInitialised);
     }
     let now = clock.now();
+    let vault = new_vault(shares, threshold, now)?;
     let environments = initial_environments();
+    let mut keyrings = Vec::new();
+    let mut sealed_secrets = Vec::new();
+    let mut secrets = Vec::new();
+    for env in &environments {
+        let made = vault.open.new_environment(env, now.unix_ms())?;
+        keyrings.push(made.stored);
+        sealed_secrets.push((env.clone(), made.sealed_secret));
+        vault.open.install(env.clone(), made.keyring);
+        secrets.push((env.clone(), made.secret));
+    }
+    let keyring = Keyring::new(secrets);
     let admin_env = environments
         .iter()
         .find(|e| e.as_str() == ADMIN_ENVIRONMENT)
@@ -117,7 +142,7 @@ pub async fn initialize(
         actor: "system".into(),
         action: "system.init",
         target: None,
-        details: json!({}),
+        details: json!({ "shares": shares, "threshold": threshold }),
     }];
     pending.extend(environments.iter().map(|env| PendingEntry {
         actor: "system".into(),
@@ -157,9 +182,78 @@ pub async fn initialize(
                 .collect(),
             insert_keys: vec![record],
             upsert_roles: roles,
+            vault: Some(vault.record.clone()),
+            keyrings,
+            environment_secrets: sealed_secrets,
             audit,
             ..Changes::default()
         })
         .await?;
-    Ok(root)
+    Ok(Initialized {
+        root_key: root,
+        vault,
+    })
+}
+
+/// Moves a data dir from before the vault under a new vault: its environments' HMAC secrets,
+/// kept until now in a file beside the store, are sealed into the store. One audited write.
+pub async fn adopt_secrets(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    secrets: Vec<(EnvironmentName, keyward_crypto::HmacSecret)>,
+    shares: u8,
+    threshold: u8,
+) -> Result<NewVault, InitError> {
+    if store.vault().await?.is_some() {
+        return Err(InitError::AlreadyInitialised);
+    }
+    let now = clock.now();
+    let vault = new_vault(shares, threshold, now)?;
+    let stored: Vec<EnvironmentName> = store
+        .environments()
+        .await?
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    let mut keyrings = Vec::new();
+    let mut sealed_secrets = Vec::new();
+    for env in &stored {
+        let (_, secret) = secrets
+            .iter()
+            .find(|(name, _)| name == env)
+            .ok_or_else(|| InitError::MissingSecret(env.to_string()))?;
+        let made = vault.open.new_environment(env, now.unix_ms())?;
+        keyrings.push(made.stored);
+        vault.open.install(env.clone(), made.keyring);
+        sealed_secrets.push((env.clone(), vault.open.seal_hmac_secret(env, secret)?));
+    }
+    let head = store.audit_head().await?;
+    let (seq, hash) = head.map_or((0, keyward_core::audit::GENESIS_HASH.to_owned()), |h| {
+        (h.seq, h.hash)
+    });
+    let audit = chain(
+        seq,
+        &hash,
+        now,
+        vec![PendingEntry {
+            actor: "system".into(),
+            action: "vault.init",
+            target: None,
+            details: json!({
+                "shares": shares,
+                "threshold": threshold,
+                "adopted_environments": stored.iter().map(EnvironmentName::as_str).collect::<Vec<_>>(),
+            }),
+        }],
+    );
+    store
+        .apply(Changes {
+            vault: Some(vault.record.clone()),
+            keyrings,
+            environment_secrets: sealed_secrets,
+            audit,
+            ..Changes::default()
+        })
+        .await?;
+    Ok(vault)
 }

@@ -214,6 +214,17 @@ impl Authority {
         actor: &Actor,
         new: NewKey,
     ) -> Result<(KeyRecord, PlaintextKey), ServiceError> {
+        self.create_key_with(actor, new, |_| (Changes::default(), None))
+            .await
+    }
+
+    /// Creates a key, writing with it the changes and audit entry `with` makes for the record.
+    pub(crate) async fn create_key_with<E: Into<Option<PendingEntry>>>(
+        &self,
+        actor: &Actor,
+        new: NewKey,
+        with: impl FnOnce(&KeyRecord) -> (Changes, E),
+    ) -> Result<(KeyRecord, PlaintextKey), ServiceError> {
         check_text("name", &new.name, limits::NAME_CHARS)?;
         check_text("owner", &new.owner, limits::OWNER_CHARS)?;
         if let Some(purpose) = &new.purpose {
@@ -276,17 +287,15 @@ impl Authority {
             .quota
             .map(|config| initial_quota(&config, new.quota_remaining, now))
             .transpose()?;
+        let (mut changes, extra) = with(&record);
+        changes.insert_keys.push(record.clone());
+        changes
+            .set_quotas
+            .extend(quota.map(|q| (record.id, Some(q))));
+        let mut entries = vec![entry];
+        entries.extend(extra.into());
         let mut head = self.writer.lock().await;
-        self.commit(
-            &mut head,
-            Changes {
-                insert_keys: vec![record.clone()],
-                set_quotas: quota.map(|q| (record.id, Some(q))).into_iter().collect(),
-                ..Changes::default()
-            },
-            vec![entry],
-        )
-        .await?;
+        self.commit(&mut head, changes, entries).await?;
         if let Some(state) = quota {
             self.quotas.set(record.id, Some(state));
         }

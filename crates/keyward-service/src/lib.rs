@@ -27,21 +27,35 @@ mod keyring;
 mod keys;
 mod leases;
 pub mod limiter;
+mod node;
 mod quotas;
+mod secrets;
+mod sys;
 mod usage;
+pub mod vault;
+mod vault_leases;
 mod verify;
 
 pub use access::{
-    EffectivePermission, EnvironmentSecrets, Explanation, NewGrant, PlanSpec, VerifyRequest,
-    check_ratelimits, parse_cidrs, parse_path_rules,
+    EffectivePermission, Explanation, NewGrant, PlanSpec, VerifyRequest, check_ratelimits,
+    parse_cidrs, parse_path_rules,
 };
 pub use cache::{CachedKey, VerifyCache};
 pub use guard::GuardConfig;
-pub use init::{InitError, builtin_roles, initial_environments, initialize};
+pub use init::{
+    InitError, Initialized, adopt_secrets, builtin_roles, initial_environments, initialize,
+};
 pub use keyring::Keyring;
 pub use keys::{KeyPage, KeyUpdate, NewKey, limits};
 pub use keyward_store::{EnvironmentRecord, KeyQuery};
 pub use leases::Lease;
+pub use node::{Node, SealStatus, Session};
+pub use secrets::{
+    SecretMetaUpdate, SecretRead, SecretWrite, VersionChange, check_path as check_secret_path,
+    secret_limits,
+};
+pub use vault::{DEFAULT_SHARES, DEFAULT_THRESHOLD, NewVault};
+pub use vault_leases::{KeyLease, NewKeyLease};
 pub use verify::{Actor, RateLimitStatus, Verification};
 
 use audit::PendingEntry;
@@ -69,6 +83,15 @@ pub enum ServiceError {
     Unavailable(#[source] StoreError),
     #[error("internal error")]
     Internal(String),
+    /// The vault is sealed: nothing can be served until it is unsealed.
+    #[error("the vault is sealed; unseal it with POST /v1/sys/unseal or keyward operator unseal")]
+    Sealed,
+    /// A stored value failed its integrity check (tampering or corruption).
+    #[error("{0}")]
+    Integrity(String),
+    /// The value is larger than allowed.
+    #[error("{0}")]
+    TooLarge(String),
     /// The client address failed too often and is blocked for a while.
     #[error("too many failed attempts from this address; retry in {retry_after_s} s")]
     TooManyFailures { retry_after_s: u64 },
@@ -119,10 +142,13 @@ impl Default for AuthorityConfig {
 pub struct Authority {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
-    /// Grows when an environment is created.
+    /// The environments' HMAC keys. Grows when an environment is created.
     keyring: RwLock<Keyring>,
-    /// Where a new environment's secret is kept before the environment exists.
-    secrets: Arc<dyn EnvironmentSecrets>,
+    /// The unsealed vault's key material.
+    vault: Arc<vault::OpenVault>,
+    /// The rewrap in progress, if any.
+    rewrap: tokio::sync::Mutex<Option<keyward_store::RewrapProgress>>,
+    rewrap_wake: tokio::sync::Notify,
     environments: RwLock<HashMap<EnvironmentName, Arc<EnvState>>>,
     roles: RwLock<HashMap<RoleName, Arc<RoleRecord>>>,
     plans: RwLock<HashMap<keyward_core::PlanName, Arc<keyward_core::PlanRecord>>>,
@@ -145,18 +171,24 @@ pub struct Authority {
     /// (revoke, roll, update) cannot interleave with another on this node; the store's chain
     /// check refuses a write from another node that raced it.
     writer: tokio::sync::Mutex<AuditHead>,
+    /// Entries waiting for [`Authority::audit_batched`]'s next group commit.
+    audit_queue: std::sync::Mutex<Vec<(PendingEntry, AuditWaiter)>>,
 }
 
+type AuditWaiter = tokio::sync::oneshot::Sender<Result<(), String>>;
+
 impl Authority {
-    /// Opens the authority over an initialised store: loads the audit head and the known key
-    /// hashes, and starts the usage flusher. Must be called within a tokio runtime.
+    /// Opens the authority over an initialised store and its unsealed vault: opens the
+    /// environments' HMAC secrets, loads the audit head and the known key hashes, and starts the
+    /// usage flusher. Must be called within a tokio runtime. Servers go through [`Node`], which
+    /// calls this on unseal.
     pub async fn open(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
-        keyring: Keyring,
-        secrets: Arc<dyn EnvironmentSecrets>,
+        vault: Arc<vault::OpenVault>,
         config: AuthorityConfig,
     ) -> Result<Self, ServiceError> {
+        let keyring = Self::load_hmac_keys(store.as_ref(), &vault).await?;
         let environments = store
             .environments()
             .await?
@@ -191,7 +223,9 @@ impl Authority {
             store,
             clock,
             keyring: RwLock::new(keyring),
-            secrets,
+            vault,
+            rewrap: tokio::sync::Mutex::new(None),
+            rewrap_wake: tokio::sync::Notify::new(),
             environments: RwLock::new(environments),
             roles: RwLock::new(roles),
             plans: RwLock::new(plans),
@@ -212,11 +246,34 @@ impl Authority {
             stop: tokio::sync::watch::channel(false).0,
             background: tokio::sync::Mutex::new(None),
             writer: tokio::sync::Mutex::new(head),
+            audit_queue: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Opens the authority with the vault's unseal key, without a [`Node`]: for tools and
+    /// benchmarks that own the process. The background work is not started.
+    pub async fn open_with_key(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        key: &keyward_crypto::barrier::UnsealKey,
+        config: AuthorityConfig,
+    ) -> Result<Self, ServiceError> {
+        let record = store
+            .vault()
+            .await?
+            .ok_or_else(|| ServiceError::Internal("the store has no vault".into()))?;
+        let keyrings = store.keyrings().await?;
+        let vault = vault::OpenVault::open(&record, key, &keyrings)?;
+        Self::open(store, clock, Arc::new(vault), config).await
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The stored form (HMAC) of a presented key, if its environment exists. For bulk imports.
+    pub fn key_hash(&self, key: &str) -> Option<KeyHash> {
+        ParsedKey::parse(key).ok().and_then(|p| self.hash_of(&p))
     }
 
     pub fn now(&self) -> Timestamp {
@@ -289,13 +346,23 @@ impl Authority {
             let mut ticker = tokio::time::interval(Duration::from_secs(1));
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
+                let wake = match authority.upgrade() {
+                    Some(a) => a,
+                    None => return,
+                };
                 tokio::select! {
                     _ = ticker.tick() => {}
+                    _ = wake.rewrap_wake.notified() => {}
                     _ = stopped.changed() => return,
                 }
+                drop(wake);
                 let Some(authority) = authority.upgrade() else {
                     return;
                 };
+                authority.run_rewrap().await;
+                if let Err(e) = authority.sweep_lapsed_vault_leases().await {
+                    tracing::warn!(error = %e, "lease expiry sweep failed; will retry");
+                }
                 if let Err(e) = authority.sweep_lapsed_grants().await {
                     tracing::warn!(error = %e, "grant lapse sweep failed; will retry");
                 }
@@ -364,6 +431,37 @@ impl Authority {
                 Err(StoreError::AuditConflict.into())
             }
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Appends one entry that records no change, batched with concurrent ones: whoever holds the
+    /// writer next commits every queued entry in one transaction (group commit), so audited reads
+    /// cost one fsync per batch rather than per read. Returns once the entry is durable.
+    pub(crate) async fn audit_batched(&self, entry: PendingEntry) -> Result<(), ServiceError> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.audit_queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((entry, done));
+        {
+            let mut head = self.writer.lock().await;
+            let batch =
+                std::mem::take(&mut *self.audit_queue.lock().unwrap_or_else(|p| p.into_inner()));
+            if !batch.is_empty() {
+                let (entries, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                let outcome = self
+                    .commit(&mut head, keyward_store::Changes::default(), entries)
+                    .await
+                    .map_err(|e| e.to_string());
+                for waiter in waiters {
+                    let _ = waiter.send(outcome.clone());
+                }
+            }
+        }
+        match result.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ServiceError::Internal(format!("audit failed: {e}"))),
+            Err(_) => Err(ServiceError::Internal("audit writer went away".into())),
         }
     }
 

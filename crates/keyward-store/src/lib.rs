@@ -15,8 +15,13 @@ use keyward_core::{
 
 pub mod conformance;
 pub mod sqlite;
+pub mod vault;
 
 pub use sqlite::SqliteStore;
+pub use vault::{
+    LeaseKind, RewrapProgress, Rewrapped, SealedValue, SecretMeta, SecretVersion, StoredKeyring,
+    VaultLease, VaultRecord,
+};
 
 /// What can go wrong in a store, named by outcome rather than by backend.
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +43,8 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-/// An environment as stored. Its HMAC secret lives outside the store (see the binary's data dir).
+/// An environment as stored. Its HMAC secret is stored apart, sealed by the barrier
+/// ([`Changes::environment_secrets`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EnvironmentRecord {
     pub name: EnvironmentName,
@@ -72,6 +78,22 @@ pub struct Changes {
     /// Full records whose mutable fields replace the stored ones. `last_used_at` and `uses` are
     /// left alone: they belong to [`Store::record_usage`].
     pub update_keys: Vec<KeyRecord>,
+    /// The vault's record, created or replaced whole (init, rotate, rekey, rewrap progress).
+    pub vault: Option<VaultRecord>,
+    /// Keyrings created or replaced whole.
+    pub keyrings: Vec<StoredKeyring>,
+    /// Environments' sealed HMAC secrets, set (after `environments` are inserted).
+    pub environment_secrets: Vec<(EnvironmentName, Vec<u8>)>,
+    /// Secret metadata created or replaced whole (before versions are written).
+    pub upsert_secrets: Vec<SecretMeta>,
+    /// Secret versions created or replaced whole.
+    pub upsert_secret_versions: Vec<SecretVersion>,
+    /// Versions removed past a secret's `max_versions`.
+    pub delete_secret_versions: Vec<(EnvironmentName, String, u64)>,
+    /// Secrets removed with every version.
+    pub delete_secrets: Vec<(EnvironmentName, String)>,
+    /// Leases created or replaced whole.
+    pub upsert_leases: Vec<VaultLease>,
     pub audit: Vec<AuditEntry>,
 }
 
@@ -161,6 +183,78 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Audit entries with `seq > after`, in sequence order, at most `limit`.
     async fn audit_entries(&self, after: u64, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// The vault's record; `None` before the vault is initialised.
+    async fn vault(&self) -> Result<Option<VaultRecord>, StoreError>;
+
+    async fn keyrings(&self) -> Result<Vec<StoredKeyring>, StoreError>;
+
+    /// Every environment's sealed HMAC secret (environments without one are left out).
+    async fn environment_secrets(&self) -> Result<Vec<(EnvironmentName, Vec<u8>)>, StoreError>;
+
+    async fn secret(
+        &self,
+        env: EnvironmentName,
+        path: String,
+    ) -> Result<Option<SecretMeta>, StoreError>;
+
+    /// Every version of a secret, oldest first.
+    async fn secret_versions(
+        &self,
+        env: EnvironmentName,
+        path: String,
+    ) -> Result<Vec<SecretVersion>, StoreError>;
+
+    /// One version of a secret.
+    async fn secret_version(
+        &self,
+        env: EnvironmentName,
+        path: String,
+        version: u64,
+    ) -> Result<Option<SecretVersion>, StoreError>;
+
+    /// Secrets of `env` whose path starts with `prefix` and sorts after `after`, in path order.
+    async fn list_secrets(
+        &self,
+        env: EnvironmentName,
+        prefix: String,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<SecretMeta>, StoreError>;
+
+    async fn lease(&self, id: String) -> Result<Option<VaultLease>, StoreError>;
+
+    /// Leases whose path starts with `prefix`, ordered by id after `after`; only those not ended
+    /// when `open_only`.
+    async fn leases(
+        &self,
+        prefix: String,
+        open_only: bool,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<VaultLease>, StoreError>;
+
+    /// Leases not ended whose `expires_at` is at or before `now`, at most `limit`.
+    async fn lapsed_leases(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<VaultLease>, StoreError>;
+
+    /// Values sealed under a term older than `term`, at most `limit`.
+    async fn stale_sealed(&self, term: u32, limit: u32) -> Result<Vec<SealedValue>, StoreError>;
+
+    /// How many values are sealed under a term older than `term`.
+    async fn count_stale_sealed(&self, term: u32) -> Result<u64, StoreError>;
+
+    /// Writes re-sealed values whose stored ciphertext is still the old one, and the rewrap's
+    /// progress, in one transaction; returns how many were written. Not audited: the rotation
+    /// that caused it is.
+    async fn rewrap(
+        &self,
+        values: Vec<Rewrapped>,
+        progress: RewrapProgress,
+    ) -> Result<u64, StoreError>;
 
     /// Succeeds when the backend answers a trivial query.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -13,7 +13,13 @@ use keyward_core::{
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 
+use crate::vault::{
+    RewrapProgress, Rewrapped, SealedValue, SecretMeta, SecretVersion, StoredKeyring, VaultLease,
+    VaultRecord,
+};
 use crate::{AuditHead, Changes, EnvironmentRecord, KeyQuery, KeyUsage, Store, StoreError};
+
+mod vault;
 
 /// Migrations in order; `PRAGMA user_version` records how many have run.
 const MIGRATIONS: &[&str] = &[
@@ -24,6 +30,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0005_events.sql"),
     include_str!("../migrations/sqlite/0006_graduated.sql"),
     include_str!("../migrations/sqlite/0007_plan_quotas.sql"),
+    include_str!("../migrations/sqlite/0008_vault.sql"),
 ];
 
 /// Readers kept open for reuse; more are opened under load and closed after. Opening one costs
@@ -487,6 +494,7 @@ fn apply_changes(conn: &mut Connection, changes: &Changes) -> Result<(), StoreEr
             return Err(StoreError::NotFound(id.to_string()));
         }
     }
+    vault::apply(&tx, changes)?;
     for entry in &changes.audit {
         tx.execute(
             "INSERT INTO audit_log (seq, ts, actor, action, target, details, prev_hash, hash) \
@@ -837,6 +845,104 @@ impl Store for SqliteStore {
             collect_rows(rows, audit_from_row)
         })
         .await
+    }
+
+    async fn vault(&self) -> Result<Option<VaultRecord>, StoreError> {
+        self.read(vault::vault).await
+    }
+
+    async fn keyrings(&self) -> Result<Vec<StoredKeyring>, StoreError> {
+        self.read(vault::keyrings).await
+    }
+
+    async fn environment_secrets(&self) -> Result<Vec<(EnvironmentName, Vec<u8>)>, StoreError> {
+        self.read(vault::environment_secrets).await
+    }
+
+    async fn secret(
+        &self,
+        env: EnvironmentName,
+        path: String,
+    ) -> Result<Option<SecretMeta>, StoreError> {
+        self.read(move |conn| vault::secret(conn, &env, &path))
+            .await
+    }
+
+    async fn secret_versions(
+        &self,
+        env: EnvironmentName,
+        path: String,
+    ) -> Result<Vec<SecretVersion>, StoreError> {
+        self.read(move |conn| vault::secret_versions(conn, &env, &path, None))
+            .await
+    }
+
+    async fn secret_version(
+        &self,
+        env: EnvironmentName,
+        path: String,
+        version: u64,
+    ) -> Result<Option<SecretVersion>, StoreError> {
+        self.read(move |conn| {
+            Ok(vault::secret_versions(conn, &env, &path, Some(version))?
+                .into_iter()
+                .next())
+        })
+        .await
+    }
+
+    async fn list_secrets(
+        &self,
+        env: EnvironmentName,
+        prefix: String,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<SecretMeta>, StoreError> {
+        self.read(move |conn| vault::list_secrets(conn, &env, &prefix, after.as_deref(), limit))
+            .await
+    }
+
+    async fn lease(&self, id: String) -> Result<Option<VaultLease>, StoreError> {
+        self.read(move |conn| vault::lease(conn, &id)).await
+    }
+
+    async fn leases(
+        &self,
+        prefix: String,
+        open_only: bool,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<VaultLease>, StoreError> {
+        self.read(move |conn| vault::leases(conn, &prefix, open_only, after.as_deref(), limit))
+            .await
+    }
+
+    async fn lapsed_leases(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<VaultLease>, StoreError> {
+        self.read(move |conn| vault::lapsed_leases(conn, now, limit))
+            .await
+    }
+
+    async fn stale_sealed(&self, term: u32, limit: u32) -> Result<Vec<SealedValue>, StoreError> {
+        self.read(move |conn| vault::stale_sealed(conn, term, limit))
+            .await
+    }
+
+    async fn count_stale_sealed(&self, term: u32) -> Result<u64, StoreError> {
+        self.read(move |conn| vault::count_stale_sealed(conn, term))
+            .await
+    }
+
+    async fn rewrap(
+        &self,
+        values: Vec<Rewrapped>,
+        progress: RewrapProgress,
+    ) -> Result<u64, StoreError> {
+        self.write(move |conn| vault::rewrap(conn, &values, &progress))
+            .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

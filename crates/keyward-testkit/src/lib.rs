@@ -21,13 +21,13 @@ use keyward_core::model::ADMIN_ENVIRONMENT;
 use keyward_core::{
     EnvironmentName, FakeClock, KeyHash, KeyId, KeyRecord, RoleName, RoleRecord, Timestamp,
 };
-use keyward_crypto::HmacSecret;
+use keyward_crypto::barrier::UnsealKey;
 use keyward_server::ServerConfig;
-use keyward_service::{
-    Authority, AuthorityConfig, EnvironmentSecrets, Keyring, initial_environments, initialize,
-};
+use keyward_service::{Authority, AuthorityConfig, Node, initialize};
 use keyward_store::{
-    AuditHead, Changes, EnvironmentRecord, KeyQuery, KeyUsage, SqliteStore, Store, StoreError,
+    AuditHead, Changes, EnvironmentRecord, KeyQuery, KeyUsage, RewrapProgress, Rewrapped,
+    SealedValue, SecretMeta, SecretVersion, SqliteStore, Store, StoreError, StoredKeyring,
+    VaultLease, VaultRecord,
 };
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -116,25 +116,80 @@ impl Store for CountingStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }
-}
-
-/// Keeps secrets of environments created during a test, so a restart finds them.
-#[derive(Debug, Default)]
-pub struct TestSecrets {
-    added: std::sync::Mutex<Vec<(EnvironmentName, HmacSecret)>>,
-}
-
-impl EnvironmentSecrets for TestSecrets {
-    fn add(&self, environment: &EnvironmentName, secret: &HmacSecret) -> Result<(), String> {
-        self.added
-            .lock()
-            .unwrap()
-            .push((environment.clone(), secret.clone()));
-        Ok(())
+    async fn vault(&self) -> Result<Option<VaultRecord>, StoreError> {
+        self.inner.vault().await
+    }
+    async fn keyrings(&self) -> Result<Vec<StoredKeyring>, StoreError> {
+        self.inner.keyrings().await
+    }
+    async fn environment_secrets(&self) -> Result<Vec<(EnvironmentName, Vec<u8>)>, StoreError> {
+        self.inner.environment_secrets().await
+    }
+    async fn secret(
+        &self,
+        env: EnvironmentName,
+        path: String,
+    ) -> Result<Option<SecretMeta>, StoreError> {
+        self.inner.secret(env, path).await
+    }
+    async fn secret_versions(
+        &self,
+        env: EnvironmentName,
+        path: String,
+    ) -> Result<Vec<SecretVersion>, StoreError> {
+        self.inner.secret_versions(env, path).await
+    }
+    async fn secret_version(
+        &self,
+        env: EnvironmentName,
+        path: String,
+        version: u64,
+    ) -> Result<Option<SecretVersion>, StoreError> {
+        self.inner.secret_version(env, path, version).await
+    }
+    async fn list_secrets(
+        &self,
+        env: EnvironmentName,
+        prefix: String,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<SecretMeta>, StoreError> {
+        self.inner.list_secrets(env, prefix, after, limit).await
+    }
+    async fn lease(&self, id: String) -> Result<Option<VaultLease>, StoreError> {
+        self.inner.lease(id).await
+    }
+    async fn leases(
+        &self,
+        prefix: String,
+        open_only: bool,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<VaultLease>, StoreError> {
+        self.inner.leases(prefix, open_only, after, limit).await
+    }
+    async fn lapsed_leases(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<VaultLease>, StoreError> {
+        self.inner.lapsed_leases(now, limit).await
+    }
+    async fn stale_sealed(&self, term: u32, limit: u32) -> Result<Vec<SealedValue>, StoreError> {
+        self.inner.stale_sealed(term, limit).await
+    }
+    async fn count_stale_sealed(&self, term: u32) -> Result<u64, StoreError> {
+        self.inner.count_stale_sealed(term).await
+    }
+    async fn rewrap(
+        &self,
+        values: Vec<Rewrapped>,
+        progress: RewrapProgress,
+    ) -> Result<u64, StoreError> {
+        self.inner.rewrap(values, progress).await
     }
 }
 
-/// A running server and what a test needs to talk to it.
 #[derive(Debug)]
 pub struct TestApp {
     pub addr: SocketAddr,
@@ -142,9 +197,13 @@ pub struct TestApp {
     pub clock: FakeClock,
     pub client: reqwest::Client,
     pub store: Arc<CountingStore>,
+    /// The node serving: sealed or not.
+    pub node: Arc<Node>,
+    /// The authority of the last unseal.
     pub authority: Arc<Authority>,
-    keyring: Keyring,
-    secrets: Arc<TestSecrets>,
+    /// The vault's unseal key and its 5 shares (threshold 3), as `keyward init` printed them.
+    pub unseal_key: String,
+    pub shares: Vec<String>,
     config: ServerConfig,
     dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
@@ -158,26 +217,28 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(config: ServerConfig) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
-    let keyring = Keyring::new(
-        initial_environments()
-            .into_iter()
-            .map(|env| (env, HmacSecret::generate().unwrap())),
-    );
     let clock = FakeClock::new(Timestamp::parse_rfc3339(START).unwrap());
     let store = SqliteStore::open(&dir.path().join("keyward.db")).unwrap();
-    let root = initialize(&store, &clock, &keyring).await.unwrap();
+    let init = initialize(&store, &clock, 5, 3).await.unwrap();
     drop(store);
-    let secrets = Arc::new(TestSecrets::default());
-    let running = Running::start(&dir, &clock, &keyring, &secrets, &config).await;
+    let unseal_key = init.vault.unseal_key.to_text().to_string();
+    let shares = init
+        .vault
+        .shares
+        .iter()
+        .map(|s| s.to_text().to_string())
+        .collect();
+    let running = Running::start(&dir, &clock, &unseal_key, &config).await;
     TestApp {
         addr: running.addr,
-        root_key: root.expose().to_owned(),
+        root_key: init.root_key.expose().to_owned(),
         clock,
         client: reqwest::Client::new(),
         store: running.store,
+        node: running.node,
         authority: running.authority,
-        keyring,
-        secrets,
+        unseal_key,
+        shares,
         config,
         dir,
         stop: Some(running.stop),
@@ -189,6 +250,7 @@ pub async fn spawn_app_with(config: ServerConfig) -> TestApp {
 struct Running {
     addr: SocketAddr,
     store: Arc<CountingStore>,
+    node: Arc<Node>,
     authority: Arc<Authority>,
     stop: oneshot::Sender<()>,
     server: JoinHandle<std::io::Result<()>>,
@@ -198,40 +260,34 @@ impl Running {
     async fn start(
         dir: &tempfile::TempDir,
         clock: &FakeClock,
-        keyring: &Keyring,
-        secrets: &Arc<TestSecrets>,
+        unseal_key: &str,
         config: &ServerConfig,
     ) -> Running {
-        let mut keyring = keyring.clone();
-        for (env, secret) in secrets.added.lock().unwrap().iter() {
-            keyring.add(env.clone(), secret);
-        }
         let store = SqliteStore::open(&dir.path().join("keyward.db")).unwrap();
         let store = Arc::new(CountingStore {
             inner: store,
             lookups: AtomicU64::new(0),
         });
-        let authority = Arc::new(
-            Authority::open(
-                store.clone(),
-                Arc::new(clock.clone()),
-                keyring,
-                secrets.clone(),
-                AuthorityConfig {
-                    usage_flush_interval: Duration::from_millis(50),
-                    ..AuthorityConfig::default()
-                },
-            )
+        let node = Node::open(
+            store.clone(),
+            Arc::new(clock.clone()),
+            AuthorityConfig {
+                usage_flush_interval: Duration::from_millis(50),
+                ..AuthorityConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        node.unseal_with_key(&UnsealKey::from_text(unseal_key).unwrap(), "key")
             .await
-            .unwrap(),
-        );
-        authority.start_background();
+            .unwrap();
+        let authority = node.session().unwrap().authority().clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(keyward_server::run(
             listener,
-            authority.clone(),
+            node.clone(),
             config.clone(),
             async move {
                 let _ = stopped.await;
@@ -240,6 +296,7 @@ impl Running {
         Running {
             addr,
             store,
+            node,
             authority,
             stop,
             server,
@@ -249,16 +306,10 @@ impl Running {
 
 impl TestApp {
     async fn start(&mut self) {
-        let running = Running::start(
-            &self.dir,
-            &self.clock,
-            &self.keyring,
-            &self.secrets,
-            &self.config,
-        )
-        .await;
+        let running = Running::start(&self.dir, &self.clock, &self.unseal_key, &self.config).await;
         self.addr = running.addr;
         self.store = running.store;
+        self.node = running.node;
         self.authority = running.authority;
         self.stop = Some(running.stop);
         self.server = Some(running.server);

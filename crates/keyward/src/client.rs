@@ -190,9 +190,28 @@ pub async fn run(remote: Remote, command: KeysCommand) -> anyhow::Result<ExitCod
             Some(json!({ "grace_period_s": grace_period_s })),
         ),
     };
-    let mut request = client
-        .request(method, format!("{base}{path}"))
-        .bearer_auth(token.trim());
+    let answer = call(&client, base, Some(token.trim()), method, &path, body).await?;
+    if remote.json {
+        println!("{answer}");
+    } else {
+        print_summary(&command, &answer);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One call to the API: the JSON answer, or the error's code and message as the error.
+pub async fn call(
+    client: &reqwest::Client,
+    base: &str,
+    token: Option<&str>,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
+    let mut request = client.request(method, format!("{base}{path}"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
     if let Some(body) = body {
         request = request.json(&body);
     }
@@ -201,6 +220,9 @@ pub async fn run(remote: Remote, command: KeysCommand) -> anyhow::Result<ExitCod
         .await
         .with_context(|| format!("cannot reach keyward at {base}"))?;
     let status = response.status();
+    if status == reqwest::StatusCode::NO_CONTENT {
+        return Ok(Value::Null);
+    }
     let answer: Value = response
         .json()
         .await
@@ -216,12 +238,17 @@ pub async fn run(remote: Remote, command: KeysCommand) -> anyhow::Result<ExitCod
             .unwrap_or("");
         bail!("{code}: {message}");
     }
-    if remote.json {
-        println!("{answer}");
-    } else {
-        print_summary(&command, &answer);
+    Ok(answer)
+}
+
+impl Remote {
+    pub fn base(&self) -> &str {
+        self.url.trim_end_matches('/')
     }
-    Ok(ExitCode::SUCCESS)
+
+    pub fn json(&self) -> bool {
+        self.json
+    }
 }
 
 fn form_query(pairs: &[(&str, Option<String>)]) -> String {

@@ -28,6 +28,8 @@ pub struct FileConfig {
     pub failed_verifications_per_minute: Option<u64>,
     /// Failed admin authentications allowed per client address a minute; 0: no limit.
     pub failed_admin_auth_per_minute: Option<u64>,
+    /// A file holding the unseal key (`kwunseal1-…`): the server unseals itself at start.
+    pub unseal_key_file: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -56,6 +58,8 @@ pub struct Config {
     pub worker_threads: usize,
     pub server: keyward_server::ServerConfig,
     pub authority: keyward_service::AuthorityConfig,
+    /// Where to read the unseal key at start, if configured.
+    pub unseal_key_file: Option<PathBuf>,
 }
 
 /// What flags and environment variables said, overriding the file.
@@ -179,6 +183,7 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             log_format,
             log_level: file.log_level.unwrap_or_else(|| "info".to_owned()),
+            unseal_key_file: file.unseal_key_file,
             worker_threads,
             server: keyward_server::ServerConfig {
                 body_limit_bytes,

@@ -1,10 +1,14 @@
-//! The data directory: the SQLite store, the environments' HMAC secrets and a lock file.
+//! The data directory: the SQLite store, a lock file and, only for the embedded development
+//! default, the unseal key.
 //!
 //! ```text
-//! <data dir>/keyward.db     the store (SQLite, WAL)
-//! <data dir>/secrets.json   HMAC secrets per environment, mode 0600; never in the store file
+//! <data dir>/keyward.db     the store (SQLite, WAL): every secret in it is sealed by the vault
+//! <data dir>/unseal.key     the unseal key, mode 0600: written only by `serve` on a fresh dir
 //! <data dir>/lock           held by the serving process, so two servers never share a dir
 //! ```
+//!
+//! Data dirs from before the vault kept the environments' HMAC secrets in `secrets.json`; the
+//! first start moves them into the store, sealed, and removes the file.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -14,11 +18,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use keyward_core::EnvironmentName;
 use keyward_crypto::HmacSecret;
-use keyward_service::Keyring;
-use serde::{Deserialize, Serialize};
+use keyward_crypto::barrier::UnsealKey;
+use serde::Deserialize;
 
 pub const DB_FILE: &str = "keyward.db";
 pub const SECRETS_FILE: &str = "secrets.json";
+pub const UNSEAL_KEY_FILE: &str = "unseal.key";
 const LOCK_FILE: &str = "lock";
 
 #[derive(Debug)]
@@ -26,7 +31,7 @@ pub struct DataDir {
     root: PathBuf,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SecretsFile {
     version: u32,
@@ -49,21 +54,13 @@ impl DataDir {
         self.root.join(SECRETS_FILE)
     }
 
-    pub fn is_initialised(&self) -> bool {
+    /// Where a pre-vault data dir kept its HMAC secrets.
+    pub fn legacy_secrets_exist(&self) -> bool {
         self.secrets_path().exists()
     }
 
-    /// Refuses a directory that holds a store but lost its secrets: a new secret would make
-    /// every stored key unverifiable.
-    pub fn check_consistent(&self) -> anyhow::Result<()> {
-        if !self.is_initialised() && self.db_path().exists() {
-            bail!(
-                "{} exists but {} is missing: without it no stored key can be verified; restore it from backup",
-                self.db_path().display(),
-                self.secrets_path().display()
-            );
-        }
-        Ok(())
+    pub fn unseal_key_path(&self) -> PathBuf {
+        self.root.join(UNSEAL_KEY_FILE)
     }
 
     /// Creates the directory (mode 0700) if needed.
@@ -88,55 +85,43 @@ impl DataDir {
         Ok(file)
     }
 
-    /// Generates a secret for each environment and writes them durably (write, fsync, rename).
-    pub fn write_new_secrets(&self, environments: &[EnvironmentName]) -> anyhow::Result<Keyring> {
-        let mut secrets = Vec::new();
-        for env in environments {
-            secrets.push((env.clone(), HmacSecret::generate()?));
-        }
-        self.write_secrets(&secrets)?;
-        Ok(Keyring::new(secrets))
-    }
-
-    /// Replaces the secrets file with `secrets`, durably: a temp file is written and synced, then
-    /// renamed over the old one, and the directory synced.
-    fn write_secrets(&self, secrets: &[(EnvironmentName, HmacSecret)]) -> anyhow::Result<()> {
-        let mut file = SecretsFile {
-            version: 1,
-            environments: BTreeMap::new(),
-        };
-        for (env, secret) in secrets {
-            file.environments
-                .insert(env.to_string(), secret.to_hex().to_string());
-        }
-        let text = zeroize::Zeroizing::new(serde_json::to_string_pretty(&file)?);
-        for value in file.environments.values_mut() {
-            zeroize::Zeroize::zeroize(value);
-        }
-        let tmp = self.root.join(format!("{SECRETS_FILE}.tmp"));
+    /// Writes the unseal key durably with mode 0600 (write, fsync, rename, fsync the dir).
+    pub fn write_unseal_key(&self, key: &UnsealKey) -> anyhow::Result<()> {
+        let tmp = self.root.join(format!("{UNSEAL_KEY_FILE}.tmp"));
         {
             let mut out = OpenOptions::new()
                 .create(true)
                 .truncate(true)
                 .write(true)
                 .open(&tmp)
-                .context("cannot write the secrets file")?;
+                .context("cannot write the unseal key file")?;
             restrict(&tmp, 0o600)?;
-            out.write_all(text.as_bytes())?;
+            out.write_all(key.to_text().as_bytes())?;
+            out.write_all(b"\n")?;
             out.sync_all()?;
         }
-        fs::rename(&tmp, self.secrets_path())?;
+        fs::rename(&tmp, self.unseal_key_path())?;
         File::open(&self.root)?.sync_all()?;
         Ok(())
     }
 
-    fn read_secrets(&self) -> anyhow::Result<Vec<(EnvironmentName, HmacSecret)>> {
+    /// Removes the pre-vault secrets file once its secrets are sealed in the store.
+    pub fn remove_legacy_secrets(&self) -> anyhow::Result<()> {
+        fs::remove_file(self.secrets_path()).context("cannot remove the old secrets file")?;
+        File::open(&self.root)?.sync_all()?;
+        Ok(())
+    }
+
+    pub fn read_legacy_secrets(&self) -> anyhow::Result<Vec<(EnvironmentName, HmacSecret)>> {
         let path = self.secrets_path();
         let text = zeroize::Zeroizing::new(
             fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?,
         );
         let file: SecretsFile = serde_json::from_str(&text)
             .with_context(|| format!("{} is not a keyward secrets file", path.display()))?;
+        if file.version != 1 {
+            bail!("{}: unknown version {}", path.display(), file.version);
+        }
         let mut secrets = Vec::new();
         for (name, hex) in &file.environments {
             let env = EnvironmentName::parse(name)
@@ -146,36 +131,6 @@ impl DataDir {
             secrets.push((env, secret));
         }
         Ok(secrets)
-    }
-
-    pub fn read_keyring(&self) -> anyhow::Result<Keyring> {
-        Ok(Keyring::new(self.read_secrets()?))
-    }
-}
-
-/// Adds new environments' secrets to the data dir's secrets file.
-#[derive(Debug)]
-pub struct SecretsWriter {
-    dir: DataDir,
-    lock: std::sync::Mutex<()>,
-}
-
-impl SecretsWriter {
-    pub fn new(root: &Path) -> Self {
-        SecretsWriter {
-            dir: DataDir::new(root),
-            lock: std::sync::Mutex::new(()),
-        }
-    }
-}
-
-impl keyward_service::EnvironmentSecrets for SecretsWriter {
-    fn add(&self, environment: &EnvironmentName, secret: &HmacSecret) -> Result<(), String> {
-        let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut secrets = self.dir.read_secrets().map_err(|e| e.to_string())?;
-        secrets.retain(|(env, _)| env != environment);
-        secrets.push((environment.clone(), secret.clone()));
-        self.dir.write_secrets(&secrets).map_err(|e| e.to_string())
     }
 }
 

@@ -8,13 +8,16 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use keyward_core::SystemClock;
+use keyward_crypto::barrier::UnsealKey;
 use keyward_service::audit::{ChainReport, verify_chain};
-use keyward_service::{Authority, initialize};
-use keyward_store::SqliteStore;
+use keyward_service::{DEFAULT_SHARES, DEFAULT_THRESHOLD, Node, adopt_secrets, initialize};
+use keyward_store::{SqliteStore, Store};
 
 mod client;
 mod config;
 mod datadir;
+mod operator;
+mod run_cmd;
 
 use config::{Config, FileConfig, LogFormat, Overrides};
 use datadir::DataDir;
@@ -34,10 +37,17 @@ struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create a data dir: the store, the environments' secrets and the root key (printed once).
+    /// Create a data dir: the store, its vault and the root key. Prints the root key and the
+    /// unseal shares once; the server then starts sealed.
     Init {
         #[arg(long, env = "KEYWARD_DATA_DIR", default_value = config::DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
+        /// Split the unseal key into this many shares (1-16).
+        #[arg(long, default_value_t = DEFAULT_SHARES)]
+        key_shares: u8,
+        /// Shares needed to unseal (1 only with one share).
+        #[arg(long, default_value_t = DEFAULT_THRESHOLD)]
+        key_threshold: u8,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -56,6 +66,15 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Operate the vault: seal status, unseal, seal, rotate, rekey.
+    Operator {
+        #[command(flatten)]
+        remote: client::Remote,
+        #[command(subcommand)]
+        command: operator::OperatorCommand,
+    },
+    /// Run a command with secrets in its environment; nothing is written to disk or printed.
+    Run(run_cmd::RunArgs),
 }
 
 #[derive(Debug, Args)]
@@ -131,17 +150,23 @@ fn one_line(e: &anyhow::Error) -> String {
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Init { data_dir, json } => {
+        Command::Init {
+            data_dir,
+            key_shares,
+            key_threshold,
+            json,
+        } => {
             let dir = DataDir::new(&data_dir);
-            if dir.is_initialised() {
+            if dir.db_path().exists() || dir.legacy_secrets_exist() {
                 anyhow::bail!("{} is already initialised", data_dir.display());
             }
-            dir.check_consistent()?;
-            init(&dir, json).await?;
+            init(&dir, key_shares, key_threshold, json).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve(args) => serve(load_config(args)?).await.map(|()| ExitCode::SUCCESS),
         Command::Keys { remote, command } => client::run(remote, command).await,
+        Command::Operator { remote, command } => operator::run(remote, command).await,
+        Command::Run(args) => run_cmd::run(args).await,
         Command::Audit {
             command: AuditCommand::Verify { data_dir, json },
         } => audit_verify(&data_dir, json).await,
@@ -149,27 +174,111 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 /// Initialises `dir` and prints the root key once.
-async fn init(dir: &DataDir, json: bool) -> anyhow::Result<()> {
+/// Creates the store and its vault; prints the root key and the unseal shares, once.
+async fn init(dir: &DataDir, shares: u8, threshold: u8, json: bool) -> anyhow::Result<()> {
     dir.create()?;
-    let environments = keyward_service::initial_environments();
-    let keyring = dir.write_new_secrets(&environments)?;
     let store = SqliteStore::open(&dir.db_path())?;
-    let root = initialize(&store, &SystemClock, &keyring).await?;
+    let made = initialize(&store, &SystemClock, shares, threshold).await?;
+    let share_texts: Vec<String> = made
+        .vault
+        .shares
+        .iter()
+        .map(|s| s.to_text().to_string())
+        .collect();
+    let environments = keyward_service::initial_environments();
     if json {
         println!(
             "{}",
             serde_json::json!({
                 "data_dir": dir_display(dir),
-                "root_key": root.expose(),
+                "root_key": made.root_key.expose(),
+                "unseal_shares": share_texts,
+                "unseal_threshold": threshold,
                 "environments": environments.iter().map(|e| e.as_str()).collect::<Vec<_>>(),
             })
         );
     } else {
         println!("keyward: initialised {}", dir_display(dir));
         println!("Root key (shown only this once; store it in a secret manager now):");
-        println!("  {}", root.expose());
+        println!("  {}", made.root_key.expose());
+        println!();
+        println!(
+            "Unseal shares ({threshold} of {shares} unseal the vault; give each to a different person):"
+        );
+        for (i, share) in share_texts.iter().enumerate() {
+            println!("  {}: {share}", i + 1);
+        }
+        println!();
+        println!("The server starts sealed: unseal it with `keyward operator unseal`.");
     }
     Ok(())
+}
+
+/// The embedded development default: a fresh dir gets a vault with one share, written to
+/// `unseal.key` so the server unseals itself. Loudly not for production.
+async fn init_dev(dir: &DataDir, store: &SqliteStore, json: bool) -> anyhow::Result<()> {
+    let made = initialize(store, &SystemClock, 1, 1).await?;
+    dir.write_unseal_key(&made.vault.unseal_key)?;
+    warn_dev_unseal(dir);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "data_dir": dir_display(dir),
+                "root_key": made.root_key.expose(),
+                "unseal_key_file": dir.unseal_key_path(),
+            })
+        );
+    } else {
+        println!("keyward: initialised {}", dir_display(dir));
+        println!("Root key (shown only this once; store it in a secret manager now):");
+        println!("  {}", made.root_key.expose());
+    }
+    Ok(())
+}
+
+fn warn_dev_unseal(dir: &DataDir) {
+    eprintln!(
+        "WARNING: the unseal key is stored beside the data in {} (mode 0600). This is a \
+         development convenience: anyone who copies the data dir can read every secret. In \
+         production run `keyward init` (Shamir shares) or keep the key elsewhere \
+         (unseal_key_file or KEYWARD_UNSEAL_KEY).",
+        dir.unseal_key_path().display()
+    );
+}
+
+/// A data dir from before the vault: seal its HMAC secrets into the store under a new vault
+/// whose key is written beside it, then remove the old secrets file.
+async fn adopt_legacy(dir: &DataDir, store: &SqliteStore) -> anyhow::Result<()> {
+    let secrets = dir.read_legacy_secrets()?;
+    let vault = adopt_secrets(store, &SystemClock, secrets, 1, 1).await?;
+    dir.write_unseal_key(&vault.unseal_key)?;
+    dir.remove_legacy_secrets()?;
+    eprintln!("keyward: moved the environments' secrets into the sealed store");
+    warn_dev_unseal(dir);
+    Ok(())
+}
+
+/// The unseal key from the environment, the configured file, or the data dir's dev file.
+fn configured_unseal_key(config: &Config, dir: &DataDir) -> anyhow::Result<Option<UnsealKey>> {
+    if let Ok(text) = std::env::var("KEYWARD_UNSEAL_KEY") {
+        let text = zeroize::Zeroizing::new(text);
+        return UnsealKey::from_text(&text)
+            .map(Some)
+            .context("KEYWARD_UNSEAL_KEY is not an unseal key (kwunseal1-…)");
+    }
+    let path = match &config.unseal_key_file {
+        Some(path) => path.clone(),
+        None if dir.unseal_key_path().exists() => dir.unseal_key_path(),
+        None => return Ok(None),
+    };
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read the unseal key file {}", path.display()))?,
+    );
+    UnsealKey::from_text(&text)
+        .map(Some)
+        .with_context(|| format!("{} does not hold an unseal key", path.display()))
 }
 
 fn dir_display(dir: &DataDir) -> String {
@@ -201,32 +310,49 @@ fn load_config(args: ServeArgs) -> anyhow::Result<(Config, bool)> {
 async fn serve((config, json): (Config, bool)) -> anyhow::Result<()> {
     init_logging(&config);
     let dir = DataDir::new(&config.data_dir);
-    dir.check_consistent()?;
-    if !dir.is_initialised() {
-        init(&dir, json).await?;
-    }
+    dir.create()?;
     let _lock = dir.lock()?;
-    let keyring = dir.read_keyring()?;
     let store = SqliteStore::open(&dir.db_path())
         .with_context(|| format!("cannot open {}", dir.db_path().display()))?;
-    let authority = Arc::new(
-        Authority::open(
-            Arc::new(store),
-            Arc::new(SystemClock),
-            keyring,
-            Arc::new(datadir::SecretsWriter::new(&config.data_dir)),
-            config.authority.clone(),
-        )
-        .await?,
-    );
-    authority.start_background();
+    if store.vault().await?.is_none() {
+        if dir.legacy_secrets_exist() {
+            adopt_legacy(&dir, &store).await?;
+        } else if !store.environments().await?.is_empty() {
+            anyhow::bail!(
+                "{} holds keys but neither a vault nor {}: restore the data dir from backup",
+                dir.db_path().display(),
+                datadir::SECRETS_FILE
+            );
+        } else {
+            init_dev(&dir, &store, json).await?;
+        }
+    }
+    let node = Node::open(
+        Arc::new(store),
+        Arc::new(SystemClock),
+        config.authority.clone(),
+    )
+    .await?;
+    match configured_unseal_key(&config, &dir)? {
+        Some(key) => node
+            .unseal_with_key(&key, "key file")
+            .await
+            .context("the configured unseal key does not unseal this vault")?,
+        None => {
+            let status = node.status().await?;
+            eprintln!(
+                "keyward: the vault is sealed; unseal it with `keyward operator unseal` ({} of {} shares)",
+                status.threshold, status.shares
+            );
+        }
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "keyward listening");
     println!("keyward listening on http://{addr}");
-    keyward_server::run(listener, authority, config.server, shutdown_signal()).await?;
+    keyward_server::run(listener, node, config.server, shutdown_signal()).await?;
     tracing::info!("keyward stopped");
     Ok(())
 }

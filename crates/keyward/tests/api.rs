@@ -651,6 +651,7 @@ async fn every_admin_action_is_audited_and_no_secret_is() {
             "key.create",
             "role.create",
             "role.create",
+            "vault.unseal",
             "key.create",
             "key.update",
             "key.roll",
@@ -673,9 +674,9 @@ async fn every_admin_action_is_audited_and_no_secret_is() {
             "a secret reached the audit log"
         );
     }
-    assert_eq!(entries[11]["details"]["reason"], "malformed");
-    assert_eq!(entries[12]["details"]["reason"], "unknown_key");
-    assert_eq!(entries[14]["actor"], reader["id"]);
+    assert_eq!(entries[12]["details"]["reason"], "malformed");
+    assert_eq!(entries[13]["details"]["reason"], "unknown_key");
+    assert_eq!(entries[15]["actor"], reader["id"]);
     // The chain links.
     for pair in entries.windows(2) {
         assert_eq!(pair[1]["prev_hash"], pair[0]["hash"]);

@@ -220,17 +220,17 @@ fn cli_init_and_keys_commands() {
     let init: Value = serde_json::from_slice(&out.stdout).unwrap();
     let root = init["root_key"].as_str().unwrap().to_owned();
     assert_eq!(init["environments"], json!(["live", "test", "admin"]));
-    // Secrets are kept out of the store file and readable only by the owner.
-    let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(data.join("secrets.json"))
-            .unwrap()
-            .permissions(),
-    );
-    assert_eq!(
-        mode & 0o077,
-        0,
-        "secrets.json is readable by others: {mode:o}"
-    );
+    let shares: Vec<String> = init["unseal_shares"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(shares.len(), 5);
+    assert_eq!(init["unseal_threshold"], 3);
+    // `init` keeps no unseal key beside the data: only the shares open the vault.
+    assert!(!data.join("unseal.key").exists());
+    assert!(!data.join("secrets.json").exists());
     let db = std::fs::read(data.join("keyward.db")).unwrap();
     assert!(!String::from_utf8_lossy(&db).contains(&root[14..]));
 
@@ -243,6 +243,23 @@ fn cli_init_and_keys_commands() {
 
     let server = Server::start(&data);
     let url = server.url.clone();
+    // Sealed until 3 of the 5 shares arrive through the CLI.
+    let status = cli(&["operator", "status", "--json"], &url, "");
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["sealed"], true);
+    let out = cli(&["keys", "list"], &url, &root);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SEALED"));
+    for (i, share) in shares.iter().take(3).enumerate() {
+        let out = cli(&["operator", "unseal", share, "--json"], &url, "");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(status["sealed"], i < 2, "after {} shares", i + 1);
+    }
     let out = cli(
         &[
             "keys",
@@ -450,7 +467,7 @@ fn audit_verify_detects_edit_delete_and_reorder() {
 }
 
 #[test]
-fn serve_refuses_a_store_without_its_secrets() {
+fn serve_refuses_a_store_that_lost_its_vault() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     assert!(
@@ -462,14 +479,57 @@ fn serve_refuses_a_store_without_its_secrets() {
             .status
             .success()
     );
-    std::fs::remove_file(data.join("secrets.json")).unwrap();
+    sql(&data.join("keyward.db"), "DELETE FROM vault;");
     let out = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data)
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("secrets.json is missing"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("neither a vault"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_embedded_default_keeps_its_unseal_key_private_and_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = out;
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    loop {
+        let line = lines.next().expect("serve exited").unwrap();
+        if line.starts_with("keyward listening on ") {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("WARNING") && stderr.contains("development convenience"),
+        "{stderr}"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(data.join("unseal.key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(
+        mode & 0o077,
+        0,
+        "unseal.key is readable by others: {mode:o}"
+    );
 }
 
 #[test]

@@ -130,7 +130,7 @@ pub async fn list_environments(
         .await?;
     Ok(Json(EnvironmentList {
         environments: state
-            .authority
+            .authority()?
             .environments()
             .into_iter()
             .map(EnvironmentView::from)
@@ -155,7 +155,7 @@ pub async fn create_environment(
     })?;
     let policy = body.policy.parse()?;
     let record = state
-        .authority
+        .authority()?
         .create_environment(&actor, name, policy)
         .await?;
     Ok((StatusCode::CREATED, Json(record.into())))
@@ -172,7 +172,7 @@ pub async fn show_environment(
     caller
         .authenticate(&state, admin::ENVIRONMENTS_READ)
         .await?;
-    Ok(Json(state.authority.environment_record(&name)?.into()))
+    Ok(Json(state.authority()?.environment_record(&name)?.into()))
 }
 
 #[utoipa::path(patch, path = "/v1/environments/{name}", tag = "environments",
@@ -191,7 +191,7 @@ pub async fn update_environment(
     let policy = body.policy.parse()?;
     Ok(Json(
         state
-            .authority
+            .authority()?
             .update_environment(&actor, &name, policy)
             .await?
             .into(),

@@ -141,10 +141,10 @@ pub struct CreatedKey {
     pub record: KeyView,
 }
 
-/// A permission: `*`, `resource:*` or `resource:action`.
+/// A permission: `*`, `resource:*` or `resource:action`, optionally `:scope` (a path glob).
 #[derive(Debug, ToSchema)]
 #[schema(
-    pattern = "^(\\*|[a-z0-9_.-]{1,64}:(\\*|[a-z0-9_.-]{1,64}))$",
+    pattern = "^(\\*|[a-z0-9_.-]{1,64}:(\\*|[a-z0-9_.-]{1,64})(:[A-Za-z0-9_./*-]{1,256})?)$",
     example = "invoices:read"
 )]
 pub struct PermissionText(pub String);
@@ -324,7 +324,7 @@ impl From<keyward_core::RateLimit> for RateLimitView {
 
 /// A key as shown after a lookup or a change: with what remains of its quota.
 async fn view(state: &AppState, record: KeyRecord) -> Result<KeyView, ApiError> {
-    let remaining = state.authority.quota_remaining(&record).await?;
+    let remaining = state.authority()?.quota_remaining(&record).await?;
     let mut view = KeyView::from(record);
     if let Some(quota) = &mut view.quota {
         quota.remaining = remaining;
@@ -476,7 +476,7 @@ pub async fn create_key(
         access,
         quota_remaining: body.quota.and_then(|q| q.remaining),
     };
-    let (record, key) = state.authority.create_key(&actor, new).await?;
+    let (record, key) = state.authority()?.create_key(&actor, new).await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedKey {
@@ -502,7 +502,7 @@ pub async fn show_key(
 ) -> Result<Json<KeyView>, ApiError> {
     let actor = caller.authenticate(&state, admin::KEYS_READ).await?;
     let id = parse_id(&id)?;
-    let record = state.authority.key_as(&actor, id).await?;
+    let record = state.authority()?.key_as(&actor, id).await?;
     Ok(Json(view(&state, record).await?))
 }
 
@@ -588,7 +588,7 @@ pub async fn list_keys(
             None => 0,
         },
     };
-    let page = state.authority.list_keys(&actor, query).await?;
+    let page = state.authority()?.list_keys(&actor, query).await?;
     Ok(Json(KeyList {
         keys: page.keys.into_iter().map(KeyView::from).collect(),
         next_cursor: page.next.map(|id| id.to_string()),
@@ -735,7 +735,7 @@ pub async fn update_key(
     Ok(Json(
         view(
             &state,
-            state.authority.update_key(&actor, id, update).await?,
+            state.authority()?.update_key(&actor, id, update).await?,
         )
         .await?,
     ))
@@ -773,7 +773,7 @@ pub async fn revoke_key(
     let id = parse_id(&id)?;
     Ok(Json(
         state
-            .authority
+            .authority()?
             .revoke_key(&actor, id, body.reason)
             .await?
             .into(),
@@ -816,7 +816,7 @@ pub async fn roll_key(
     let actor = caller.authenticate(&state, admin::KEYS_ROLL).await?;
     let id = parse_id(&id)?;
     let (old, new, key) = state
-        .authority
+        .authority()?
         .roll_key(&actor, id, body.grace_period_s)
         .await?;
     Ok((
@@ -887,7 +887,7 @@ pub async fn add_grant(
             .transpose()?,
         ttl_s: body.ttl_s,
     };
-    let key = state.authority.add_grant(&actor, id, grant).await?;
+    let key = state.authority()?.add_grant(&actor, id, grant).await?;
     Ok((StatusCode::CREATED, Json(key.into())))
 }
 
@@ -935,7 +935,7 @@ pub async fn explain_key(
 ) -> Result<Json<Explanation>, ApiError> {
     let actor = caller.authenticate(&state, admin::KEYS_READ).await?;
     let id = parse_id(&id)?;
-    let explained = state.authority.explain(&actor, id).await?;
+    let explained = state.authority()?.explain(&actor, id).await?;
     Ok(Json(Explanation {
         key_id: explained.key.id,
         environment: explained.key.environment,

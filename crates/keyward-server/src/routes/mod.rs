@@ -3,7 +3,10 @@
 pub mod audit;
 pub mod environments;
 pub mod keys;
+pub mod leases;
 pub mod plans;
 pub mod roles;
+pub mod secrets;
+pub mod sys;
 pub mod system;
 pub mod verify;

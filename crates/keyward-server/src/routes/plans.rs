@@ -108,7 +108,7 @@ pub async fn list_plans(
     caller.authenticate(&state, admin::PLANS_READ).await?;
     Ok(Json(PlanList {
         plans: state
-            .authority
+            .authority()?
             .plans()
             .into_iter()
             .map(PlanView::from)
@@ -130,7 +130,7 @@ pub async fn create_plan(
     })?;
     let limits = parse_ratelimits(&body.ratelimits)?;
     let plan = state
-        .authority
+        .authority()?
         .put_plan(
             &actor,
             name,
@@ -154,7 +154,7 @@ pub async fn show_plan(
     Path(name): Path<String>,
 ) -> Result<Json<PlanView>, ApiError> {
     caller.authenticate(&state, admin::PLANS_READ).await?;
-    Ok(Json(state.authority.plan(&plan_name(&name)?)?.into()))
+    Ok(Json(state.authority()?.plan(&plan_name(&name)?)?.into()))
 }
 
 #[utoipa::path(put, path = "/v1/plans/{name}", tag = "plans", params(("name" = String, Path)),
@@ -172,7 +172,7 @@ pub async fn replace_plan(
     let limits = parse_ratelimits(&body.ratelimits)?;
     Ok(Json(
         state
-            .authority
+            .authority()?
             .put_plan(
                 &actor,
                 name,
@@ -198,7 +198,7 @@ pub async fn delete_plan(
 ) -> Result<StatusCode, ApiError> {
     let actor = caller.authenticate(&state, admin::PLANS_MANAGE).await?;
     state
-        .authority
+        .authority()?
         .delete_plan(&actor, &plan_name(&name)?)
         .await?;
     Ok(StatusCode::NO_CONTENT)

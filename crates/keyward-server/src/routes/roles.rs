@@ -80,7 +80,7 @@ pub async fn list_roles(
     caller.authenticate(&state, admin::ROLES_READ).await?;
     Ok(Json(RoleList {
         roles: state
-            .authority
+            .authority()?
             .roles()
             .into_iter()
             .map(RoleView::from)
@@ -100,7 +100,7 @@ pub async fn create_role(
         .map_err(|e| ApiError::field("name", format!("{:?}: {e}", body.name)))?;
     let permissions = parse_permissions(&body.permissions)?;
     let role = state
-        .authority
+        .authority()?
         .put_role(&actor, name, body.description, permissions, false)
         .await?;
     Ok((StatusCode::CREATED, Json(role.into())))
@@ -114,7 +114,7 @@ pub async fn show_role(
     Path(name): Path<String>,
 ) -> Result<Json<RoleView>, ApiError> {
     caller.authenticate(&state, admin::ROLES_READ).await?;
-    Ok(Json(state.authority.role(&role_name(&name)?)?.into()))
+    Ok(Json(state.authority()?.role(&role_name(&name)?)?.into()))
 }
 
 #[utoipa::path(put, path = "/v1/roles/{name}", tag = "roles", params(("name" = String, Path)),
@@ -132,7 +132,7 @@ pub async fn replace_role(
     let permissions = parse_permissions(&body.permissions)?;
     Ok(Json(
         state
-            .authority
+            .authority()?
             .put_role(&actor, name, body.description, permissions, true)
             .await?
             .into(),
@@ -148,7 +148,7 @@ pub async fn delete_role(
 ) -> Result<StatusCode, ApiError> {
     let actor = caller.authenticate(&state, admin::ROLES_MANAGE).await?;
     state
-        .authority
+        .authority()?
         .delete_role(&actor, &role_name(&name)?)
         .await?;
     Ok(StatusCode::NO_CONTENT)

@@ -11,7 +11,7 @@ use crate::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
-    /// `ok`, `ready` or `unavailable`.
+    /// `ok`, `ready`, `sealed` or `unavailable`.
     pub status: &'static str,
 }
 
@@ -22,10 +22,16 @@ pub async fn healthz() -> Json<Health> {
 
 #[utoipa::path(
     get, path = "/readyz", tag = "system",
-    responses((status = 200, body = Health), (status = 503, description = "The store is unreachable", body = Health))
+    responses((status = 200, body = Health), (status = 503, description = "Sealed, or the store is unreachable", body = Health))
 )]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
-    if state.authority.ready().await {
+    let Ok(authority) = state.node.session() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health { status: "sealed" }),
+        );
+    };
+    if authority.ready().await {
         (StatusCode::OK, Json(Health { status: "ready" }))
     } else {
         (
@@ -44,7 +50,9 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>)
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(&state.authority),
+        state
+            .metrics
+            .render(state.node.session().ok().as_ref().map(|s| &**s.authority())),
     )
 }
 

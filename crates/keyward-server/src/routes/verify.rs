@@ -206,7 +206,8 @@ pub async fn verify(
         path: body.path.as_deref(),
         ip,
     };
-    let verdict = state.authority.verify(body.key.expose(), &request).await?;
+    let authority = state.authority()?;
+    let verdict = authority.verify(body.key.expose(), &request).await?;
     state.metrics.verified(verdict.code, started.elapsed());
     let key = verdict.key.as_deref();
     let response = VerifyResponse {
@@ -215,11 +216,7 @@ pub async fn verify(
         key_id: key.map(|k| k.id),
         owner: key.map(|k| k.owner.to_string()),
         environment: key.map(|k| k.environment().clone()),
-        permissions: key.map(|k| {
-            state
-                .authority
-                .effective_permissions(k, state.authority.now())
-        }),
+        permissions: key.map(|k| authority.effective_permissions(k, authority.now())),
         meta: key.map(|k| k.meta.as_deref().cloned().unwrap_or_default()),
         expires_at: key.and_then(|k| k.expires_at),
         detail: verdict.unmet,
@@ -296,7 +293,7 @@ pub async fn release_lease(
     if !state.config.insecure_unauthenticated_verify {
         caller.authenticate(&state, admin::KEYS_VERIFY).await?;
     }
-    if state.authority.release_lease(&id) {
+    if state.authority()?.release_lease(&id) {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(

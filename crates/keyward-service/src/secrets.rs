@@ -1,0 +1,566 @@
+//! Versioned key/value secrets per environment, sealed under the environment's own keyring.
+//!
+//! A write adds a version (optionally only if the current version is the one named: check and
+//! set); a read returns the latest live version or a named one; delete is soft (undelete brings
+//! the value back), destroy removes the value for good. Every read, write, delete and destroy is
+//! audited with the path and version, never the value. Access needs `secrets:<action>:<path>`
+//! (a glob scope such as `secrets:read:payments/*` covers a subtree) and the admin key's scope
+//! over the environment.
+
+use keyward_core::permission::admin;
+use keyward_core::{EnvironmentName, Timestamp};
+use keyward_store::{Changes, LeaseKind, SecretMeta, SecretVersion, VaultLease};
+use serde_json::{Map, Value, json};
+
+use crate::audit::PendingEntry;
+use crate::{Actor, Authority, ServiceError};
+
+pub mod secret_limits {
+    /// A secret's value, as JSON text.
+    pub const VALUE_BYTES: usize = 48 * 1024;
+    pub const PATH_CHARS: usize = 256;
+    pub const DEFAULT_MAX_VERSIONS: u32 = 10;
+    pub const MAX_VERSIONS: u32 = 1000;
+    pub const CUSTOM_BYTES: usize = 8 * 1024;
+    /// A leased read lasts at most a day.
+    pub const MAX_READ_LEASE_S: u64 = 24 * 3600;
+}
+
+use secret_limits as limits;
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ServiceError {
+    ServiceError::InvalidField {
+        field,
+        message: message.into(),
+    }
+}
+
+fn not_found() -> ServiceError {
+    ServiceError::NotFound { what: "secret" }
+}
+
+/// Checks a secret path: 1-256 characters, segments of `[A-Za-z0-9._-]` separated by single
+/// slashes, none of them `.` or `..`.
+pub fn check_path(path: &str) -> Result<(), ServiceError> {
+    let ok = (1..=limits::PATH_CHARS).contains(&path.len())
+        && path.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "path",
+            "a secret path is 1-256 characters: segments of [A-Za-z0-9._-] separated by '/'",
+        ))
+    }
+}
+
+/// A write: the new value and, for check-and-set, the version it replaces (0: must not exist).
+#[derive(Debug, Clone)]
+pub struct SecretWrite {
+    pub data: Map<String, Value>,
+    pub cas: Option<u64>,
+}
+
+/// Metadata fields to change; `None` leaves one as it is.
+#[derive(Debug, Clone, Default)]
+pub struct SecretMetaUpdate {
+    pub owner: Option<String>,
+    pub purpose: Option<String>,
+    pub max_versions: Option<u32>,
+    pub cas_required: Option<bool>,
+    pub custom: Option<Map<String, Value>>,
+}
+
+/// A secret read back.
+#[derive(Debug, Clone)]
+pub struct SecretRead {
+    pub meta: SecretMeta,
+    pub version: u64,
+    pub created_at: Timestamp,
+    pub data: Map<String, Value>,
+    pub lease: Option<VaultLease>,
+}
+
+impl Authority {
+    fn check_secret_access(
+        actor: &Actor,
+        env: &EnvironmentName,
+        action: &str,
+        path: &str,
+    ) -> Result<(), ServiceError> {
+        check_path(path)?;
+        Self::require(actor, &format!("{action}:{path}"))?;
+        Self::check_scope(actor, env)
+    }
+
+    fn known_environment(&self, env: &EnvironmentName) -> Result<(), ServiceError> {
+        self.environment(env.as_str())
+            .map(|_| ())
+            .ok_or(ServiceError::NotFound {
+                what: "environment",
+            })
+    }
+
+    async fn secret_meta(
+        &self,
+        env: &EnvironmentName,
+        path: &str,
+    ) -> Result<Option<SecretMeta>, ServiceError> {
+        Ok(self.store.secret(env.clone(), path.to_owned()).await?)
+    }
+
+    /// Writes a new version. With `cas` (or when the secret requires it) the write succeeds only
+    /// if the current version is `cas`; otherwise 409.
+    pub async fn write_secret(
+        &self,
+        actor: &Actor,
+        env: &EnvironmentName,
+        path: &str,
+        write: SecretWrite,
+    ) -> Result<(SecretMeta, u64), ServiceError> {
+        Self::check_secret_access(actor, env, admin::SECRETS_WRITE, path)?;
+        self.known_environment(env)?;
+        let text = zeroize::Zeroizing::new(
+            serde_json::to_vec(&Value::Object(write.data))
+                .map_err(|e| ServiceError::Internal(e.to_string()))?,
+        );
+        if text.len() > limits::VALUE_BYTES {
+            return Err(ServiceError::TooLarge(format!(
+                "a secret's value is at most {} bytes of JSON",
+                limits::VALUE_BYTES
+            )));
+        }
+        let mut head = self.writer.lock().await;
+        let now = self.clock.now();
+        let existing = self.secret_meta(env, path).await?;
+        let current = existing.as_ref().map_or(0, |m| m.current_version);
+        if existing.as_ref().is_some_and(|m| m.cas_required) && write.cas.is_none() {
+            return Err(invalid(
+                "cas",
+                "this secret requires check-and-set: give the version you replace",
+            ));
+        }
+        if let Some(cas) = write.cas
+            && cas != current
+        {
+            return Err(ServiceError::Conflict(format!(
+                "check-and-set failed: the current version is {current}, not {cas}"
+            )));
+        }
+        let version = current + 1;
+        let mut meta = existing.unwrap_or_else(|| SecretMeta {
+            environment: env.clone(),
+            path: path.to_owned(),
+            owner: None,
+            purpose: None,
+            max_versions: limits::DEFAULT_MAX_VERSIONS,
+            cas_required: false,
+            custom: Map::new(),
+            current_version: 0,
+            created_at: now,
+            updated_at: now,
+        });
+        meta.current_version = version;
+        meta.updated_at = now;
+        let ciphertext = self.vault.seal_secret(env, path, version, &text)?;
+        let pruned = self.pruned_versions(&meta, version).await?;
+        self.commit(
+            &mut head,
+            Changes {
+                upsert_secrets: vec![meta.clone()],
+                upsert_secret_versions: vec![SecretVersion {
+                    environment: env.clone(),
+                    path: path.to_owned(),
+                    version,
+                    ciphertext: Some(ciphertext),
+                    created_at: now,
+                    deleted_at: None,
+                    destroyed: false,
+                }],
+                delete_secret_versions: pruned
+                    .iter()
+                    .map(|v| (env.clone(), path.to_owned(), *v))
+                    .collect(),
+                ..Changes::default()
+            },
+            vec![PendingEntry {
+                actor: actor.audit_name(),
+                action: "secret.write",
+                target: Some(format!("{env}/{path}")),
+                details: json!({ "environment": env, "path": path, "version": version, "pruned_versions": pruned }),
+            }],
+        )
+        .await?;
+        Ok((meta, version))
+    }
+
+    /// Versions to drop so that at most `max_versions` remain once `newest` is written.
+    async fn pruned_versions(
+        &self,
+        meta: &SecretMeta,
+        newest: u64,
+    ) -> Result<Vec<u64>, ServiceError> {
+        let keep_from = newest.saturating_sub(u64::from(meta.max_versions)) + 1;
+        Ok(self
+            .store
+            .secret_versions(meta.environment.clone(), meta.path.clone())
+            .await?
+            .into_iter()
+            .map(|v| v.version)
+            .filter(|v| *v < keep_from)
+            .collect())
+    }
+
+    /// Reads the latest version (or `version`). A deleted or destroyed version is 404, as is a
+    /// secret whose latest version is. With `lease_ttl_s`, the read is recorded as a lease.
+    pub async fn read_secret(
+        &self,
+        actor: &Actor,
+        env: &EnvironmentName,
+        path: &str,
+        version: Option<u64>,
+        lease_ttl_s: Option<u64>,
+    ) -> Result<SecretRead, ServiceError> {
+        Self::check_secret_access(actor, env, admin::SECRETS_READ, path)?;
+        if let Some(ttl) = lease_ttl_s
+            && !(1..=limits::MAX_READ_LEASE_S).contains(&ttl)
+        {
+            return Err(invalid(
+                "lease_ttl_s",
+                format!("1 to {} seconds", limits::MAX_READ_LEASE_S),
+            ));
+        }
+        let meta = self.secret_meta(env, path).await?.ok_or_else(not_found)?;
+        let wanted = version.unwrap_or(meta.current_version);
+        let stored = self
+            .store
+            .secret_version(env.clone(), path.to_owned(), wanted)
+            .await?
+            .ok_or_else(not_found)?;
+        let ciphertext = match (&stored.ciphertext, stored.deleted_at, stored.destroyed) {
+            (Some(c), None, false) => c,
+            _ => {
+                return Err(ServiceError::NotFound {
+                    what: "secret version (deleted or destroyed)",
+                });
+            }
+        };
+        let plain = self.vault.open_secret(env, path, wanted, ciphertext)?;
+        let data = match serde_json::from_slice(&plain) {
+            Ok(Value::Object(map)) => map,
+            _ => {
+                return Err(ServiceError::Integrity(
+                    "a stored secret opened but is not a JSON object".into(),
+                ));
+            }
+        };
+        let now = self.clock.now();
+        let lease = match lease_ttl_s {
+            Some(ttl) => Some(VaultLease {
+                id: self.new_lease_id(now)?,
+                kind: LeaseKind::Secret,
+                path: format!("secrets/{env}/{path}"),
+                environment: env.clone(),
+                key_id: None,
+                secret_version: Some(wanted),
+                actor: actor.audit_name(),
+                issued_at: now,
+                expires_at: now.plus_seconds(ttl),
+                max_expires_at: now.plus_seconds(ttl),
+                ended_at: None,
+                end_reason: None,
+            }),
+            None => None,
+        };
+        let entry = PendingEntry {
+            actor: actor.audit_name(),
+            action: "secret.read",
+            target: Some(format!("{env}/{path}")),
+            details: json!({
+                "environment": env,
+                "path": path,
+                "version": wanted,
+                "lease_id": lease.as_ref().map(|l| &l.id),
+            }),
+        };
+        match &lease {
+            Some(lease) => {
+                let mut head = self.writer.lock().await;
+                self.commit(
+                    &mut head,
+                    Changes {
+                        upsert_leases: vec![lease.clone()],
+                        ..Changes::default()
+                    },
+                    vec![entry],
+                )
+                .await?;
+            }
+            None => self.audit_batched(entry).await?,
+        }
+        Ok(SecretRead {
+            meta,
+            version: wanted,
+            created_at: stored.created_at,
+            data,
+            lease,
+        })
+    }
+
+    /// Secrets of `env` under `prefix`, in path order.
+    pub async fn list_secrets(
+        &self,
+        actor: &Actor,
+        env: &EnvironmentName,
+        prefix: &str,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<SecretMeta>, ServiceError> {
+        Self::require(actor, &format!("{}:{prefix}*", admin::SECRETS_LIST))?;
+        Self::check_scope(actor, env)?;
+        self.known_environment(env)?;
+        let listed = self
+            .store
+            .list_secrets(env.clone(), prefix.to_owned(), after, limit.clamp(1, 1000))
+            .await?;
+        // A key scoped to part of the tree sees only what it may list.
+        Ok(listed
+            .into_iter()
+            .filter(|m| actor.holds(&format!("{}:{}", admin::SECRETS_LIST, m.path)))
+            .collect())
+    }
+
+    /// A secret's metadata and its versions (without values).
+    pub async fn secret_metadata(
+        &self,
+        actor: &Actor,
+        env: &EnvironmentName,
+        path: &str,
+    ) -> Result<(SecretMeta, Vec<SecretVersion>), ServiceError> {
+        Self::check_secret_access(actor, env, admin::SECRETS_READ, path)?;
+        let meta = self.secret_meta(env, path).await?.ok_or_else(not_found)?;
+        let mut versions = self
+            .store
+            .secret_versions(env.clone(), path.to_owned())
+            .await?;
+        for v in &mut versions {
+            v.ciphertext = None;
+        }
+        Ok((meta, versions))
+    }
+
+    /// Creates or changes a secret's metadata. Lowering `max_versions` drops the oldest versions.
+    pub async fn update_secret_metadata(
+        &self,
+        actor: &Actor,
+        env: &EnvironmentName,
+        path: &str,
+        update: SecretMetaUpdate,
+    ) -> Result<SecretMeta, ServiceError> {
+        Self::check_secret_access(actor, env, admin::SECRETS_WRITE, path)?;
+        self.known_environment(env)?;
+        for (field, text) in [("owner", &update.owner), ("purpose", &update.purpose)] {
+            if let Some(text) = text
+                && (text.is_empty() || text.len() > 1000 || text.chars().any(char::is_control))
+            {
+                return Err(invalid(field, "1-1000 characters, no control characters"));
+            }
+        }
+        if let Some(max) = update.max_versions
+            && !(1..=limits::MAX_VERSIONS).contains(&max)
+        {
+            return Err(invalid(
+                "max_versions",
+                format!("1 to {}", limits::MAX_VERSIONS),
+            ));
+        }
+        if let Some(custom) = &update.custom {
+            if custom.values().any(|v| !v.is_string()) {
+                return Err(invalid("custom", "custom metadata values are strings"));
+            }
+            if Value::Object(custom.clone()).to_string().len() > limits::CUSTOM_BYTES {
+                return Err(ServiceError::TooLarge(format!(
+                    "custom metadata is at most {} bytes",
+                    limits::CUSTOM_BYTES
+                )));
+            }
+        }
+        let mut head = self.writer.lock().await;
+        let now = self.clock.now();
+        let mut meta = self
+            .secret_meta(env, path)
+            .await?
+            .unwrap_or_else(|| SecretMeta {
+                environment: env.clone(),
+                path: path.to_owned(),
+                owner: None,
+                purpose: None,
+                max_versions: limits::DEFAULT_MAX_VERSIONS,
+                cas_required: false,
+                custom: Map::new(),
+                current_version: 0,
+                created_at: now,
+                updated_at: now,
+            });
+        if let Some(owner) = update.owner {
+            meta.owner = Some(owner);
+        }
+        if let Some(purpose) = update.purpose {
+            meta.purpose = Some(purpose);
+        }
+        if let Some(max) = update.max_versions {
+            meta.max_versions = max;
+        }
+        if let Some(cas) = update.cas_required {
+            meta.cas_required = cas;
+        }
+        if let Some(custom) = update.custom {
+            meta.custom = custom;
+        }
+        meta.updated_at = now;
+        let pruned = self.pruned_versions(&meta, meta.current_version).await?;
+        self.commit(
+            &mut head,
+            Changes {
+                upsert_secrets: vec![meta.clone()],
+                delete_secret_versions: pruned
+                    .iter()
+                    .map(|v| (env.clone(), path.to_owned(), *v))
+                    .collect(),
+                ..Changes::default()
+            },
+            vec![PendingEntry {
+                actor: actor.audit_name(),
+                action: "secret.metadata.update",
+                target: Some(format!("{env}/{path}")),
+                details: json!({
+                    "environment": env, "path": path, "owner": meta.owner, "purpose": meta.purpose,
+                    "max_versions": meta.max_versions, "cas_required": meta.cas_required,
+                    "custom": meta.custom, "pruned_versions": pruned,
+                }),
+            }],
+        )
+        .await?;
+        Ok(meta)
+    }
+
+    /// Soft-deletes, undeletes or destroys versions (default: the latest). Destroy removes the
+    /// value for good; the version stays listed as destroyed.
+    pub async fn change_secret_versions(
+        &self,
+        actor: &Actor,
+        env: &EnvironmentName,
+        path: &str,
+        versions: Option<Vec<u64>>,
+        change: VersionChange,
+    ) -> Result<Vec<u64>, ServiceError> {
+        let permission = match change {
+            VersionChange::Delete | VersionChange::Undelete => admin::SECRETS_DELETE,
+            VersionChange::Destroy => admin::SECRETS_DESTROY,
+        };
+        Self::check_secret_access(actor, env, permission, path)?;
+        if versions
+            .as_ref()
+            .is_some_and(|v| v.is_empty() || v.len() > 1000)
+        {
+            return Err(invalid("versions", "1 to 1000 version numbers"));
+        }
+        let mut head = self.writer.lock().await;
+        let meta = self.secret_meta(env, path).await?.ok_or_else(not_found)?;
+        let wanted = versions.unwrap_or_else(|| vec![meta.current_version]);
+        let stored = self
+            .store
+            .secret_versions(env.clone(), path.to_owned())
+            .await?;
+        let now = self.clock.now();
+        let mut changed = Vec::new();
+        let mut updates = Vec::new();
+        for number in &wanted {
+            let Some(mut v) = stored.iter().find(|v| v.version == *number).cloned() else {
+                return Err(ServiceError::NotFound {
+                    what: "secret version",
+                });
+            };
+            let before = v.clone();
+            match change {
+                VersionChange::Delete if !v.destroyed => v.deleted_at = v.deleted_at.or(Some(now)),
+                VersionChange::Undelete if !v.destroyed => v.deleted_at = None,
+                VersionChange::Destroy => {
+                    v.destroyed = true;
+                    v.ciphertext = None;
+                }
+                _ => {}
+            }
+            if v != before {
+                changed.push(v.version);
+                updates.push(v);
+            }
+        }
+        self.commit(
+            &mut head,
+            Changes {
+                upsert_secret_versions: updates,
+                ..Changes::default()
+            },
+            vec![PendingEntry {
+                actor: actor.audit_name(),
+                action: change.action(),
+                target: Some(format!("{env}/{path}")),
+                details: json!({ "environment": env, "path": path, "versions": wanted, "changed": changed }),
+            }],
+        )
+        .await?;
+        Ok(changed)
+    }
+
+    /// Removes a secret, its metadata and every version, irrecoverably.
+    pub async fn delete_secret(
+        &self,
+        actor: &Actor,
+        env: &EnvironmentName,
+        path: &str,
+    ) -> Result<(), ServiceError> {
+        Self::check_secret_access(actor, env, admin::SECRETS_DESTROY, path)?;
+        let mut head = self.writer.lock().await;
+        let meta = self.secret_meta(env, path).await?.ok_or_else(not_found)?;
+        self.commit(
+            &mut head,
+            Changes {
+                delete_secrets: vec![(env.clone(), path.to_owned())],
+                ..Changes::default()
+            },
+            vec![PendingEntry {
+                actor: actor.audit_name(),
+                action: "secret.metadata.delete",
+                target: Some(format!("{env}/{path}")),
+                details: json!({ "environment": env, "path": path, "versions": meta.current_version }),
+            }],
+        )
+        .await
+    }
+}
+
+/// What [`Authority::change_secret_versions`] does to each version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionChange {
+    Delete,
+    Undelete,
+    Destroy,
+}
+
+impl VersionChange {
+    fn action(self) -> &'static str {
+        match self {
+            VersionChange::Delete => "secret.delete",
+            VersionChange::Undelete => "secret.undelete",
+            VersionChange::Destroy => "secret.destroy",
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! Vault operations of an unsealed authority: the audit of unseal and seal, keyring rotation with
+//! its background rewrap, and rekeying.
+
+use std::sync::Arc;
+
+use keyward_core::permission::admin;
+use keyward_crypto::barrier::{self, Share, UnsealKey};
+use keyward_store::{Changes, RewrapProgress, Rewrapped, SealedValue};
+use serde_json::json;
+
+use crate::audit::PendingEntry;
+use crate::{Actor, Authority, ServiceError};
+
+/// Values re-sealed per write.
+const REWRAP_BATCH: u32 = 200;
+
+fn random_err(e: keyward_crypto::RandomUnavailable) -> ServiceError {
+    ServiceError::Internal(e.to_string())
+}
+
+impl Authority {
+    pub(crate) async fn note_unsealed(
+        &self,
+        via: &str,
+        rewrap: Option<RewrapProgress>,
+    ) -> Result<(), ServiceError> {
+        *self.rewrap.lock().await = rewrap.filter(|r| r.finished_at.is_none());
+        self.audit_only(vec![PendingEntry {
+            actor: "system".into(),
+            action: "vault.unseal",
+            target: None,
+            details: json!({ "via": via }),
+        }])
+        .await
+    }
+
+    pub(crate) async fn audit_seal(&self, actor: &Actor) -> Result<(), ServiceError> {
+        Self::require(actor, admin::SYS_SEAL)?;
+        self.audit_only(vec![PendingEntry {
+            actor: actor.audit_name(),
+            action: "vault.seal",
+            target: None,
+            details: json!({}),
+        }])
+        .await
+    }
+
+    pub(crate) fn require(actor: &Actor, permission: &str) -> Result<(), ServiceError> {
+        if actor.holds(permission) {
+            Ok(())
+        } else {
+            Err(ServiceError::Forbidden {
+                permission: permission.to_owned(),
+            })
+        }
+    }
+
+    /// The newest keyring term and the latest rewrap.
+    pub async fn keyring_status(
+        &self,
+        actor: &Actor,
+    ) -> Result<(u32, Option<RewrapProgress>), ServiceError> {
+        Self::require(actor, admin::SYS_READ)?;
+        let record = self
+            .store
+            .vault()
+            .await?
+            .ok_or_else(|| ServiceError::Internal("no vault record".into()))?;
+        Ok((record.term, record.rewrap))
+    }
+
+    /// Adds a keyring term to every environment's keyring: new values are sealed under it at
+    /// once, and a background rewrap re-seals older values under it.
+    pub async fn rotate(&self, actor: &Actor) -> Result<(u32, RewrapProgress), ServiceError> {
+        Self::require(actor, admin::SYS_ROTATE)?;
+        let mut head = self.writer.lock().await;
+        let mut record = self
+            .store
+            .vault()
+            .await?
+            .ok_or_else(|| ServiceError::Internal("no vault record".into()))?;
+        let term = record.term.saturating_add(1);
+        let now = self.clock.now();
+        let mut rotated = Vec::new();
+        let mut stored = Vec::new();
+        for env in self.vault.environments() {
+            let mut keyring = (*self.vault.keyring(&env)?).clone();
+            keyring.rotate_to(term, now.unix_ms()).map_err(random_err)?;
+            stored.push(self.vault.seal_keyring(&env, &keyring)?);
+            rotated.push((env, Arc::new(keyring)));
+        }
+        let progress = RewrapProgress {
+            term,
+            started_at: now,
+            total: self.store.count_stale_sealed(term).await?,
+            done: 0,
+            finished_at: None,
+        };
+        record.term = term;
+        record.rewrap = Some(progress);
+        self.commit(
+            &mut head,
+            Changes {
+                vault: Some(record),
+                keyrings: stored,
+                ..Changes::default()
+            },
+            vec![PendingEntry {
+                actor: actor.audit_name(),
+                action: "vault.rotate",
+                target: None,
+                details: json!({ "term": term, "values_to_rewrap": progress.total }),
+            }],
+        )
+        .await?;
+        for (env, keyring) in rotated {
+            self.vault.install(env, keyring);
+        }
+        self.vault.set_term(term);
+        *self.rewrap.lock().await = Some(progress);
+        drop(head);
+        self.rewrap_wake.notify_one();
+        Ok((term, progress))
+    }
+
+    /// Re-seals one batch of values sealed under older terms. Returns whether more may remain.
+    /// Each batch and its progress are one write, so a crash loses at most the batch in hand and
+    /// the next start resumes from what the store says is still stale.
+    pub(crate) async fn rewrap_batch(&self) -> Result<bool, ServiceError> {
+        let mut guard = self.rewrap.lock().await;
+        let Some(mut progress) = *guard else {
+            return Ok(false);
+        };
+        let stale = self.store.stale_sealed(progress.term, REWRAP_BATCH).await?;
+        if stale.is_empty() {
+            progress.finished_at = Some(self.clock.now());
+            progress.done = progress.done.max(progress.total);
+            self.store.rewrap(Vec::new(), progress).await?;
+            *guard = None;
+            drop(guard);
+            self.audit_only(vec![PendingEntry {
+                actor: "system".into(),
+                action: "vault.rewrap.finish",
+                target: None,
+                details: json!({ "term": progress.term, "values": progress.done }),
+            }])
+            .await?;
+            return Ok(false);
+        }
+        let mut batch = Vec::with_capacity(stale.len());
+        for value in stale {
+            let (ciphertext, term) = self.reseal(&value)?;
+            let old = value.ciphertext().to_vec();
+            let value = match value {
+                SealedValue::EnvironmentSecret { environment, .. } => {
+                    SealedValue::EnvironmentSecret {
+                        environment,
+                        ciphertext,
+                    }
+                }
+                SealedValue::SecretVersion {
+                    environment,
+                    path,
+                    version,
+                    ..
+                } => SealedValue::SecretVersion {
+                    environment,
+                    path,
+                    version,
+                    ciphertext,
+                },
+            };
+            batch.push(Rewrapped { value, old, term });
+        }
+        let count = batch.len() as u64;
+        progress.done = progress.done.saturating_add(count);
+        self.store.rewrap(batch, progress).await?;
+        *guard = Some(progress);
+        Ok(true)
+    }
+
+    /// Opens a stale value and seals it again under its environment's newest term.
+    fn reseal(&self, value: &SealedValue) -> Result<(Vec<u8>, u32), ServiceError> {
+        let env = value.environment();
+        let keyring = self.vault.keyring(env)?;
+        let term = keyring.newest();
+        let ciphertext = match value {
+            SealedValue::EnvironmentSecret { ciphertext, .. } => {
+                let secret = self.vault.open_hmac_secret(env, ciphertext)?;
+                self.vault.seal_hmac_secret(env, &secret)?
+            }
+            SealedValue::SecretVersion {
+                path,
+                version,
+                ciphertext,
+                ..
+            } => {
+                let plain = self.vault.open_secret(env, path, *version, ciphertext)?;
+                self.vault.seal_secret(env, path, *version, &plain)?
+            }
+        };
+        Ok((ciphertext, term))
+    }
+
+    /// Runs rewrap batches until none remain. Errors are logged; the next wake retries.
+    pub(crate) async fn run_rewrap(&self) {
+        loop {
+            match self.rewrap_batch().await {
+                Ok(true) => tokio::task::yield_now().await,
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "rewrap batch failed; will retry");
+                    return;
+                }
+            }
+        }
+    }
+
+    pub(crate) async fn rekey(
+        &self,
+        actor: &Actor,
+        current: &UnsealKey,
+        shares: u8,
+        threshold: u8,
+    ) -> Result<(UnsealKey, Vec<Share>), ServiceError> {
+        Self::require(actor, admin::SYS_REKEY)?;
+        let mut head = self.writer.lock().await;
+        let mut record = self
+            .store
+            .vault()
+            .await?
+            .ok_or_else(|| ServiceError::Internal("no vault record".into()))?;
+        let root =
+            current
+                .open_root(&record.sealed_root)
+                .map_err(|_| ServiceError::InvalidField {
+                    field: "shares",
+                    message: "these shares (or this unseal key) do not open this vault".into(),
+                })?;
+        let key = UnsealKey::generate().map_err(random_err)?;
+        let tag = barrier::new_vault_tag().map_err(random_err)?;
+        let parts = barrier::split(&key, shares, threshold, &tag).map_err(|e| {
+            ServiceError::InvalidField {
+                field: "new_shares",
+                message: e.to_string(),
+            }
+        })?;
+        record.sealed_root = key.seal_root(&root)?;
+        record.tag = tag;
+        record.shares = shares;
+        record.threshold = threshold;
+        self.commit(
+            &mut head,
+            Changes {
+                vault: Some(record),
+                ..Changes::default()
+            },
+            vec![PendingEntry {
+                actor: actor.audit_name(),
+                action: "vault.rekey",
+                target: None,
+                details: json!({ "shares": shares, "threshold": threshold }),
+            }],
+        )
+        .await?;
+        Ok((key, parts))
+    }
+
+    /// Loads the environments' HMAC secrets from the store, opened by the vault.
+    pub(crate) async fn load_hmac_keys(
+        store: &dyn keyward_store::Store,
+        vault: &crate::vault::OpenVault,
+    ) -> Result<crate::Keyring, ServiceError> {
+        let mut secrets = Vec::new();
+        for (env, sealed) in store.environment_secrets().await? {
+            secrets.push((env.clone(), vault.open_hmac_secret(&env, &sealed)?));
+        }
+        for env in store.environments().await? {
+            if !secrets.iter().any(|(name, _)| *name == env.name) {
+                return Err(ServiceError::Integrity(format!(
+                    "environment {} has no stored secret",
+                    env.name
+                )));
+            }
+        }
+        Ok(crate::Keyring::new(secrets))
+    }
+}

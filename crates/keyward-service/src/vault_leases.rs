@@ -1,0 +1,342 @@
+//! Leases: dynamic, short-lived API keys (and leased secret reads), renewable up to a maximum
+//! lifetime and revocable by id or by path prefix.
+//!
+//! A leased key's `expires_at` is the lease's end, so it stops verifying (`EXPIRED`) the moment
+//! the lease ends, with no call and no sweep needed; a renewal moves both together. A sweeper
+//! marks ended leases and audits each end.
+
+use keyward_core::permission::admin;
+use keyward_core::{KeyRecord, Timestamp};
+use keyward_store::{Changes, LeaseKind, VaultLease};
+use serde_json::json;
+
+use crate::audit::PendingEntry;
+use crate::keys::NewKey;
+use crate::{Actor, Authority, ServiceError};
+
+/// A key lease asks for a key (as `POST /v1/keys` does) and its lease's lifetimes.
+#[derive(Debug, Clone)]
+pub struct NewKeyLease {
+    pub key: NewKey,
+    pub ttl_s: u64,
+    /// The most renewals may extend the lease to, from issue (default: `ttl_s`).
+    pub max_ttl_s: Option<u64>,
+}
+
+/// An issued key lease: the lease, the key record and the key, shown once.
+#[derive(Debug)]
+pub struct KeyLease {
+    pub lease: VaultLease,
+    pub record: KeyRecord,
+    pub key: keyward_crypto::PlaintextKey,
+}
+
+/// Longest lease: 30 days.
+pub const MAX_LEASE_TTL_S: u64 = 30 * 24 * 3600;
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ServiceError {
+    ServiceError::InvalidField {
+        field,
+        message: message.into(),
+    }
+}
+
+fn lease_not_found() -> ServiceError {
+    ServiceError::NotFound { what: "lease" }
+}
+
+impl Authority {
+    pub(crate) fn new_lease_id(&self, now: Timestamp) -> Result<String, ServiceError> {
+        self.ids
+            .next(now)
+            .map(|id| id.to_string())
+            .map_err(|e| ServiceError::Internal(e.to_string()))
+    }
+
+    /// Issues a short-lived key as a lease.
+    pub async fn create_key_lease(
+        &self,
+        actor: &Actor,
+        new: NewKeyLease,
+    ) -> Result<KeyLease, ServiceError> {
+        Self::require(actor, admin::LEASES_CREATE)?;
+        let max_ttl = new.max_ttl_s.unwrap_or(new.ttl_s);
+        if !(1..=MAX_LEASE_TTL_S).contains(&new.ttl_s) {
+            return Err(invalid("ttl_s", format!("1 to {MAX_LEASE_TTL_S} seconds")));
+        }
+        if !(new.ttl_s..=MAX_LEASE_TTL_S).contains(&max_ttl) {
+            return Err(invalid(
+                "max_ttl_s",
+                format!("at least ttl_s and at most {MAX_LEASE_TTL_S} seconds"),
+            ));
+        }
+        if new.key.expires_at.is_some() || new.key.ttl_s.is_some() {
+            return Err(invalid(
+                "expires_at",
+                "a leased key expires with its lease: give ttl_s for the lease",
+            ));
+        }
+        let now = self.clock.now();
+        let mut key = new.key;
+        key.ttl_s = Some(new.ttl_s);
+        let lease_id = self.new_lease_id(now)?;
+        let path = format!("keys/{}/{}", key.environment, key.name);
+        let environment = key.environment.clone();
+        let lease = std::sync::Mutex::new(None);
+        let (record, plaintext) = self
+            .create_key_with(actor, key, |record| {
+                let made = VaultLease {
+                    id: lease_id.clone(),
+                    kind: LeaseKind::Key,
+                    path: path.clone(),
+                    environment: environment.clone(),
+                    key_id: Some(record.id),
+                    secret_version: None,
+                    actor: actor.audit_name(),
+                    issued_at: now,
+                    expires_at: record.expires_at.unwrap_or(now),
+                    max_expires_at: now.plus_seconds(max_ttl),
+                    ended_at: None,
+                    end_reason: None,
+                };
+                let entry = PendingEntry {
+                    actor: actor.audit_name(),
+                    action: "lease.create",
+                    target: Some(made.id.clone()),
+                    details: json!({
+                        "kind": "key", "path": made.path, "key_id": record.id,
+                        "expires_at": made.expires_at, "max_expires_at": made.max_expires_at,
+                    }),
+                };
+                *lease.lock().unwrap_or_else(|p| p.into_inner()) = Some(made.clone());
+                (
+                    Changes {
+                        upsert_leases: vec![made],
+                        ..Changes::default()
+                    },
+                    Some(entry),
+                )
+            })
+            .await?;
+        let lease = lease
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner())
+            .ok_or_else(|| ServiceError::Internal("the lease was not made".into()))?;
+        Ok(KeyLease {
+            lease,
+            record,
+            key: plaintext,
+        })
+    }
+
+    pub async fn lease(&self, actor: &Actor, id: &str) -> Result<VaultLease, ServiceError> {
+        Self::require(actor, admin::LEASES_READ)?;
+        let lease = self
+            .store
+            .lease(id.to_owned())
+            .await?
+            .ok_or_else(lease_not_found)?;
+        Self::check_scope(actor, &lease.environment)?;
+        Ok(lease)
+    }
+
+    /// Leases under `prefix` (all when empty), by id.
+    pub async fn list_leases(
+        &self,
+        actor: &Actor,
+        prefix: &str,
+        open_only: bool,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<VaultLease>, ServiceError> {
+        Self::require(actor, admin::LEASES_READ)?;
+        let leases = self
+            .store
+            .leases(prefix.to_owned(), open_only, after, limit.clamp(1, 1000))
+            .await?;
+        Ok(leases
+            .into_iter()
+            .filter(|l| actor.may_manage(&l.environment))
+            .collect())
+    }
+
+    /// Extends a lease by `increment_s` from now (default: its original TTL), never past its
+    /// maximum. A leased key's expiry moves with it.
+    pub async fn renew_lease(
+        &self,
+        actor: &Actor,
+        id: &str,
+        increment_s: Option<u64>,
+    ) -> Result<VaultLease, ServiceError> {
+        Self::require(actor, admin::LEASES_RENEW)?;
+        let mut head = self.writer.lock().await;
+        let mut lease = self
+            .store
+            .lease(id.to_owned())
+            .await?
+            .ok_or_else(lease_not_found)?;
+        Self::check_scope(actor, &lease.environment)?;
+        let now = self.clock.now();
+        if lease.ended_at.is_some() || lease.expires_at <= now {
+            return Err(ServiceError::Conflict("the lease has ended".into()));
+        }
+        let original = u64::try_from(lease.expires_at.unix_ms() - lease.issued_at.unix_ms())
+            .unwrap_or(0)
+            / 1000;
+        let increment = increment_s.unwrap_or(original.max(1));
+        if !(1..=MAX_LEASE_TTL_S).contains(&increment) {
+            return Err(invalid(
+                "increment_s",
+                format!("1 to {MAX_LEASE_TTL_S} seconds"),
+            ));
+        }
+        let wanted = now.plus_seconds(increment);
+        lease.expires_at = wanted.min(lease.max_expires_at).max(lease.expires_at);
+        let mut changes = Changes {
+            upsert_leases: vec![lease.clone()],
+            ..Changes::default()
+        };
+        let mut key_record = None;
+        if let Some(key_id) = lease.key_id {
+            let mut key = self
+                .store
+                .key(key_id)
+                .await?
+                .ok_or(ServiceError::NotFound { what: "leased key" })?;
+            key.expires_at = Some(lease.expires_at);
+            key.updated_at = now;
+            changes.update_keys.push(key.clone());
+            key_record = Some(key);
+        }
+        self.commit(
+            &mut head,
+            changes,
+            vec![PendingEntry {
+                actor: actor.audit_name(),
+                action: "lease.renew",
+                target: Some(lease.id.clone()),
+                details: json!({ "path": lease.path, "expires_at": lease.expires_at, "capped": wanted > lease.max_expires_at }),
+            }],
+        )
+        .await?;
+        if let Some(key) = key_record {
+            self.forget(&key);
+        }
+        Ok(lease)
+    }
+
+    /// Ends a lease now; a leased key is revoked with it.
+    pub async fn revoke_lease(&self, actor: &Actor, id: &str) -> Result<VaultLease, ServiceError> {
+        Self::require(actor, admin::LEASES_REVOKE)?;
+        let lease = self
+            .store
+            .lease(id.to_owned())
+            .await?
+            .ok_or_else(lease_not_found)?;
+        Self::check_scope(actor, &lease.environment)?;
+        let mut ended = self
+            .end_leases(&actor.audit_name(), vec![lease], "revoked")
+            .await?;
+        ended.pop().ok_or_else(lease_not_found)
+    }
+
+    /// Ends every open lease whose path starts with `prefix`. Returns how many ended.
+    pub async fn revoke_lease_prefix(
+        &self,
+        actor: &Actor,
+        prefix: &str,
+    ) -> Result<usize, ServiceError> {
+        Self::require(actor, admin::LEASES_REVOKE)?;
+        if prefix.is_empty() || prefix.len() > 512 {
+            return Err(invalid("prefix", "1-512 characters, e.g. keys/live/ci-"));
+        }
+        let mut total = 0;
+        loop {
+            let open = self
+                .store
+                .leases(prefix.to_owned(), true, None, 500)
+                .await?;
+            let open: Vec<_> = open
+                .into_iter()
+                .filter(|l| actor.may_manage(&l.environment))
+                .collect();
+            if open.is_empty() {
+                return Ok(total);
+            }
+            total += self
+                .end_leases(&actor.audit_name(), open, "revoked")
+                .await?
+                .len();
+        }
+    }
+
+    /// Marks leases ended (`revoked` or `expired`), revoking leased keys that are still active;
+    /// one audited write.
+    async fn end_leases(
+        &self,
+        actor: &str,
+        leases: Vec<VaultLease>,
+        reason: &str,
+    ) -> Result<Vec<VaultLease>, ServiceError> {
+        let mut head = self.writer.lock().await;
+        let now = self.clock.now();
+        let mut changes = Changes::default();
+        let mut entries = Vec::new();
+        let mut ended = Vec::new();
+        let mut revoked_keys = Vec::new();
+        for mut lease in leases {
+            // Re-read under the writer lock: another call may have ended it meanwhile.
+            let Some(current) = self.store.lease(lease.id.clone()).await? else {
+                continue;
+            };
+            if current.ended_at.is_some() {
+                ended.push(current);
+                continue;
+            }
+            lease = current;
+            lease.ended_at = Some(now);
+            lease.end_reason = Some(reason.to_owned());
+            if reason == "revoked"
+                && let Some(key_id) = lease.key_id
+                && let Some(mut key) = self.store.key(key_id).await?
+                && key.status != keyward_core::KeyStatus::Revoked
+            {
+                key.status = keyward_core::KeyStatus::Revoked;
+                key.revoked_at = Some(now);
+                key.revocation_reason = Some(format!("lease {} revoked", lease.id));
+                key.updated_at = now;
+                changes.update_keys.push(key.clone());
+                revoked_keys.push(key);
+            }
+            entries.push(PendingEntry {
+                actor: actor.to_owned(),
+                action: if reason == "revoked" {
+                    "lease.revoke"
+                } else {
+                    "lease.expire"
+                },
+                target: Some(lease.id.clone()),
+                details: json!({ "kind": lease.kind.as_str(), "path": lease.path, "key_id": lease.key_id }),
+            });
+            changes.upsert_leases.push(lease.clone());
+            ended.push(lease);
+        }
+        if !entries.is_empty() {
+            self.commit(&mut head, changes, entries).await?;
+        }
+        for key in &revoked_keys {
+            self.forget(key);
+        }
+        Ok(ended)
+    }
+
+    /// Marks leases past their end as expired, auditing each. Their keys already fail to verify:
+    /// this only records the end.
+    pub(crate) async fn sweep_lapsed_vault_leases(&self) -> Result<(), ServiceError> {
+        let lapsed = self.store.lapsed_leases(self.clock.now(), 500).await?;
+        if !lapsed.is_empty() {
+            self.end_leases("system", lapsed, "expired").await?;
+        }
+        Ok(())
+    }
+}
