@@ -124,6 +124,8 @@ pub struct AuthorityConfig {
     pub usage_buffer: usize,
     /// keyward's own protection against key guessing and brute force.
     pub guard: GuardConfig,
+    /// Values re-sealed per write during a rewrap.
+    pub rewrap_batch: u32,
 }
 
 impl Default for AuthorityConfig {
@@ -133,6 +135,7 @@ impl Default for AuthorityConfig {
             usage_flush_interval: Duration::from_secs(1),
             usage_buffer: 65_536,
             guard: GuardConfig::default(),
+            rewrap_batch: 200,
         }
     }
 }
@@ -146,6 +149,7 @@ pub struct Authority {
     keyring: RwLock<Keyring>,
     /// The unsealed vault's key material.
     vault: Arc<vault::OpenVault>,
+    rewrap_batch: u32,
     /// The rewrap in progress, if any.
     rewrap: tokio::sync::Mutex<Option<keyward_store::RewrapProgress>>,
     rewrap_wake: tokio::sync::Notify,
@@ -225,6 +229,7 @@ impl Authority {
             keyring: RwLock::new(keyring),
             vault,
             rewrap: tokio::sync::Mutex::new(None),
+            rewrap_batch: config.rewrap_batch.max(1),
             rewrap_wake: tokio::sync::Notify::new(),
             environments: RwLock::new(environments),
             roles: RwLock::new(roles),

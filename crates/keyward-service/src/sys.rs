@@ -11,9 +11,6 @@ use serde_json::json;
 use crate::audit::PendingEntry;
 use crate::{Actor, Authority, ServiceError};
 
-/// Values re-sealed per write.
-const REWRAP_BATCH: u32 = 200;
-
 fn random_err(e: keyward_crypto::RandomUnavailable) -> ServiceError {
     ServiceError::Internal(e.to_string())
 }
@@ -131,7 +128,10 @@ impl Authority {
         let Some(mut progress) = *guard else {
             return Ok(false);
         };
-        let stale = self.store.stale_sealed(progress.term, REWRAP_BATCH).await?;
+        let stale = self
+            .store
+            .stale_sealed(progress.term, self.rewrap_batch)
+            .await?;
         if stale.is_empty() {
             progress.finished_at = Some(self.clock.now());
             progress.done = progress.done.max(progress.total);

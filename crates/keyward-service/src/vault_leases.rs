@@ -330,6 +330,11 @@ impl Authority {
         Ok(ended)
     }
 
+    /// Runs the lease expiry sweep now (it also runs every second in the background).
+    pub async fn sweep_vault_leases_now(&self) -> Result<(), ServiceError> {
+        self.sweep_lapsed_vault_leases().await
+    }
+
     /// Marks leases past their end as expired, auditing each. Their keys already fail to verify:
     /// this only records the end.
     pub(crate) async fn sweep_lapsed_vault_leases(&self) -> Result<(), ServiceError> {

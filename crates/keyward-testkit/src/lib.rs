@@ -47,6 +47,16 @@ impl CountingStore {
     pub fn lookups(&self) -> u64 {
         self.lookups.load(Ordering::SeqCst)
     }
+
+    /// The vault's stored record.
+    pub async fn inner_vault(&self) -> VaultRecord {
+        self.inner.vault().await.unwrap().unwrap()
+    }
+
+    /// Values still sealed under a term older than `term`.
+    pub async fn count_stale(&self, term: u32) -> u64 {
+        self.inner.count_stale_sealed(term).await.unwrap()
+    }
 }
 
 #[async_trait]

@@ -28,6 +28,8 @@ pub struct FileConfig {
     pub failed_verifications_per_minute: Option<u64>,
     /// Failed admin authentications allowed per client address a minute; 0: no limit.
     pub failed_admin_auth_per_minute: Option<u64>,
+    /// Values re-sealed per write while a rotation's rewrap runs (default 200).
+    pub rewrap_batch_size: Option<u32>,
     /// A file holding the unseal key (`kwunseal1-…`): the server unseals itself at start.
     pub unseal_key_file: Option<PathBuf>,
 }
@@ -161,6 +163,10 @@ impl Config {
                 &mut problems,
             ),
         };
+        let rewrap_batch_size = file.rewrap_batch_size.unwrap_or(200);
+        if !(1..=10_000).contains(&rewrap_batch_size) {
+            problems.push("rewrap_batch_size: must be between 1 and 10000".into());
+        }
         let plain_http_ok = flags.insecure_plain_http || file.insecure_plain_http.unwrap_or(false);
         if let Ok(addr) = listen
             && !addr.ip().is_loopback()
@@ -197,6 +203,7 @@ impl Config {
                 cache_capacity,
                 usage_flush_interval: Duration::from_millis(flush_ms),
                 guard: guard_config,
+                rewrap_batch: rewrap_batch_size,
                 ..keyward_service::AuthorityConfig::default()
             },
         })
