@@ -558,3 +558,187 @@ fn bad_configuration_is_reported_at_once() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field"));
 }
+
+fn put_secret(url: &str, token: &str, path: &str, body: Value) -> u16 {
+    client()
+        .put(format!("{url}/v1/secrets/{path}"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+fn rewrap_progress(db: &Path) -> Value {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let text: Option<String> = conn
+        .query_row("SELECT rewrap FROM vault", [], |r| r.get(0))
+        .unwrap();
+    text.map_or(Value::Null, |t| serde_json::from_str(&t).unwrap())
+}
+
+#[test]
+fn kill_9_during_a_rewrap_loses_nothing_and_the_rewrap_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Small batches make the rewrap take many writes, so the kill lands in the middle of it.
+    let config = dir.path().join("keyward.toml");
+    std::fs::write(&config, "rewrap_batch_size = 5\n").unwrap();
+    let start = |data: &Path| {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut root = None;
+        loop {
+            let line = lines.next().expect("serve exited").unwrap();
+            if let Some(key) = line.trim().strip_prefix("keyward_admin_") {
+                root = Some(format!("keyward_admin_{key}"));
+            }
+            if let Some(addr) = line.strip_prefix("keyward listening on ") {
+                std::thread::spawn(move || for _ in lines {});
+                return Server {
+                    child,
+                    url: addr.to_owned(),
+                    root_key: root,
+                };
+            }
+        }
+    };
+    let server = start(&data);
+    let root = server.root_key.clone().unwrap();
+    let url = server.url.clone();
+    for i in 0..400 {
+        let status = put_secret(
+            &url,
+            &root,
+            &format!("live/app/{i}"),
+            json!({ "data": { "n": i } }),
+        );
+        assert_eq!(status, 200);
+    }
+    let (status, rotated) = post(&format!("{url}/v1/sys/rotate"), &root, json!({}));
+    assert_eq!(status, 200, "{rotated}");
+    server.kill9();
+    let progress = rewrap_progress(&data.join("keyward.db"));
+    assert!(
+        progress["finished_at"].is_null(),
+        "the rewrap finished before the kill: {progress}"
+    );
+    let done_at_kill = progress["done"].as_u64().unwrap();
+    assert!(done_at_kill < progress["total"].as_u64().unwrap());
+
+    let server = start(&data);
+    let url = server.url.clone();
+    for i in 0..400 {
+        let body = get(&format!("{url}/v1/secrets/live/app/{i}"), &root);
+        assert_eq!(body["data"]["n"], i, "secret {i}: {body}");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = get(&format!("{url}/v1/sys/keyring"), &root);
+        if !status["rewrap"]["finished_at"].is_null() {
+            assert_eq!(status["rewrap"]["term"], 2);
+            assert!(status["rewrap"]["done"].as_u64().unwrap() >= 403);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rewrap did not resume: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let conn = rusqlite::Connection::open(data.join("keyward.db")).unwrap();
+    let stale: i64 = conn
+        .query_row(
+            "SELECT (SELECT count(*) FROM secret_versions WHERE term < 2) + (SELECT count(*) FROM environments WHERE secret_term < 2)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(stale, 0);
+}
+
+#[test]
+fn keyward_run_injects_secrets_without_printing_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let root = server.root_key.clone().unwrap();
+    let url = server.url.clone();
+    assert_eq!(
+        put_secret(
+            &url,
+            &root,
+            "live/db/main",
+            json!({ "data": { "password": "hunter2-run", "user": "app" } })
+        ),
+        200
+    );
+    assert_eq!(
+        put_secret(
+            &url,
+            &root,
+            "live/stripe",
+            json!({ "data": { "key": "sk_run_value" } })
+        ),
+        200
+    );
+    let out = Command::new(BIN)
+        .args([
+            "run",
+            "--secret",
+            "DB_PASSWORD=live/db/main#password",
+            "--secret",
+            "STRIPE=live/stripe",
+            "--",
+            "sh",
+            "-c",
+            "test \"$DB_PASSWORD\" = hunter2-run && test \"$STRIPE\" = sk_run_value && echo matched",
+        ])
+        .env("KEYWARD_URL", &url)
+        .env("KEYWARD_TOKEN", &root)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout.trim(), "matched");
+    assert!(!stderr.contains("hunter2") && !stdout.contains("hunter2"));
+    // The command's exit status is passed through; a missing field is a one-line error.
+    let out = Command::new(BIN)
+        .args(["run", "--secret", "X=live/db/main#nope", "--", "true"])
+        .env("KEYWARD_URL", &url)
+        .env("KEYWARD_TOKEN", &root)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no field") && !stderr.contains("hunter2"),
+        "{stderr}"
+    );
+    let out = Command::new(BIN)
+        .args([
+            "run",
+            "--secret",
+            "X=live/stripe",
+            "--",
+            "sh",
+            "-c",
+            "exit 7",
+        ])
+        .env("KEYWARD_URL", &url)
+        .env("KEYWARD_TOKEN", &root)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7));
+}
