@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Fuzzes the running HTTP API from its own OpenAPI document with schemathesis: no request may
+# Sealing is left out: a sealed server answers 503 to everything after it (tests cover it).
 # get a 5xx, every answer must match the document, and requests that break the schema must be
 # refused. (Schema-valid requests that keyward refuses on meaning, such as an expiry in the past,
 # are expected, so that one check is left out.)
@@ -41,4 +42,5 @@ token=$(grep -o 'keyward_admin_[0-9A-Za-z]*' "$work/serve.out" | head -n1)
 "$venv/bin/schemathesis" run "$url/openapi.json" \
   --header "Authorization: Bearer $token" \
   --checks all --exclude-checks positive_data_acceptance \
+  --exclude-path /v1/sys/seal \
   --max-examples "$EXAMPLES" --seed 1 --no-color
