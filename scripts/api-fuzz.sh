@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Fuzzes the running HTTP API from its own OpenAPI document with schemathesis: no request may
-# Sealing is left out: a sealed server answers 503 to everything after it (tests cover it).
 # get a 5xx, every answer must match the document, and requests that break the schema must be
 # refused. (Schema-valid requests that keyward refuses on meaning, such as an expiry in the past,
 # are expected, so that one check is left out.)
 #
 #   scripts/api-fuzz.sh            # EXAMPLES=200 by default
+# Sealing is left out: a sealed server answers 503 to everything after it (tests cover it).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 EXAMPLES=${EXAMPLES:-200}

@@ -177,6 +177,12 @@ pub struct Authority {
     writer: tokio::sync::Mutex<AuditHead>,
     /// Entries waiting for [`Authority::audit_batched`]'s next group commit.
     audit_queue: std::sync::Mutex<Vec<(PendingEntry, AuditWaiter)>>,
+    /// Set while one caller commits the queued read audits for everyone.
+    audit_leader: std::sync::atomic::AtomicBool,
+    audit_led: tokio::sync::Notify,
+    /// Relaxed (read-audit) commits not yet made durable by a sync.
+    unsynced: std::sync::atomic::AtomicBool,
+    secret_cache: secrets::SecretCache,
 }
 
 type AuditWaiter = tokio::sync::oneshot::Sender<Result<(), String>>;
@@ -252,6 +258,10 @@ impl Authority {
             background: tokio::sync::Mutex::new(None),
             writer: tokio::sync::Mutex::new(head),
             audit_queue: std::sync::Mutex::new(Vec::new()),
+            audit_leader: std::sync::atomic::AtomicBool::new(false),
+            audit_led: tokio::sync::Notify::new(),
+            unsynced: std::sync::atomic::AtomicBool::new(false),
+            secret_cache: secrets::SecretCache::default(),
         })
     }
 
@@ -365,6 +375,7 @@ impl Authority {
                     return;
                 };
                 authority.run_rewrap().await;
+                authority.sync_relaxed().await;
                 if let Err(e) = authority.sweep_lapsed_vault_leases().await {
                     tracing::warn!(error = %e, "lease expiry sweep failed; will retry");
                 }
@@ -396,6 +407,20 @@ impl Authority {
         self.flush_quotas().await;
         self.events.shutdown().await;
         self.usage.shutdown().await;
+        self.sync_relaxed().await;
+    }
+
+    /// Makes relaxed read-audit commits durable, if there were any since the last sync.
+    async fn sync_relaxed(&self) {
+        if self
+            .unsynced
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+            && let Err(e) = self.store.sync().await
+        {
+            self.unsynced
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            tracing::warn!(error = %e, "could not sync read audits; will retry");
+        }
     }
 
     /// Ends a concurrency lease taken by a verification. False if it is unknown or lapsed.
@@ -443,30 +468,61 @@ impl Authority {
     /// writer next commits every queued entry in one transaction (group commit), so audited reads
     /// cost one fsync per batch rather than per read. Returns once the entry is durable.
     pub(crate) async fn audit_batched(&self, entry: PendingEntry) -> Result<(), ServiceError> {
-        let (done, result) = tokio::sync::oneshot::channel();
+        use std::sync::atomic::Ordering;
+        let (done, mut result) = tokio::sync::oneshot::channel();
         self.audit_queue
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push((entry, done));
-        {
-            let mut head = self.writer.lock().await;
-            let batch =
-                std::mem::take(&mut *self.audit_queue.lock().unwrap_or_else(|p| p.into_inner()));
-            if !batch.is_empty() {
-                let (entries, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-                let outcome = self
-                    .commit(&mut head, keyward_store::Changes::default(), entries)
-                    .await
-                    .map_err(|e| e.to_string());
-                for waiter in waiters {
-                    let _ = waiter.send(outcome.clone());
+        loop {
+            // Registered before the leader check, so a leader finishing in between still wakes us.
+            let finished = self.audit_led.notified();
+            tokio::pin!(finished);
+            finished.as_mut().enable();
+            if !self.audit_leader.swap(true, Ordering::AcqRel) {
+                self.commit_audit_queue().await;
+                self.audit_leader.store(false, Ordering::Release);
+                self.audit_led.notify_waiters();
+            }
+            tokio::select! {
+                outcome = &mut result => {
+                    return match outcome {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(ServiceError::Internal(format!("audit failed: {e}"))),
+                        Err(_) => Err(ServiceError::Internal("audit writer went away".into())),
+                    };
                 }
+                () = &mut finished => {}
             }
         }
-        match result.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(ServiceError::Internal(format!("audit failed: {e}"))),
-            Err(_) => Err(ServiceError::Internal("audit writer went away".into())),
+    }
+
+    /// Commits every queued read-audit entry in one transaction and answers each waiter.
+    async fn commit_audit_queue(&self) {
+        let mut head = self.writer.lock().await;
+        let batch =
+            std::mem::take(&mut *self.audit_queue.lock().unwrap_or_else(|p| p.into_inner()));
+        if batch.is_empty() {
+            return;
+        }
+        let (entries, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        // Read audits are written without waiting for an fsync: they survive a crash of the
+        // process at once, and one of the machine after the next sync (within a second).
+        let outcome = self
+            .commit(
+                &mut head,
+                keyward_store::Changes {
+                    relaxed: true,
+                    ..keyward_store::Changes::default()
+                },
+                entries,
+            )
+            .await
+            .map_err(|e| e.to_string());
+        self.unsynced
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for waiter in waiters {
+            let _ = waiter.send(outcome.clone());
         }
     }
 

@@ -8,6 +8,8 @@
 //! over the environment.
 
 use keyward_core::permission::admin;
+use std::sync::Arc;
+
 use keyward_core::{EnvironmentName, Timestamp};
 use keyward_store::{Changes, LeaseKind, SecretMeta, SecretVersion, VaultLease};
 use serde_json::{Map, Value, json};
@@ -76,6 +78,66 @@ pub struct SecretMetaUpdate {
     pub max_versions: Option<u32>,
     pub cas_required: Option<bool>,
     pub custom: Option<Map<String, Value>>,
+}
+
+/// Secrets as stored (metadata and sealed versions, never a plaintext), kept in memory so a read
+/// costs no store lookup. Every change to a secret invalidates its entry before the change's
+/// call returns; a fill that raced an invalidation is dropped (the epoch moved).
+#[derive(Debug, Default)]
+pub(crate) struct SecretCache {
+    inner: std::sync::RwLock<CacheInner>,
+}
+
+#[derive(Debug, Default)]
+struct CacheInner {
+    epoch: u64,
+    entries: std::collections::HashMap<String, Arc<CachedSecret>>,
+}
+
+#[derive(Debug)]
+pub(crate) struct CachedSecret {
+    meta: SecretMeta,
+    versions: Vec<SecretVersion>,
+}
+
+/// Entries kept before the cache starts over.
+const CACHE_ENTRIES: usize = 100_000;
+
+fn cache_key(env: &EnvironmentName, path: &str) -> String {
+    format!("{env}/{path}")
+}
+
+impl SecretCache {
+    fn get(&self, key: &str) -> Option<Arc<CachedSecret>> {
+        crate::read(&self.inner).entries.get(key).cloned()
+    }
+
+    fn epoch(&self) -> u64 {
+        crate::read(&self.inner).epoch
+    }
+
+    fn fill(&self, epoch: u64, key: String, value: Arc<CachedSecret>) {
+        let mut inner = crate::write(&self.inner);
+        if inner.epoch != epoch {
+            return;
+        }
+        if inner.entries.len() >= CACHE_ENTRIES {
+            inner.entries.clear();
+        }
+        inner.entries.insert(key, value);
+    }
+
+    pub(crate) fn invalidate(&self, env: &EnvironmentName, path: &str) {
+        let mut inner = crate::write(&self.inner);
+        inner.epoch += 1;
+        inner.entries.remove(&cache_key(env, path));
+    }
+
+    pub(crate) fn clear(&self) {
+        let mut inner = crate::write(&self.inner);
+        inner.epoch += 1;
+        inner.entries.clear();
+    }
 }
 
 /// A secret read back.
@@ -198,6 +260,7 @@ impl Authority {
             }],
         )
         .await?;
+        self.secret_cache.invalidate(env, path);
         Ok((meta, version))
     }
 
@@ -237,12 +300,13 @@ impl Authority {
                 format!("1 to {} seconds", limits::MAX_READ_LEASE_S),
             ));
         }
-        let meta = self.secret_meta(env, path).await?.ok_or_else(not_found)?;
+        let secret = self.cached_secret(env, path).await?;
+        let meta = &secret.meta;
         let wanted = version.unwrap_or(meta.current_version);
-        let stored = self
-            .store
-            .secret_version(env.clone(), path.to_owned(), wanted)
-            .await?
+        let stored = secret
+            .versions
+            .iter()
+            .find(|v| v.version == wanted)
             .ok_or_else(not_found)?;
         let ciphertext = match (&stored.ciphertext, stored.deleted_at, stored.destroyed) {
             (Some(c), None, false) => c,
@@ -306,12 +370,33 @@ impl Authority {
             None => self.audit_batched(entry).await?,
         }
         Ok(SecretRead {
-            meta,
+            meta: meta.clone(),
             version: wanted,
             created_at: stored.created_at,
             data,
             lease,
         })
+    }
+
+    /// A secret's metadata and versions, from memory or else the store.
+    async fn cached_secret(
+        &self,
+        env: &EnvironmentName,
+        path: &str,
+    ) -> Result<Arc<CachedSecret>, ServiceError> {
+        let key = cache_key(env, path);
+        if let Some(hit) = self.secret_cache.get(&key) {
+            return Ok(hit);
+        }
+        let epoch = self.secret_cache.epoch();
+        let meta = self.secret_meta(env, path).await?.ok_or_else(not_found)?;
+        let versions = self
+            .store
+            .secret_versions(env.clone(), path.to_owned())
+            .await?;
+        let value = Arc::new(CachedSecret { meta, versions });
+        self.secret_cache.fill(epoch, key, Arc::clone(&value));
+        Ok(value)
     }
 
     /// Secrets of `env` under `prefix`, in path order.
@@ -448,6 +533,7 @@ impl Authority {
             }],
         )
         .await?;
+        self.secret_cache.invalidate(env, path);
         Ok(meta)
     }
 
@@ -517,6 +603,7 @@ impl Authority {
             }],
         )
         .await?;
+        self.secret_cache.invalidate(env, path);
         Ok(changed)
     }
 
@@ -543,7 +630,9 @@ impl Authority {
                 details: json!({ "environment": env, "path": path, "versions": meta.current_version }),
             }],
         )
-        .await
+        .await?;
+        self.secret_cache.invalidate(env, path);
+        Ok(())
     }
 }
 

@@ -175,6 +175,9 @@ impl Authority {
         let count = batch.len() as u64;
         progress.done = progress.done.saturating_add(count);
         self.store.rewrap(batch, progress).await?;
+        // Cached ciphertexts still open (old terms stay in the keyrings); drop them anyway so
+        // reads see what the store holds.
+        self.secret_cache.clear();
         *guard = Some(progress);
         Ok(true)
     }

@@ -95,6 +95,11 @@ pub struct Changes {
     /// Leases created or replaced whole.
     pub upsert_leases: Vec<VaultLease>,
     pub audit: Vec<AuditEntry>,
+    /// For writes that record only reads (audit entries of secret reads): the write may return
+    /// once it survives a crash of the process, before it survives one of the machine. It is
+    /// made fully durable by the next durable write or [`Store::sync`], whichever comes first.
+    /// Never set for a change of state.
+    pub relaxed: bool,
 }
 
 /// Usage of one key since the last flush.
@@ -120,7 +125,8 @@ pub struct KeyQuery {
 /// The storage contract. Every backend guarantees:
 ///
 /// * **Durability**: when [`Store::apply`] returns `Ok`, the changes survive a crash of the
-///   process or the machine.
+///   process or the machine ([`Changes::relaxed`] writes: of the process, and of the machine
+///   after the next durable write or [`Store::sync`]).
 /// * **Atomicity**: `apply` writes all of its changes or none.
 /// * **Audit chain**: `apply` accepts audit entries only if the first continues the stored head
 ///   (`seq` = head's + 1, or 1 on an empty log; `prev_hash` = head's hash, or the genesis hash)
@@ -255,6 +261,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         values: Vec<Rewrapped>,
         progress: RewrapProgress,
     ) -> Result<u64, StoreError>;
+
+    /// Makes every write that returned fully durable (see [`Changes::relaxed`]).
+    async fn sync(&self) -> Result<(), StoreError>;
 
     /// Succeeds when the backend answers a trivial query.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -126,6 +126,14 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        // On a multi-threaded runtime the write runs on this worker (its other tasks move to
+        // other workers meanwhile): no hand-off to the blocking pool and back, which costs more
+        // than a small commit. Elsewhere it goes to the blocking pool.
+        if tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+        {
+            return tokio::task::block_in_place(|| f(&mut lock(&self.inner.writer)));
+        }
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || f(&mut lock(&inner.writer)))
             .await
@@ -299,22 +307,36 @@ fn audit_from_row(row: &Row<'_>) -> Result<AuditEntry, StoreError> {
 }
 
 fn head(conn: &Connection) -> Result<Option<AuditHead>, StoreError> {
-    conn.query_row(
-        "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
-        [],
-        |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)),
-    )
-    .optional()
-    .map_err(unavailable)
-    .map(|found| {
-        found.map(|(seq, hash)| AuditHead {
-            seq: u64::try_from(seq).unwrap_or(0),
-            hash,
+    conn.prepare_cached("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        .map_err(unavailable)?
+        .query_row([], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
         })
-    })
+        .optional()
+        .map_err(unavailable)
+        .map(|found| {
+            found.map(|(seq, hash)| AuditHead {
+                seq: u64::try_from(seq).unwrap_or(0),
+                hash,
+            })
+        })
 }
 
 fn apply_changes(conn: &mut Connection, changes: &Changes) -> Result<(), StoreError> {
+    if changes.relaxed {
+        // In WAL mode, NORMAL writes the commit to the WAL without an fsync: it survives a
+        // process crash; the next FULL commit (or sync) makes it survive a machine crash too.
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(unavailable)?;
+        let result = apply_in_transaction(conn, changes);
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(unavailable)?;
+        return result;
+    }
+    apply_in_transaction(conn, changes)
+}
+
+fn apply_in_transaction(conn: &mut Connection, changes: &Changes) -> Result<(), StoreError> {
     let tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(unavailable)?;
@@ -496,20 +518,21 @@ fn apply_changes(conn: &mut Connection, changes: &Changes) -> Result<(), StoreEr
     }
     vault::apply(&tx, changes)?;
     for entry in &changes.audit {
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO audit_log (seq, ts, actor, action, target, details, prev_hash, hash) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                to_i64(entry.seq),
-                entry.ts.unix_ms(),
-                entry.actor,
-                entry.action,
-                entry.target,
-                entry.details.to_string(),
-                entry.prev_hash,
-                entry.hash,
-            ],
         )
+        .map_err(unavailable)?
+        .execute(params![
+            to_i64(entry.seq),
+            entry.ts.unix_ms(),
+            entry.actor,
+            entry.action,
+            entry.target,
+            entry.details.to_string(),
+            entry.prev_hash,
+            entry.hash,
+        ])
         .map_err(map_write_error)?;
     }
     tx.commit().map_err(unavailable)
@@ -943,6 +966,20 @@ impl Store for SqliteStore {
     ) -> Result<u64, StoreError> {
         self.write(move |conn| vault::rewrap(conn, &values, &progress))
             .await
+    }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        // A durable (FULL) commit syncs the WAL, and with it every relaxed commit before it.
+        self.write(|conn| {
+            conn.execute_batch(
+                "BEGIN IMMEDIATE; \
+                 INSERT INTO sync_marker (id, n) VALUES (1, 1) \
+                 ON CONFLICT (id) DO UPDATE SET n = n + 1; \
+                 COMMIT;",
+            )
+            .map_err(unavailable)
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

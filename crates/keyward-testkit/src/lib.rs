@@ -126,6 +126,9 @@ impl Store for CountingStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }
+    async fn sync(&self) -> Result<(), StoreError> {
+        self.inner.sync().await
+    }
     async fn vault(&self) -> Result<Option<VaultRecord>, StoreError> {
         self.inner.vault().await
     }

@@ -30,12 +30,21 @@ use crate::extract::{Caller, JsonBody, QueryParams};
 use crate::routes::keys::parse_environment;
 use crate::routes::leases::LeaseView;
 
-fn checked_path(path: &str) -> Result<(), ApiError> {
-    Ok(check_secret_path(path)?)
-}
-
-fn scoped(action: &str, path: &str) -> String {
-    format!("{action}:{path}")
+/// Authenticates the caller for `action` on `path`. Authentication comes first, so a caller
+/// without a valid key gets 401 whatever it sent; a bad path is then a 400.
+async fn admit(
+    state: &AppState,
+    caller: &Caller,
+    action: &str,
+    path: &str,
+) -> Result<keyward_service::Actor, ApiError> {
+    if let Err(e) = check_secret_path(path) {
+        caller.authenticate(state, action).await?;
+        return Err(e.into());
+    }
+    caller
+        .authenticate(state, &format!("{action}:{path}"))
+        .await
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -108,11 +117,8 @@ pub async fn read_secret(
     Path((environment, path)): Path<(String, String)>,
     QueryParams(params): QueryParams<ReadParams>,
 ) -> Result<Json<SecretView>, ApiError> {
+    let actor = admit(&state, &caller, admin::SECRETS_READ, &path).await?;
     let env = parse_environment(&environment)?;
-    checked_path(&path)?;
-    let actor = caller
-        .authenticate(&state, &scoped(admin::SECRETS_READ, &path))
-        .await?;
     let read = state
         .authority()?
         .read_secret(&actor, &env, &path, params.version, params.lease_ttl_s)
@@ -154,11 +160,8 @@ pub async fn write_secret(
     Path((environment, path)): Path<(String, String)>,
     JsonBody(body): JsonBody<WriteSecretRequest>,
 ) -> Result<Json<WrittenView>, ApiError> {
+    let actor = admit(&state, &caller, admin::SECRETS_WRITE, &path).await?;
     let env = parse_environment(&environment)?;
-    checked_path(&path)?;
-    let actor = caller
-        .authenticate(&state, &scoped(admin::SECRETS_WRITE, &path))
-        .await?;
     let (meta, version) = state
         .authority()?
         .write_secret(
@@ -212,12 +215,14 @@ pub async fn delete_secret_version(
     Path((environment, path)): Path<(String, String)>,
     QueryParams(params): QueryParams<DeleteParams>,
 ) -> Result<Json<ChangedView>, ApiError> {
+    let actor = admit(&state, &caller, admin::SECRETS_DELETE, &path).await?;
+    let versions = params.versions.as_deref().map(parse_versions).transpose()?;
     change_versions(
         state,
-        caller,
+        actor,
         environment,
         path,
-        params.versions.as_deref().map(parse_versions).transpose()?,
+        versions,
         VersionChange::Delete,
     )
     .await
@@ -225,21 +230,13 @@ pub async fn delete_secret_version(
 
 async fn change_versions(
     state: AppState,
-    caller: Caller,
+    actor: keyward_service::Actor,
     environment: String,
     path: String,
     versions: Option<Vec<u64>>,
     change: VersionChange,
 ) -> Result<Json<ChangedView>, ApiError> {
     let env = parse_environment(&environment)?;
-    checked_path(&path)?;
-    let permission = match change {
-        VersionChange::Destroy => admin::SECRETS_DESTROY,
-        _ => admin::SECRETS_DELETE,
-    };
-    let actor = caller
-        .authenticate(&state, &scoped(permission, &path))
-        .await?;
     let versions = state
         .authority()?
         .change_secret_versions(&actor, &env, &path, versions, change)
@@ -264,9 +261,10 @@ pub async fn undelete(
     Path((environment, path)): Path<(String, String)>,
     JsonBody(body): JsonBody<VersionsRequest>,
 ) -> Result<Json<ChangedView>, ApiError> {
+    let actor = admit(&state, &caller, admin::SECRETS_DELETE, &path).await?;
     change_versions(
         state,
-        caller,
+        actor,
         environment,
         path,
         body.versions,
@@ -285,9 +283,10 @@ pub async fn destroy(
     Path((environment, path)): Path<(String, String)>,
     JsonBody(body): JsonBody<VersionsRequest>,
 ) -> Result<Json<ChangedView>, ApiError> {
+    let actor = admit(&state, &caller, admin::SECRETS_DESTROY, &path).await?;
     change_versions(
         state,
-        caller,
+        actor,
         environment,
         path,
         body.versions,
@@ -331,11 +330,8 @@ pub async fn read_metadata(
     caller: Caller,
     Path((environment, path)): Path<(String, String)>,
 ) -> Result<Json<MetadataView>, ApiError> {
+    let actor = admit(&state, &caller, admin::SECRETS_READ, &path).await?;
     let env = parse_environment(&environment)?;
-    checked_path(&path)?;
-    let actor = caller
-        .authenticate(&state, &scoped(admin::SECRETS_READ, &path))
-        .await?;
     let (meta, versions) = state
         .authority()?
         .secret_metadata(&actor, &env, &path)
@@ -370,11 +366,8 @@ pub async fn update_metadata(
     Path((environment, path)): Path<(String, String)>,
     JsonBody(body): JsonBody<MetadataRequest>,
 ) -> Result<Json<SecretMetaView>, ApiError> {
+    let actor = admit(&state, &caller, admin::SECRETS_WRITE, &path).await?;
     let env = parse_environment(&environment)?;
-    checked_path(&path)?;
-    let actor = caller
-        .authenticate(&state, &scoped(admin::SECRETS_WRITE, &path))
-        .await?;
     let meta = state
         .authority()?
         .update_secret_metadata(
@@ -402,11 +395,8 @@ pub async fn delete_metadata(
     caller: Caller,
     Path((environment, path)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
+    let actor = admit(&state, &caller, admin::SECRETS_DESTROY, &path).await?;
     let env = parse_environment(&environment)?;
-    checked_path(&path)?;
-    let actor = caller
-        .authenticate(&state, &scoped(admin::SECRETS_DESTROY, &path))
-        .await?;
     state
         .authority()?
         .delete_secret(&actor, &env, &path)
@@ -441,8 +431,12 @@ pub async fn list_secrets(
     Path(environment): Path<String>,
     QueryParams(params): QueryParams<ListParams>,
 ) -> Result<Json<SecretList>, ApiError> {
-    let env = parse_environment(&environment)?;
     let prefix = params.prefix.unwrap_or_default();
+    // `secrets:list` covers any prefix; `secrets:list:payments/*` covers `prefix=payments/`.
+    let actor = caller
+        .authenticate(&state, &format!("{}:{prefix}*", admin::SECRETS_LIST))
+        .await?;
+    let env = parse_environment(&environment)?;
     if prefix.len() > 256 {
         return Err(ApiError::field("prefix", "at most 256 characters"));
     }
@@ -451,10 +445,6 @@ pub async fn list_secrets(
         Some(n @ 1..=1000) => n,
         Some(_) => return Err(ApiError::field("limit", "must be between 1 and 1000")),
     };
-    // `secrets:list` covers any prefix; `secrets:list:payments/*` covers `prefix=payments/`.
-    let actor = caller
-        .authenticate(&state, &format!("{}:{prefix}*", admin::SECRETS_LIST))
-        .await?;
     let secrets = state
         .authority()?
         .list_secrets(&actor, &env, &prefix, params.cursor, limit)

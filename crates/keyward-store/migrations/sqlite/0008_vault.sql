@@ -67,3 +67,9 @@ CREATE TABLE vault_leases (
 
 CREATE INDEX vault_leases_open ON vault_leases (expires_at) WHERE ended_at IS NULL;
 CREATE INDEX vault_leases_path ON vault_leases (path, id);
+
+-- Written by Store::sync: a durable commit that makes earlier relaxed ones (read audits) durable.
+CREATE TABLE sync_marker (
+    id  INTEGER PRIMARY KEY CHECK (id = 1),
+    n   INTEGER NOT NULL
+) STRICT;
