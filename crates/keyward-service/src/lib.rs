@@ -187,6 +187,19 @@ pub struct Authority {
 
 type AuditWaiter = tokio::sync::oneshot::Sender<Result<(), String>>;
 
+/// Held by the caller committing the read-audit queue for everyone; dropping it (also when that
+/// caller is cancelled) hands the lead on.
+struct Leading<'a>(&'a Authority);
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        self.0
+            .audit_leader
+            .store(false, std::sync::atomic::Ordering::Release);
+        self.0.audit_led.notify_waiters();
+    }
+}
+
 impl Authority {
     /// Opens the authority over an initialised store and its unsealed vault: opens the
     /// environments' HMAC secrets, loads the audit head and the known key hashes, and starts the
@@ -480,9 +493,10 @@ impl Authority {
             tokio::pin!(finished);
             finished.as_mut().enable();
             if !self.audit_leader.swap(true, Ordering::AcqRel) {
+                // The guard gives up the lead even if this request is cancelled mid-way (its
+                // client went away): otherwise every later read would wait for ever.
+                let _leading = Leading(self);
                 self.commit_audit_queue().await;
-                self.audit_leader.store(false, Ordering::Release);
-                self.audit_led.notify_waiters();
             }
             tokio::select! {
                 outcome = &mut result => {
@@ -513,14 +527,7 @@ impl Authority {
         // Read audits are written without waiting for an fsync: they survive a crash of the
         // process at once, and one of the machine after the next sync (within a second).
         let outcome = self
-            .commit(
-                &mut head,
-                keyward_store::Changes {
-                    relaxed: true,
-                    ..keyward_store::Changes::default()
-                },
-                entries,
-            )
+            .commit_entries(&mut head, true, entries)
             .await
             .map_err(|e| e.to_string());
         self.unsynced
@@ -533,8 +540,26 @@ impl Authority {
     /// Appends entries that record no change (failed authentications, for instance).
     async fn audit_only(&self, pending: Vec<PendingEntry>) -> Result<(), ServiceError> {
         let mut head = self.writer.lock().await;
-        self.commit(&mut head, keyward_store::Changes::default(), pending)
-            .await
+        self.commit_entries(&mut head, false, pending).await
+    }
+
+    /// Commits entries that record no change. If the head moved (another node appended, or a
+    /// cancelled request's write landed after its caller stopped waiting), the entries are
+    /// chained again on the new head: with no change riding along, that is always safe.
+    async fn commit_entries(
+        &self,
+        head: &mut AuditHead,
+        relaxed: bool,
+        entries: Vec<PendingEntry>,
+    ) -> Result<(), ServiceError> {
+        let changes = || keyward_store::Changes {
+            relaxed,
+            ..keyward_store::Changes::default()
+        };
+        match self.commit(head, changes(), entries.clone()).await {
+            Err(ServiceError::Conflict(_)) => self.commit(head, changes(), entries).await,
+            other => other,
+        }
     }
 
     fn hash_of(&self, parsed: &ParsedKey<'_>) -> Option<KeyHash> {

@@ -710,3 +710,35 @@ async fn leased_secret_reads_are_listed() {
         .await;
     assert_eq!(open["leases"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn reads_cancelled_mid_way_never_stall_later_reads() {
+    let app = spawn_app().await;
+    write(&app, "live/x", json!({ "v": "1" })).await;
+    let env = keyward_core::EnvironmentName::parse("live").unwrap();
+    let actor = app
+        .authority
+        .authenticate(Some(&app.root_key), "secrets:read:x", None)
+        .await
+        .unwrap();
+    let read = || {
+        let (authority, actor, env) = (app.authority.clone(), actor.clone(), env.clone());
+        async move { authority.read_secret(&actor, &env, "x", None, None).await }
+    };
+    read().await.unwrap();
+    // Clients that go away mid-request: their handlers are dropped at an await point, here
+    // while leading the commit of the audit queue for everyone (this runtime has one thread,
+    // so each yield lets the spawned read run exactly to its next await).
+    for yields in 1..=6 {
+        let task = tokio::spawn(read());
+        for _ in 0..yields {
+            tokio::task::yield_now().await;
+        }
+        task.abort();
+        let _ = task.await;
+    }
+    let later = tokio::time::timeout(Duration::from_secs(5), read())
+        .await
+        .expect("a read stalled after a cancelled one");
+    assert_eq!(later.unwrap().data["v"], "1");
+}
