@@ -133,14 +133,6 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        // On a multi-threaded runtime the write runs on this worker (its other tasks move to
-        // other workers meanwhile): no hand-off to the blocking pool and back, which costs more
-        // than a small commit. Elsewhere it goes to the blocking pool.
-        if tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
-        {
-            return tokio::task::block_in_place(|| f(&mut lock(&self.inner.writer)));
-        }
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || f(&mut lock(&inner.writer)))
             .await
@@ -548,6 +540,17 @@ fn apply_in_transaction(conn: &mut Connection, changes: &Changes) -> Result<(), 
 #[async_trait]
 impl Store for SqliteStore {
     async fn apply(&self, changes: Changes) -> Result<(), StoreError> {
+        // A relaxed commit waits for no fsync and costs less than the hand-off to the blocking
+        // pool and back: on a multi-threaded runtime it runs on this worker (whose other tasks
+        // move to other workers meanwhile). Durable commits go to the blocking pool.
+        if changes.relaxed
+            && tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+        {
+            return tokio::task::block_in_place(|| {
+                apply_changes(&mut lock(&self.inner.writer), &changes)
+            });
+        }
         self.write(move |conn| apply_changes(conn, &changes)).await
     }
 
