@@ -18,6 +18,10 @@ use keyward_core::{
 };
 use uuid::Uuid;
 
+use crate::vault::{
+    LeaseKind, RewrapProgress, Rewrapped, SealedValue, SecretMeta, SecretVersion, StoredKeyring,
+    VaultLease, VaultRecord,
+};
 use crate::{Changes, EnvironmentRecord, KeyQuery, KeyUsage, Store, StoreError};
 
 fn env(name: &str) -> EnvironmentName {
@@ -84,6 +88,7 @@ pub async fn run(store: &dyn Store) {
     plans(store).await;
     quotas(store).await;
     events(store).await;
+    vault(store).await;
     store.ping().await.unwrap();
 }
 
@@ -705,4 +710,299 @@ async fn events(store: &dyn Store) {
         all[3..].to_vec()
     );
     assert_eq!(store.events(0, 2).await.unwrap(), all[..2].to_vec());
+}
+
+/// A stand-in ciphertext with the barrier's header (format byte, then the term big-endian).
+fn sealed(term: u32, fill: u8) -> Vec<u8> {
+    let mut out = vec![1u8];
+    out.extend_from_slice(&term.to_be_bytes());
+    out.extend_from_slice(&[fill; 40]);
+    out
+}
+
+fn meta(environment: &str, path: &str, current_version: u64) -> SecretMeta {
+    SecretMeta {
+        environment: env(environment),
+        path: path.into(),
+        owner: Some("payments".into()),
+        purpose: None,
+        max_versions: 10,
+        cas_required: false,
+        custom: serde_json::json!({"ticket": "SEC-1"})
+            .as_object()
+            .cloned()
+            .unwrap(),
+        current_version,
+        created_at: Timestamp::from_unix_ms(5),
+        updated_at: Timestamp::from_unix_ms(6),
+    }
+}
+
+fn version(environment: &str, path: &str, n: u64, term: u32) -> SecretVersion {
+    SecretVersion {
+        environment: env(environment),
+        path: path.into(),
+        version: n,
+        ciphertext: Some(sealed(term, n as u8)),
+        created_at: Timestamp::from_unix_ms(10 + n as i64),
+        deleted_at: None,
+        destroyed: false,
+    }
+}
+
+/// Vault records, keyrings, sealed environment secrets, versioned secrets, leases and rewrap.
+async fn vault(store: &dyn Store) {
+    assert_eq!(store.vault().await.unwrap(), None);
+    let mut record = VaultRecord {
+        tag: [1, 2, 3, 4],
+        shares: 5,
+        threshold: 3,
+        sealed_root: vec![9; 60],
+        term: 1,
+        created_at: Timestamp::from_unix_ms(1),
+        rewrap: None,
+    };
+    store
+        .apply(Changes {
+            vault: Some(record.clone()),
+            keyrings: vec![StoredKeyring {
+                scope: "env:live".into(),
+                sealed: vec![1; 50],
+            }],
+            environment_secrets: vec![(env("live"), sealed(1, 7)), (env("test"), sealed(1, 8))],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.vault().await.unwrap(), Some(record.clone()));
+    assert_eq!(store.keyrings().await.unwrap().len(), 1);
+    assert_eq!(
+        store.environment_secrets().await.unwrap(),
+        vec![(env("live"), sealed(1, 7)), (env("test"), sealed(1, 8))]
+    );
+    let missing = store
+        .apply(Changes {
+            environment_secrets: vec![(env("nope"), sealed(1, 1))],
+            ..Changes::default()
+        })
+        .await;
+    assert!(
+        matches!(missing, Err(StoreError::NotFound(_))),
+        "{missing:?}"
+    );
+
+    // Secrets and versions; a prefix matches literally (no LIKE wildcards).
+    store
+        .apply(Changes {
+            upsert_secrets: vec![
+                meta("live", "a_b/x", 2),
+                meta("live", "axb/y", 1),
+                meta("test", "a_b/z", 1),
+            ],
+            upsert_secret_versions: vec![
+                version("live", "a_b/x", 1, 1),
+                version("live", "a_b/x", 2, 1),
+                version("live", "axb/y", 1, 1),
+            ],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.secret(env("live"), "a_b/x".into()).await.unwrap(),
+        Some(meta("live", "a_b/x", 2))
+    );
+    let versions = store
+        .secret_versions(env("live"), "a_b/x".into())
+        .await
+        .unwrap();
+    assert_eq!(
+        versions,
+        vec![
+            version("live", "a_b/x", 1, 1),
+            version("live", "a_b/x", 2, 1)
+        ]
+    );
+    assert_eq!(
+        store
+            .secret_version(env("live"), "a_b/x".into(), 2)
+            .await
+            .unwrap(),
+        Some(version("live", "a_b/x", 2, 1))
+    );
+    let listed = store
+        .list_secrets(env("live"), "a_b".into(), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.iter().map(|m| m.path.as_str()).collect::<Vec<_>>(),
+        ["a_b/x"]
+    );
+    let all = store
+        .list_secrets(env("live"), String::new(), Some("a_b/x".into()), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter().map(|m| m.path.as_str()).collect::<Vec<_>>(),
+        ["axb/y"]
+    );
+
+    // Stale values, and a rewrap that writes only where the stored value is still the old one.
+    assert_eq!(store.count_stale_sealed(2).await.unwrap(), 2 + 3);
+    let stale = store.stale_sealed(2, 100).await.unwrap();
+    assert_eq!(stale.len(), 5);
+    assert!(stale.iter().all(|v| v.ciphertext()[4] == 1));
+    let progress = RewrapProgress {
+        term: 2,
+        started_at: Timestamp::from_unix_ms(20),
+        total: 5,
+        done: 2,
+        finished_at: None,
+    };
+    let written = store
+        .rewrap(
+            vec![
+                Rewrapped {
+                    value: SealedValue::EnvironmentSecret {
+                        environment: env("live"),
+                        ciphertext: sealed(2, 7),
+                    },
+                    old: sealed(1, 7),
+                    term: 2,
+                },
+                Rewrapped {
+                    value: SealedValue::SecretVersion {
+                        environment: env("live"),
+                        path: "a_b/x".into(),
+                        version: 1,
+                        ciphertext: sealed(2, 1),
+                    },
+                    old: sealed(1, 99), // not what is stored: left alone
+                    term: 2,
+                },
+            ],
+            progress,
+        )
+        .await
+        .unwrap();
+    assert_eq!(written, 1);
+    assert_eq!(store.count_stale_sealed(2).await.unwrap(), 4);
+    record.rewrap = Some(progress);
+    assert_eq!(store.vault().await.unwrap(), Some(record));
+
+    // Destroying a value drops it from the stale set; deleting a secret drops its versions.
+    let mut destroyed = version("live", "a_b/x", 1, 1);
+    destroyed.ciphertext = None;
+    destroyed.destroyed = true;
+    store
+        .apply(Changes {
+            upsert_secret_versions: vec![destroyed.clone()],
+            delete_secret_versions: vec![(env("live"), "a_b/x".into(), 2)],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .secret_versions(env("live"), "a_b/x".into())
+            .await
+            .unwrap(),
+        vec![destroyed]
+    );
+    assert_eq!(store.count_stale_sealed(2).await.unwrap(), 2);
+    store
+        .apply(Changes {
+            delete_secrets: vec![(env("live"), "axb/y".into())],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.secret(env("live"), "axb/y".into()).await.unwrap(),
+        None
+    );
+    assert!(
+        store
+            .secret_versions(env("live"), "axb/y".into())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Leases: by id, by prefix, open ones, lapsed ones.
+    let lease = |id: &str, path: &str, expires: i64| VaultLease {
+        id: id.into(),
+        kind: LeaseKind::Key,
+        path: path.into(),
+        environment: env("live"),
+        key_id: Some(sample_key(1, "live").id),
+        secret_version: None,
+        actor: "admin".into(),
+        issued_at: Timestamp::from_unix_ms(0),
+        expires_at: Timestamp::from_unix_ms(expires),
+        max_expires_at: Timestamp::from_unix_ms(expires * 2),
+        ended_at: None,
+        end_reason: None,
+    };
+    let mut ended = lease("l3", "keys/live/web", 50);
+    ended.ended_at = Some(Timestamp::from_unix_ms(40));
+    ended.end_reason = Some("revoked".into());
+    store
+        .apply(Changes {
+            upsert_leases: vec![
+                lease("l1", "keys/live/ci-a", 100),
+                lease("l2", "keys/live/ci-b", 300),
+                ended.clone(),
+            ],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.lease("l3".into()).await.unwrap(), Some(ended));
+    let ci = store
+        .leases("keys/live/ci-".into(), true, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        ci.iter().map(|l| l.id.as_str()).collect::<Vec<_>>(),
+        ["l1", "l2"]
+    );
+    assert_eq!(
+        store
+            .leases(String::new(), true, None, 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        store
+            .leases(String::new(), false, None, 10)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    let lapsed = store
+        .lapsed_leases(Timestamp::from_unix_ms(200), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        lapsed.iter().map(|l| l.id.as_str()).collect::<Vec<_>>(),
+        ["l1"]
+    );
+
+    // A relaxed write is readable at once; sync makes it durable.
+    let head = store.audit_head().await.unwrap();
+    let (seq, prev) = head.map_or((0, GENESIS_HASH.to_owned()), |h| (h.seq, h.hash));
+    store
+        .apply(Changes {
+            audit: vec![sample_entry(seq + 1, &prev)],
+            relaxed: true,
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.audit_head().await.unwrap().unwrap().seq, seq + 1);
+    store.sync().await.unwrap();
 }

@@ -247,7 +247,8 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         limit: u32,
     ) -> Result<Vec<VaultLease>, StoreError>;
 
-    /// Values sealed under a term older than `term`, at most `limit`.
+    /// Values sealed under a term older than `term`, at most `limit`. A value's term is in its
+    /// ciphertext's header: byte 0 is the format, bytes 1-4 the term, big-endian.
     async fn stale_sealed(&self, term: u32, limit: u32) -> Result<Vec<SealedValue>, StoreError>;
 
     /// How many values are sealed under a term older than `term`.
