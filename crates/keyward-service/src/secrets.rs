@@ -63,6 +63,22 @@ pub fn check_path(path: &str) -> Result<(), ServiceError> {
     }
 }
 
+/// The metadata of a secret before anything was set: no owner, the default version count.
+fn new_meta(env: &EnvironmentName, path: &str, now: Timestamp) -> SecretMeta {
+    SecretMeta {
+        environment: env.clone(),
+        path: path.to_owned(),
+        owner: None,
+        purpose: None,
+        max_versions: limits::DEFAULT_MAX_VERSIONS,
+        cas_required: false,
+        custom: Map::new(),
+        current_version: 0,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
 /// A write: the new value and, for check-and-set, the version it replaces (0: must not exist).
 #[derive(Debug, Clone)]
 pub struct SecretWrite {
@@ -217,18 +233,7 @@ impl Authority {
             )));
         }
         let version = current + 1;
-        let mut meta = existing.unwrap_or_else(|| SecretMeta {
-            environment: env.clone(),
-            path: path.to_owned(),
-            owner: None,
-            purpose: None,
-            max_versions: limits::DEFAULT_MAX_VERSIONS,
-            cas_required: false,
-            custom: Map::new(),
-            current_version: 0,
-            created_at: now,
-            updated_at: now,
-        });
+        let mut meta = existing.unwrap_or_else(|| new_meta(env, path, now));
         meta.current_version = version;
         meta.updated_at = now;
         let ciphertext = self.vault.seal_secret(env, path, version, &text)?;
@@ -482,18 +487,7 @@ impl Authority {
         let mut meta = self
             .secret_meta(env, path)
             .await?
-            .unwrap_or_else(|| SecretMeta {
-                environment: env.clone(),
-                path: path.to_owned(),
-                owner: None,
-                purpose: None,
-                max_versions: limits::DEFAULT_MAX_VERSIONS,
-                cas_required: false,
-                custom: Map::new(),
-                current_version: 0,
-                created_at: now,
-                updated_at: now,
-            });
+            .unwrap_or_else(|| new_meta(env, path, now));
         if let Some(owner) = update.owner {
             meta.owner = Some(owner);
         }

@@ -42,6 +42,13 @@ impl Authority {
         .await
     }
 
+    async fn vault_record(&self) -> Result<keyward_store::VaultRecord, ServiceError> {
+        self.store
+            .vault()
+            .await?
+            .ok_or_else(|| ServiceError::Internal("the store lost its vault record".into()))
+    }
+
     pub(crate) fn require(actor: &Actor, permission: &str) -> Result<(), ServiceError> {
         if actor.holds(permission) {
             Ok(())
@@ -58,11 +65,7 @@ impl Authority {
         actor: &Actor,
     ) -> Result<(u32, Option<RewrapProgress>), ServiceError> {
         Self::require(actor, admin::SYS_READ)?;
-        let record = self
-            .store
-            .vault()
-            .await?
-            .ok_or_else(|| ServiceError::Internal("no vault record".into()))?;
+        let record = self.vault_record().await?;
         Ok((record.term, record.rewrap))
     }
 
@@ -71,11 +74,7 @@ impl Authority {
     pub async fn rotate(&self, actor: &Actor) -> Result<(u32, RewrapProgress), ServiceError> {
         Self::require(actor, admin::SYS_ROTATE)?;
         let mut head = self.writer.lock().await;
-        let mut record = self
-            .store
-            .vault()
-            .await?
-            .ok_or_else(|| ServiceError::Internal("no vault record".into()))?;
+        let mut record = self.vault_record().await?;
         let term = record.term.saturating_add(1);
         let now = self.clock.now();
         let mut rotated = Vec::new();
@@ -228,11 +227,7 @@ impl Authority {
     ) -> Result<(UnsealKey, Vec<Share>), ServiceError> {
         Self::require(actor, admin::SYS_REKEY)?;
         let mut head = self.writer.lock().await;
-        let mut record = self
-            .store
-            .vault()
-            .await?
-            .ok_or_else(|| ServiceError::Internal("no vault record".into()))?;
+        let mut record = self.vault_record().await?;
         let root =
             current
                 .open_root(&record.sealed_root)

@@ -129,14 +129,20 @@ impl Authority {
         })
     }
 
-    pub async fn lease(&self, actor: &Actor, id: &str) -> Result<VaultLease, ServiceError> {
-        Self::require(actor, admin::LEASES_READ)?;
+    /// A lease the actor's admin scope covers, or 404 / 403.
+    async fn lease_in_scope(&self, actor: &Actor, id: &str) -> Result<VaultLease, ServiceError> {
         let lease = self
             .store
             .lease(id.to_owned())
             .await?
             .ok_or_else(lease_not_found)?;
         Self::check_scope(actor, &lease.environment)?;
+        Ok(lease)
+    }
+
+    pub async fn lease(&self, actor: &Actor, id: &str) -> Result<VaultLease, ServiceError> {
+        Self::require(actor, admin::LEASES_READ)?;
+        let lease = self.lease_in_scope(actor, id).await?;
         Ok(lease)
     }
 
@@ -228,12 +234,7 @@ impl Authority {
     /// Ends a lease now; a leased key is revoked with it.
     pub async fn revoke_lease(&self, actor: &Actor, id: &str) -> Result<VaultLease, ServiceError> {
         Self::require(actor, admin::LEASES_REVOKE)?;
-        let lease = self
-            .store
-            .lease(id.to_owned())
-            .await?
-            .ok_or_else(lease_not_found)?;
-        Self::check_scope(actor, &lease.environment)?;
+        let lease = self.lease_in_scope(actor, id).await?;
         let mut ended = self
             .end_leases(&actor.audit_name(), vec![lease], "revoked")
             .await?;

@@ -260,6 +260,26 @@ fn cli_init_and_keys_commands() {
         let status: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(status["sealed"], i < 2, "after {} shares", i + 1);
     }
+    // Rotation, and the rewrap's progress in the CLI.
+    let out = cli(&["operator", "rotate"], &url, &root);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("keyring term 2"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = cli(&["operator", "status"], &url, "");
+        let printed = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(printed.contains("rewrap to term 2"), "{printed}");
+        if printed.contains("finished") {
+            assert!(printed.contains("3/3 values"), "{printed}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{printed}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let out = cli(
         &[
             "keys",
