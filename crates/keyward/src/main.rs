@@ -18,6 +18,7 @@ mod config;
 mod datadir;
 mod operator;
 mod run_cmd;
+mod secrets_cmd;
 
 use config::{Config, FileConfig, LogFormat, Overrides};
 use datadir::DataDir;
@@ -72,6 +73,13 @@ enum Command {
         remote: client::Remote,
         #[command(subcommand)]
         command: operator::OperatorCommand,
+    },
+    /// Read and write the vault's secrets on a running server (KEYWARD_URL, KEYWARD_TOKEN).
+    Secrets {
+        #[command(flatten)]
+        remote: client::Remote,
+        #[command(subcommand)]
+        command: secrets_cmd::SecretsCommand,
     },
     /// Run a command with secrets in its environment; nothing is written to disk or printed.
     Run(run_cmd::RunArgs),
@@ -166,6 +174,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve(load_config(args)?).await.map(|()| ExitCode::SUCCESS),
         Command::Keys { remote, command } => client::run(remote, command).await,
         Command::Operator { remote, command } => operator::run(remote, command).await,
+        Command::Secrets { remote, command } => secrets_cmd::run(remote, command).await,
         Command::Run(args) => run_cmd::run(args).await,
         Command::Audit {
             command: AuditCommand::Verify { data_dir, json },

@@ -762,3 +762,127 @@ fn keyward_run_injects_secrets_without_printing_them() {
         .unwrap();
     assert_eq!(out.status.code(), Some(7));
 }
+
+fn cli_stdin(args: &[&str], url: &str, token: &str, stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("KEYWARD_URL", url)
+        .env("KEYWARD_TOKEN", token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn cli_secrets_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let root = server.root_key.clone().unwrap();
+    let url = server.url.clone();
+    // A value from stdin stays out of the command line.
+    let out = cli_stdin(
+        &["secrets", "put", "live/db/main", "user=app", "password=-"],
+        &url,
+        &root,
+        "s3cret-from-stdin\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "version 1");
+    let out = cli(
+        &["secrets", "get", "live/db/main", "--field", "password"],
+        &url,
+        &root,
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "s3cret-from-stdin"
+    );
+    let out = cli_stdin(
+        &["secrets", "put", "live/db/main", "--cas", "0"],
+        &url,
+        &root,
+        r#"{"password":"other"}"#,
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("CONFLICT") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    let out = cli_stdin(
+        &["secrets", "put", "live/db/main", "--cas", "1"],
+        &url,
+        &root,
+        r#"{"password":"v2"}"#,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&["secrets", "list", "live", "--prefix", "db/"], &url, &root);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "db/main  v2");
+    assert!(
+        cli(&["secrets", "delete", "live/db/main"], &url, &root)
+            .status
+            .success()
+    );
+    let out = cli(&["secrets", "get", "live/db/main"], &url, &root);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NOT_FOUND"));
+    assert!(
+        cli(
+            &["secrets", "undelete", "live/db/main", "--version", "2"],
+            &url,
+            &root
+        )
+        .status
+        .success()
+    );
+    let out = cli(&["secrets", "get", "live/db/main"], &url, &root);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"{"password":"v2"}"#
+    );
+    let out = cli(
+        &[
+            "secrets",
+            "get",
+            "live/db/main",
+            "--version",
+            "1",
+            "--field",
+            "user",
+        ],
+        &url,
+        &root,
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "app");
+    assert!(
+        cli(
+            &["secrets", "destroy", "live/db/main", "--version", "1"],
+            &url,
+            &root
+        )
+        .status
+        .success()
+    );
+    let out = cli(&["secrets", "metadata", "live/db/main"], &url, &root);
+    let meta: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(meta["versions"][0]["destroyed"], true);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("s3cret"));
+}
