@@ -122,6 +122,19 @@ fn unreachable_hmac() -> ! {
     }
 }
 
+impl Drop for KeyHasher {
+    fn drop(&mut self) {
+        // The keyed HMAC state is derived from the environment's secret, and RustCrypto's HMAC
+        // does not zeroize. Overwrite it in place with a state keyed by zeros; `black_box` keeps
+        // the compiler from dropping the store as dead. (Copies a move left behind are beyond
+        // reach, as they are for `zeroize` itself.)
+        if let Ok(blank) = <Hmac<Sha256> as Mac>::new_from_slice(&[0u8; 32]) {
+            self.keyed = blank;
+        }
+        std::hint::black_box(&self.keyed);
+    }
+}
+
 impl fmt::Debug for KeyHasher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("KeyHasher([redacted])")
