@@ -27,6 +27,20 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+/// `Debug` for request and response types that carry a secret (a key, a share, a secret's
+/// value): the type's name and `[redacted]`, never a field.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! redacted_debug {
+    ($($ty:ty),* $(,)?) => {$(
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(concat!(stringify!($ty), "([redacted])"))
+            }
+        }
+    )*};
+}
+
 pub mod error;
 pub mod extract;
 pub mod metrics;
@@ -375,4 +389,58 @@ pub async fn run(
     .await;
     node.shutdown().await;
     result
+}
+
+#[cfg(test)]
+mod debug_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use crate::routes::{secrets, sys};
+
+    #[test]
+    fn types_carrying_secrets_never_debug_print_them() {
+        let share = "kws1-0a0b0c0d-01ffeeddccbbaa-12345678".to_owned();
+        let value = "sk_live_value_that_must_not_print".to_owned();
+        let printed = [
+            format!(
+                "{:?}",
+                sys::UnsealRequest {
+                    share: Some(share.clone()),
+                    key: Some(value.clone()),
+                    reset: false,
+                }
+            ),
+            format!(
+                "{:?}",
+                sys::RekeyRequest {
+                    shares: vec![share.clone()],
+                    key: Some(value.clone()),
+                    new_shares: 3,
+                    new_threshold: 2,
+                }
+            ),
+            format!(
+                "{:?}",
+                sys::RekeyView {
+                    shares: vec![share.clone()],
+                    threshold: 2,
+                    key: value.clone(),
+                }
+            ),
+            format!(
+                "{:?}",
+                secrets::WriteSecretRequest {
+                    data: serde_json::json!({ "k": value })
+                        .as_object()
+                        .cloned()
+                        .unwrap(),
+                    cas: None,
+                }
+            ),
+        ];
+        for text in printed {
+            assert!(text.contains("[redacted]"), "{text}");
+            assert!(!text.contains(&share) && !text.contains(&value), "{text}");
+        }
+    }
 }

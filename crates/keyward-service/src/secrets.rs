@@ -80,7 +80,7 @@ fn new_meta(env: &EnvironmentName, path: &str, now: Timestamp) -> SecretMeta {
 }
 
 /// A write: the new value and, for check-and-set, the version it replaces (0: must not exist).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SecretWrite {
     pub data: Map<String, Value>,
     pub cas: Option<u64>,
@@ -157,13 +157,32 @@ impl SecretCache {
 }
 
 /// A secret read back.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SecretRead {
     pub meta: SecretMeta,
     pub version: u64,
     pub created_at: Timestamp,
     pub data: Map<String, Value>,
     pub lease: Option<VaultLease>,
+}
+
+impl std::fmt::Debug for SecretWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretWrite")
+            .field("fields", &self.data.len())
+            .field("cas", &self.cas)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for SecretRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretRead")
+            .field("path", &self.meta.path)
+            .field("version", &self.version)
+            .field("data", &"[redacted]")
+            .finish_non_exhaustive()
+    }
 }
 
 impl Authority {

@@ -132,7 +132,7 @@ impl From<KeyRecord> for KeyView {
 }
 
 /// A newly issued key, with its plaintext: shown this once and never again.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct CreatedKey {
     /// The API key. Store it now: keyward keeps only its HMAC.
     #[schema(example = "kw_live_3xQ9…")]
@@ -953,3 +953,5 @@ pub async fn explain_key(
         policy: explained.policy,
     }))
 }
+
+crate::redacted_debug!(CreatedKey);

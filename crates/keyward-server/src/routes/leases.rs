@@ -86,7 +86,7 @@ pub struct KeyLeaseRequest {
     pub max_ttl_s: Option<u64>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct KeyLeaseView {
     /// The API key, shown once. It stops verifying when the lease ends.
     pub key: String,
@@ -277,3 +277,5 @@ pub async fn revoke_prefix(
         .await?;
     Ok(Json(RevokedCount { revoked }))
 }
+
+crate::redacted_debug!(KeyLeaseView);

@@ -83,7 +83,7 @@ impl From<SecretMeta> for SecretMetaView {
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct SecretView {
     /// The value: a JSON object.
     #[schema(value_type = Object)]
@@ -132,7 +132,7 @@ pub async fn read_secret(
     }))
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WriteSecretRequest {
     /// The value: a JSON object (at most 48 KiB as JSON).
@@ -457,3 +457,5 @@ pub async fn list_secrets(
         next_cursor,
     }))
 }
+
+crate::redacted_debug!(SecretView, WriteSecretRequest);

@@ -79,7 +79,7 @@ pub async fn seal_status(State(state): State<AppState>) -> Result<Json<SealStatu
 
 /// Give one share (`share`), the whole unseal key (`key`), or `reset: true` to discard the
 /// shares given so far.
-#[derive(Debug, Default, Deserialize, ToSchema)]
+#[derive(Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct UnsealRequest {
     /// One unseal share, `kws1-…`, as printed by `keyward init`.
@@ -179,7 +179,7 @@ pub async fn keyring(
 }
 
 /// A quorum of current shares (or the current unseal key) and the new split.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RekeyRequest {
     /// At least the threshold of current shares.
@@ -194,7 +194,7 @@ pub struct RekeyRequest {
     pub new_threshold: u8,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct RekeyView {
     /// The new shares: shown once. The old ones no longer unseal.
     pub shares: Vec<String>,
@@ -233,3 +233,5 @@ pub async fn rekey(
         key: key.to_text().to_string(),
     }))
 }
+
+crate::redacted_debug!(UnsealRequest, RekeyRequest, RekeyView);
