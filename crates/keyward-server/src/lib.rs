@@ -142,7 +142,7 @@ impl utoipa::Modify for BearerAuth {
 
 /// The routes and their OpenAPI description, from one definition.
 fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(routes::system::healthz))
         .routes(routes!(routes::system::readyz))
         .routes(routes!(routes::system::metrics))
@@ -217,24 +217,9 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::leases::renew_lease))
         .routes(routes!(routes::leases::revoke_lease))
         .routes(routes!(routes::leases::revoke_prefix))
-        .split_for_parts()
-        .pipe_openapi(|doc| doc.merge_from(SecretPaths::openapi()))
-}
-
-trait PipeOpenApi {
-    fn pipe_openapi(
-        self,
-        f: impl FnOnce(utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi,
-    ) -> Self;
-}
-
-impl PipeOpenApi for (Router<AppState>, utoipa::openapi::OpenApi) {
-    fn pipe_openapi(
-        self,
-        f: impl FnOnce(utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi,
-    ) -> Self {
-        (self.0, f(self.1))
-    }
+        .split_for_parts();
+    doc.merge(SecretPaths::openapi());
+    (router, doc)
 }
 
 /// The secret routes, whose axum paths are catch-alls.

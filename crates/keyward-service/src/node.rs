@@ -156,6 +156,8 @@ impl Node {
     pub async fn unseal_with_key(&self, key: &UnsealKey, via: &str) -> Result<(), ServiceError> {
         let mut pending = self.pending.lock().await;
         if !self.is_sealed() {
+            // Already open; still, a key that is not this vault's is refused, never accepted.
+            key.open_root(&self.record().await?.sealed_root)?;
             return Ok(());
         }
         pending.shares.clear();

@@ -252,22 +252,30 @@ impl Authority {
             return Err(invalid("prefix", "1-512 characters, e.g. keys/live/ci-"));
         }
         let mut total = 0;
+        let mut after = None;
         loop {
-            let open = self
+            let page = self
                 .store
-                .leases(prefix.to_owned(), true, None, 500)
+                .leases(prefix.to_owned(), true, after.clone(), 500)
                 .await?;
-            let open: Vec<_> = open
+            let full = page.len() == 500;
+            after = page.last().map(|l| l.id.clone());
+            // Leases of environments outside the actor's scope stay, and paging goes past them.
+            let open: Vec<_> = page
                 .into_iter()
                 .filter(|l| actor.may_manage(&l.environment))
                 .collect();
-            if open.is_empty() {
+            if !open.is_empty() {
+                total += self
+                    .end_leases(&actor.audit_name(), open, "revoked")
+                    .await?
+                    .into_iter()
+                    .filter(|l| l.end_reason.as_deref() == Some("revoked"))
+                    .count();
+            }
+            if !full {
                 return Ok(total);
             }
-            total += self
-                .end_leases(&actor.audit_name(), open, "revoked")
-                .await?
-                .len();
         }
     }
 

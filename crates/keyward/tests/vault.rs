@@ -742,3 +742,47 @@ async fn reads_cancelled_mid_way_never_stall_later_reads() {
         .expect("a read stalled after a cancelled one");
     assert_eq!(later.unwrap().data["v"], "1");
 }
+
+#[tokio::test]
+async fn a_wrong_unseal_key_is_refused_even_when_unsealed() {
+    let app = spawn_app().await;
+    let other = spawn_app().await;
+    let (status, body) = unseal(&app, json!({ "key": other.unseal_key })).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = unseal(&app, json!({ "key": app.unseal_key })).await;
+    assert_eq!((status, body["sealed"].as_bool()), (200, Some(false)));
+}
+
+#[tokio::test]
+async fn revoking_by_prefix_stays_within_an_admin_keys_scope() {
+    let app = spawn_app().await;
+    let mut keys = Vec::new();
+    for env in ["live", "test"] {
+        let (status, issued) = app
+            .call(
+                Method::POST,
+                "/v1/leases/keys",
+                Some(json!({ "environment": env, "name": "job", "owner": "ci", "ttl_s": 600 })),
+            )
+            .await;
+        assert_eq!(status, 201, "{issued}");
+        keys.push(issued["key"].as_str().unwrap().to_owned());
+    }
+    let scoped = app
+        .create_key(
+            "admin",
+            json!({ "service": "keyward", "permissions": ["leases:revoke"], "admin_environments": ["test"] }),
+        )
+        .await;
+    let (status, body) = app
+        .call_as(
+            scoped["key"].as_str().unwrap(),
+            Method::POST,
+            "/v1/leases/revoke-prefix",
+            Some(json!({ "prefix": "keys/" })),
+        )
+        .await;
+    assert_eq!((status, body["revoked"].as_u64()), (200, Some(1)), "{body}");
+    assert_eq!(app.verify_code(&keys[0]).await, "VALID");
+    assert_eq!(app.verify_code(&keys[1]).await, "REVOKED");
+}
