@@ -165,8 +165,17 @@ impl Caller {
         state: &crate::AppState,
         permission: &str,
     ) -> Result<keyward_service::Actor, ApiError> {
-        Ok(state
-            .authority()?
+        self.authenticate_with(&*state.authority()?, permission)
+            .await
+    }
+
+    /// [`Caller::authenticate`] with the request's session already in hand.
+    pub async fn authenticate_with(
+        &self,
+        authority: &keyward_service::Authority,
+        permission: &str,
+    ) -> Result<keyward_service::Actor, ApiError> {
+        Ok(authority
             .authenticate(self.bearer.as_deref(), permission, self.ip)
             .await?)
     }

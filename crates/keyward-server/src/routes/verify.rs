@@ -144,8 +144,12 @@ pub async fn verify(
     JsonBody(body): JsonBody<VerifyRequest>,
 ) -> Result<axum::response::Response, ApiError> {
     let started = Instant::now();
+    // One session for the whole request: the hot path takes the node's lock once.
+    let authority = state.authority()?;
     if !state.config.insecure_unauthenticated_verify {
-        caller.authenticate(&state, admin::KEYS_VERIFY).await?;
+        caller
+            .authenticate_with(&authority, admin::KEYS_VERIFY)
+            .await?;
     }
     let environment = body
         .environment
@@ -206,7 +210,6 @@ pub async fn verify(
         path: body.path.as_deref(),
         ip,
     };
-    let authority = state.authority()?;
     let verdict = authority.verify(body.key.expose(), &request).await?;
     state.metrics.verified(verdict.code, started.elapsed());
     let key = verdict.key.as_deref();
