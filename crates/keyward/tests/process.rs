@@ -260,6 +260,30 @@ fn cli_init_and_keys_commands() {
         let status: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(status["sealed"], i < 2, "after {} shares", i + 1);
     }
+    // Rekey from the CLI: current shares on stdin, new ones printed once.
+    let current = shares[2..].join("\n");
+    let out = cli_stdin(
+        &[
+            "operator",
+            "rekey",
+            "--key-shares",
+            "3",
+            "--key-threshold",
+            "2",
+            "--json",
+        ],
+        &url,
+        &root,
+        &current,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rekeyed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rekeyed["shares"].as_array().unwrap().len(), 3);
+    assert_eq!(rekeyed["threshold"], 2);
     // Rotation, and the rewrap's progress in the CLI.
     let out = cli(&["operator", "rotate"], &url, &root);
     assert!(

@@ -341,6 +341,14 @@ async fn rekey_replaces_the_shares() {
     unseal(&app, json!({ "share": new[2] })).await;
     let (_, body) = unseal(&app, json!({ "share": new[0] })).await;
     assert_eq!(body["sealed"], false);
+    // Audited with the new split, never with a share.
+    let audit = app.audit().await;
+    let rekey = audit.iter().find(|e| e["action"] == "vault.rekey").unwrap();
+    assert_eq!(rekey["details"], json!({ "shares": 3, "threshold": 2 }));
+    let text = serde_json::to_string(&audit).unwrap();
+    for share in app.shares.iter().chain(&new) {
+        assert!(!text.contains(&share[15..50]));
+    }
 }
 
 #[tokio::test]
