@@ -88,13 +88,11 @@ fn data_from(pairs: &[String]) -> anyhow::Result<Map<String, Value>> {
         };
     }
     let mut data = Map::new();
-    for pair in pairs {
-        let (field, value) = pair.split_once('=').with_context(|| {
-            format!(
-                "{:?}: expected field=value",
-                pair.split('=').next().unwrap_or("")
-            )
-        })?;
+    for (i, pair) in pairs.iter().enumerate() {
+        // The argument may be a value typed without its field: never echo it.
+        let (field, value) = pair
+            .split_once('=')
+            .with_context(|| format!("argument {}: expected field=value", i + 2))?;
         let value = if value == "-" {
             read_stdin()?.trim_end_matches('\n').to_owned()
         } else {
