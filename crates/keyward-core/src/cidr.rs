@@ -96,6 +96,12 @@ impl Cidr {
         (value & !mask, value | mask)
     }
 
+    /// Whether every address of `self` lies inside `outer` (same address family).
+    pub fn within(&self, outer: &Cidr) -> bool {
+        let ((start, end), (outer_start, outer_end)) = (self.range(), outer.range());
+        self.addr.is_ipv4() == outer.addr.is_ipv4() && outer_start <= start && end <= outer_end
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = normalize(ip);
         let (start, end) = self.range();

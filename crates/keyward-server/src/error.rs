@@ -189,6 +189,9 @@ impl From<ServiceError> for ApiError {
                 ErrorCode::Forbidden,
                 format!("this key lacks the permission {permission}"),
             ),
+            ServiceError::Refused(refusal) => {
+                ApiError::new(ErrorCode::Forbidden, refusal.to_string())
+            }
             ServiceError::NotFound { what } => ApiError::not_found(what),
             ServiceError::InvalidField { field, message } => ApiError::field(field, message),
             ServiceError::Conflict(message) => ApiError::new(ErrorCode::Conflict, message),
@@ -225,6 +228,10 @@ impl From<ServiceError> for ApiError {
             }
             ServiceError::Internal(cause) => {
                 tracing::error!(error = %cause, "internal error");
+                ApiError::new(ErrorCode::Internal, "internal error")
+            }
+            other => {
+                tracing::error!(error = %other, "internal error");
                 ApiError::new(ErrorCode::Internal, "internal error")
             }
         }

@@ -7,6 +7,8 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
+use keyward_service::Operation;
+
 use crate::error::{ApiError, ErrorCode};
 
 /// A JSON body parsed into `T`. Syntax errors are `INVALID_JSON`; wrong types, missing or
@@ -37,13 +39,10 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let field = e.path().to_string();
+        let field = field_of(&e);
         let inner = e.into_inner();
         match inner.classify() {
-            serde_json::error::Category::Data => {
-                let field = if field == "." { String::new() } else { field };
-                ApiError::field(field, scrub(&inner.to_string()))
-            }
+            serde_json::error::Category::Data => ApiError::field(field, scrub(&inner.to_string())),
             _ => ApiError::new(
                 ErrorCode::InvalidJson,
                 format!("the body is not valid JSON: {}", scrub(&inner.to_string())),
@@ -57,6 +56,28 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         )
     })?;
     Ok(value)
+}
+
+/// The field an error is about, as a path (`quota.refill.amount`, `permissions[2]`). For an
+/// unknown field that is its parent: the unknown name came from the client and is not repeated.
+fn field_of<E: std::fmt::Display>(e: &serde_path_to_error::Error<E>) -> String {
+    let mut segments: Vec<String> = e.path().iter().map(ToString::to_string).collect();
+    let message = e.inner().to_string();
+    let unknown = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(name, _)| name);
+    if unknown.is_some() && segments.last().map(String::as_str) == unknown {
+        segments.pop();
+    }
+    let mut out = String::new();
+    for segment in segments {
+        if !(out.is_empty() || segment.starts_with('[')) {
+            out.push('.');
+        }
+        out.push_str(&segment);
+    }
+    if out == "?" { String::new() } else { out }
 }
 
 /// Removes string values quoted in a serde message (`invalid type: string "…"`), so that no
@@ -78,6 +99,16 @@ fn scrub(message: &str) -> String {
         }
     }
     out.push_str(rest);
+    // serde names an unknown field or enum value between backticks; it came from the client.
+    // The names it expected (ours) stay.
+    for marker in ["unknown field `", "unknown variant `"] {
+        if let Some(start) = out.find(marker) {
+            let from = start + marker.len();
+            if let Some(len) = out.get(from..).and_then(|r| r.find('`')) {
+                out.replace_range(from..from + len, "…");
+            }
+        }
+    }
     // serde_json appends " at line L column C": useful for syntax errors, kept.
     out
 }
@@ -95,11 +126,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
         serde_path_to_error::deserialize(de)
             .map(QueryParams)
             .map_err(|e| {
-                let field = e.path().to_string();
-                ApiError::field(
-                    if field == "." { String::new() } else { field },
-                    scrub(&e.into_inner().to_string()),
-                )
+                let field = field_of(&e);
+                ApiError::field(field, scrub(&e.into_inner().to_string()))
             })
     }
 }
@@ -142,8 +170,12 @@ mod tests {
             r#"invalid type: string "…", expected u64"#
         );
         assert_eq!(
-            scrub("unknown field `x`, expected `a`"),
-            "unknown field `x`, expected `a`"
+            scrub("unknown field `kw_live_x`, expected `a`"),
+            "unknown field `…`, expected `a`"
+        );
+        assert_eq!(
+            scrub("unknown variant `secret`, expected `daily` or `monthly`"),
+            "unknown variant `…`, expected `daily` or `monthly`"
         );
         assert_eq!(scrub(r#"dangling "quote"#), "dangling ");
     }
@@ -159,24 +191,37 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// Authenticates the caller as an admin holding `permission`.
+    /// Authenticates the caller as an admin key that may perform `op` (the use case decides
+    /// again once it knows the target).
     pub async fn authenticate(
         &self,
         state: &crate::AppState,
-        permission: &str,
+        op: Operation,
     ) -> Result<keyward_service::Actor, ApiError> {
-        self.authenticate_with(&*state.authority()?, permission)
-            .await
+        self.authenticate_with(&*state.authority()?, op).await
     }
 
     /// [`Caller::authenticate`] with the request's session already in hand.
     pub async fn authenticate_with(
         &self,
         authority: &keyward_service::Authority,
-        permission: &str,
+        op: Operation,
     ) -> Result<keyward_service::Actor, ApiError> {
         Ok(authority
-            .authenticate(self.bearer.as_deref(), permission, self.ip)
+            .authenticate(self.bearer.as_deref(), op, self.ip)
+            .await?)
+    }
+
+    /// [`Caller::authenticate`] for an operation on a secret path (or a listing glob).
+    pub async fn authenticate_for(
+        &self,
+        state: &crate::AppState,
+        op: Operation,
+        path: &str,
+    ) -> Result<keyward_service::Actor, ApiError> {
+        Ok(state
+            .authority()?
+            .authenticate_for(self.bearer.as_deref(), op, Some(path), self.ip)
             .await?)
     }
 }

@@ -72,7 +72,11 @@ fn fixture() -> &'static Fixture {
                 .unwrap(),
             );
             let admin = authority
-                .authenticate(Some(root.expose()), "keys:create", None)
+                .authenticate(
+                    Some(root.expose()),
+                    keyward_service::Operation::KeyCreate,
+                    None,
+                )
                 .await
                 .unwrap();
             let (_, key) = authority

@@ -58,9 +58,10 @@ fn fixture() -> &'static Fixture {
                 .unwrap(),
             );
             let actor = authority
-                .authenticate(
+                .authenticate_for(
                     Some(init.root_key.expose()),
-                    "secrets:read:payments/stripe",
+                    keyward_service::Operation::SecretRead,
+                    Some("payments/stripe"),
                     None,
                 )
                 .await

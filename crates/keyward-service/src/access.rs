@@ -12,6 +12,7 @@ use keyward_store::{Changes, EnvironmentRecord};
 use serde_json::json;
 
 use crate::audit::PendingEntry;
+use crate::authz::{Operation, Target};
 use crate::cache::CachedKey;
 use crate::{Actor, Authority, EnvState, ServiceError, read, write};
 
@@ -31,6 +32,9 @@ pub struct VerifyRequest<'a> {
     pub cost: u64,
     /// Take a concurrency lease, if the key has a concurrency limit.
     pub lease: bool,
+    /// The environments the calling admin key is scoped to, if it is: a key of any other
+    /// environment answers as an unknown key would, revealing nothing of it.
+    pub scope: Option<&'a [EnvironmentName]>,
 }
 
 impl Default for VerifyRequest<'_> {
@@ -43,6 +47,7 @@ impl Default for VerifyRequest<'_> {
             ip: None,
             cost: 1,
             lease: false,
+            scope: None,
         }
     }
 }
@@ -117,15 +122,7 @@ fn check_policy(policy: &EnvironmentPolicy) -> Result<(), ServiceError> {
         ("policy.allowed_cidrs", &policy.allowed_cidrs),
         ("policy.denied_cidrs", &policy.denied_cidrs),
     ] {
-        CidrSet::parse(list).map_err(|(i, e)| {
-            invalid(
-                field,
-                format!(
-                    "entry {i} ({:?}): {e}",
-                    list.get(i).map(String::as_str).unwrap_or("")
-                ),
-            )
-        })?;
+        CidrSet::parse(list).map_err(|(i, e)| invalid(field, format!("entry {i}: {e}")))?;
     }
     Ok(())
 }
@@ -260,20 +257,6 @@ impl Authority {
         Ok(())
     }
 
-    /// Whether `actor` may manage keys of `environment`.
-    pub(crate) fn check_scope(
-        actor: &Actor,
-        environment: &EnvironmentName,
-    ) -> Result<(), ServiceError> {
-        if actor.may_manage(environment) {
-            Ok(())
-        } else {
-            Err(ServiceError::Forbidden {
-                permission: format!("keys of environment {environment} (this admin key is scoped)"),
-            })
-        }
-    }
-
     // ---- environments ------------------------------------------------------------------------
 
     pub fn environments(&self) -> Vec<EnvironmentRecord> {
@@ -301,6 +284,9 @@ impl Authority {
         policy: EnvironmentPolicy,
     ) -> Result<EnvironmentRecord, ServiceError> {
         check_policy(&policy)?;
+        // A new environment is seen by every admin key that is not scoped: a shared object.
+        self.permit(actor, Operation::EnvironmentWrite, Target::Shared)
+            .await?;
         let mut head = self.writer.lock().await;
         if self.environment(name.as_str()).is_some() {
             return Err(ServiceError::Conflict(format!("environment {name} exists")));
@@ -346,7 +332,16 @@ impl Authority {
         policy: EnvironmentPolicy,
     ) -> Result<EnvironmentRecord, ServiceError> {
         check_policy(&policy)?;
+        self.permit(
+            actor,
+            Operation::EnvironmentWrite,
+            Target::Environment(name),
+        )
+        .await?;
         if Self::is_admin_environment(name.as_str()) {
+            // The admin environment's policy reaches every admin key.
+            self.act_on_all(actor, Operation::EnvironmentWrite, |_| true, None)
+                .await?;
             let network = EnvState::new(EnvironmentRecord {
                 name: name.clone(),
                 created_at: Timestamp::UNIX_EPOCH,
@@ -431,6 +426,24 @@ impl Authority {
         {
             return Err(invalid("description", "at most 1000 printable characters"));
         }
+        self.permit(actor, Operation::RoleWrite, Target::Shared)
+            .await?;
+        if read(&self.roles).get(&name).is_some_and(|r| r.builtin) {
+            return Err(ServiceError::Conflict(format!(
+                "role {name} is built in and cannot be changed; create a role of your own"
+            )));
+        }
+        if replace {
+            // The new permissions reach every admin key that holds the role.
+            let now = self.clock.now();
+            self.act_on_all(
+                actor,
+                Operation::RoleWrite,
+                |key| crate::authz::holds_role(key, &name, now),
+                Some((&name, &permissions)),
+            )
+            .await?;
+        }
         let mut head = self.writer.lock().await;
         let now = self.clock.now();
         let existing = read(&self.roles).get(&name).cloned();
@@ -479,9 +492,17 @@ impl Authority {
 
     /// Deletes a role that no key holds.
     pub async fn delete_role(&self, actor: &Actor, name: &RoleName) -> Result<(), ServiceError> {
+        self.permit(actor, Operation::RoleWrite, Target::Shared)
+            .await?;
         let mut head = self.writer.lock().await;
-        if !read(&self.roles).contains_key(name) {
-            return Err(ServiceError::NotFound { what: "role" });
+        match read(&self.roles).get(name) {
+            None => return Err(ServiceError::NotFound { what: "role" }),
+            Some(role) if role.builtin => {
+                return Err(ServiceError::Conflict(format!(
+                    "role {name} is built in and cannot be deleted"
+                )));
+            }
+            Some(_) => {}
         }
         let holders = self.store.count_keys_with_role(name.clone()).await?;
         if holders > 0 {
@@ -558,6 +579,18 @@ impl Authority {
         {
             return Err(invalid("description", "at most 1000 printable characters"));
         }
+        self.permit(actor, Operation::PlanWrite, Target::Shared)
+            .await?;
+        if replace {
+            // New limits reach every admin key on the plan.
+            self.act_on_all(
+                actor,
+                Operation::PlanWrite,
+                |key| key.access.plan.as_ref() == Some(&name),
+                None,
+            )
+            .await?;
+        }
         let mut head = self.writer.lock().await;
         let now = self.clock.now();
         let existing = read(&self.plans).get(&name).cloned();
@@ -608,6 +641,8 @@ impl Authority {
 
     /// Deletes a plan no key is on.
     pub async fn delete_plan(&self, actor: &Actor, name: &PlanName) -> Result<(), ServiceError> {
+        self.permit(actor, Operation::PlanWrite, Target::Shared)
+            .await?;
         let mut head = self.writer.lock().await;
         if !read(&self.plans).contains_key(name) {
             return Err(ServiceError::NotFound { what: "plan" });
@@ -701,7 +736,12 @@ impl Authority {
             }
         };
         let mut key = self.key(id).await?;
-        Self::check_scope(actor, &key.environment)?;
+        if let Err(refusal) = self.authorize(actor, Operation::KeyGrant, Target::Key(&key)) {
+            drop(head);
+            return Err(self
+                .refuse(actor, Operation::KeyGrant, Some(id.to_string()), refusal)
+                .await);
+        }
         if key.status == keyward_core::KeyStatus::Revoked {
             return Err(ServiceError::Conflict(format!(
                 "key {id} is revoked; revocation is final"
@@ -715,9 +755,6 @@ impl Authority {
         if key.access.grants.len() >= 64 {
             return Err(invalid("permission", "a key holds at most 64 grants"));
         }
-        if let Some(p) = &grant.permission {
-            Self::check_no_escalation(actor, key.service, std::slice::from_ref(p))?;
-        }
         key.access.grants.push(Grant {
             permission: grant.permission.clone(),
             role: grant.role.clone(),
@@ -726,6 +763,12 @@ impl Authority {
             granted_by: actor.audit_name(),
         });
         key.updated_at = now;
+        if let Err(refusal) = self.confer(actor, &key) {
+            drop(head);
+            return Err(self
+                .refuse(actor, Operation::KeyGrant, Some(id.to_string()), refusal)
+                .await);
+        }
         // The grant's permissions must fit the environment's policy as direct ones would.
         let mut with_grant = key.clone();
         with_grant.expires_at = key.expires_at;
@@ -798,7 +841,12 @@ impl Authority {
 
     pub async fn explain(&self, actor: &Actor, id: KeyId) -> Result<Explanation, ServiceError> {
         let key = self.key(id).await?;
-        Self::check_scope(actor, &key.environment)?;
+        self.permit(
+            actor,
+            Operation::KeyRead,
+            Target::Environment(&key.environment),
+        )
+        .await?;
         let now = self.clock.now();
         let policy = self
             .environment(key.environment.as_str())
@@ -851,6 +899,30 @@ impl Authority {
     }
 }
 
+impl Authority {
+    /// Refuses, audited, unless `actor` may act on every admin key `reaches` selects (with
+    /// `role_change` applied), as a change to a shared object acts on all of them.
+    async fn act_on_all(
+        &self,
+        actor: &Actor,
+        op: Operation,
+        reaches: impl Fn(&KeyRecord) -> bool,
+        role_change: Option<(&RoleName, &[Permission])>,
+    ) -> Result<(), ServiceError> {
+        for key in self.admin_keys().await? {
+            if !reaches(&key) {
+                continue;
+            }
+            if let Err(refusal) = self.act_on(actor, &key, role_change) {
+                return Err(self
+                    .refuse(actor, op, Some(key.id.to_string()), refusal)
+                    .await);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Parses CIDR blocks for a field, naming the first bad entry and its value.
 pub fn parse_cidrs(field: &'static str, list: &[String]) -> Result<Vec<Cidr>, ServiceError> {
     if list.len() > keyward_core::cidr::MAX_BLOCKS {
@@ -858,7 +930,7 @@ pub fn parse_cidrs(field: &'static str, list: &[String]) -> Result<Vec<Cidr>, Se
     }
     list.iter()
         .enumerate()
-        .map(|(i, c)| Cidr::parse(c).map_err(|e| invalid(field, format!("entry {i} ({c:?}): {e}"))))
+        .map(|(i, c)| Cidr::parse(c).map_err(|e| invalid(field, format!("entry {i}: {e}"))))
         .collect()
 }
 
@@ -872,9 +944,7 @@ pub fn parse_path_rules(
     }
     list.iter()
         .enumerate()
-        .map(|(i, r)| {
-            PathRule::parse(r).map_err(|e| invalid(field, format!("entry {i} ({r:?}): {e}")))
-        })
+        .map(|(i, r)| PathRule::parse(r).map_err(|e| invalid(field, format!("entry {i}: {e}"))))
         .collect()
 }
 
@@ -894,7 +964,7 @@ pub fn check_ratelimits(limits: &[keyward_core::RateLimit]) -> Result<(), Servic
         if limits.iter().take(i).any(|other| other.name == limit.name) {
             return Err(invalid(
                 "ratelimits",
-                format!("ratelimits[{i}].name: {:?} is used twice", limit.name),
+                format!("ratelimits[{i}].name: the name is used twice"),
             ));
         }
     }

@@ -13,6 +13,7 @@ use keyward_store::{Changes, KeyQuery};
 use serde_json::{Map, Value, json};
 
 use crate::audit::PendingEntry;
+use crate::authz::{Operation, Restrictions, Target};
 use crate::{Actor, Authority, ServiceError};
 
 /// Bounds on what a client may store, so no request can grow a record without limit.
@@ -160,20 +161,59 @@ impl Authority {
         }
     }
 
-    /// An admin may not hand out permissions it does not hold itself.
-    pub(crate) fn check_no_escalation(
-        actor: &Actor,
-        service: ServiceName,
-        permissions: &[Permission],
-    ) -> Result<(), ServiceError> {
-        if service != ServiceName::Keyward {
-            return Ok(());
+    /// Refuses issuing a key in an environment whose policy wants approval: the approval
+    /// workflow does not exist yet, and a policy is never silently ignored.
+    fn check_issuance(&self, env: &EnvironmentName) -> Result<(), ServiceError> {
+        if self
+            .environment(env.as_str())
+            .is_some_and(|e| e.record.policy.require_approval)
+        {
+            return Err(keyward_core::PolicyViolation {
+                rule: "require_approval",
+                message: "keys of this environment need an approval, which this server cannot \
+                          grant yet; clear require_approval or issue the key elsewhere"
+                    .into(),
+            }
+            .into());
         }
-        match permissions.iter().find(|p| !actor.holds(p.as_str())) {
-            Some(p) => Err(ServiceError::Forbidden {
-                permission: p.to_string(),
-            }),
-            None => Ok(()),
+        Ok(())
+    }
+
+    /// Checks that `key`, as it will be stored after a change, holds nothing `actor` lacks, and
+    /// makes it at least as restricted as `actor` (`changed` says which restrictions the change
+    /// sets). The caller audits a refusal with [`Authority::audited`], after letting go of the
+    /// writer lock.
+    pub(crate) async fn conferrable(
+        &self,
+        actor: &Actor,
+        key: &mut KeyRecord,
+        changed: Restrictions,
+    ) -> Result<(), ServiceError> {
+        let outcome = match self.confer(actor, key) {
+            Err(refusal) => Err(Ok(refusal)),
+            Ok(()) => self.inherit(actor, key, changed).await,
+        };
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(Err(e)) => Err(e),
+            Err(Ok(refusal)) => Err(ServiceError::Refused(refusal)),
+        }
+    }
+
+    /// Audits `error` as a refusal of `op` on `key` if it is one; returns it.
+    pub(crate) async fn audited(
+        &self,
+        actor: &Actor,
+        op: Operation,
+        key: &KeyRecord,
+        error: ServiceError,
+    ) -> ServiceError {
+        match error {
+            ServiceError::Refused(refusal) => {
+                self.refuse(actor, op, Some(key.id.to_string()), refusal)
+                    .await
+            }
+            other => other,
         }
     }
 
@@ -214,14 +254,18 @@ impl Authority {
         actor: &Actor,
         new: NewKey,
     ) -> Result<(KeyRecord, PlaintextKey), ServiceError> {
-        self.create_key_with(actor, new, |_| (Changes::default(), None))
-            .await
+        self.create_key_with(actor, Operation::KeyCreate, new, |_| {
+            (Changes::default(), None)
+        })
+        .await
     }
 
-    /// Creates a key, writing with it the changes and audit entry `with` makes for the record.
+    /// Creates a key as operation `op`, writing with it the changes and audit entry `with`
+    /// makes for the record.
     pub(crate) async fn create_key_with<E: Into<Option<PendingEntry>>>(
         &self,
         actor: &Actor,
+        op: Operation,
         new: NewKey,
         with: impl FnOnce(&KeyRecord) -> (Changes, E),
     ) -> Result<(KeyRecord, PlaintextKey), ServiceError> {
@@ -233,23 +277,19 @@ impl Authority {
         check_permissions(&new.permissions)?;
         check_meta(&new.meta)?;
         self.check_environment(new.service, &new.environment)?;
-        Self::check_scope(actor, &new.environment)?;
-        Self::check_no_escalation(actor, new.service, &new.permissions)?;
+        self.permit(actor, op, Target::Environment(&new.environment))
+            .await?;
         if new.service != ServiceName::Keyward && new.access.admin_environments.is_some() {
             return Err(invalid(
                 "admin_environments",
                 "only admin keys (service keyward) have an admin scope",
             ));
         }
-        if let Some(scope) = &new.access.admin_environments {
-            for env in scope {
-                Self::check_scope(actor, env)?;
-            }
-        }
+        self.check_issuance(&new.environment)?;
         let now = self.clock.now();
         let expires_at = self.expiry(now, new.expires_at, new.ttl_s)?;
 
-        let (record, plaintext) = self.mint(
+        let (mut record, plaintext) = self.mint(
             now,
             KeyTemplate {
                 service: new.service,
@@ -265,6 +305,12 @@ impl Authority {
                 access: new.access,
             },
         )?;
+        if let Err(e) = self
+            .conferrable(actor, &mut record, Restrictions::ALL)
+            .await
+        {
+            return Err(self.audited(actor, op, &record, e).await);
+        }
         self.check_key_policy(&record)?;
         let entry = PendingEntry {
             actor: actor.audit_name(),
@@ -348,7 +394,12 @@ impl Authority {
     /// A key, if `actor` may see it.
     pub async fn key_as(&self, actor: &Actor, id: KeyId) -> Result<KeyRecord, ServiceError> {
         let key = self.key(id).await?;
-        Self::check_scope(actor, &key.environment)?;
+        self.permit(
+            actor,
+            Operation::KeyRead,
+            Target::Environment(&key.environment),
+        )
+        .await?;
         Ok(key)
     }
 
@@ -367,7 +418,10 @@ impl Authority {
     ) -> Result<KeyPage, ServiceError> {
         if let Some(scope) = actor.scope() {
             match (&query.environment, scope) {
-                (Some(env), _) => Self::check_scope(actor, env)?,
+                (Some(env), _) => {
+                    self.permit(actor, Operation::KeyRead, Target::Environment(env))
+                        .await?;
+                }
                 (None, [only]) => query.environment = Some(only.clone()),
                 (None, _) => {
                     return Err(invalid(
@@ -463,10 +517,18 @@ impl Authority {
         let mut head = self.writer.lock().await;
         let now = self.clock.now();
         let mut key = self.key_for_change(id).await?;
-        Self::check_scope(actor, &key.environment)?;
-        if let Some(permissions) = &update.permissions {
-            Self::check_no_escalation(actor, key.service, permissions)?;
+        if let Err(refusal) = self.authorize(actor, Operation::KeyUpdate, Target::Key(&key)) {
+            drop(head);
+            return Err(self
+                .refuse(actor, Operation::KeyUpdate, Some(id.to_string()), refusal)
+                .await);
         }
+        let restrictions = Restrictions {
+            creating: false,
+            expiry: update.expires_at.is_some(),
+            scope: false,
+            network: update.allowed_cidrs.is_some() || update.denied_cidrs.is_some(),
+        };
         if let Some(Some(at)) = update.expires_at
             && at <= now
         {
@@ -547,6 +609,10 @@ impl Authority {
             quota_change = Some(state);
         }
         key.updated_at = now;
+        if let Err(e) = self.conferrable(actor, &mut key, restrictions).await {
+            drop(head);
+            return Err(self.audited(actor, Operation::KeyUpdate, &key, e).await);
+        }
         self.check_key_policy(&key)?;
         if key.id == actor.key_id() {
             Self::check_not_locked_out(actor, &key.access.network())?;
@@ -607,7 +673,12 @@ impl Authority {
         Self::check_not_self(actor, id)?;
         let mut head = self.writer.lock().await;
         let mut key = self.key_for_change(id).await?;
-        Self::check_scope(actor, &key.environment)?;
+        if let Err(refusal) = self.authorize(actor, Operation::KeyRevoke, Target::Key(&key)) {
+            drop(head);
+            return Err(self
+                .refuse(actor, Operation::KeyRevoke, Some(id.to_string()), refusal)
+                .await);
+        }
         let now = self.clock.now();
         key.status = KeyStatus::Revoked;
         key.revoked_at = Some(now);
@@ -642,7 +713,13 @@ impl Authority {
         }
         let mut head = self.writer.lock().await;
         let mut old = self.key_for_change(id).await?;
-        Self::check_scope(actor, &old.environment)?;
+        if let Err(refusal) = self.authorize(actor, Operation::KeyRoll, Target::Key(&old)) {
+            drop(head);
+            return Err(self
+                .refuse(actor, Operation::KeyRoll, Some(id.to_string()), refusal)
+                .await);
+        }
+        self.check_issuance(&old.environment)?;
         let now = self.clock.now();
         if let Some(successor) = old.rolled_to {
             return Err(ServiceError::Conflict(format!(
@@ -672,6 +749,8 @@ impl Authority {
                 access: old.access.clone(),
             },
         )?;
+        // The successor is a new key: it must fit the environment's policy as it is now.
+        self.check_key_policy(&new)?;
         let grace_end = now.plus_seconds(grace_period_s);
         old.expires_at = Some(old.expires_at.map_or(grace_end, |at| at.min(grace_end)));
         old.rolled_to = Some(new.id);

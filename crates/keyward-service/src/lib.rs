@@ -18,6 +18,7 @@ use keyward_store::{AuditHead, Store, StoreError};
 
 mod access;
 pub mod audit;
+mod authz;
 pub mod cache;
 mod escalation;
 mod events;
@@ -40,6 +41,7 @@ pub use access::{
     EffectivePermission, Explanation, NewGrant, PlanSpec, VerifyRequest, check_ratelimits,
     parse_cidrs, parse_path_rules,
 };
+pub use authz::{Actor, Operation, Refusal};
 pub use cache::{CachedKey, VerifyCache};
 pub use guard::GuardConfig;
 pub use init::{
@@ -56,13 +58,14 @@ pub use secrets::{
 };
 pub use vault::{DEFAULT_SHARES, DEFAULT_THRESHOLD, NewVault};
 pub use vault_leases::{KeyLease, NewKeyLease};
-pub use verify::{Actor, RateLimitStatus, Verification};
+pub use verify::{RateLimitStatus, Verification};
 
 use audit::PendingEntry;
 use usage::UsageRecorder;
 
 /// Errors of the use cases, named by outcome. The server maps each to one stable code.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServiceError {
     #[error(transparent)]
     Policy(#[from] keyward_core::PolicyViolation),
@@ -70,6 +73,9 @@ pub enum ServiceError {
     Unauthorized,
     #[error("this key lacks the permission {permission}")]
     Forbidden { permission: String },
+    /// The authorization rule refused the operation (see the `authz` module).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     #[error("{what} not found")]
     NotFound { what: &'static str },
     #[error("{field}: {message}")]

@@ -15,6 +15,7 @@ use keyward_store::{Changes, LeaseKind, SecretMeta, SecretVersion, VaultLease};
 use serde_json::{Map, Value, json};
 
 use crate::audit::PendingEntry;
+use crate::authz::{Operation, Target};
 use crate::{Actor, Authority, ServiceError};
 
 pub mod secret_limits {
@@ -186,15 +187,23 @@ impl std::fmt::Debug for SecretRead {
 }
 
 impl Authority {
-    fn check_secret_access(
+    async fn check_secret_access(
+        &self,
         actor: &Actor,
         env: &EnvironmentName,
-        action: &str,
+        op: Operation,
         path: &str,
     ) -> Result<(), ServiceError> {
         check_path(path)?;
-        Self::require(actor, &format!("{action}:{path}"))?;
-        Self::check_scope(actor, env)
+        self.permit(
+            actor,
+            op,
+            Target::Secret {
+                environment: env,
+                path,
+            },
+        )
+        .await
     }
 
     fn known_environment(&self, env: &EnvironmentName) -> Result<(), ServiceError> {
@@ -222,7 +231,8 @@ impl Authority {
         path: &str,
         write: SecretWrite,
     ) -> Result<(SecretMeta, u64), ServiceError> {
-        Self::check_secret_access(actor, env, admin::SECRETS_WRITE, path)?;
+        self.check_secret_access(actor, env, Operation::SecretWrite, path)
+            .await?;
         self.known_environment(env)?;
         let text = zeroize::Zeroizing::new(
             serde_json::to_vec(&Value::Object(write.data))
@@ -315,7 +325,8 @@ impl Authority {
         version: Option<u64>,
         lease_ttl_s: Option<u64>,
     ) -> Result<SecretRead, ServiceError> {
-        Self::check_secret_access(actor, env, admin::SECRETS_READ, path)?;
+        self.check_secret_access(actor, env, Operation::SecretRead, path)
+            .await?;
         if let Some(ttl) = lease_ttl_s
             && !(1..=limits::MAX_READ_LEASE_S).contains(&ttl)
         {
@@ -432,8 +443,16 @@ impl Authority {
         after: Option<String>,
         limit: u32,
     ) -> Result<Vec<SecretMeta>, ServiceError> {
-        Self::require(actor, &format!("{}:{prefix}*", admin::SECRETS_LIST))?;
-        Self::check_scope(actor, env)?;
+        let glob = format!("{prefix}*");
+        self.permit(
+            actor,
+            Operation::SecretList,
+            Target::Secret {
+                environment: env,
+                path: &glob,
+            },
+        )
+        .await?;
         self.known_environment(env)?;
         let listed = self
             .store
@@ -453,7 +472,8 @@ impl Authority {
         env: &EnvironmentName,
         path: &str,
     ) -> Result<(SecretMeta, Vec<SecretVersion>), ServiceError> {
-        Self::check_secret_access(actor, env, admin::SECRETS_READ, path)?;
+        self.check_secret_access(actor, env, Operation::SecretRead, path)
+            .await?;
         let meta = self.secret_meta(env, path).await?.ok_or_else(not_found)?;
         let mut versions = self
             .store
@@ -473,7 +493,8 @@ impl Authority {
         path: &str,
         update: SecretMetaUpdate,
     ) -> Result<SecretMeta, ServiceError> {
-        Self::check_secret_access(actor, env, admin::SECRETS_WRITE, path)?;
+        self.check_secret_access(actor, env, Operation::SecretWrite, path)
+            .await?;
         self.known_environment(env)?;
         for (field, text) in [("owner", &update.owner), ("purpose", &update.purpose)] {
             if let Some(text) = text
@@ -560,11 +581,11 @@ impl Authority {
         versions: Option<Vec<u64>>,
         change: VersionChange,
     ) -> Result<Vec<u64>, ServiceError> {
-        let permission = match change {
-            VersionChange::Delete | VersionChange::Undelete => admin::SECRETS_DELETE,
-            VersionChange::Destroy => admin::SECRETS_DESTROY,
+        let op = match change {
+            VersionChange::Delete | VersionChange::Undelete => Operation::SecretDelete,
+            VersionChange::Destroy => Operation::SecretDestroy,
         };
-        Self::check_secret_access(actor, env, permission, path)?;
+        self.check_secret_access(actor, env, op, path).await?;
         if versions
             .as_ref()
             .is_some_and(|v| v.is_empty() || v.len() > 1000)
@@ -627,7 +648,8 @@ impl Authority {
         env: &EnvironmentName,
         path: &str,
     ) -> Result<(), ServiceError> {
-        Self::check_secret_access(actor, env, admin::SECRETS_DESTROY, path)?;
+        self.check_secret_access(actor, env, Operation::SecretDestroy, path)
+            .await?;
         let mut head = self.writer.lock().await;
         let meta = self.secret_meta(env, path).await?.ok_or_else(not_found)?;
         self.commit(

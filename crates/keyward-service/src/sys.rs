@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
-use keyward_core::permission::admin;
 use keyward_crypto::barrier::{self, Share, UnsealKey};
 use keyward_store::{Changes, RewrapProgress, Rewrapped, SealedValue};
 use serde_json::json;
 
 use crate::audit::PendingEntry;
+use crate::authz::{Operation, Target};
 use crate::{Actor, Authority, ServiceError};
 
 fn random_err(e: keyward_crypto::RandomUnavailable) -> ServiceError {
@@ -32,7 +32,7 @@ impl Authority {
     }
 
     pub(crate) async fn audit_seal(&self, actor: &Actor) -> Result<(), ServiceError> {
-        Self::require(actor, admin::SYS_SEAL)?;
+        self.permit(actor, Operation::SysSeal, Target::None).await?;
         self.audit_only(vec![PendingEntry {
             actor: actor.audit_name(),
             action: "vault.seal",
@@ -49,22 +49,12 @@ impl Authority {
             .ok_or_else(|| ServiceError::Internal("the store lost its vault record".into()))
     }
 
-    pub(crate) fn require(actor: &Actor, permission: &str) -> Result<(), ServiceError> {
-        if actor.holds(permission) {
-            Ok(())
-        } else {
-            Err(ServiceError::Forbidden {
-                permission: permission.to_owned(),
-            })
-        }
-    }
-
     /// The newest keyring term and the latest rewrap.
     pub async fn keyring_status(
         &self,
         actor: &Actor,
     ) -> Result<(u32, Option<RewrapProgress>), ServiceError> {
-        Self::require(actor, admin::SYS_READ)?;
+        self.permit(actor, Operation::SysRead, Target::None).await?;
         let record = self.vault_record().await?;
         Ok((record.term, record.rewrap))
     }
@@ -72,7 +62,8 @@ impl Authority {
     /// Adds a keyring term to every environment's keyring: new values are sealed under it at
     /// once, and a background rewrap re-seals older values under it.
     pub async fn rotate(&self, actor: &Actor) -> Result<(u32, RewrapProgress), ServiceError> {
-        Self::require(actor, admin::SYS_ROTATE)?;
+        self.permit(actor, Operation::SysRotate, Target::None)
+            .await?;
         let mut head = self.writer.lock().await;
         let mut record = self.vault_record().await?;
         let term = record.term.saturating_add(1);
@@ -225,7 +216,8 @@ impl Authority {
         shares: u8,
         threshold: u8,
     ) -> Result<(UnsealKey, Vec<Share>), ServiceError> {
-        Self::require(actor, admin::SYS_REKEY)?;
+        self.permit(actor, Operation::SysRekey, Target::None)
+            .await?;
         let mut head = self.writer.lock().await;
         let mut record = self.vault_record().await?;
         let root =

@@ -5,12 +5,12 @@
 //! the lease ends, with no call and no sweep needed; a renewal moves both together. A sweeper
 //! marks ended leases and audits each end.
 
-use keyward_core::permission::admin;
 use keyward_core::{KeyRecord, Timestamp};
 use keyward_store::{Changes, LeaseKind, VaultLease};
 use serde_json::json;
 
 use crate::audit::PendingEntry;
+use crate::authz::{Operation, Target};
 use crate::keys::NewKey;
 use crate::{Actor, Authority, ServiceError};
 
@@ -59,7 +59,6 @@ impl Authority {
         actor: &Actor,
         new: NewKeyLease,
     ) -> Result<KeyLease, ServiceError> {
-        Self::require(actor, admin::LEASES_CREATE)?;
         let max_ttl = new.max_ttl_s.unwrap_or(new.ttl_s);
         if !(1..=MAX_LEASE_TTL_S).contains(&new.ttl_s) {
             return Err(invalid("ttl_s", format!("1 to {MAX_LEASE_TTL_S} seconds")));
@@ -76,6 +75,17 @@ impl Authority {
                 "a leased key expires with its lease: give ttl_s for the lease",
             ));
         }
+        // Renewals may carry the key to max_ttl_s: the environment's policy must allow that.
+        if let Some(env) = self.environment(new.key.environment.as_str())
+            && let Some(policy_max) = env.record.policy.max_ttl_s
+            && max_ttl > policy_max
+        {
+            return Err(keyward_core::PolicyViolation {
+                rule: "max_ttl_s",
+                message: format!("keys of this environment expire within {policy_max} s"),
+            }
+            .into());
+        }
         let now = self.clock.now();
         let mut key = new.key;
         key.ttl_s = Some(new.ttl_s);
@@ -84,7 +94,7 @@ impl Authority {
         let environment = key.environment.clone();
         let lease = std::sync::Mutex::new(None);
         let (record, plaintext) = self
-            .create_key_with(actor, key, |record| {
+            .create_key_with(actor, Operation::LeaseCreate, key, |record| {
                 let made = VaultLease {
                     id: lease_id.clone(),
                     kind: LeaseKind::Key,
@@ -130,20 +140,24 @@ impl Authority {
     }
 
     /// A lease the actor's admin scope covers, or 404 / 403.
-    async fn lease_in_scope(&self, actor: &Actor, id: &str) -> Result<VaultLease, ServiceError> {
+    async fn lease_in_scope(
+        &self,
+        actor: &Actor,
+        op: Operation,
+        id: &str,
+    ) -> Result<VaultLease, ServiceError> {
         let lease = self
             .store
             .lease(id.to_owned())
             .await?
             .ok_or_else(lease_not_found)?;
-        Self::check_scope(actor, &lease.environment)?;
+        self.permit(actor, op, Target::Environment(&lease.environment))
+            .await?;
         Ok(lease)
     }
 
     pub async fn lease(&self, actor: &Actor, id: &str) -> Result<VaultLease, ServiceError> {
-        Self::require(actor, admin::LEASES_READ)?;
-        let lease = self.lease_in_scope(actor, id).await?;
-        Ok(lease)
+        self.lease_in_scope(actor, Operation::LeaseRead, id).await
     }
 
     /// Leases under `prefix` (all when empty), by id.
@@ -155,7 +169,8 @@ impl Authority {
         after: Option<String>,
         limit: u32,
     ) -> Result<Vec<VaultLease>, ServiceError> {
-        Self::require(actor, admin::LEASES_READ)?;
+        self.permit(actor, Operation::LeaseRead, Target::None)
+            .await?;
         let leases = self
             .store
             .leases(prefix.to_owned(), open_only, after, limit.clamp(1, 1000))
@@ -174,14 +189,15 @@ impl Authority {
         id: &str,
         increment_s: Option<u64>,
     ) -> Result<VaultLease, ServiceError> {
-        Self::require(actor, admin::LEASES_RENEW)?;
+        let lease = self
+            .lease_in_scope(actor, Operation::LeaseRenew, id)
+            .await?;
         let mut head = self.writer.lock().await;
         let mut lease = self
             .store
-            .lease(id.to_owned())
+            .lease(lease.id)
             .await?
             .ok_or_else(lease_not_found)?;
-        Self::check_scope(actor, &lease.environment)?;
         let now = self.clock.now();
         if lease.ended_at.is_some() || lease.expires_at <= now {
             return Err(ServiceError::Conflict("the lease has ended".into()));
@@ -197,7 +213,15 @@ impl Authority {
             ));
         }
         let wanted = now.plus_seconds(increment);
-        lease.expires_at = wanted.min(lease.max_expires_at).max(lease.expires_at);
+        // Never past the lease's maximum, nor past what the environment's policy allows now.
+        let mut cap = lease.max_expires_at;
+        if let Some(policy_max) = self
+            .environment(lease.environment.as_str())
+            .and_then(|e| e.record.policy.max_ttl_s)
+        {
+            cap = cap.min(lease.issued_at.plus_seconds(policy_max));
+        }
+        lease.expires_at = wanted.min(cap).max(lease.expires_at);
         let mut changes = Changes {
             upsert_leases: vec![lease.clone()],
             ..Changes::default()
@@ -221,7 +245,7 @@ impl Authority {
                 actor: actor.audit_name(),
                 action: "lease.renew",
                 target: Some(lease.id.clone()),
-                details: json!({ "path": lease.path, "expires_at": lease.expires_at, "capped": wanted > lease.max_expires_at }),
+                details: json!({ "path": lease.path, "expires_at": lease.expires_at, "capped": wanted > cap }),
             }],
         )
         .await?;
@@ -233,8 +257,9 @@ impl Authority {
 
     /// Ends a lease now; a leased key is revoked with it.
     pub async fn revoke_lease(&self, actor: &Actor, id: &str) -> Result<VaultLease, ServiceError> {
-        Self::require(actor, admin::LEASES_REVOKE)?;
-        let lease = self.lease_in_scope(actor, id).await?;
+        let lease = self
+            .lease_in_scope(actor, Operation::LeaseRevoke, id)
+            .await?;
         let mut ended = self
             .end_leases(&actor.audit_name(), vec![lease], "revoked")
             .await?;
@@ -247,7 +272,8 @@ impl Authority {
         actor: &Actor,
         prefix: &str,
     ) -> Result<usize, ServiceError> {
-        Self::require(actor, admin::LEASES_REVOKE)?;
+        self.permit(actor, Operation::LeaseRevoke, Target::None)
+            .await?;
         if prefix.is_empty() || prefix.len() > 512 {
             return Err(invalid("prefix", "1-512 characters, e.g. keys/live/ci-"));
         }

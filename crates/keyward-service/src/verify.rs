@@ -6,15 +6,14 @@
 
 use std::sync::Arc;
 
-use keyward_core::{
-    EnvironmentName, KeyId, KeyStatus, ParsedKey, ServiceName, Timestamp, VerifyCode,
-};
+use keyward_core::{EnvironmentName, KeyStatus, ParsedKey, ServiceName, Timestamp, VerifyCode};
 use serde_json::json;
 
 use crate::audit::PendingEntry;
+use crate::authz::Operation;
 use crate::guard::Guarded;
 use crate::limiter::LimitRequest;
-use crate::{Authority, CachedKey, ServiceError, VerifyRequest};
+use crate::{Actor, Authority, CachedKey, ServiceError, VerifyRequest};
 
 /// The outcome of a verification. `key` is present whenever the presented key matched a stored
 /// key, so callers can report whose key was refused.
@@ -75,49 +74,6 @@ impl Verification {
     }
 }
 
-/// An authenticated admin caller.
-#[derive(Debug, Clone)]
-pub struct Actor {
-    key: Arc<CachedKey>,
-    /// When the caller was authenticated: grants are judged at this instant.
-    at: keyward_core::Timestamp,
-    /// Where the caller called from, if known.
-    ip: Option<std::net::IpAddr>,
-}
-
-impl Actor {
-    pub fn key_id(&self) -> KeyId {
-        self.key.id
-    }
-
-    /// Whether this admin key may manage keys of `environment`.
-    pub fn may_manage(&self, environment: &EnvironmentName) -> bool {
-        self.key
-            .admin_environments
-            .as_ref()
-            .is_none_or(|scope| scope.contains(environment))
-    }
-
-    pub fn ip(&self) -> Option<std::net::IpAddr> {
-        self.ip
-    }
-
-    /// The environments this admin key is limited to, if it is.
-    pub fn scope(&self) -> Option<&[EnvironmentName]> {
-        self.key.admin_environments.as_deref()
-    }
-
-    /// Whether this caller holds `permission`.
-    pub fn holds(&self, permission: &str) -> bool {
-        // Admin permissions come from the key itself and its roles; grants apply too.
-        self.key.holds(permission, self.at)
-    }
-
-    pub(crate) fn audit_name(&self) -> String {
-        self.key.id.to_string()
-    }
-}
-
 enum Lookup {
     Malformed,
     Unknown,
@@ -162,6 +118,15 @@ impl Authority {
             });
         }
         let key = match self.lookup(presented).await? {
+            // A key outside the caller's scope answers as an unknown one, but it is a real key:
+            // no guessing is counted against the address.
+            Lookup::Found(key)
+                if request
+                    .scope
+                    .is_some_and(|scope| !scope.contains(key.environment())) =>
+            {
+                return Ok(Verification::of(VerifyCode::NotFound));
+            }
             Lookup::Found(key) if key.service != ServiceName::Keyward => key,
             // Admin keys are not API keys: they never pass verification for a protected API.
             other => {
@@ -432,15 +397,29 @@ impl Authority {
         }
     }
 
-    /// Authenticates an admin caller by its bearer key and checks that it holds `permission`.
-    /// Every refusal is audited; if that audit entry cannot be written the caller is still
-    /// refused.
+    /// Authenticates an admin caller by its bearer key and decides whether it may perform
+    /// `op` at all (its permission, and for operations on shared objects an unscoped key). The
+    /// use case decides again once it knows its target. Every refusal is audited; if that audit
+    /// entry cannot be written the caller is still refused.
     pub async fn authenticate(
         &self,
         bearer: Option<&str>,
-        permission: &str,
+        op: Operation,
         client: Option<std::net::IpAddr>,
     ) -> Result<Actor, ServiceError> {
+        self.authenticate_for(bearer, op, None, client).await
+    }
+
+    /// [`Authority::authenticate`] for an operation on a secret path (or listing glob), whose
+    /// permission is scoped by it.
+    pub async fn authenticate_for(
+        &self,
+        bearer: Option<&str>,
+        op: Operation,
+        path: Option<&str>,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<Actor, ServiceError> {
+        let permission = op.permission();
         if let Some(ip) = client
             && let Some(retry_after_s) =
                 self.guard.blocked(Guarded::AdminAuth, ip, self.clock.now())
@@ -470,24 +449,11 @@ impl Authority {
                     match reason {
                         Some(reason) => Some(reason),
                         None => {
-                            let actor = Actor {
-                                key,
-                                at: self.clock.now(),
-                                ip: client,
+                            let actor = Actor::new(key, self.clock.now(), client);
+                            return match crate::authz::admit(&actor, op, path) {
+                                Ok(()) => Ok(actor),
+                                Err(refusal) => Err(self.refuse(&actor, op, None, refusal).await),
                             };
-                            if actor.holds(permission) {
-                                return Ok(actor);
-                            }
-                            self.audit_refusal(PendingEntry {
-                                actor: actor.audit_name(),
-                                action: "auth.forbidden",
-                                target: None,
-                                details: json!({ "permission": permission }),
-                            })
-                            .await;
-                            return Err(ServiceError::Forbidden {
-                                permission: permission.to_owned(),
-                            });
                         }
                     }
                 }

@@ -430,12 +430,24 @@ async fn an_admin_key_cannot_lock_itself_out() {
     }
     let (status, _) = app.call(Method::GET, "/v1/keys", None).await;
     assert_eq!(status, 200);
-    // Another admin key may revoke it.
-    let other = app
+    // A weaker admin key may not revoke it; another one as strong may.
+    let weaker = app
         .create_key(
             "admin",
             json!({"service": "keyward", "permissions": ["keys:revoke"]}),
         )
+        .await;
+    let (status, err) = app
+        .call_as(
+            weaker["key"].as_str().unwrap(),
+            Method::POST,
+            &format!("/v1/keys/{root_id}/revoke"),
+            Some(json!({"reason": "takeover"})),
+        )
+        .await;
+    assert_eq!(status, 403, "{err}");
+    let other = app
+        .create_key("admin", json!({"service": "keyward", "permissions": ["*"]}))
         .await;
     let (status, _) = app
         .call_as(

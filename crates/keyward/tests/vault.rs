@@ -726,7 +726,12 @@ async fn reads_cancelled_mid_way_never_stall_later_reads() {
     let env = keyward_core::EnvironmentName::parse("live").unwrap();
     let actor = app
         .authority
-        .authenticate(Some(&app.root_key), "secrets:read:x", None)
+        .authenticate_for(
+            Some(&app.root_key),
+            keyward_service::Operation::SecretRead,
+            Some("x"),
+            None,
+        )
         .await
         .unwrap();
     let read = || {

@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use keyward_core::audit::AuditEntry;
-use keyward_core::permission::admin;
+use keyward_service::Operation;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -99,7 +99,7 @@ pub async fn list_audit(
     caller: Caller,
     QueryParams(params): QueryParams<SeqPageParams>,
 ) -> Result<Json<AuditPage>, ApiError> {
-    caller.authenticate(&state, admin::AUDIT_READ).await?;
+    caller.authenticate(&state, Operation::AuditRead).await?;
     let (cursor, limit) = params.checked()?;
     let entries = state.authority()?.audit_entries(cursor, limit).await?;
     let next_cursor = next_cursor(entries.len(), limit, entries.last().map(|e| e.seq));
@@ -142,7 +142,7 @@ pub async fn list_events(
     caller: Caller,
     QueryParams(params): QueryParams<SeqPageParams>,
 ) -> Result<Json<EventPage>, ApiError> {
-    caller.authenticate(&state, admin::EVENTS_READ).await?;
+    caller.authenticate(&state, Operation::EventsRead).await?;
     let (cursor, limit) = params.checked()?;
     let events = state.authority()?.events_after(cursor, limit).await?;
     let next_cursor = next_cursor(events.len(), limit, events.last().map(|e| e.seq));

@@ -4,9 +4,9 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use keyward_core::permission::admin;
 use keyward_core::{EnvironmentName, EnvironmentPolicy, Timestamp};
 use keyward_service::EnvironmentRecord;
+use keyward_service::Operation;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -126,7 +126,7 @@ pub async fn list_environments(
     caller: Caller,
 ) -> Result<Json<EnvironmentList>, ApiError> {
     caller
-        .authenticate(&state, admin::ENVIRONMENTS_READ)
+        .authenticate(&state, Operation::EnvironmentRead)
         .await?;
     Ok(Json(EnvironmentList {
         environments: state
@@ -147,7 +147,7 @@ pub async fn create_environment(
     JsonBody(body): JsonBody<CreateEnvironmentRequest>,
 ) -> Result<(StatusCode, Json<EnvironmentView>), ApiError> {
     let actor = caller
-        .authenticate(&state, admin::ENVIRONMENTS_MANAGE)
+        .authenticate(&state, Operation::EnvironmentWrite)
         .await?;
     let name = parse_environment(&body.name).map_err(|e| ApiError {
         field: Some("name".into()),
@@ -170,7 +170,7 @@ pub async fn show_environment(
     Path(name): Path<String>,
 ) -> Result<Json<EnvironmentView>, ApiError> {
     caller
-        .authenticate(&state, admin::ENVIRONMENTS_READ)
+        .authenticate(&state, Operation::EnvironmentRead)
         .await?;
     Ok(Json(state.authority()?.environment_record(&name)?.into()))
 }
@@ -185,7 +185,7 @@ pub async fn update_environment(
     JsonBody(body): JsonBody<UpdateEnvironmentRequest>,
 ) -> Result<Json<EnvironmentView>, ApiError> {
     let actor = caller
-        .authenticate(&state, admin::ENVIRONMENTS_MANAGE)
+        .authenticate(&state, Operation::EnvironmentWrite)
         .await?;
     let name = EnvironmentName::parse(&name).map_err(|_| ApiError::not_found("environment"))?;
     let policy = body.policy.parse()?;

@@ -3,12 +3,12 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use keyward_core::permission::admin;
 use keyward_core::{
     Cidr, EnvironmentName, Grant, KeyAccess, KeyId, KeyRecord, KeyStatus, PathRule, Permission,
     RoleName, ServiceName, Timestamp,
 };
 use keyward_service::KeyQuery;
+use keyward_service::Operation;
 use keyward_service::{KeyUpdate, NewGrant, NewKey, ServiceError, parse_cidrs, parse_path_rules};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
@@ -333,8 +333,7 @@ async fn view(state: &AppState, record: KeyRecord) -> Result<KeyView, ApiError> 
 }
 
 pub(crate) fn parse_plan(text: &str) -> Result<keyward_core::PlanName, ApiError> {
-    keyward_core::PlanName::parse(text)
-        .map_err(|e| ApiError::field("plan", format!("{text:?}: {e}")))
+    keyward_core::PlanName::parse(text).map_err(|e| ApiError::field("plan", e.to_string()))
 }
 
 pub(crate) fn parse_ratelimits(
@@ -354,7 +353,7 @@ pub(crate) fn parse_ratelimits(
                     .as_deref()
                     .map(|r| {
                         PathRule::parse(r).map_err(|e| {
-                            ApiError::field(format!("ratelimits[{i}].rule"), format!("{r:?}: {e}"))
+                            ApiError::field(format!("ratelimits[{i}].rule"), e.to_string())
                         })
                     })
                     .transpose()?,
@@ -378,8 +377,7 @@ pub(crate) fn parse_roles(field: &str, list: &[String]) -> Result<Vec<RoleName>,
     list.iter()
         .enumerate()
         .map(|(i, r)| {
-            RoleName::parse(r)
-                .map_err(|e| ApiError::field(format!("{field}[{i}]"), format!("{r:?}: {e}")))
+            RoleName::parse(r).map_err(|e| ApiError::field(format!("{field}[{i}]"), e.to_string()))
         })
         .collect()
 }
@@ -425,7 +423,7 @@ pub(crate) fn parse_permissions_in(
         .enumerate()
         .map(|(i, p)| {
             Permission::parse(p)
-                .map_err(|e| ApiError::field(format!("{field}[{i}]"), format!("{p:?}: {e}")))
+                .map_err(|e| ApiError::field(format!("{field}[{i}]"), e.to_string()))
         })
         .collect()
 }
@@ -452,7 +450,7 @@ pub async fn create_key(
     caller: Caller,
     JsonBody(body): JsonBody<CreateKeyRequest>,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
-    let actor = caller.authenticate(&state, admin::KEYS_CREATE).await?;
+    let actor = caller.authenticate(&state, Operation::KeyCreate).await?;
     let service = match body.service.as_deref() {
         None => ServiceName::Default,
         Some(text) => ServiceName::parse(text)
@@ -500,7 +498,7 @@ pub async fn show_key(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
-    let actor = caller.authenticate(&state, admin::KEYS_READ).await?;
+    let actor = caller.authenticate(&state, Operation::KeyRead).await?;
     let id = parse_id(&id)?;
     let record = state.authority()?.key_as(&actor, id).await?;
     Ok(Json(view(&state, record).await?))
@@ -547,7 +545,7 @@ pub async fn list_keys(
     caller: Caller,
     QueryParams(params): QueryParams<ListParams>,
 ) -> Result<Json<KeyList>, ApiError> {
-    let actor = caller.authenticate(&state, admin::KEYS_READ).await?;
+    let actor = caller.authenticate(&state, Operation::KeyRead).await?;
     let query = KeyQuery {
         service: params
             .service
@@ -676,7 +674,7 @@ pub async fn update_key(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<UpdateKeyRequest>,
 ) -> Result<Json<KeyView>, ApiError> {
-    let actor = caller.authenticate(&state, admin::KEYS_UPDATE).await?;
+    let actor = caller.authenticate(&state, Operation::KeyUpdate).await?;
     let id = parse_id(&id)?;
     let update = KeyUpdate {
         name: body.name,
@@ -769,7 +767,7 @@ pub async fn revoke_key(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<RevokeRequest>,
 ) -> Result<Json<KeyView>, ApiError> {
-    let actor = caller.authenticate(&state, admin::KEYS_REVOKE).await?;
+    let actor = caller.authenticate(&state, Operation::KeyRevoke).await?;
     let id = parse_id(&id)?;
     Ok(Json(
         state
@@ -813,7 +811,7 @@ pub async fn roll_key(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<RollRequest>,
 ) -> Result<(StatusCode, Json<RolledKey>), ApiError> {
-    let actor = caller.authenticate(&state, admin::KEYS_ROLL).await?;
+    let actor = caller.authenticate(&state, Operation::KeyRoll).await?;
     let id = parse_id(&id)?;
     let (old, new, key) = state
         .authority()?
@@ -864,21 +862,18 @@ pub async fn add_grant(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<GrantRequest>,
 ) -> Result<(StatusCode, Json<KeyView>), ApiError> {
-    let actor = caller.authenticate(&state, admin::KEYS_UPDATE).await?;
+    let actor = caller.authenticate(&state, Operation::KeyGrant).await?;
     let id = parse_id(&id)?;
     let grant = NewGrant {
         permission: body
             .permission
             .as_deref()
-            .map(|p| {
-                Permission::parse(p)
-                    .map_err(|e| ApiError::field("permission", format!("{p:?}: {e}")))
-            })
+            .map(|p| Permission::parse(p).map_err(|e| ApiError::field("permission", e.to_string())))
             .transpose()?,
         role: body
             .role
             .as_deref()
-            .map(|r| RoleName::parse(r).map_err(|e| ApiError::field("role", format!("{r:?}: {e}"))))
+            .map(|r| RoleName::parse(r).map_err(|e| ApiError::field("role", e.to_string())))
             .transpose()?,
         expires_at: body
             .expires_at
@@ -933,7 +928,7 @@ pub async fn explain_key(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Explanation>, ApiError> {
-    let actor = caller.authenticate(&state, admin::KEYS_READ).await?;
+    let actor = caller.authenticate(&state, Operation::KeyRead).await?;
     let id = parse_id(&id)?;
     let explained = state.authority()?.explain(&actor, id).await?;
     Ok(Json(Explanation {

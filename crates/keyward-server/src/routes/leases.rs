@@ -6,8 +6,8 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use keyward_core::permission::admin;
 use keyward_core::{KeyAccess, RoleName, ServiceName, Timestamp};
+use keyward_service::Operation;
 use keyward_service::{NewKey, NewKeyLease};
 use keyward_store::VaultLease;
 use serde::{Deserialize, Serialize};
@@ -100,7 +100,7 @@ pub async fn create_key_lease(
     caller: Caller,
     JsonBody(body): JsonBody<KeyLeaseRequest>,
 ) -> Result<(StatusCode, Json<KeyLeaseView>), ApiError> {
-    let actor = caller.authenticate(&state, admin::LEASES_CREATE).await?;
+    let actor = caller.authenticate(&state, Operation::LeaseCreate).await?;
     let roles = body
         .roles
         .iter()
@@ -166,7 +166,7 @@ pub async fn list_leases(
     caller: Caller,
     QueryParams(params): QueryParams<LeaseListParams>,
 ) -> Result<Json<LeaseList>, ApiError> {
-    let actor = caller.authenticate(&state, admin::LEASES_READ).await?;
+    let actor = caller.authenticate(&state, Operation::LeaseRead).await?;
     let limit = match params.limit {
         None => 100,
         Some(n @ 1..=1000) => n,
@@ -203,7 +203,7 @@ pub async fn show_lease(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<LeaseView>, ApiError> {
-    let actor = caller.authenticate(&state, admin::LEASES_READ).await?;
+    let actor = caller.authenticate(&state, Operation::LeaseRead).await?;
     Ok(Json(state.authority()?.lease(&actor, &id).await?.into()))
 }
 
@@ -225,7 +225,7 @@ pub async fn renew_lease(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<RenewRequest>,
 ) -> Result<Json<LeaseView>, ApiError> {
-    let actor = caller.authenticate(&state, admin::LEASES_RENEW).await?;
+    let actor = caller.authenticate(&state, Operation::LeaseRenew).await?;
     Ok(Json(
         state
             .authority()?
@@ -243,7 +243,7 @@ pub async fn revoke_lease(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<LeaseView>, ApiError> {
-    let actor = caller.authenticate(&state, admin::LEASES_REVOKE).await?;
+    let actor = caller.authenticate(&state, Operation::LeaseRevoke).await?;
     Ok(Json(
         state.authority()?.revoke_lease(&actor, &id).await?.into(),
     ))
@@ -270,7 +270,7 @@ pub async fn revoke_prefix(
     caller: Caller,
     JsonBody(body): JsonBody<RevokePrefixRequest>,
 ) -> Result<Json<RevokedCount>, ApiError> {
-    let actor = caller.authenticate(&state, admin::LEASES_REVOKE).await?;
+    let actor = caller.authenticate(&state, Operation::LeaseRevoke).await?;
     let revoked = state
         .authority()?
         .revoke_lease_prefix(&actor, &body.prefix)

@@ -4,8 +4,8 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use keyward_core::permission::admin;
 use keyward_core::{PlanName, PlanRecord, Timestamp};
+use keyward_service::Operation;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -105,7 +105,7 @@ pub async fn list_plans(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<PlanList>, ApiError> {
-    caller.authenticate(&state, admin::PLANS_READ).await?;
+    caller.authenticate(&state, Operation::PlanRead).await?;
     Ok(Json(PlanList {
         plans: state
             .authority()?
@@ -123,7 +123,7 @@ pub async fn create_plan(
     caller: Caller,
     JsonBody(body): JsonBody<CreatePlanRequest>,
 ) -> Result<(StatusCode, Json<PlanView>), ApiError> {
-    let actor = caller.authenticate(&state, admin::PLANS_MANAGE).await?;
+    let actor = caller.authenticate(&state, Operation::PlanWrite).await?;
     let name = parse_plan(&body.name).map_err(|e| ApiError {
         field: Some("name".into()),
         ..e
@@ -153,7 +153,7 @@ pub async fn show_plan(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<PlanView>, ApiError> {
-    caller.authenticate(&state, admin::PLANS_READ).await?;
+    caller.authenticate(&state, Operation::PlanRead).await?;
     Ok(Json(state.authority()?.plan(&plan_name(&name)?)?.into()))
 }
 
@@ -167,7 +167,7 @@ pub async fn replace_plan(
     Path(name): Path<String>,
     JsonBody(body): JsonBody<ReplacePlanRequest>,
 ) -> Result<Json<PlanView>, ApiError> {
-    let actor = caller.authenticate(&state, admin::PLANS_MANAGE).await?;
+    let actor = caller.authenticate(&state, Operation::PlanWrite).await?;
     let name = plan_name(&name)?;
     let limits = parse_ratelimits(&body.ratelimits)?;
     Ok(Json(
@@ -196,7 +196,7 @@ pub async fn delete_plan(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let actor = caller.authenticate(&state, admin::PLANS_MANAGE).await?;
+    let actor = caller.authenticate(&state, Operation::PlanWrite).await?;
     state
         .authority()?
         .delete_plan(&actor, &plan_name(&name)?)

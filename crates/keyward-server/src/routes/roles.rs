@@ -4,8 +4,8 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use keyward_core::permission::admin;
 use keyward_core::{Permission, RoleName, RoleRecord, Timestamp};
+use keyward_service::Operation;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -77,7 +77,7 @@ pub async fn list_roles(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<RoleList>, ApiError> {
-    caller.authenticate(&state, admin::ROLES_READ).await?;
+    caller.authenticate(&state, Operation::RoleRead).await?;
     Ok(Json(RoleList {
         roles: state
             .authority()?
@@ -95,9 +95,8 @@ pub async fn create_role(
     caller: Caller,
     JsonBody(body): JsonBody<CreateRoleRequest>,
 ) -> Result<(StatusCode, Json<RoleView>), ApiError> {
-    let actor = caller.authenticate(&state, admin::ROLES_MANAGE).await?;
-    let name = RoleName::parse(&body.name)
-        .map_err(|e| ApiError::field("name", format!("{:?}: {e}", body.name)))?;
+    let actor = caller.authenticate(&state, Operation::RoleWrite).await?;
+    let name = RoleName::parse(&body.name).map_err(|e| ApiError::field("name", e.to_string()))?;
     let permissions = parse_permissions(&body.permissions)?;
     let role = state
         .authority()?
@@ -113,7 +112,7 @@ pub async fn show_role(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<RoleView>, ApiError> {
-    caller.authenticate(&state, admin::ROLES_READ).await?;
+    caller.authenticate(&state, Operation::RoleRead).await?;
     Ok(Json(state.authority()?.role(&role_name(&name)?)?.into()))
 }
 
@@ -127,7 +126,7 @@ pub async fn replace_role(
     Path(name): Path<String>,
     JsonBody(body): JsonBody<ReplaceRoleRequest>,
 ) -> Result<Json<RoleView>, ApiError> {
-    let actor = caller.authenticate(&state, admin::ROLES_MANAGE).await?;
+    let actor = caller.authenticate(&state, Operation::RoleWrite).await?;
     let name = role_name(&name)?;
     let permissions = parse_permissions(&body.permissions)?;
     Ok(Json(
@@ -146,7 +145,7 @@ pub async fn delete_role(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let actor = caller.authenticate(&state, admin::ROLES_MANAGE).await?;
+    let actor = caller.authenticate(&state, Operation::RoleWrite).await?;
     state
         .authority()?
         .delete_role(&actor, &role_name(&name)?)

@@ -17,7 +17,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use keyward_core::Timestamp;
-use keyward_core::permission::admin;
+use keyward_service::Operation;
 use keyward_service::{SecretMetaUpdate, SecretWrite, VersionChange, check_secret_path};
 use keyward_store::{SecretMeta, SecretVersion};
 use serde::{Deserialize, Serialize};
@@ -35,16 +35,14 @@ use crate::routes::leases::LeaseView;
 async fn admit(
     state: &AppState,
     caller: &Caller,
-    action: &str,
+    op: Operation,
     path: &str,
 ) -> Result<keyward_service::Actor, ApiError> {
     if let Err(e) = check_secret_path(path) {
-        caller.authenticate(state, action).await?;
+        caller.authenticate(state, op).await?;
         return Err(e.into());
     }
-    caller
-        .authenticate(state, &format!("{action}:{path}"))
-        .await
+    caller.authenticate_for(state, op, path).await
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -117,7 +115,7 @@ pub async fn read_secret(
     Path((environment, path)): Path<(String, String)>,
     QueryParams(params): QueryParams<ReadParams>,
 ) -> Result<Json<SecretView>, ApiError> {
-    let actor = admit(&state, &caller, admin::SECRETS_READ, &path).await?;
+    let actor = admit(&state, &caller, Operation::SecretRead, &path).await?;
     let env = parse_environment(&environment)?;
     let read = state
         .authority()?
@@ -160,7 +158,7 @@ pub async fn write_secret(
     Path((environment, path)): Path<(String, String)>,
     JsonBody(body): JsonBody<WriteSecretRequest>,
 ) -> Result<Json<WrittenView>, ApiError> {
-    let actor = admit(&state, &caller, admin::SECRETS_WRITE, &path).await?;
+    let actor = admit(&state, &caller, Operation::SecretWrite, &path).await?;
     let env = parse_environment(&environment)?;
     let (meta, version) = state
         .authority()?
@@ -215,7 +213,7 @@ pub async fn delete_secret_version(
     Path((environment, path)): Path<(String, String)>,
     QueryParams(params): QueryParams<DeleteParams>,
 ) -> Result<Json<ChangedView>, ApiError> {
-    let actor = admit(&state, &caller, admin::SECRETS_DELETE, &path).await?;
+    let actor = admit(&state, &caller, Operation::SecretDelete, &path).await?;
     let versions = params.versions.as_deref().map(parse_versions).transpose()?;
     change_versions(
         state,
@@ -261,7 +259,7 @@ pub async fn undelete(
     Path((environment, path)): Path<(String, String)>,
     JsonBody(body): JsonBody<VersionsRequest>,
 ) -> Result<Json<ChangedView>, ApiError> {
-    let actor = admit(&state, &caller, admin::SECRETS_DELETE, &path).await?;
+    let actor = admit(&state, &caller, Operation::SecretDelete, &path).await?;
     change_versions(
         state,
         actor,
@@ -283,7 +281,7 @@ pub async fn destroy(
     Path((environment, path)): Path<(String, String)>,
     JsonBody(body): JsonBody<VersionsRequest>,
 ) -> Result<Json<ChangedView>, ApiError> {
-    let actor = admit(&state, &caller, admin::SECRETS_DESTROY, &path).await?;
+    let actor = admit(&state, &caller, Operation::SecretDestroy, &path).await?;
     change_versions(
         state,
         actor,
@@ -330,7 +328,7 @@ pub async fn read_metadata(
     caller: Caller,
     Path((environment, path)): Path<(String, String)>,
 ) -> Result<Json<MetadataView>, ApiError> {
-    let actor = admit(&state, &caller, admin::SECRETS_READ, &path).await?;
+    let actor = admit(&state, &caller, Operation::SecretRead, &path).await?;
     let env = parse_environment(&environment)?;
     let (meta, versions) = state
         .authority()?
@@ -366,7 +364,7 @@ pub async fn update_metadata(
     Path((environment, path)): Path<(String, String)>,
     JsonBody(body): JsonBody<MetadataRequest>,
 ) -> Result<Json<SecretMetaView>, ApiError> {
-    let actor = admit(&state, &caller, admin::SECRETS_WRITE, &path).await?;
+    let actor = admit(&state, &caller, Operation::SecretWrite, &path).await?;
     let env = parse_environment(&environment)?;
     let meta = state
         .authority()?
@@ -395,7 +393,7 @@ pub async fn delete_metadata(
     caller: Caller,
     Path((environment, path)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let actor = admit(&state, &caller, admin::SECRETS_DESTROY, &path).await?;
+    let actor = admit(&state, &caller, Operation::SecretDestroy, &path).await?;
     let env = parse_environment(&environment)?;
     state
         .authority()?
@@ -434,7 +432,7 @@ pub async fn list_secrets(
     let prefix = params.prefix.unwrap_or_default();
     // `secrets:list` covers any prefix; `secrets:list:payments/*` covers `prefix=payments/`.
     let actor = caller
-        .authenticate(&state, &format!("{}:{prefix}*", admin::SECRETS_LIST))
+        .authenticate_for(&state, Operation::SecretList, &format!("{prefix}*"))
         .await?;
     let env = parse_environment(&environment)?;
     if prefix.len() > 256 {

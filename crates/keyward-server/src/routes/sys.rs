@@ -7,8 +7,8 @@
 use axum::Json;
 use axum::extract::State;
 use keyward_core::Timestamp;
-use keyward_core::permission::admin;
 use keyward_crypto::barrier::UnsealKey;
+use keyward_service::Operation;
 use keyward_service::SealStatus;
 use keyward_store::RewrapProgress;
 use serde::{Deserialize, Serialize};
@@ -138,7 +138,7 @@ pub async fn seal(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<SealedView>, ApiError> {
-    let actor = caller.authenticate(&state, admin::SYS_SEAL).await?;
+    let actor = caller.authenticate(&state, Operation::SysSeal).await?;
     state.node.seal(&actor).await?;
     Ok(Json(SealedView { sealed: true }))
 }
@@ -156,7 +156,7 @@ pub async fn rotate(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<KeyringView>, ApiError> {
-    let actor = caller.authenticate(&state, admin::SYS_ROTATE).await?;
+    let actor = caller.authenticate(&state, Operation::SysRotate).await?;
     let (term, progress) = state.authority()?.rotate(&actor).await?;
     Ok(Json(KeyringView {
         term,
@@ -170,7 +170,7 @@ pub async fn keyring(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<KeyringView>, ApiError> {
-    let actor = caller.authenticate(&state, admin::SYS_READ).await?;
+    let actor = caller.authenticate(&state, Operation::SysRead).await?;
     let (term, rewrap) = state.authority()?.keyring_status(&actor).await?;
     Ok(Json(KeyringView {
         term,
@@ -210,7 +210,7 @@ pub async fn rekey(
     caller: Caller,
     JsonBody(body): JsonBody<RekeyRequest>,
 ) -> Result<Json<RekeyView>, ApiError> {
-    let actor = caller.authenticate(&state, admin::SYS_REKEY).await?;
+    let actor = caller.authenticate(&state, Operation::SysRekey).await?;
     let shares = zeroize::Zeroizing::new(body.shares);
     let current = match (&body.key, shares.is_empty()) {
         (Some(key), true) => UnsealKey::from_text(&zeroize::Zeroizing::new(key.clone()))

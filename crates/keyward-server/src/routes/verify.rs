@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
-use keyward_core::permission::admin;
+use keyward_service::Operation;
 use std::net::IpAddr;
 
 use keyward_core::{EnvironmentName, KeyId, Permission, PermissionQuery, Timestamp, VerifyCode};
@@ -146,11 +146,15 @@ pub async fn verify(
     let started = Instant::now();
     // One session for the whole request: the hot path takes the node's lock once.
     let authority = state.authority()?;
-    if !state.config.insecure_unauthenticated_verify {
-        caller
-            .authenticate_with(&authority, admin::KEYS_VERIFY)
-            .await?;
-    }
+    let actor = if state.config.insecure_unauthenticated_verify {
+        None
+    } else {
+        Some(
+            caller
+                .authenticate_with(&authority, Operation::KeyVerify)
+                .await?,
+        )
+    };
     let environment = body
         .environment
         .as_deref()
@@ -192,9 +196,8 @@ pub async fn verify(
         .ip
         .as_deref()
         .map(|ip| {
-            ip.parse::<IpAddr>().map_err(|_| {
-                ApiError::field("ip", format!("{ip:?} is not an IPv4 or IPv6 address"))
-            })
+            ip.parse::<IpAddr>()
+                .map_err(|_| ApiError::field("ip", "not an IPv4 or IPv6 address"))
         })
         .transpose()?;
     let cost = body.cost.unwrap_or(1);
@@ -209,6 +212,7 @@ pub async fn verify(
         method: body.method.as_deref(),
         path: body.path.as_deref(),
         ip,
+        scope: actor.as_ref().and_then(keyward_service::Actor::scope),
     };
     let verdict = authority.verify(body.key.expose(), &request).await?;
     state.metrics.verified(verdict.code, started.elapsed());
@@ -294,7 +298,7 @@ pub async fn release_lease(
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<StatusCode, ApiError> {
     if !state.config.insecure_unauthenticated_verify {
-        caller.authenticate(&state, admin::KEYS_VERIFY).await?;
+        caller.authenticate(&state, Operation::KeyVerify).await?;
     }
     if state.authority()?.release_lease(&id) {
         Ok(StatusCode::NO_CONTENT)
