@@ -261,6 +261,7 @@ pub fn app(
     Ok(router
         .route("/openapi.json", axum::routing::get(routes::system::openapi))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
+        .layer(middleware::from_fn(detach_writes))
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -271,6 +272,26 @@ pub fn app(
             request_context,
         ))
         .with_state(state))
+}
+
+/// Admin writes run on a task of their own, below the timeout: once a handler has begun, neither
+/// a client that goes away nor the request timeout can stop it between its store write and the
+/// in-memory changes that go with it. Reads and verify (which writes nothing) run inline.
+async fn detach_writes(req: Request, next: Next) -> Response {
+    let inline = matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    ) || req.uri().path() == "/v1/verify";
+    if inline {
+        return next.run(req).await;
+    }
+    match tokio::spawn(next.run(req)).await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::error!(error = %e, "an admin request's task failed");
+            ApiError::new(ErrorCode::Internal, "internal error").into_response()
+        }
+    }
 }
 
 /// Gives every request an id and renders every error as the JSON envelope with that id.

@@ -61,16 +61,14 @@ fn fixture() -> &'static Fixture {
             let store = SqliteStore::open(&dir.path().join("keyward.db")).unwrap();
             let init = initialize(&store, &clock, 1, 1).await.unwrap();
             let root = init.root_key;
-            let authority = Arc::new(
-                Authority::open_with_key(
-                    Arc::new(store),
-                    Arc::new(clock.clone()),
-                    &init.vault.unseal_key,
-                    AuthorityConfig::default(),
-                )
-                .await
-                .unwrap(),
-            );
+            let authority = Authority::open_with_key(
+                Arc::new(store),
+                Arc::new(clock.clone()),
+                &init.vault.unseal_key,
+                AuthorityConfig::default(),
+            )
+            .await
+            .unwrap();
             let admin = authority
                 .authenticate(
                     Some(root.expose()),

@@ -47,16 +47,14 @@ fn fixture() -> &'static Fixture {
             let init = initialize(store.as_ref(), &SystemClock, 5, 3)
                 .await
                 .unwrap();
-            let authority = Arc::new(
-                Authority::open_with_key(
-                    store.clone(),
-                    Arc::new(SystemClock),
-                    &init.vault.unseal_key,
-                    AuthorityConfig::default(),
-                )
-                .await
-                .unwrap(),
-            );
+            let authority = Authority::open_with_key(
+                store.clone(),
+                Arc::new(SystemClock),
+                &init.vault.unseal_key,
+                AuthorityConfig::default(),
+            )
+            .await
+            .unwrap();
             let actor = authority
                 .authenticate_for(
                     Some(init.root_key.expose()),

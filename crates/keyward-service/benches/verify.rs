@@ -134,7 +134,6 @@ fn fixture() -> &'static Fixture {
                 .await
                 .unwrap()
         });
-        let authority = Arc::new(authority);
         let before = rss_mib();
         let started = std::time::Instant::now();
         runtime.block_on(async {

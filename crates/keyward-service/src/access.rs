@@ -287,7 +287,7 @@ impl Authority {
         // A new environment is seen by every admin key that is not scoped: a shared object.
         self.permit(actor, Operation::EnvironmentWrite, Target::Shared)
             .await?;
-        let mut head = self.writer.lock().await;
+        let mut head = self.lock_writer().await;
         if self.environment(name.as_str()).is_some() {
             return Err(ServiceError::Conflict(format!("environment {name} exists")));
         }
@@ -350,7 +350,7 @@ impl Authority {
             .network;
             Self::check_not_locked_out(actor, &network)?;
         }
-        let mut head = self.writer.lock().await;
+        let mut head = self.lock_writer().await;
         let mut record = self.environment_record(name.as_str())?;
         record.policy = policy;
         let entry = PendingEntry {
@@ -444,7 +444,7 @@ impl Authority {
             )
             .await?;
         }
-        let mut head = self.writer.lock().await;
+        let mut head = self.lock_writer().await;
         let now = self.clock.now();
         let existing = read(&self.roles).get(&name).cloned();
         let record = match (existing, replace) {
@@ -494,7 +494,7 @@ impl Authority {
     pub async fn delete_role(&self, actor: &Actor, name: &RoleName) -> Result<(), ServiceError> {
         self.permit(actor, Operation::RoleWrite, Target::Shared)
             .await?;
-        let mut head = self.writer.lock().await;
+        let mut head = self.lock_writer().await;
         match read(&self.roles).get(name) {
             None => return Err(ServiceError::NotFound { what: "role" }),
             Some(role) if role.builtin => {
@@ -591,7 +591,7 @@ impl Authority {
             )
             .await?;
         }
-        let mut head = self.writer.lock().await;
+        let mut head = self.lock_writer().await;
         let now = self.clock.now();
         let existing = read(&self.plans).get(&name).cloned();
         let record = match (existing, replace) {
@@ -643,7 +643,7 @@ impl Authority {
     pub async fn delete_plan(&self, actor: &Actor, name: &PlanName) -> Result<(), ServiceError> {
         self.permit(actor, Operation::PlanWrite, Target::Shared)
             .await?;
-        let mut head = self.writer.lock().await;
+        let mut head = self.lock_writer().await;
         if !read(&self.plans).contains_key(name) {
             return Err(ServiceError::NotFound { what: "plan" });
         }
@@ -719,7 +719,7 @@ impl Authority {
                 "give exactly one of permission and role",
             ));
         }
-        let mut head = self.writer.lock().await;
+        let mut head = self.lock_writer().await;
         let now = self.clock.now();
         let expires_at = match (grant.expires_at, grant.ttl_s) {
             (Some(at), None) if at > now => at,
@@ -795,7 +795,7 @@ impl Authority {
     pub async fn sweep_lapsed_grants(&self) -> Result<usize, ServiceError> {
         let mut swept = 0;
         loop {
-            let mut head = self.writer.lock().await;
+            let mut head = self.lock_writer().await;
             let now = self.clock.now();
             let due = self.store.keys_with_lapsed_grants(now, 100).await?;
             if due.is_empty() {

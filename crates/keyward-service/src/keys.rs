@@ -340,7 +340,7 @@ impl Authority {
             .extend(quota.map(|q| (record.id, Some(q))));
         let mut entries = vec![entry];
         entries.extend(extra.into());
-        let mut head = self.writer.lock().await;
+        let mut head = self.lock_writer().await;
         self.commit(&mut head, changes, entries).await?;
         if let Some(state) = quota {
             self.quotas.set(record.id, Some(state));
@@ -450,7 +450,7 @@ impl Authority {
     /// holds the writer lock (`head`).
     pub(crate) async fn commit_key(
         &self,
-        head: &mut keyward_store::AuditHead,
+        head: &mut crate::Writer,
         key: &KeyRecord,
         entry: PendingEntry,
     ) -> Result<(), ServiceError> {
@@ -514,7 +514,7 @@ impl Authority {
         if update.enabled == Some(false) {
             Self::check_not_self(actor, id)?;
         }
-        let mut head = self.writer.lock().await;
+        let mut head = self.lock_writer().await;
         let now = self.clock.now();
         let mut key = self.key_for_change(id).await?;
         if let Err(refusal) = self.authorize(actor, Operation::KeyUpdate, Target::Key(&key)) {
@@ -644,7 +644,7 @@ impl Authority {
     /// Disables an active key on the system's own authority (repeated rate-limit violations),
     /// with an audit entry. False if the key was not active.
     pub(crate) async fn disable_for_violations(&self, id: KeyId) -> Result<bool, ServiceError> {
-        let mut head = self.writer.lock().await;
+        let mut head = self.lock_writer().await;
         let mut key = self.key(id).await?;
         if key.status != KeyStatus::Active {
             return Ok(false);
@@ -671,7 +671,7 @@ impl Authority {
     ) -> Result<KeyRecord, ServiceError> {
         check_text("reason", &reason, limits::REASON_CHARS)?;
         Self::check_not_self(actor, id)?;
-        let mut head = self.writer.lock().await;
+        let mut head = self.lock_writer().await;
         let mut key = self.key_for_change(id).await?;
         if let Err(refusal) = self.authorize(actor, Operation::KeyRevoke, Target::Key(&key)) {
             drop(head);
@@ -711,7 +711,7 @@ impl Authority {
                 format!("must be at most {} (365 days)", limits::MAX_GRACE_PERIOD_S),
             ));
         }
-        let mut head = self.writer.lock().await;
+        let mut head = self.lock_writer().await;
         let mut old = self.key_for_change(id).await?;
         if let Err(refusal) = self.authorize(actor, Operation::KeyRoll, Target::Key(&old)) {
             drop(head);

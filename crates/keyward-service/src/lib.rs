@@ -149,6 +149,8 @@ impl Default for AuthorityConfig {
 /// The key authority: every key operation goes through it.
 #[derive(Debug)]
 pub struct Authority {
+    /// This authority itself, for work that must outlive the request that started it.
+    me: std::sync::Weak<Authority>,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     /// The environments' HMAC keys. Grows when an environment is created.
@@ -179,8 +181,9 @@ pub struct Authority {
     background: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The audit log's head. Holding it serialises admin writes, so read-modify-write of a key
     /// (revoke, roll, update) cannot interleave with another on this node; the store's chain
-    /// check refuses a write from another node that raced it.
-    writer: tokio::sync::Mutex<AuditHead>,
+    /// check refuses a write from another node that raced it. Take it with
+    /// [`Authority::lock_writer`].
+    writer: tokio::sync::Mutex<Writer>,
     /// Entries waiting for [`Authority::audit_batched`]'s next group commit.
     audit_queue: std::sync::Mutex<Vec<(PendingEntry, AuditWaiter)>>,
     /// Set while one caller commits the queued read audits for everyone.
@@ -192,6 +195,20 @@ pub struct Authority {
 }
 
 type AuditWaiter = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+/// The writer's state: the audit head, and what a commit whose caller went away left behind.
+///
+/// A store write runs on a task of its own, so it finishes even if the request that made it is
+/// dropped (the client went away, the timeout fired). Its caller then never learns the new
+/// head; `stale` says so, and the next holder of the writer waits for that write, re-reads the
+/// head and drops the verification cache (whatever the write changed is read afresh), so no
+/// later write is refused with a stale head and no verdict outlives the change.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    head: AuditHead,
+    in_flight: Option<tokio::task::JoinHandle<Result<(), StoreError>>>,
+    stale: bool,
+}
 
 /// Held by the caller committing the read-audit queue for everyone; dropping it (also when that
 /// caller is cancelled) hands the lead on.
@@ -216,7 +233,7 @@ impl Authority {
         clock: Arc<dyn Clock>,
         vault: Arc<vault::OpenVault>,
         config: AuthorityConfig,
-    ) -> Result<Self, ServiceError> {
+    ) -> Result<Arc<Self>, ServiceError> {
         let keyring = Self::load_hmac_keys(store.as_ref(), &vault).await?;
         let environments = store
             .environments()
@@ -248,7 +265,8 @@ impl Authority {
             config.usage_buffer,
             config.usage_flush_interval,
         );
-        Ok(Authority {
+        Ok(Arc::new_cyclic(|me| Authority {
+            me: me.clone(),
             store,
             clock,
             keyring: RwLock::new(keyring),
@@ -275,13 +293,17 @@ impl Authority {
             ids: keyward_crypto::KeyIds::default(),
             stop: tokio::sync::watch::channel(false).0,
             background: tokio::sync::Mutex::new(None),
-            writer: tokio::sync::Mutex::new(head),
+            writer: tokio::sync::Mutex::new(Writer {
+                head,
+                in_flight: None,
+                stale: false,
+            }),
             audit_queue: std::sync::Mutex::new(Vec::new()),
             audit_leader: std::sync::atomic::AtomicBool::new(false),
             audit_led: tokio::sync::Notify::new(),
             unsynced: std::sync::atomic::AtomicBool::new(false),
             secret_cache: secrets::SecretCache::default(),
-        })
+        }))
     }
 
     /// Opens the authority with the vault's unseal key, without a [`Node`]: for tools and
@@ -291,7 +313,7 @@ impl Authority {
         clock: Arc<dyn Clock>,
         key: &keyward_crypto::barrier::UnsealKey,
         config: AuthorityConfig,
-    ) -> Result<Self, ServiceError> {
+    ) -> Result<Arc<Self>, ServiceError> {
         let record = store
             .vault()
             .await?
@@ -452,34 +474,83 @@ impl Authority {
         self.store.ping().await.is_ok()
     }
 
-    /// Appends entries to the audit log with `changes`, atomically. The caller holds `head`.
+    /// Takes the writer, first settling what a cancelled commit left behind (see [`Writer`]).
+    pub(crate) async fn lock_writer(&self) -> tokio::sync::MutexGuard<'_, Writer> {
+        let mut writer = self.writer.lock().await;
+        if writer.stale {
+            // Each step survives this caller being cancelled too: `stale` stays set until the
+            // head is known again.
+            if let Some(task) = writer.in_flight.as_mut() {
+                let _ = task.await;
+            }
+            writer.in_flight = None;
+            match self.store.audit_head().await {
+                Ok(head) => {
+                    writer.head = head.unwrap_or(AuditHead {
+                        seq: 0,
+                        hash: GENESIS_HASH.to_owned(),
+                    });
+                    self.cache.clear();
+                    writer.stale = false;
+                    tracing::warn!("a write outlived its request; the audit head was re-read");
+                }
+                Err(e) => {
+                    // The commit that follows will be refused by the chain check and retried.
+                    tracing::warn!(error = %e, "could not re-read the audit head");
+                }
+            }
+        }
+        writer
+    }
+
+    /// Appends entries to the audit log with `changes`, atomically. The caller holds the writer.
+    /// The store write runs on its own task: once begun, it completes even if this caller is
+    /// dropped, and the writer knows it (see [`Writer`]).
     async fn commit(
         &self,
-        head: &mut AuditHead,
+        writer: &mut Writer,
         mut changes: keyward_store::Changes,
         pending: Vec<PendingEntry>,
     ) -> Result<(), ServiceError> {
+        let head = &writer.head;
         let entries = audit::chain(head.seq, &head.hash, self.clock.now(), pending);
         let new_head = entries.last().map(|e| AuditHead {
             seq: e.seq,
             hash: e.hash.clone(),
         });
         changes.audit = entries;
-        match self.store.apply(changes).await {
+        let store = Arc::clone(&self.store);
+        writer.stale = true;
+        let task = writer
+            .in_flight
+            .insert(tokio::spawn(async move { store.apply(changes).await }));
+        let outcome = task.await;
+        writer.in_flight = None;
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            // The store panicked: whether anything was written is unknown, so `stale` stays.
+            Err(e) => return Err(ServiceError::Internal(format!("store write failed: {e}"))),
+        };
+        match outcome {
             Ok(()) => {
                 if let Some(new_head) = new_head {
-                    *head = new_head;
+                    writer.head = new_head;
                 }
+                writer.stale = false;
                 Ok(())
             }
             Err(StoreError::AuditConflict) => {
                 // Another writer appended; learn the new head so the retry can succeed.
                 if let Ok(Some(current)) = self.store.audit_head().await {
-                    *head = current;
+                    writer.head = current;
+                    writer.stale = false;
                 }
                 Err(StoreError::AuditConflict.into())
             }
-            Err(e) => Err(e.into()),
+            Err(e) => {
+                writer.stale = false;
+                Err(e.into())
+            }
         }
     }
 
@@ -523,7 +594,7 @@ impl Authority {
         // larger transaction costs far less than several small ones.
         tokio::task::yield_now().await;
         tokio::task::yield_now().await;
-        let mut head = self.writer.lock().await;
+        let mut head = self.lock_writer().await;
         let batch =
             std::mem::take(&mut *self.audit_queue.lock().unwrap_or_else(|p| p.into_inner()));
         if batch.is_empty() {
@@ -545,7 +616,7 @@ impl Authority {
 
     /// Appends entries that record no change (failed authentications, for instance).
     async fn audit_only(&self, pending: Vec<PendingEntry>) -> Result<(), ServiceError> {
-        let mut head = self.writer.lock().await;
+        let mut head = self.lock_writer().await;
         self.commit_entries(&mut head, false, pending).await
     }
 
@@ -554,7 +625,7 @@ impl Authority {
     /// chained again on the new head: with no change riding along, that is always safe.
     async fn commit_entries(
         &self,
-        head: &mut AuditHead,
+        head: &mut Writer,
         relaxed: bool,
         entries: Vec<PendingEntry>,
     ) -> Result<(), ServiceError> {

@@ -209,15 +209,13 @@ impl Node {
         let record = self.record().await?;
         let keyrings = self.store.keyrings().await?;
         let vault = OpenVault::open(&record, key, &keyrings)?;
-        let authority = Arc::new(
-            Authority::open(
-                Arc::clone(&self.store),
-                Arc::clone(&self.clock),
-                Arc::new(vault),
-                self.config.clone(),
-            )
-            .await?,
-        );
+        let authority = Authority::open(
+            Arc::clone(&self.store),
+            Arc::clone(&self.clock),
+            Arc::new(vault),
+            self.config.clone(),
+        )
+        .await?;
         authority.note_unsealed(via, record.rewrap).await?;
         authority.start_background();
         *write(&self.current) = Some(authority);

@@ -244,7 +244,7 @@ impl Authority {
                 limits::VALUE_BYTES
             )));
         }
-        let mut head = self.writer.lock().await;
+        let mut head = self.lock_writer().await;
         let now = self.clock.now();
         let existing = self.secret_meta(env, path).await?;
         let current = existing.as_ref().map_or(0, |m| m.current_version);
@@ -391,7 +391,7 @@ impl Authority {
         };
         match &lease {
             Some(lease) => {
-                let mut head = self.writer.lock().await;
+                let mut head = self.lock_writer().await;
                 self.commit(
                     &mut head,
                     Changes {
@@ -522,7 +522,7 @@ impl Authority {
                 )));
             }
         }
-        let mut head = self.writer.lock().await;
+        let mut head = self.lock_writer().await;
         let now = self.clock.now();
         let mut meta = self
             .secret_meta(env, path)
@@ -592,7 +592,7 @@ impl Authority {
         {
             return Err(invalid("versions", "1 to 1000 version numbers"));
         }
-        let mut head = self.writer.lock().await;
+        let mut head = self.lock_writer().await;
         let meta = self.secret_meta(env, path).await?.ok_or_else(not_found)?;
         let wanted = versions.unwrap_or_else(|| vec![meta.current_version]);
         let stored = self
@@ -650,7 +650,7 @@ impl Authority {
     ) -> Result<(), ServiceError> {
         self.check_secret_access(actor, env, Operation::SecretDestroy, path)
             .await?;
-        let mut head = self.writer.lock().await;
+        let mut head = self.lock_writer().await;
         let meta = self.secret_meta(env, path).await?.ok_or_else(not_found)?;
         self.commit(
             &mut head,

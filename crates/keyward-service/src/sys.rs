@@ -64,7 +64,7 @@ impl Authority {
     pub async fn rotate(&self, actor: &Actor) -> Result<(u32, RewrapProgress), ServiceError> {
         self.permit(actor, Operation::SysRotate, Target::None)
             .await?;
-        let mut head = self.writer.lock().await;
+        let mut head = self.lock_writer().await;
         let mut record = self.vault_record().await?;
         let term = record.term.saturating_add(1);
         let now = self.clock.now();
@@ -218,7 +218,7 @@ impl Authority {
     ) -> Result<(UnsealKey, Vec<Share>), ServiceError> {
         self.permit(actor, Operation::SysRekey, Target::None)
             .await?;
-        let mut head = self.writer.lock().await;
+        let mut head = self.lock_writer().await;
         let mut record = self.vault_record().await?;
         let root =
             current

@@ -192,7 +192,7 @@ impl Authority {
         let lease = self
             .lease_in_scope(actor, Operation::LeaseRenew, id)
             .await?;
-        let mut head = self.writer.lock().await;
+        let mut head = self.lock_writer().await;
         let mut lease = self
             .store
             .lease(lease.id)
@@ -313,7 +313,7 @@ impl Authority {
         leases: Vec<VaultLease>,
         reason: &str,
     ) -> Result<Vec<VaultLease>, ServiceError> {
-        let mut head = self.writer.lock().await;
+        let mut head = self.lock_writer().await;
         let now = self.clock.now();
         let mut changes = Changes::default();
         let mut entries = Vec::new();

@@ -372,16 +372,28 @@ impl Authority {
                     "ratelimit.block",
                     json!({ "until": until, "violations": rule.violations }),
                 ));
-                match self.disable_for_violations(key.id).await {
-                    Ok(true) => self.events.record(event(
-                        "key.disabled",
-                        json!({ "reason": "repeated rate-limit violations" }),
-                    )),
-                    Ok(false) => {}
-                    Err(e) => {
-                        tracing::error!(error = %e, key_id = %key.id, "could not disable a key after repeated violations")
+                // The disable commits on a task of its own: a verification whose client goes
+                // away cannot leave it stored but not yet seen by the cache.
+                let Some(me) = self.me.upgrade() else {
+                    return;
+                };
+                let id = key.id;
+                let disable = tokio::spawn(async move {
+                    match me.disable_for_violations(id).await {
+                        Ok(true) => me.events.record(keyward_core::Event {
+                            seq: 0,
+                            ts: now,
+                            kind: "key.disabled".to_owned(),
+                            key_id: Some(id),
+                            details: json!({ "reason": "repeated rate-limit violations" }),
+                        }),
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::error!(error = %e, key_id = %id, "could not disable a key after repeated violations")
+                        }
                     }
-                }
+                });
+                let _ = disable.await;
             }
         }
     }
