@@ -7,7 +7,8 @@
 //!
 //! Request paths are matched as given, without the query string. A path with an empty, `.` or
 //! `..` segment matches no rule, so a client cannot slip past a rule with a path the API behind
-//! keyward would normalise differently.
+//! keyward would normalise differently; nor does one whose segment only decodes to such a
+//! segment (`%2e%2e`, `.%2E`) or hides a separator (`%2F`, `%5C`), or has a broken escape.
 
 use std::fmt;
 
@@ -101,11 +102,40 @@ impl PathRule {
         } else {
             rest.split('/').collect()
         };
-        if parts.len() > 4 * MAX_SEGMENTS || parts.iter().any(|p| matches!(*p, "" | "." | "..")) {
+        if parts.len() > 4 * MAX_SEGMENTS || parts.iter().any(|p| is_ambiguous(p)) {
             return false;
         }
         match_segments(&self.segments, &parts)
     }
+}
+
+/// Whether a request path segment could mean something else to the API behind keyward: empty,
+/// `.` or `..` once percent-decoded, a separator hidden in an escape, or a broken escape.
+fn is_ambiguous(segment: &str) -> bool {
+    if !segment.contains('%') {
+        return matches!(segment, "" | "." | "..");
+    }
+    let bytes = segment.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = |at: usize| bytes.get(at).and_then(|c| (*c as char).to_digit(16));
+            let (Some(hi), Some(lo)) = (hex(i + 1), hex(i + 2)) else {
+                return true;
+            };
+            let byte = u8::try_from(hi * 16 + lo).unwrap_or(0);
+            if matches!(byte, b'/' | b'\\' | 0) {
+                return true;
+            }
+            decoded.push(byte);
+            i += 3;
+        } else {
+            decoded.push(b);
+            i += 1;
+        }
+    }
+    matches!(decoded.as_slice(), b"" | b"." | b"..")
 }
 
 /// Matches by dynamic programming over (pattern position, path position): linear in their
@@ -249,6 +279,27 @@ mod tests {
                 expected,
                 "{rule} ~ {method} {path}"
             );
+        }
+    }
+
+    #[test]
+    fn encoded_dot_segments_and_separators_never_match() {
+        let rule = PathRule::parse("GET /v1/public/**").unwrap();
+        assert!(rule.matches("GET", "/v1/public/a%20b"));
+        for path in [
+            "/v1/public/%2e%2e/admin",
+            "/v1/public/%2E%2E/admin",
+            "/v1/public/.%2e/admin",
+            "/v1/public/%2e./admin",
+            "/v1/public/%2e/admin",
+            "/v1/public/..%2Fadmin",
+            "/v1/public/a%2fb",
+            "/v1/public/a%5Cb",
+            "/v1/public/a%00b",
+            "/v1/public/bad%zz",
+            "/v1/public/bad%2",
+        ] {
+            assert!(!rule.matches("GET", path), "{path}");
         }
     }
 

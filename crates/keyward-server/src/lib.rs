@@ -7,7 +7,6 @@
 //! backend: whatever store the authority was opened over is the one in use.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -61,6 +60,13 @@ pub struct ServerConfig {
     /// Proxies whose `Forwarded` / `X-Forwarded-For` headers name the client. Headers from any
     /// other peer are ignored.
     pub trusted_proxies: keyward_core::CidrSet,
+    /// A client that has not sent a whole request header by then is disconnected, so slow
+    /// clients cannot hold connections open.
+    pub header_read_timeout: Duration,
+    /// Connections served at once; past it, new connections are closed at once (counted).
+    pub max_connections: usize,
+    /// How long shutdown waits for requests in flight before it closes their connections.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +76,9 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(10),
             insecure_unauthenticated_verify: false,
             trusted_proxies: keyward_core::CidrSet::default(),
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 8192,
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -380,21 +389,75 @@ fn render_error(error: ApiError, request_id: &str) -> Response {
 
 /// Serves until `shutdown` resolves, then drains in-flight requests, flushes batched usage and
 /// seals the node.
+///
+/// Each connection is served by hyper with a header-read timeout, and at most
+/// `max_connections` are served at once: a connection past the limit is closed on accept, so a
+/// flood of idle or slow clients costs a bounded amount of memory and never starves the
+/// accept loop.
 pub async fn run(
     listener: TcpListener,
     node: Arc<Node>,
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = app(Arc::clone(&node), config).map_err(std::io::Error::other)?;
-    let result = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt as _;
+
+    let app = app(Arc::clone(&node), config.clone()).map_err(std::io::Error::other)?;
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout);
+    let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let refused = AtomicU64::new(0);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors or a connection reset before accept: wait a moment
+                    // rather than spin, then go on.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            if refused.fetch_add(1, Ordering::Relaxed).is_power_of_two() {
+                tracing::warn!(%peer, limit = config.max_connections, "connection limit reached; closing new connections");
+            }
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let router = app.clone();
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                router.clone().oneshot(req.map(Body::new))
+            });
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still in flight after the shutdown grace period; closing them");
+    }
     node.shutdown().await;
-    result
+    Ok(())
 }
 
 #[cfg(test)]

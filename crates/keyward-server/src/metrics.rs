@@ -1,14 +1,18 @@
 //! Prometheus metrics. Handles are registered once, so the hot path only bumps atomics; no
 //! global recorder is installed, so several servers can live in one process (as in tests).
+//!
+//! The verify latency histogram is keyward's own: fixed buckets of atomic counters, so memory
+//! stays the same under any load whether or not anyone scrapes (the exporter's histogram keeps
+//! every sample until the next scrape).
 
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use keyward_core::VerifyCode;
 use keyward_service::Authority;
-use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
-use metrics_exporter_prometheus::{
-    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
-};
+use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 const VERIFY_DURATION: &str = "keyward_verify_duration_seconds";
 const BUCKETS: &[f64] = &[
@@ -20,9 +24,55 @@ pub struct Metrics {
     _recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     verifications: Vec<(VerifyCode, Counter)>,
-    verify_duration: Histogram,
+    verify_duration: Latency,
     cached_keys: Gauge,
     usage_dropped: Gauge,
+    guard_untracked: Gauge,
+}
+
+/// A latency histogram over [`BUCKETS`]: one counter per bucket, a count and a sum.
+#[derive(Default)]
+struct Latency {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+impl Latency {
+    fn record(&self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        // Cumulative buckets are summed at render time; a sample counts in its own bucket only.
+        if let Some(i) = BUCKETS.iter().position(|&b| seconds <= b)
+            && let Some(bucket) = self.buckets.get(i)
+        {
+            bucket.fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(
+            u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn render(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP {VERIFY_DURATION} Time to answer a verification, from parsed request to verdict\n# TYPE {VERIFY_DURATION} histogram"
+        );
+        let mut cumulative = 0;
+        for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "{VERIFY_DURATION}_bucket{{le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{VERIFY_DURATION}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{VERIFY_DURATION}_sum {sum}");
+        let _ = writeln!(out, "{VERIFY_DURATION}_count {count}");
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -35,20 +85,11 @@ const META: Metadata<'static> = Metadata::new("keyward", Level::INFO, None);
 
 impl Metrics {
     pub fn new() -> Self {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Full(VERIFY_DURATION.into()), BUCKETS)
-            .map(PrometheusBuilder::build_recorder)
-            // The bucket list is a non-empty constant, the only thing that can be refused.
-            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let recorder = PrometheusBuilder::new().build_recorder();
         recorder.describe_counter(
             "keyward_verifications_total".into(),
             None,
             "Verifications by result code".into(),
-        );
-        recorder.describe_histogram(
-            VERIFY_DURATION.into(),
-            Some(metrics::Unit::Seconds),
-            "Time to answer a verification, from parsed request to verdict".into(),
         );
         let verifications = VerifyCode::ALL
             .iter()
@@ -60,17 +101,24 @@ impl Metrics {
                 (code, recorder.register_counter(&key, &META))
             })
             .collect();
-        let verify_duration = recorder.register_histogram(&Key::from_name(VERIFY_DURATION), &META);
         let cached_keys = recorder.register_gauge(&Key::from_name("keyward_cached_keys"), &META);
         let usage_dropped =
             recorder.register_gauge(&Key::from_name("keyward_usage_events_dropped"), &META);
+        recorder.describe_gauge(
+            "keyward_guard_untracked_failures".into(),
+            None,
+            "Failed attempts from addresses the full failed-attempt table could not track".into(),
+        );
+        let guard_untracked =
+            recorder.register_gauge(&Key::from_name("keyward_guard_untracked_failures"), &META);
         Metrics {
             handle: recorder.handle(),
             _recorder: recorder,
             verifications,
-            verify_duration,
+            verify_duration: Latency::default(),
             cached_keys,
             usage_dropped,
+            guard_untracked,
         }
     }
 
@@ -78,7 +126,7 @@ impl Metrics {
         if let Some((_, counter)) = self.verifications.iter().find(|(c, _)| *c == code) {
             counter.increment(1);
         }
-        self.verify_duration.record(took.as_secs_f64());
+        self.verify_duration.record(took);
     }
 
     pub fn render(&self, authority: Option<&Authority>) -> String {
@@ -86,9 +134,12 @@ impl Metrics {
             self.cached_keys.set(authority.cache().len() as f64);
             self.usage_dropped
                 .set(authority.usage_events_dropped() as f64);
+            self.guard_untracked.set(authority.guard_untracked() as f64);
         }
         self.handle.run_upkeep();
-        self.handle.render()
+        let mut out = self.handle.render();
+        self.verify_duration.render(&mut out);
+        out
     }
 }
 

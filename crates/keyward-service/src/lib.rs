@@ -345,6 +345,11 @@ impl Authority {
         self.usage.dropped()
     }
 
+    /// Failed attempts from addresses the full failed-attempt table could not track.
+    pub fn guard_untracked(&self) -> u64 {
+        self.guard.untracked()
+    }
+
     /// Log events dropped because the buffer was full.
     pub fn events_dropped(&self) -> u64 {
         self.events.dropped()

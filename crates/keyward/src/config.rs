@@ -18,6 +18,10 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     pub body_limit_bytes: Option<usize>,
     pub request_timeout_ms: Option<u64>,
+    /// A client must send a whole request header within this (default 10000).
+    pub header_read_timeout_ms: Option<u64>,
+    /// Connections served at once (default 8192); more are closed on accept.
+    pub max_connections: Option<usize>,
     pub cache_capacity: Option<usize>,
     pub usage_flush_interval_ms: Option<u64>,
     pub insecure_unauthenticated_verify: Option<bool>,
@@ -28,6 +32,10 @@ pub struct FileConfig {
     pub failed_verifications_per_minute: Option<u64>,
     /// Failed admin authentications allowed per client address a minute; 0: no limit.
     pub failed_admin_auth_per_minute: Option<u64>,
+    /// IPv6 clients are counted by this prefix in the failed-attempt limits (default 64).
+    pub guard_ipv6_prefix: Option<u8>,
+    /// The most client addresses the failed-attempt limits track at once (default 100000).
+    pub guard_max_addresses: Option<usize>,
     /// Values re-sealed per write while a rotation's rewrap runs (default 200).
     pub rewrap_batch_size: Option<u32>,
     /// A file holding the unseal key (`kwunseal1-…`): the server unseals itself at start.
@@ -105,6 +113,14 @@ impl Config {
         if !(100..=600_000).contains(&request_timeout_ms) {
             problems.push("request_timeout_ms: must be between 100 and 600000".into());
         }
+        let header_read_timeout_ms = file.header_read_timeout_ms.unwrap_or(10_000);
+        if !(100..=600_000).contains(&header_read_timeout_ms) {
+            problems.push("header_read_timeout_ms: must be between 100 and 600000".into());
+        }
+        let max_connections = file.max_connections.unwrap_or(8192);
+        if !(1..=1_000_000).contains(&max_connections) {
+            problems.push("max_connections: must be between 1 and 1000000".into());
+        }
         let cache_capacity = file.cache_capacity.unwrap_or(2_000_000);
         if cache_capacity == 0 {
             problems.push("cache_capacity: must be at least 1".into());
@@ -162,7 +178,15 @@ impl Config {
                 20,
                 &mut problems,
             ),
+            ipv6_prefix: file.guard_ipv6_prefix.unwrap_or(64),
+            max_addresses: file.guard_max_addresses.unwrap_or(100_000),
         };
+        if !(1..=128).contains(&guard_config.ipv6_prefix) {
+            problems.push("guard_ipv6_prefix: must be between 1 and 128".into());
+        }
+        if !(1..=100_000_000).contains(&guard_config.max_addresses) {
+            problems.push("guard_max_addresses: must be between 1 and 100000000".into());
+        }
         let rewrap_batch_size = file.rewrap_batch_size.unwrap_or(200);
         if !(1..=10_000).contains(&rewrap_batch_size) {
             problems.push("rewrap_batch_size: must be between 1 and 10000".into());
@@ -198,6 +222,9 @@ impl Config {
                     .insecure_unauthenticated_verify
                     .unwrap_or(false),
                 trusted_proxies,
+                header_read_timeout: Duration::from_millis(header_read_timeout_ms),
+                max_connections,
+                ..keyward_server::ServerConfig::default()
             },
             authority: keyward_service::AuthorityConfig {
                 cache_capacity,

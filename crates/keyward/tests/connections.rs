@@ -1,0 +1,111 @@
+//! Slow and idle clients cannot starve the server: a header-read timeout and a connection
+//! limit, tried with thousands of half-sent requests.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::time::{Duration, Instant};
+
+use keyward_server::ServerConfig;
+use keyward_testkit::spawn_app_with;
+use reqwest::Method;
+use serde_json::json;
+
+/// Opens `n` connections that each send half a request header and then nothing.
+async fn slow_clients(addr: std::net::SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {
+    let half = b"POST /v1/verify HTTP/1.1\r\nhost: keyward\r\ncontent-type: appl";
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.writable().await.unwrap();
+        stream.try_write(half).unwrap();
+        out.push(stream);
+    }
+    out
+}
+
+/// Whether the server has closed `stream` (EOF or reset), waiting at most `within`.
+async fn closed_by_server(stream: &tokio::net::TcpStream, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut buf = [0u8; 512];
+        match stream.try_read(&mut buf) {
+            Ok(0) => return true,
+            // A 408 or 400 answer before the close counts as closed; read on to the EOF.
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return true,
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(50), stream.readable()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_half_sent_headers_do_not_starve_health_or_verify() {
+    let app = spawn_app_with(ServerConfig {
+        header_read_timeout: Duration::from_secs(2),
+        ..ServerConfig::default()
+    })
+    .await;
+    let key = app.create_key("live", json!({})).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let slow = slow_clients(app.addr, 2000).await;
+    let started = Instant::now();
+    let health = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    let (status, verdict) = app
+        .call(Method::POST, "/v1/verify", Some(json!({"key": key})))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(verdict["code"], "VALID");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "health and verify took {took:?}"
+    );
+    // The slow clients are cut off once the header-read timeout has passed.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut closed = 0;
+    for stream in &slow {
+        if closed_by_server(stream, Duration::from_secs(3)).await {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, slow.len(), "slow clients left open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_are_closed_and_the_server_recovers() {
+    let app = spawn_app_with(ServerConfig {
+        max_connections: 64,
+        header_read_timeout: Duration::from_secs(30),
+        ..ServerConfig::default()
+    })
+    .await;
+    // 64 idle clients take every slot; the next ones are closed on accept.
+    let idle = slow_clients(app.addr, 64).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let extra = slow_clients(app.addr, 20).await;
+    let mut closed = 0;
+    for stream in &extra {
+        if closed_by_server(stream, Duration::from_secs(2)).await {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, extra.len());
+    // The idle ones go away; the server serves again.
+    drop(idle);
+    drop(extra);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let health = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+}
