@@ -7,6 +7,10 @@
 //! <data dir>/lock           held by the serving process, so two servers never share a dir
 //! ```
 //!
+//! Initialisation is atomic: the store is made as `keyward.db.init`, initialised, closed and
+//! only then renamed to `keyward.db`. A dir whose init failed or was killed holds at most that
+//! staging file, which the next init or serve discards; a `keyward.db` always holds a vault.
+//!
 //! Data dirs from before the vault kept the environments' HMAC secrets in `secrets.json`; the
 //! first start moves them into the store, sealed, and removes the file.
 
@@ -22,6 +26,7 @@ use keyward_crypto::barrier::UnsealKey;
 use serde::Deserialize;
 
 pub const DB_FILE: &str = "keyward.db";
+const STAGING_DB_FILE: &str = "keyward.db.init";
 pub const SECRETS_FILE: &str = "secrets.json";
 pub const UNSEAL_KEY_FILE: &str = "unseal.key";
 const LOCK_FILE: &str = "lock";
@@ -48,6 +53,41 @@ impl DataDir {
 
     pub fn db_path(&self) -> PathBuf {
         self.root.join(DB_FILE)
+    }
+
+    /// Where a store being initialised lives until it is complete.
+    pub fn staging_db_path(&self) -> PathBuf {
+        self.root.join(STAGING_DB_FILE)
+    }
+
+    /// Removes what an unfinished initialisation left behind.
+    pub fn discard_staging(&self) -> anyhow::Result<()> {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let path = self.root.join(format!("{STAGING_DB_FILE}{suffix}"));
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot remove {}", path.display()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the initialised staging store the data dir's store (rename, then fsync the dir).
+    /// The staging store must be closed.
+    pub fn commit_staging(&self) -> anyhow::Result<()> {
+        for suffix in ["-wal", "-shm"] {
+            let path = self.root.join(format!("{STAGING_DB_FILE}{suffix}"));
+            if path.exists() {
+                bail!("{} is still open", self.staging_db_path().display());
+            }
+        }
+        fs::rename(self.staging_db_path(), self.db_path())
+            .context("cannot move the initialised store into place")?;
+        File::open(&self.root)?.sync_all()?;
+        Ok(())
     }
 
     fn secrets_path(&self) -> PathBuf {
@@ -85,22 +125,35 @@ impl DataDir {
         Ok(file)
     }
 
-    /// Writes the unseal key durably with mode 0600 (write, fsync, rename, fsync the dir).
+    /// Writes the unseal key durably, created with mode 0600 (never readable by others, not
+    /// even for a moment), refusing to overwrite one: write, fsync, link into place, fsync the
+    /// dir.
     pub fn write_unseal_key(&self, key: &UnsealKey) -> anyhow::Result<()> {
         let tmp = self.root.join(format!("{UNSEAL_KEY_FILE}.tmp"));
+        let _ = fs::remove_file(&tmp);
         {
-            let mut out = OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
+            let mut options = OpenOptions::new();
+            options.create_new(true).write(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            let mut out = options
                 .open(&tmp)
-                .context("cannot write the unseal key file")?;
-            restrict(&tmp, 0o600)?;
+                .context("cannot create the unseal key file")?;
             out.write_all(key.to_text().as_bytes())?;
             out.write_all(b"\n")?;
             out.sync_all()?;
         }
-        fs::rename(&tmp, self.unseal_key_path())?;
+        // A hard link fails if the file exists: an unseal key is never replaced by accident.
+        fs::hard_link(&tmp, self.unseal_key_path()).with_context(|| {
+            format!(
+                "cannot create {} (does it exist already?)",
+                self.unseal_key_path().display()
+            )
+        })?;
+        fs::remove_file(&tmp)?;
         File::open(&self.root)?.sync_all()?;
         Ok(())
     }
@@ -132,6 +185,38 @@ impl DataDir {
         }
         Ok(secrets)
     }
+}
+
+/// Refuses a key file that others could read or that belongs to another user: anyone who can
+/// read it can open every secret.
+#[cfg(unix)]
+pub fn check_key_file(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if meta.mode() & 0o077 != 0 {
+        bail!(
+            "{} is readable by group or others (mode {:o}); chmod 600 it",
+            path.display(),
+            meta.mode() & 0o777
+        );
+    }
+    // /proc/self belongs to this process's effective user.
+    if let Ok(me) = fs::metadata("/proc/self")
+        && me.uid() != meta.uid()
+    {
+        bail!(
+            "{} belongs to another user (uid {}); keyward runs as uid {}",
+            path.display(),
+            meta.uid(),
+            me.uid()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+pub fn check_key_file(_path: &Path) -> anyhow::Result<()> {
+    Ok(())
 }
 
 #[cfg(unix)]

@@ -168,6 +168,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             if dir.db_path().exists() || dir.legacy_secrets_exist() {
                 anyhow::bail!("{} is already initialised", data_dir.display());
             }
+            let _lock = {
+                dir.create()?;
+                dir.lock()?
+            };
             init(&dir, key_shares, key_threshold, json).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -184,10 +188,23 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 
 /// Initialises `dir` and prints the root key once.
 /// Creates the store and its vault; prints the root key and the unseal shares, once.
+/// Atomic: the store is made under a staging name and moved into place only once complete and
+/// printed, so a failed init leaves no half data dir behind.
 async fn init(dir: &DataDir, shares: u8, threshold: u8, json: bool) -> anyhow::Result<()> {
     dir.create()?;
-    let store = SqliteStore::open(&dir.db_path())?;
-    let made = initialize(&store, &SystemClock, shares, threshold).await?;
+    dir.discard_staging()?;
+    let made = {
+        let store = SqliteStore::open(&dir.staging_db_path())?;
+        let made = initialize(&store, &SystemClock, shares, threshold).await;
+        drop(store);
+        match made {
+            Ok(made) => made,
+            Err(e) => {
+                dir.discard_staging()?;
+                return Err(e.into());
+            }
+        }
+    };
     let share_texts: Vec<String> = made
         .vault
         .shares
@@ -220,15 +237,34 @@ async fn init(dir: &DataDir, shares: u8, threshold: u8, json: bool) -> anyhow::R
         println!();
         println!("The server starts sealed: unseal it with `keyward operator unseal`.");
     }
+    use std::io::Write as _;
+    std::io::stdout().flush()?;
+    if let Err(e) = dir.commit_staging() {
+        let _ = dir.discard_staging();
+        return Err(e.context("init failed; the keys printed above are void"));
+    }
     Ok(())
 }
 
 /// The embedded development default: a fresh dir gets a vault with one share, written to
-/// `unseal.key` so the server unseals itself. Loudly not for production.
-async fn init_dev(dir: &DataDir, store: &SqliteStore, json: bool) -> anyhow::Result<()> {
-    let made = initialize(store, &SystemClock, 1, 1).await?;
-    dir.write_unseal_key(&made.vault.unseal_key)?;
-    warn_dev_unseal(dir);
+/// `unseal.key` so the server unseals itself. Loudly not for production. Atomic like
+/// [`init`]: the store takes its place only with its unseal key beside it.
+async fn init_dev(dir: &DataDir, json: bool) -> anyhow::Result<()> {
+    dir.discard_staging()?;
+    let _ = std::fs::remove_file(dir.unseal_key_path());
+    let store = SqliteStore::open(&dir.staging_db_path())?;
+    let made = initialize(&store, &SystemClock, 1, 1).await;
+    drop(store);
+    let made = match made.map_err(anyhow::Error::from).and_then(|made| {
+        dir.write_unseal_key(&made.vault.unseal_key)?;
+        Ok(made)
+    }) {
+        Ok(made) => made,
+        Err(e) => {
+            dir.discard_staging()?;
+            return Err(e);
+        }
+    };
     if json {
         println!(
             "{}",
@@ -243,6 +279,9 @@ async fn init_dev(dir: &DataDir, store: &SqliteStore, json: bool) -> anyhow::Res
         println!("Root key (shown only this once; store it in a secret manager now):");
         println!("  {}", made.root_key.expose());
     }
+    use std::io::Write as _;
+    std::io::stdout().flush()?;
+    dir.commit_staging()?;
     Ok(())
 }
 
@@ -278,9 +317,14 @@ fn configured_unseal_key(config: &Config, dir: &DataDir) -> anyhow::Result<Optio
     }
     let path = match &config.unseal_key_file {
         Some(path) => path.clone(),
-        None if dir.unseal_key_path().exists() => dir.unseal_key_path(),
+        None if dir.unseal_key_path().exists() => {
+            // Auto-unseal from beside the data: said at every start, not only the first.
+            warn_dev_unseal(dir);
+            dir.unseal_key_path()
+        }
         None => return Ok(None),
     };
+    datadir::check_key_file(&path)?;
     let text = zeroize::Zeroizing::new(
         std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read the unseal key file {}", path.display()))?,
@@ -321,19 +365,22 @@ async fn serve((config, json): (Config, bool)) -> anyhow::Result<()> {
     let dir = DataDir::new(&config.data_dir);
     dir.create()?;
     let _lock = dir.lock()?;
+    if !dir.db_path().exists() && !dir.legacy_secrets_exist() {
+        // A fresh dir (or one whose initialisation never finished): the embedded default.
+        init_dev(&dir, json).await?;
+    }
     let store = SqliteStore::open(&dir.db_path())
         .with_context(|| format!("cannot open {}", dir.db_path().display()))?;
     if store.vault().await?.is_none() {
         if dir.legacy_secrets_exist() {
             adopt_legacy(&dir, &store).await?;
-        } else if !store.environments().await?.is_empty() {
-            anyhow::bail!(
-                "{} holds keys but neither a vault nor {}: restore the data dir from backup",
-                dir.db_path().display(),
-                datadir::SECRETS_FILE
-            );
         } else {
-            init_dev(&dir, &store, json).await?;
+            // Never turned into the embedded default: it may be a store whose vault was lost.
+            anyhow::bail!(
+                "{} has no vault: it is not a complete keyward store. Restore the data dir from \
+                 backup, or remove it to start afresh",
+                dir.db_path().display(),
+            );
         }
     }
     let node = Node::open(
@@ -359,33 +406,56 @@ async fn serve((config, json): (Config, bool)) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    let shutdown = shutdown_signal();
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "keyward listening");
     println!("keyward listening on http://{addr}");
-    keyward_server::run(listener, node, config.server, shutdown_signal()).await?;
+    keyward_server::run(listener, node, config.server, shutdown).await?;
     tracing::info!("keyward stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, before the
+/// server says it is listening, so a signal sent right after that is never missed.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
+    let signals = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::terminate()).ok(),
+            signal(SignalKind::interrupt()).ok(),
+        )
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+    async move {
+        #[cfg(unix)]
+        {
+            let (mut term, mut int) = signals;
+            let term = async {
+                match term.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let int = async {
+                match int.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = term => {},
+                () = int => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        tracing::info!("shutting down: draining requests and flushing usage");
     }
-    tracing::info!("shutting down: draining requests and flushing usage");
 }
 
 fn init_logging(config: &Config) {

@@ -20,6 +20,10 @@ pub struct RunArgs {
     /// one field gives that field's value, and one with several gives its JSON.
     #[arg(long = "secret", required = true)]
     secrets: Vec<String>,
+    /// Pass KEYWARD_TOKEN and KEYWARD_UNSEAL_KEY on to the command (by default they are
+    /// removed from its environment: the command gets its secrets, not keyward's keys).
+    #[arg(long)]
+    keep_keyward_env: bool,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -123,6 +127,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .context("no command given after --")?;
     let mut command = std::process::Command::new(program);
     command.args(rest);
+    if !args.keep_keyward_env {
+        command.env_remove("KEYWARD_TOKEN");
+        command.env_remove("KEYWARD_UNSEAL_KEY");
+    }
     for (name, value) in &values {
         command.env(name, value.as_str());
     }

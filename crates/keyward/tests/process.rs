@@ -531,7 +531,7 @@ fn serve_refuses_a_store_that_lost_its_vault() {
         .unwrap();
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("neither a vault"),
+        String::from_utf8_lossy(&out.stderr).contains("has no vault"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -785,6 +785,117 @@ fn keyward_run_injects_secrets_without_printing_them() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(7));
+    // The command gets its secrets, not keyward's own keys, unless asked for.
+    let env_of = |extra: &[&str]| {
+        let mut args = vec!["run", "--secret", "X=live/stripe"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "env"]);
+        let out = Command::new(BIN)
+            .args(&args)
+            .env("KEYWARD_URL", &url)
+            .env("KEYWARD_TOKEN", &root)
+            .env("KEYWARD_UNSEAL_KEY", "kwunseal1-not-used-here")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let plain = env_of(&[]);
+    assert!(plain.contains("X=sk_run_value"));
+    assert!(
+        !plain.contains("KEYWARD_TOKEN") && !plain.contains(&root),
+        "{plain}"
+    );
+    assert!(!plain.contains("KEYWARD_UNSEAL_KEY"));
+    let kept = env_of(&["--keep-keyward-env"]);
+    assert!(kept.contains(&format!("KEYWARD_TOKEN={root}")));
+}
+
+#[test]
+fn a_failed_init_leaves_nothing_and_serve_never_adopts_a_half_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // A refused init leaves no store behind; the dir then serves as a fresh one.
+    let out = Command::new(BIN)
+        .args([
+            "init",
+            "--key-shares",
+            "3",
+            "--key-threshold",
+            "5",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(!data.join("keyward.db").exists());
+    assert!(!data.join("keyward.db.init").exists());
+    // What a killed init leaves (a staging store) is discarded by the next start.
+    std::fs::write(data.join("keyward.db.init"), b"half written").unwrap();
+    let server = Server::start(&data);
+    assert!(server.root_key.is_some());
+    assert!(!data.join("keyward.db.init").exists());
+    server.terminate();
+    // A store without a vault is never turned into the embedded default.
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    sql(&other.join("keyward.db"), "CREATE TABLE t (x);");
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("has no vault"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!other.join("unseal.key").exists());
+}
+
+#[test]
+fn an_unseal_key_file_others_can_read_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    Server::start(&data).terminate();
+    std::fs::set_permissions(
+        data.join("unseal.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("readable by group or others"), "{stderr}");
+    // Restored, it serves again, and warns again that the key sits beside the data.
+    std::fs::set_permissions(
+        data.join("unseal.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    while let Some(Ok(line)) = lines.next() {
+        if line.starts_with("keyward listening on ") {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&output.stderr).contains("development convenience"));
 }
 
 fn cli_stdin(args: &[&str], url: &str, token: &str, stdin: &str) -> Output {
