@@ -183,6 +183,20 @@ impl KeyStatus {
     }
 }
 
+/// An integrity tag over a stored record's security-relevant fields, made and checked by the
+/// service under a key the vault seals, so an edit of the store without the unseal key is
+/// detected. The store keeps it beside the record and does nothing else with it. `None` marks a
+/// record never sealed: valid only while a vault from before integrity tags is adopted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct RecordMac(pub [u8; 32]);
+
+impl fmt::Debug for RecordMac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, ..] = self.0;
+        write!(f, "RecordMac({a:02x}{b:02x}{c:02x}{d:02x}…)")
+    }
+}
+
 /// Everything keyward keeps about a key. Never the key itself: only its HMAC and display start.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeyRecord {
@@ -214,6 +228,8 @@ pub struct KeyRecord {
     pub uses: u64,
     /// Roles, temporary grants, path rules, network rules and admin scope.
     pub access: KeyAccess,
+    /// Set by the service on every write; see [`RecordMac`].
+    pub mac: Option<RecordMac>,
 }
 
 /// What a key may do beyond its direct permissions, and from where. All empty by default.
@@ -451,6 +467,8 @@ pub struct PlanRecord {
     pub quota: Option<QuotaRefill>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// Set by the service on every write; see [`RecordMac`].
+    pub mac: Option<RecordMac>,
 }
 
 /// A graduated response to rate-limit pressure: warn past a share of a limit; block a key that
@@ -529,10 +547,12 @@ pub struct RoleRecord {
     pub name: RoleName,
     pub description: Option<String>,
     pub permissions: Vec<Permission>,
-    /// Created by `keyward init` as a template; editable like any other role.
+    /// Created by `keyward init`; immutable.
     pub builtin: bool,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// Set by the service on every write; see [`RecordMac`].
+    pub mac: Option<RecordMac>,
 }
 
 impl KeyRecord {

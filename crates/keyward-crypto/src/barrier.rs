@@ -25,6 +25,10 @@
 //!   Each environment has its own keyring, and each keyring is sealed under the root key.
 //! * The [`RootKey`] is sealed under the [`UnsealKey`], which exists in memory only while the
 //!   vault unseals: combined from Shamir shares ([`split`], [`combine`]) or read from a file.
+//! * The [`IntegrityKey`], sealed under the root key, tags stored security state (key records,
+//!   policies, roles, plans, the audit head) with HMAC-SHA256, so edits made without the unseal
+//!   key are detected. A root key sealed in the current format ([`RootFormat::Integrity`])
+//!   promises that the vault has one: its absence is then tampering, not an old vault.
 
 use std::fmt;
 
@@ -336,6 +340,76 @@ impl RootKey {
         let bytes = open_with(&self.0, &keyring_context(scope), ciphertext)?;
         Keyring::from_bytes(&bytes).ok_or(BarrierError::Integrity)
     }
+
+    pub fn seal_integrity_key(&self, key: &IntegrityKey) -> Result<Vec<u8>, BarrierError> {
+        seal_with(&self.0, 0, &INTEGRITY_CONTEXT, &key.bytes.0)
+    }
+
+    pub fn open_integrity_key(&self, ciphertext: &[u8]) -> Result<IntegrityKey, BarrierError> {
+        let bytes = open_with(&self.0, &INTEGRITY_CONTEXT, ciphertext)?;
+        let array: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| BarrierError::Integrity)?;
+        Ok(IntegrityKey::from_bytes(KeyBytes(array)))
+    }
+}
+
+/// Tags stored security state: HMAC-SHA256 over a domain label and the record's canonical
+/// bytes. The keyed state is made once; it is overwritten when the key is dropped (at seal).
+pub struct IntegrityKey {
+    bytes: KeyBytes,
+    keyed: hmac::Hmac<Sha256>,
+}
+
+impl IntegrityKey {
+    pub fn generate() -> Result<Self, RandomUnavailable> {
+        Ok(IntegrityKey::from_bytes(KeyBytes::generate()?))
+    }
+
+    fn from_bytes(bytes: KeyBytes) -> Self {
+        use hmac::Mac;
+        // HMAC accepts keys of any length; 32 bytes cannot be rejected.
+        let keyed = match <hmac::Hmac<Sha256> as Mac>::new_from_slice(&bytes.0) {
+            Ok(mac) => mac,
+            Err(_) => crate::unreachable_hmac(),
+        };
+        IntegrityKey { bytes, keyed }
+    }
+
+    /// The tag of `bytes` in `domain` (`key`, `role`, `audit-checkpoint`, …): a tag made for one
+    /// kind of record never passes for another.
+    pub fn tag(&self, domain: &str, bytes: &[u8]) -> [u8; 32] {
+        use hmac::Mac;
+        let mut mac = self.keyed.clone();
+        mac.update(&(domain.len() as u32).to_be_bytes());
+        mac.update(domain.as_bytes());
+        mac.update(bytes);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Whether `tag` is the tag of `bytes` in `domain`, compared in constant time.
+    pub fn verify(&self, domain: &str, bytes: &[u8], tag: &[u8; 32]) -> bool {
+        crate::constant_time_eq(&self.tag(domain, bytes), tag)
+    }
+}
+
+impl Drop for IntegrityKey {
+    fn drop(&mut self) {
+        // The hmac crate keeps the keyed pads in plain memory: overwrite them with a state
+        // keyed by nothing secret.
+        use hmac::Mac;
+        if let Ok(blank) = <hmac::Hmac<Sha256> as Mac>::new_from_slice(&[0u8; 32]) {
+            self.keyed = blank;
+        }
+        std::hint::black_box(&self.keyed);
+    }
+}
+
+impl fmt::Debug for IntegrityKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("IntegrityKey([redacted])")
+    }
 }
 
 fn keyring_context(scope: &str) -> Context<'_> {
@@ -352,11 +426,34 @@ impl fmt::Debug for RootKey {
     }
 }
 
-const ROOT_CONTEXT: Context<'static> = Context {
+/// The root key as sealed before integrity keys: opened, never written.
+const LEGACY_ROOT_CONTEXT: Context<'static> = Context {
     table: "vault",
     id: "root",
     field: "key",
 };
+
+/// The root key of a vault with an integrity key.
+const ROOT_CONTEXT: Context<'static> = Context {
+    table: "vault",
+    id: "root",
+    field: "key+integrity",
+};
+
+const INTEGRITY_CONTEXT: Context<'static> = Context {
+    table: "vault",
+    id: "integrity",
+    field: "key",
+};
+
+/// How a stored root key was sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootFormat {
+    /// Before integrity keys: the vault has none yet and may adopt one.
+    Legacy,
+    /// The vault has an integrity key.
+    Integrity,
+}
 
 /// The key that seals the root key: what Shamir shares reconstruct.
 #[derive(Clone, PartialEq, Eq)]
@@ -367,19 +464,41 @@ impl UnsealKey {
         Ok(UnsealKey(KeyBytes::generate()?))
     }
 
+    /// Seals the root key of a vault that has an integrity key.
     pub fn seal_root(&self, root: &RootKey) -> Result<Vec<u8>, BarrierError> {
         seal_with(&self.0, 0, &ROOT_CONTEXT, &root.0.0)
+    }
+
+    /// Seals the root key as vaults from before integrity keys did, to test their upgrade.
+    #[cfg(feature = "legacy-format")]
+    pub fn seal_root_legacy(&self, root: &RootKey) -> Result<Vec<u8>, BarrierError> {
+        seal_with(&self.0, 0, &LEGACY_ROOT_CONTEXT, &root.0.0)
     }
 
     /// Opens the stored root key; [`BarrierError::Integrity`] means this is not the vault's
     /// unseal key (or the stored value was altered).
     pub fn open_root(&self, ciphertext: &[u8]) -> Result<RootKey, BarrierError> {
-        let bytes = open_with(&self.0, &ROOT_CONTEXT, ciphertext)?;
+        self.open_root_with_format(ciphertext).map(|(root, _)| root)
+    }
+
+    /// [`UnsealKey::open_root`], saying how the root key was sealed.
+    pub fn open_root_with_format(
+        &self,
+        ciphertext: &[u8],
+    ) -> Result<(RootKey, RootFormat), BarrierError> {
+        let (bytes, format) = match open_with(&self.0, &ROOT_CONTEXT, ciphertext) {
+            Ok(bytes) => (bytes, RootFormat::Integrity),
+            Err(BarrierError::Integrity) => (
+                open_with(&self.0, &LEGACY_ROOT_CONTEXT, ciphertext)?,
+                RootFormat::Legacy,
+            ),
+            Err(e) => return Err(e),
+        };
         let array: [u8; 32] = bytes
             .as_slice()
             .try_into()
             .map_err(|_| BarrierError::Integrity)?;
-        Ok(RootKey(KeyBytes(array)))
+        Ok((RootKey(KeyBytes(array)), format))
     }
 
     /// The key as text, for an unseal key file or environment variable: `kwunseal1-` and hex.

@@ -115,7 +115,7 @@ impl KeyHasher {
 }
 
 #[cold]
-fn unreachable_hmac() -> ! {
+pub(crate) fn unreachable_hmac() -> ! {
     #[allow(clippy::panic)]
     {
         panic!("HMAC-SHA256 accepts keys of every length")

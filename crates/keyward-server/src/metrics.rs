@@ -28,6 +28,7 @@ pub struct Metrics {
     cached_keys: Gauge,
     usage_dropped: Gauge,
     guard_untracked: Gauge,
+    integrity_failures: Gauge,
 }
 
 /// A latency histogram over [`BUCKETS`]: one counter per bucket, a count and a sum.
@@ -111,6 +112,13 @@ impl Metrics {
         );
         let guard_untracked =
             recorder.register_gauge(&Key::from_name("keyward_guard_untracked_failures"), &META);
+        recorder.describe_gauge(
+            "keyward_integrity_failures".into(),
+            None,
+            "Stored records or audit state that failed their integrity check since unseal".into(),
+        );
+        let integrity_failures =
+            recorder.register_gauge(&Key::from_name("keyward_integrity_failures"), &META);
         Metrics {
             handle: recorder.handle(),
             _recorder: recorder,
@@ -119,6 +127,7 @@ impl Metrics {
             cached_keys,
             usage_dropped,
             guard_untracked,
+            integrity_failures,
         }
     }
 
@@ -135,6 +144,8 @@ impl Metrics {
             self.usage_dropped
                 .set(authority.usage_events_dropped() as f64);
             self.guard_untracked.set(authority.guard_untracked() as f64);
+            self.integrity_failures
+                .set(authority.integrity_failures() as f64);
         }
         self.handle.run_upkeep();
         let mut out = self.handle.render();

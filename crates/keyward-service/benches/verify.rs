@@ -119,7 +119,11 @@ fn fixture() -> &'static Fixture {
                     last_used_at: None,
                     uses: 0,
                     access: KeyAccess::default(),
+                    mac: None,
                 });
+                if let Some(record) = batch.last_mut() {
+                    hasher.tag_for_import(record);
+                }
                 if batch.len() == 50_000 || i + 1 == count {
                     let insert_keys = std::mem::take(&mut batch);
                     store.apply(Changes { insert_keys, ..Changes::default() }).await.unwrap();

@@ -298,6 +298,7 @@ impl Authority {
             name: name.clone(),
             created_at: self.clock.now(),
             policy,
+            mac: None,
         };
         let entry = PendingEntry {
             actor: actor.audit_name(),
@@ -346,6 +347,7 @@ impl Authority {
                 name: name.clone(),
                 created_at: Timestamp::UNIX_EPOCH,
                 policy: policy.clone(),
+                mac: None,
             })
             .network;
             Self::check_not_locked_out(actor, &network)?;
@@ -463,6 +465,7 @@ impl Authority {
                 builtin: false,
                 created_at: now,
                 updated_at: now,
+                mac: None,
             },
         };
         let entry = PendingEntry {
@@ -613,6 +616,7 @@ impl Authority {
                 quota,
                 created_at: now,
                 updated_at: now,
+                mac: None,
             },
         };
         let entry = PendingEntry {
@@ -797,7 +801,13 @@ impl Authority {
         loop {
             let mut head = self.lock_writer().await;
             let now = self.clock.now();
-            let due = self.store.keys_with_lapsed_grants(now, 100).await?;
+            let due: Vec<KeyRecord> = self
+                .store
+                .keys_with_lapsed_grants(now, 100)
+                .await?
+                .into_iter()
+                .filter_map(|k| self.intact_key(k))
+                .collect();
             if due.is_empty() {
                 return Ok(swept);
             }

@@ -581,7 +581,11 @@ impl Authority {
                 .await?;
             let full = page.len() == 1000;
             after = page.last().map(|k| k.id);
-            out.extend(page.into_iter().filter(|k| k.status != KeyStatus::Revoked));
+            out.extend(
+                page.into_iter()
+                    .filter(|k| k.status != KeyStatus::Revoked)
+                    .filter_map(|k| self.intact_key(k)),
+            );
             if !full {
                 return Ok(out);
             }

@@ -392,6 +392,7 @@ mod tests {
             name: EnvironmentName::parse("live").unwrap(),
             created_at: Timestamp::from_unix_ms(0),
             policy: keyward_core::EnvironmentPolicy::default(),
+            mac: None,
         }))
     }
 

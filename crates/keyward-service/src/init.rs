@@ -65,6 +65,7 @@ pub fn builtin_roles(now: Timestamp) -> Vec<RoleRecord> {
             builtin: true,
             created_at: now,
             updated_at: now,
+            mac: None,
         })
     })
     .collect()
@@ -137,6 +138,7 @@ pub async fn initialize(
         last_used_at: None,
         uses: 0,
         access: KeyAccess::default(),
+        mac: None,
     };
     let mut pending = vec![PendingEntry {
         actor: "system".into(),
@@ -170,25 +172,31 @@ pub async fn initialize(
         details: json!({ "permissions": role.permissions.iter().map(Permission::as_str).collect::<Vec<_>>() }),
     }));
     let audit = chain(0, keyward_core::audit::GENESIS_HASH, now, pending);
-    store
-        .apply(Changes {
-            environments: environments
-                .into_iter()
-                .map(|name| EnvironmentRecord {
-                    name,
-                    created_at: now,
-                    policy: EnvironmentPolicy::default(),
-                })
-                .collect(),
-            insert_keys: vec![record],
-            upsert_roles: roles,
-            vault: Some(vault.record.clone()),
-            keyrings,
-            environment_secrets: sealed_secrets,
-            audit,
-            ..Changes::default()
-        })
-        .await?;
+    let head = audit.last().map(|e| keyward_store::AuditHead {
+        seq: e.seq,
+        hash: e.hash.clone(),
+    });
+    keyrings.push(vault.integrity.clone());
+    let mut changes = Changes {
+        environments: environments
+            .into_iter()
+            .map(|name| EnvironmentRecord {
+                name,
+                created_at: now,
+                policy: EnvironmentPolicy::default(),
+                mac: None,
+            })
+            .collect(),
+        insert_keys: vec![record],
+        upsert_roles: roles,
+        vault: Some(vault.record.clone()),
+        keyrings,
+        environment_secrets: sealed_secrets,
+        audit,
+        ..Changes::default()
+    };
+    crate::integrity::seal_changes(vault.open.integrity(), &mut changes, head.as_ref());
+    store.apply(changes).await?;
     Ok(Initialized {
         root_key: root,
         vault,
@@ -246,14 +254,18 @@ pub async fn adopt_secrets(
             }),
         }],
     );
-    store
-        .apply(Changes {
-            vault: Some(vault.record.clone()),
-            keyrings,
-            environment_secrets: sealed_secrets,
-            audit,
-            ..Changes::default()
-        })
-        .await?;
+    let new_head = audit.last().map(|e| keyward_store::AuditHead {
+        seq: e.seq,
+        hash: e.hash.clone(),
+    });
+    keyrings.push(vault.integrity.clone());
+    // The new vault has an integrity key: every record already stored is tagged with it now.
+    let mut changes = crate::integrity::everything(store).await?;
+    changes.vault = Some(vault.record.clone());
+    changes.keyrings = keyrings;
+    changes.environment_secrets = sealed_secrets;
+    changes.audit = audit;
+    crate::integrity::seal_changes(vault.open.integrity(), &mut changes, new_head.as_ref());
+    store.apply(changes).await?;
     Ok(vault)
 }

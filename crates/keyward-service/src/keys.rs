@@ -387,6 +387,7 @@ impl Authority {
             last_used_at: None,
             uses: 0,
             access: template.access,
+            mac: None,
         };
         Ok((record, plaintext))
     }
@@ -403,11 +404,19 @@ impl Authority {
         Ok(key)
     }
 
+    /// A stored key whose integrity tag checks out: a tampered record is an `INTEGRITY` error,
+    /// never read, changed or written back.
     pub async fn key(&self, id: KeyId) -> Result<KeyRecord, ServiceError> {
-        self.store
+        let key = self
+            .store
             .key(id)
             .await?
-            .ok_or(ServiceError::NotFound { what: "key" })
+            .ok_or(ServiceError::NotFound { what: "key" })?;
+        self.intact_key(key).ok_or_else(|| {
+            ServiceError::Integrity(format!(
+                "key {id} was changed outside keyward (its integrity tag does not match)"
+            ))
+        })
     }
 
     /// Keys matching `query`, oldest first; `query.limit` is clamped to 1..=1000 (0 means 100).
@@ -443,6 +452,8 @@ impl Authority {
         } else {
             None
         };
+        // Tampered records are left out of the page (and reported); the cursor pages on.
+        keys.retain(|k| self.intact_key(k.clone()).is_some());
         Ok(KeyPage { keys, next })
     }
 

@@ -24,6 +24,7 @@ mod escalation;
 mod events;
 mod guard;
 mod init;
+mod integrity;
 mod keyring;
 mod keys;
 mod leases;
@@ -47,6 +48,7 @@ pub use guard::GuardConfig;
 pub use init::{
     InitError, Initialized, adopt_secrets, builtin_roles, initial_environments, initialize,
 };
+pub use integrity::verify_stored_state;
 pub use keyring::Keyring;
 pub use keys::{KeyPage, KeyUpdate, NewKey, limits};
 pub use keyward_store::{EnvironmentRecord, KeyQuery};
@@ -192,6 +194,10 @@ pub struct Authority {
     /// Relaxed (read-audit) commits not yet made durable by a sync.
     unsynced: std::sync::atomic::AtomicBool,
     secret_cache: secrets::SecretCache,
+    /// Stored security state that failed its integrity check since unseal.
+    findings: Arc<integrity::Findings>,
+    /// Plans left out of the catalog for failing their check: keys on them fail closed.
+    tainted_plans: std::collections::HashSet<keyward_core::PlanName>,
 }
 
 type AuditWaiter = tokio::sync::oneshot::Sender<Result<(), String>>;
@@ -234,29 +240,48 @@ impl Authority {
         vault: Arc<vault::OpenVault>,
         config: AuthorityConfig,
     ) -> Result<Arc<Self>, ServiceError> {
+        if let Some(adoption) = vault.take_adoption() {
+            Self::adopt_integrity(store.as_ref(), clock.as_ref(), &vault, adoption).await?;
+        }
+        let findings = Arc::new(integrity::Findings::default());
+        let key = vault.integrity();
         let keyring = Self::load_hmac_keys(store.as_ref(), &vault).await?;
-        let environments = store
-            .environments()
-            .await?
-            .into_iter()
-            .map(|record| (record.name.clone(), Arc::new(EnvState::new(record))))
-            .collect();
-        let roles = store
-            .roles()
-            .await?
-            .into_iter()
-            .map(|role| (role.name.clone(), Arc::new(role)))
-            .collect();
-        let plans = store
-            .plans()
-            .await?
-            .into_iter()
-            .map(|plan| (plan.name.clone(), Arc::new(plan)))
-            .collect();
+        // Records that fail their integrity check are left out: an environment's keys, a role's
+        // permissions, a plan's keys then fail closed.
+        let mut tainted_plans = std::collections::HashSet::new();
+        let mut environments = HashMap::new();
+        for record in store.environments().await? {
+            if integrity::environment_intact(key, &record) {
+                environments.insert(record.name.clone(), Arc::new(EnvState::new(record)));
+            } else {
+                findings.report(format!("environment {}", record.name));
+            }
+        }
+        let mut roles = HashMap::new();
+        for role in store.roles().await? {
+            if integrity::role_intact(key, &role) {
+                roles.insert(role.name.clone(), Arc::new(role));
+            } else {
+                findings.report(format!("role {}", role.name));
+            }
+        }
+        let mut plans = HashMap::new();
+        for plan in store.plans().await? {
+            if integrity::plan_intact(key, &plan) {
+                plans.insert(plan.name.clone(), Arc::new(plan));
+            } else {
+                findings.report(format!("plan {}", plan.name));
+                tainted_plans.insert(plan.name);
+            }
+        }
         let head = store.audit_head().await?.unwrap_or(AuditHead {
             seq: 0,
             hash: GENESIS_HASH.to_owned(),
         });
+        let checkpoint = store.audit_checkpoint().await?;
+        if let Some(problem) = integrity::audit_head_problem(key, &head, checkpoint.as_ref()) {
+            findings.report(format!("audit log: {problem}"));
+        }
         let cache = VerifyCache::new(config.cache_capacity);
         cache.add_known_many(store.key_hashes().await?);
         let store_for_events = Arc::clone(&store);
@@ -303,6 +328,8 @@ impl Authority {
             audit_led: tokio::sync::Notify::new(),
             unsynced: std::sync::atomic::AtomicBool::new(false),
             secret_cache: secrets::SecretCache::default(),
+            findings,
+            tainted_plans,
         }))
     }
 
@@ -330,6 +357,12 @@ impl Authority {
     /// The stored form (HMAC) of a presented key, if its environment exists. For bulk imports.
     pub fn key_hash(&self, key: &str) -> Option<KeyHash> {
         ParsedKey::parse(key).ok().and_then(|p| self.hash_of(&p))
+    }
+
+    /// Tags a record for a bulk import written straight to the store (its integrity tag), as
+    /// every write through the authority is. For tools and benchmarks that own the process.
+    pub fn tag_for_import(&self, key: &mut KeyRecord) {
+        integrity::seal_key(self.vault.integrity(), key);
     }
 
     pub fn now(&self) -> Timestamp {
@@ -400,6 +433,21 @@ impl Authority {
     /// Starts the background work that needs the authority itself: the grant-lapse sweeper,
     /// once a second, and the limiter's sweep of idle state, once a minute. It stops at [`Authority::shutdown`].
     pub fn start_background(self: &Arc<Self>) {
+        // The whole audit chain is checked once after unseal, beside serving: an edit in the
+        // middle of the log that left its head alone is found here.
+        let store = Arc::clone(&self.store);
+        let findings = Arc::clone(&self.findings);
+        tokio::spawn(async move {
+            match audit::verify_chain(store.as_ref()).await {
+                Ok(audit::ChainReport::Broken(broken)) => {
+                    findings.report(format!("audit log: {broken}"));
+                }
+                Ok(audit::ChainReport::Intact { entries }) => {
+                    tracing::debug!(entries, "audit chain verified");
+                }
+                Err(e) => tracing::warn!(error = %e, "could not verify the audit chain"),
+            }
+        });
         let authority = Arc::downgrade(self);
         let mut stopped = self.stop.subscribe();
         let task = tokio::spawn(async move {
@@ -524,6 +572,7 @@ impl Authority {
             hash: e.hash.clone(),
         });
         changes.audit = entries;
+        integrity::seal_changes(self.vault.integrity(), &mut changes, new_head.as_ref());
         let store = Arc::clone(&self.store);
         writer.stale = true;
         let task = writer

@@ -14,10 +14,13 @@ use std::sync::{Arc, RwLock};
 
 use keyward_core::EnvironmentName;
 use keyward_crypto::HmacSecret;
-use keyward_crypto::barrier::{self, BarrierError, Context, Keyring, RootKey, Share, UnsealKey};
+use keyward_crypto::barrier::{
+    self, BarrierError, Context, IntegrityKey, Keyring, RootFormat, RootKey, Share, UnsealKey,
+};
 use keyward_store::{StoredKeyring, VaultRecord};
 use zeroize::Zeroizing;
 
+use crate::integrity::INTEGRITY_SCOPE;
 use crate::{ServiceError, read, write};
 
 /// Default share count and threshold of `keyward init`.
@@ -57,11 +60,23 @@ pub(crate) fn secret_record_id(env: &EnvironmentName, path: &str, version: u64) 
     format!("{env}/{path}#{version}")
 }
 
-/// The unsealed vault: the root key and every environment's keyring, zeroized when dropped.
+/// The unsealed vault: the root key, the integrity key and every environment's keyring,
+/// zeroized when dropped.
 pub struct OpenVault {
     root: RootKey,
+    integrity: IntegrityKey,
     keyrings: RwLock<HashMap<EnvironmentName, Arc<Keyring>>>,
     term: std::sync::atomic::AtomicU32,
+    /// For a vault from before integrity keys: the new key's sealed form and the vault record
+    /// whose root key says it has one, to store with the first tags (see [`Adoption`]).
+    adoption: std::sync::Mutex<Option<Adoption>>,
+}
+
+/// What adopting integrity tags writes besides the tags themselves.
+#[derive(Debug)]
+pub(crate) struct Adoption {
+    pub record: VaultRecord,
+    pub stored: StoredKeyring,
 }
 
 impl std::fmt::Debug for OpenVault {
@@ -74,13 +89,47 @@ impl std::fmt::Debug for OpenVault {
 }
 
 impl OpenVault {
-    /// Opens the root key with `key` and every stored keyring with the root key.
+    /// Opens the root key with `key`, then the integrity key and every stored keyring with the
+    /// root key, and checks the vault record's tag (its term above all). A vault from before
+    /// integrity keys gets one, to be stored by [`OpenVault::take_adoption`]'s taker.
     pub(crate) fn open(
         record: &VaultRecord,
         key: &UnsealKey,
         keyrings: &[StoredKeyring],
     ) -> Result<Self, BarrierError> {
-        let root = key.open_root(&record.sealed_root)?;
+        let (root, format) = key.open_root_with_format(&record.sealed_root)?;
+        let stored_integrity = keyrings.iter().find(|k| k.scope == INTEGRITY_SCOPE);
+        let (integrity, adoption) = match (format, stored_integrity) {
+            (RootFormat::Integrity, Some(stored)) => {
+                let integrity = root.open_integrity_key(&stored.sealed)?;
+                if !crate::integrity::vault_intact(&integrity, record) {
+                    tracing::error!(
+                        "the vault record failed its integrity check (was its term edited?)"
+                    );
+                    return Err(BarrierError::Integrity);
+                }
+                (integrity, None)
+            }
+            // The root key says this vault has an integrity key, and it is gone: tampering.
+            (RootFormat::Integrity, None) => {
+                tracing::error!("the vault's integrity key is missing from the store");
+                return Err(BarrierError::Integrity);
+            }
+            (RootFormat::Legacy, _) => {
+                let integrity = IntegrityKey::generate()?;
+                let adoption = Adoption {
+                    record: VaultRecord {
+                        sealed_root: key.seal_root(&root)?,
+                        ..record.clone()
+                    },
+                    stored: StoredKeyring {
+                        scope: INTEGRITY_SCOPE.to_owned(),
+                        sealed: root.seal_integrity_key(&integrity)?,
+                    },
+                };
+                (integrity, Some(adoption))
+            }
+        };
         let mut opened = HashMap::new();
         for stored in keyrings {
             let Some(env) = stored
@@ -97,9 +146,24 @@ impl OpenVault {
         }
         Ok(OpenVault {
             root,
+            integrity,
             keyrings: RwLock::new(opened),
             term: std::sync::atomic::AtomicU32::new(record.term),
+            adoption: std::sync::Mutex::new(adoption),
         })
+    }
+
+    /// The key that tags stored security state.
+    pub(crate) fn integrity(&self) -> &IntegrityKey {
+        &self.integrity
+    }
+
+    /// For a vault from before integrity keys, what adopting them must store (once).
+    pub(crate) fn take_adoption(&self) -> Option<Adoption> {
+        self.adoption
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     pub fn term(&self) -> u32 {
@@ -226,6 +290,8 @@ pub struct NewVault {
     pub unseal_key: UnsealKey,
     pub shares: Vec<Share>,
     pub open: OpenVault,
+    /// The integrity key, sealed by the root key, to store with the record.
+    pub integrity: StoredKeyring,
 }
 
 impl std::fmt::Debug for NewVault {
@@ -251,7 +317,8 @@ pub(crate) fn new_vault(
         }
     })?;
     let root = RootKey::generate().map_err(random_err)?;
-    let record = VaultRecord {
+    let integrity = IntegrityKey::generate().map_err(random_err)?;
+    let mut record = VaultRecord {
         tag,
         shares,
         threshold,
@@ -259,15 +326,29 @@ pub(crate) fn new_vault(
         term: 1,
         created_at: now,
         rewrap: None,
+        mac: None,
+    };
+    let mut tagged = keyward_store::Changes {
+        vault: Some(record.clone()),
+        ..keyward_store::Changes::default()
+    };
+    crate::integrity::seal_changes(&integrity, &mut tagged, None);
+    record.mac = tagged.vault.and_then(|v| v.mac);
+    let stored = StoredKeyring {
+        scope: INTEGRITY_SCOPE.to_owned(),
+        sealed: root.seal_integrity_key(&integrity)?,
     };
     Ok(NewVault {
         record,
         unseal_key,
         shares: parts,
+        integrity: stored,
         open: OpenVault {
             root,
+            integrity,
             keyrings: RwLock::new(HashMap::new()),
             term: std::sync::atomic::AtomicU32::new(1),
+            adoption: std::sync::Mutex::new(None),
         },
     })
 }

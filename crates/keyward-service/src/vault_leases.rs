@@ -228,11 +228,7 @@ impl Authority {
         };
         let mut key_record = None;
         if let Some(key_id) = lease.key_id {
-            let mut key = self
-                .store
-                .key(key_id)
-                .await?
-                .ok_or(ServiceError::NotFound { what: "leased key" })?;
+            let mut key = self.key(key_id).await?;
             key.expires_at = Some(lease.expires_at);
             key.updated_at = now;
             changes.update_keys.push(key.clone());
@@ -333,7 +329,11 @@ impl Authority {
             lease.end_reason = Some(reason.to_owned());
             if reason == "revoked"
                 && let Some(key_id) = lease.key_id
-                && let Some(mut key) = self.store.key(key_id).await?
+                && let Some(mut key) = self
+                    .store
+                    .key(key_id)
+                    .await?
+                    .and_then(|k| self.intact_key(k))
                 && key.status != keyward_core::KeyStatus::Revoked
             {
                 key.status = keyward_core::KeyStatus::Revoked;

@@ -329,6 +329,20 @@ impl Authority {
         let epoch = self.cache.epoch(&hash);
         match self.store.key_by_hash(hash).await? {
             Some(record) => {
+                // A record edited without the unseal key, or on a tampered plan, is no key.
+                let Some(record) = self.intact_key(record) else {
+                    return Ok(Lookup::Unknown);
+                };
+                if let Some(plan) = record
+                    .access
+                    .plan
+                    .as_ref()
+                    .filter(|p| self.tainted_plans.contains(*p))
+                {
+                    self.findings
+                        .report(format!("key {} is on tampered plan {plan}", record.id));
+                    return Ok(Lookup::Unknown);
+                }
                 let Some(env) = self.environment(record.environment.as_str()) else {
                     return Ok(Lookup::Unknown);
                 };

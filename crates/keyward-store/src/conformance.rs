@@ -58,6 +58,7 @@ pub fn sample_key(n: u8, environment: &str) -> KeyRecord {
         last_used_at: None,
         uses: 0,
         access: KeyAccess::default(),
+        mac: Some(keyward_core::RecordMac([n; 32])),
     }
 }
 
@@ -97,6 +98,7 @@ async fn environments(store: &dyn Store) {
         name: env(name),
         created_at: Timestamp::from_unix_ms(1),
         policy: EnvironmentPolicy::default(),
+        mac: Some(keyward_core::RecordMac([name.len() as u8; 32])),
     });
     store
         .apply(Changes {
@@ -253,6 +255,40 @@ async fn audit_chain(store: &dyn Store) {
     );
     assert_eq!(store.audit_entries(1, 1).await.unwrap(), vec![second]);
     assert_eq!(store.audit_entries(3, 10).await.unwrap(), vec![]);
+    // The checkpoint is written with the entries it covers, and read back whole.
+    assert_eq!(store.audit_checkpoint().await.unwrap(), None);
+    let head = store.audit_head().await.unwrap().unwrap();
+    let checkpoint = crate::AuditCheckpoint {
+        seq: head.seq,
+        hash: head.hash.clone(),
+        mac: keyward_core::RecordMac([5; 32]),
+    };
+    let next = sample_entry(head.seq + 1, &head.hash);
+    store
+        .apply(Changes {
+            audit: vec![next.clone()],
+            audit_checkpoint: Some(crate::AuditCheckpoint {
+                seq: next.seq,
+                hash: next.hash.clone(),
+                mac: keyward_core::RecordMac([6; 32]),
+            }),
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    let stored = store.audit_checkpoint().await.unwrap().unwrap();
+    assert_eq!(stored.seq, next.seq);
+    assert_eq!(stored.mac, keyward_core::RecordMac([6; 32]));
+    // A refused write leaves the checkpoint as it was.
+    let refused = store
+        .apply(Changes {
+            audit: vec![sample_entry(head.seq + 1, &head.hash)],
+            audit_checkpoint: Some(checkpoint),
+            ..Changes::default()
+        })
+        .await;
+    assert!(matches!(refused, Err(StoreError::AuditConflict)));
+    assert_eq!(store.audit_checkpoint().await.unwrap().unwrap(), stored);
 }
 
 async fn usage(store: &dyn Store) {
@@ -465,6 +501,7 @@ async fn access_and_roles(store: &dyn Store) {
         builtin: false,
         created_at: at(1),
         updated_at: at(1),
+        mac: Some(keyward_core::RecordMac([7; 32])),
     };
     store
         .apply(Changes {
@@ -559,6 +596,7 @@ async fn plans(store: &dyn Store) {
         }),
         created_at: at(1),
         updated_at: at(1),
+        mac: Some(keyward_core::RecordMac([8; 32])),
     };
     store
         .apply(Changes {
@@ -761,6 +799,7 @@ async fn vault(store: &dyn Store) {
         term: 1,
         created_at: Timestamp::from_unix_ms(1),
         rewrap: None,
+        mac: Some(keyward_core::RecordMac([3; 32])),
     };
     store
         .apply(Changes {

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use keyward_core::audit::AuditEntry;
 use keyward_core::{
     EnvironmentName, EnvironmentPolicy, KeyHash, KeyId, KeyRecord, KeyStatus, PlanName, PlanRecord,
-    QuotaState, RoleName, RoleRecord, ServiceName, Timestamp,
+    QuotaState, RecordMac, RoleName, RoleRecord, ServiceName, Timestamp,
 };
 
 pub mod conformance;
@@ -50,6 +50,17 @@ pub struct EnvironmentRecord {
     pub name: EnvironmentName,
     pub created_at: Timestamp,
     pub policy: EnvironmentPolicy,
+    /// Set by the service on every write; see [`RecordMac`].
+    pub mac: Option<RecordMac>,
+}
+
+/// The audit log's head as last written, with the service's integrity tag over it: truncating
+/// the newest entries, or rewriting the chain, no longer matches it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditCheckpoint {
+    pub seq: u64,
+    pub hash: String,
+    pub mac: RecordMac,
 }
 
 /// The last entry of the audit log.
@@ -95,6 +106,8 @@ pub struct Changes {
     /// Leases created or replaced whole.
     pub upsert_leases: Vec<VaultLease>,
     pub audit: Vec<AuditEntry>,
+    /// Replaces the stored audit checkpoint (written with the entries it covers).
+    pub audit_checkpoint: Option<AuditCheckpoint>,
     /// For writes that record only reads (audit entries of secret reads): the write may return
     /// once it survives a crash of the process, before it survives one of the machine. It is
     /// made fully durable by the next durable write or [`Store::sync`], whichever comes first.
@@ -186,6 +199,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn events(&self, after: u64, limit: u32) -> Result<Vec<keyward_core::Event>, StoreError>;
 
     async fn audit_head(&self) -> Result<Option<AuditHead>, StoreError>;
+
+    /// The checkpoint last written with [`Changes::audit_checkpoint`].
+    async fn audit_checkpoint(&self) -> Result<Option<AuditCheckpoint>, StoreError>;
 
     /// Audit entries with `seq > after`, in sequence order, at most `limit`.
     async fn audit_entries(&self, after: u64, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;

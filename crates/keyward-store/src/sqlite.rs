@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use keyward_core::audit::{AuditEntry, GENESIS_HASH};
 use keyward_core::{
     EnvironmentName, KeyHash, KeyId, KeyRecord, KeyStatus, Permission, PlanName, PlanRecord,
-    QuotaState, RoleName, RoleRecord, ServiceName, Timestamp,
+    QuotaState, RecordMac, RoleName, RoleRecord, ServiceName, Timestamp,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 
@@ -17,7 +17,9 @@ use crate::vault::{
     RewrapProgress, Rewrapped, SealedValue, SecretMeta, SecretVersion, StoredKeyring, VaultLease,
     VaultRecord,
 };
-use crate::{AuditHead, Changes, EnvironmentRecord, KeyQuery, KeyUsage, Store, StoreError};
+use crate::{
+    AuditCheckpoint, AuditHead, Changes, EnvironmentRecord, KeyQuery, KeyUsage, Store, StoreError,
+};
 
 mod vault;
 
@@ -31,6 +33,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0006_graduated.sql"),
     include_str!("../migrations/sqlite/0007_plan_quotas.sql"),
     include_str!("../migrations/sqlite/0008_vault.sql"),
+    include_str!("../migrations/sqlite/0009_integrity.sql"),
 ];
 
 /// Readers kept open for reuse; more are opened under load and closed after. Opening one costs
@@ -179,7 +182,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 
 const KEY_COLUMNS: &str = "id, service, environment, hash, start, name, owner, purpose, \
     permissions, meta, created_at, updated_at, expires_at, status, revoked_at, \
-    revocation_reason, rolled_from, rolled_to, last_used_at, uses, access, next_grant_expiry";
+    revocation_reason, rolled_from, rolled_to, last_used_at, uses, access, next_grant_expiry, mac";
 
 /// Maps every row of a query, stopping at the first error.
 fn collect_rows<T>(
@@ -242,7 +245,24 @@ fn key_from_row(row: &Row<'_>) -> Result<KeyRecord, StoreError> {
         last_used_at: ts(18)?,
         uses: u64::try_from(uses).unwrap_or(0),
         access: serde_json::from_str(&access).map_err(|_| corrupt("access"))?,
+        mac: mac_at(row, 22)?,
     })
+}
+
+/// The integrity tag in column `i`, if any.
+fn mac_at(row: &Row<'_>, i: usize) -> Result<Option<RecordMac>, StoreError> {
+    let bytes: Option<Vec<u8>> = row.get(i).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    bytes
+        .map(|b| {
+            b.try_into()
+                .map(RecordMac)
+                .map_err(|_| corrupt("integrity tag"))
+        })
+        .transpose()
+}
+
+fn mac_bytes(mac: Option<RecordMac>) -> Option<Vec<u8>> {
+    mac.map(|m| m.0.to_vec())
 }
 
 fn access_json(key: &KeyRecord) -> Result<String, StoreError> {
@@ -270,6 +290,7 @@ fn role_from_row(row: &Row<'_>) -> Result<RoleRecord, StoreError> {
         builtin: row.get::<_, i64>(3).map_err(get_err)? != 0,
         created_at: Timestamp::from_unix_ms(row.get(4).map_err(get_err)?),
         updated_at: Timestamp::from_unix_ms(row.get(5).map_err(get_err)?),
+        mac: mac_at(row, 6)?,
     })
 }
 
@@ -354,11 +375,12 @@ fn apply_in_transaction(conn: &mut Connection, changes: &Changes) -> Result<(), 
     }
     for env in &changes.environments {
         tx.execute(
-            "INSERT INTO environments (name, created_at, policy) VALUES (?1, ?2, ?3)",
+            "INSERT INTO environments (name, created_at, policy, mac) VALUES (?1, ?2, ?3, ?4)",
             params![
                 env.name.as_str(),
                 env.created_at.unix_ms(),
-                policy_json(env)?
+                policy_json(env)?,
+                mac_bytes(env.mac),
             ],
         )
         .map_err(map_write_error)?;
@@ -366,8 +388,8 @@ fn apply_in_transaction(conn: &mut Connection, changes: &Changes) -> Result<(), 
     for env in &changes.update_environments {
         let changed = tx
             .execute(
-                "UPDATE environments SET policy = ?2 WHERE name = ?1",
-                params![env.name.as_str(), policy_json(env)?],
+                "UPDATE environments SET policy = ?2, mac = ?3 WHERE name = ?1",
+                params![env.name.as_str(), policy_json(env)?, mac_bytes(env.mac)],
             )
             .map_err(map_write_error)?;
         if changed == 0 {
@@ -376,10 +398,10 @@ fn apply_in_transaction(conn: &mut Connection, changes: &Changes) -> Result<(), 
     }
     for role in &changes.upsert_roles {
         tx.execute(
-            "INSERT INTO roles (name, description, permissions, builtin, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (name) DO UPDATE SET \
+            "INSERT INTO roles (name, description, permissions, builtin, created_at, updated_at, mac) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (name) DO UPDATE SET \
              description = excluded.description, permissions = excluded.permissions, \
-             updated_at = excluded.updated_at",
+             updated_at = excluded.updated_at, mac = excluded.mac",
             params![
                 role.name.as_str(),
                 role.description,
@@ -387,6 +409,7 @@ fn apply_in_transaction(conn: &mut Connection, changes: &Changes) -> Result<(), 
                 i64::from(role.builtin),
                 role.created_at.unix_ms(),
                 role.updated_at.unix_ms(),
+                mac_bytes(role.mac),
             ],
         )
         .map_err(map_write_error)?;
@@ -405,10 +428,11 @@ fn apply_in_transaction(conn: &mut Connection, changes: &Changes) -> Result<(), 
             .transpose()
             .map_err(corrupt_json)?;
         tx.execute(
-            "INSERT INTO plans (name, description, ratelimits, graduated, created_at, updated_at, quota) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (name) DO UPDATE SET \
+            "INSERT INTO plans (name, description, ratelimits, graduated, created_at, updated_at, quota, mac) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (name) DO UPDATE SET \
              description = excluded.description, ratelimits = excluded.ratelimits, \
-             graduated = excluded.graduated, quota = excluded.quota, updated_at = excluded.updated_at",
+             graduated = excluded.graduated, quota = excluded.quota, updated_at = excluded.updated_at, \
+             mac = excluded.mac",
             params![
                 plan.name.as_str(),
                 plan.description,
@@ -416,7 +440,8 @@ fn apply_in_transaction(conn: &mut Connection, changes: &Changes) -> Result<(), 
                 graduated,
                 plan.created_at.unix_ms(),
                 plan.updated_at.unix_ms(),
-                quota
+                quota,
+                mac_bytes(plan.mac),
             ],
         )
         .map_err(map_write_error)?;
@@ -441,7 +466,7 @@ fn apply_in_transaction(conn: &mut Connection, changes: &Changes) -> Result<(), 
         tx.execute(
             &format!(
                 "INSERT INTO keys ({KEY_COLUMNS}) VALUES \
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)"
             ),
             params![
                 key.id.to_string(),
@@ -466,6 +491,7 @@ fn apply_in_transaction(conn: &mut Connection, changes: &Changes) -> Result<(), 
                 to_i64(key.uses),
                 access_json(key)?,
                 key.access.next_grant_expiry().map(Timestamp::unix_ms),
+                mac_bytes(key.mac),
             ],
         )
         .map_err(map_write_error)?;
@@ -475,8 +501,8 @@ fn apply_in_transaction(conn: &mut Connection, changes: &Changes) -> Result<(), 
             .execute(
                 "UPDATE keys SET name = ?2, owner = ?3, purpose = ?4, permissions = ?5, meta = ?6, \
                  updated_at = ?7, expires_at = ?8, status = ?9, revoked_at = ?10, \
-                 revocation_reason = ?11, rolled_to = ?12, access = ?13, next_grant_expiry = ?14 \
-                 WHERE id = ?1",
+                 revocation_reason = ?11, rolled_to = ?12, access = ?13, next_grant_expiry = ?14, \
+                 mac = ?15 WHERE id = ?1",
                 params![
                     key.id.to_string(),
                     key.name,
@@ -492,6 +518,7 @@ fn apply_in_transaction(conn: &mut Connection, changes: &Changes) -> Result<(), 
                     key.rolled_to.map(|id| id.to_string()),
                     access_json(key)?,
                     key.access.next_grant_expiry().map(Timestamp::unix_ms),
+                    mac_bytes(key.mac),
                 ],
             )
             .map_err(map_write_error)?;
@@ -516,6 +543,19 @@ fn apply_in_transaction(conn: &mut Connection, changes: &Changes) -> Result<(), 
         }
     }
     vault::apply(&tx, changes)?;
+    if let Some(checkpoint) = &changes.audit_checkpoint {
+        tx.prepare_cached(
+            "INSERT INTO audit_checkpoint (id, seq, hash, mac) VALUES (1, ?1, ?2, ?3) \
+             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, mac = excluded.mac",
+        )
+        .map_err(unavailable)?
+        .execute(params![
+            to_i64(checkpoint.seq),
+            checkpoint.hash,
+            checkpoint.mac.0.as_slice()
+        ])
+        .map_err(map_write_error)?;
+    }
     for entry in &changes.audit {
         tx.prepare_cached(
             "INSERT INTO audit_log (seq, ts, actor, action, target, details, prev_hash, hash) \
@@ -557,7 +597,9 @@ impl Store for SqliteStore {
     async fn environments(&self) -> Result<Vec<EnvironmentRecord>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn
-                .prepare_cached("SELECT name, created_at, policy FROM environments ORDER BY name")
+                .prepare_cached(
+                    "SELECT name, created_at, policy, mac FROM environments ORDER BY name",
+                )
                 .map_err(unavailable)?;
             let mut rows = stmt.query([]).map_err(unavailable)?;
             let mut out = Vec::new();
@@ -570,6 +612,7 @@ impl Store for SqliteStore {
                     created_at: Timestamp::from_unix_ms(row.get(1).map_err(get_err)?),
                     policy: serde_json::from_str(&policy)
                         .map_err(|_| corrupt("environment policy"))?,
+                    mac: mac_at(row, 3)?,
                 });
             }
             Ok(out)
@@ -581,7 +624,7 @@ impl Store for SqliteStore {
         self.read(|conn| {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT name, description, permissions, builtin, created_at, updated_at \
+                    "SELECT name, description, permissions, builtin, created_at, updated_at, mac \
                      FROM roles ORDER BY name",
                 )
                 .map_err(unavailable)?;
@@ -594,7 +637,7 @@ impl Store for SqliteStore {
     async fn plans(&self) -> Result<Vec<PlanRecord>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn
-                .prepare_cached("SELECT name, description, ratelimits, created_at, updated_at, graduated, quota FROM plans ORDER BY name")
+                .prepare_cached("SELECT name, description, ratelimits, created_at, updated_at, graduated, quota, mac FROM plans ORDER BY name")
                 .map_err(unavailable)?;
             let mut rows = stmt.query([]).map_err(unavailable)?;
             let mut out = Vec::new();
@@ -618,6 +661,7 @@ impl Store for SqliteStore {
                         .transpose()?,
                     created_at: Timestamp::from_unix_ms(row.get(3).map_err(get_err)?),
                     updated_at: Timestamp::from_unix_ms(row.get(4).map_err(get_err)?),
+                    mac: mac_at(row, 7)?,
                 });
             }
             Ok(out)
@@ -862,6 +906,34 @@ impl Store for SqliteStore {
 
     async fn audit_head(&self) -> Result<Option<AuditHead>, StoreError> {
         self.read(head).await
+    }
+
+    async fn audit_checkpoint(&self) -> Result<Option<AuditCheckpoint>, StoreError> {
+        self.read(|conn| {
+            let row = conn
+                .query_row(
+                    "SELECT seq, hash, mac FROM audit_checkpoint WHERE id = 1",
+                    [],
+                    |row| {
+                        Ok((
+                            row.get::<_, i64>(0)?,
+                            row.get::<_, String>(1)?,
+                            row.get::<_, Vec<u8>>(2)?,
+                        ))
+                    },
+                )
+                .optional()
+                .map_err(unavailable)?;
+            row.map(|(seq, hash, mac)| {
+                Ok(AuditCheckpoint {
+                    seq: u64::try_from(seq).map_err(|_| corrupt("checkpoint seq"))?,
+                    hash,
+                    mac: RecordMac(mac.try_into().map_err(|_| corrupt("checkpoint tag"))?),
+                })
+            })
+            .transpose()
+        })
+        .await
     }
 
     async fn audit_entries(&self, after: u64, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {

@@ -17,6 +17,9 @@ pub struct VaultRecord {
     pub term: u32,
     pub created_at: Timestamp,
     pub rewrap: Option<RewrapProgress>,
+    /// The service's integrity tag over everything above but `rewrap`: the newest term in
+    /// particular, so no node is made to seal under an older one.
+    pub mac: Option<keyward_core::RecordMac>,
 }
 
 /// Progress of re-sealing old values under the newest term.

@@ -120,6 +120,9 @@ impl Store for CountingStore {
     async fn audit_head(&self) -> Result<Option<AuditHead>, StoreError> {
         self.inner.audit_head().await
     }
+    async fn audit_checkpoint(&self) -> Result<Option<keyward_store::AuditCheckpoint>, StoreError> {
+        self.inner.audit_checkpoint().await
+    }
     async fn audit_entries(&self, after: u64, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
         self.inner.audit_entries(after, limit).await
     }
@@ -318,7 +321,9 @@ impl Running {
 }
 
 impl TestApp {
-    async fn start(&mut self) {
+    /// Starts the server again over the same data dir after [`TestApp::shutdown`] (to edit the
+    /// store offline in between).
+    pub async fn start(&mut self) {
         let running = Running::start(&self.dir, &self.clock, &self.unseal_key, &self.config).await;
         self.addr = running.addr;
         self.store = running.store;

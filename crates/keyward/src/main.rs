@@ -111,10 +111,16 @@ struct ServeArgs {
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
-    /// Recompute the audit log's hash chain offline; exits non-zero at the first broken entry.
+    /// Recompute the audit log's hash chain offline; exits 2 at the first broken entry. With
+    /// the unseal key (KEYWARD_UNSEAL_KEY, --unseal-key-file, or the data dir's unseal.key) it
+    /// also checks the integrity tags of every key, environment, role, plan and the audit head,
+    /// so rewritten or truncated entries and records edited outside keyward are found too.
     Verify {
         #[arg(long, env = "KEYWARD_DATA_DIR", default_value = config::DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
+        /// A file holding the unseal key.
+        #[arg(long)]
+        unseal_key_file: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -181,8 +187,13 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Secrets { remote, command } => secrets_cmd::run(remote, command).await,
         Command::Run(args) => run_cmd::run(args).await,
         Command::Audit {
-            command: AuditCommand::Verify { data_dir, json },
-        } => audit_verify(&data_dir, json).await,
+            command:
+                AuditCommand::Verify {
+                    data_dir,
+                    unseal_key_file,
+                    json,
+                },
+        } => audit_verify(&data_dir, unseal_key_file, json).await,
     }
 }
 
@@ -471,37 +482,94 @@ fn init_logging(config: &Config) {
     }
 }
 
-async fn audit_verify(data_dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+async fn audit_verify(
+    data_dir: &std::path::Path,
+    unseal_key_file: Option<PathBuf>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let dir = DataDir::new(data_dir);
     if !dir.db_path().exists() {
         anyhow::bail!("no keyward store in {}", data_dir.display());
     }
     let store = SqliteStore::open(&dir.db_path())?;
-    match verify_chain(&store).await? {
-        ChainReport::Intact { entries } => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"intact": true, "entries": entries})
-                );
-            } else {
-                println!("audit log intact: {entries} entries verified");
+    let chain = verify_chain(&store).await?;
+    let key = match std::env::var("KEYWARD_UNSEAL_KEY") {
+        Ok(text) => Some(
+            UnsealKey::from_text(&zeroize::Zeroizing::new(text))
+                .context("KEYWARD_UNSEAL_KEY is not an unseal key (kwunseal1-…)")?,
+        ),
+        Err(_) => {
+            let path = unseal_key_file.or_else(|| {
+                let beside = dir.unseal_key_path();
+                beside.exists().then_some(beside)
+            });
+            match path {
+                Some(path) => {
+                    datadir::check_key_file(&path)?;
+                    let text =
+                        zeroize::Zeroizing::new(std::fs::read_to_string(&path).with_context(
+                            || format!("cannot read the unseal key file {}", path.display()),
+                        )?);
+                    Some(UnsealKey::from_text(&text).with_context(|| {
+                        format!("{} does not hold an unseal key", path.display())
+                    })?)
+                }
+                None => None,
             }
-            Ok(ExitCode::SUCCESS)
         }
-        ChainReport::Broken(broken) => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"intact": false, "first_broken_seq": broken.seq, "reason": broken.reason})
-                );
-            } else {
-                eprintln!(
-                    "keyward: audit log BROKEN at entry {}: {}",
-                    broken.seq, broken.reason
-                );
+    };
+    let tampered = match &key {
+        Some(key) => Some(
+            keyward_service::verify_stored_state(&store, key)
+                .await
+                .context("cannot check integrity tags (is this the vault's unseal key?)")?,
+        ),
+        None => None,
+    };
+    let (intact, entries, broken) = match &chain {
+        ChainReport::Intact { entries } => (true, Some(*entries), None),
+        ChainReport::Broken(b) => (false, None, Some(b)),
+    };
+    let all_good = intact && tampered.as_ref().is_none_or(Vec::is_empty);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "intact": all_good,
+                "chain_intact": intact,
+                "entries": entries,
+                "first_broken_seq": broken.map(|b| b.seq),
+                "reason": broken.map(|b| b.reason),
+                "integrity_checked": tampered.is_some(),
+                "integrity_failures": tampered,
+            })
+        );
+    } else {
+        match broken {
+            Some(b) => eprintln!("keyward: audit log BROKEN at entry {}: {}", b.seq, b.reason),
+            None => println!(
+                "audit log chain intact: {} entries verified",
+                entries.unwrap_or(0)
+            ),
+        }
+        match &tampered {
+            None => println!(
+                "integrity tags not checked: give the unseal key (KEYWARD_UNSEAL_KEY or \
+                 --unseal-key-file) to detect rewritten or truncated entries and edited records"
+            ),
+            Some(list) if list.is_empty() => {
+                println!("integrity tags intact: keys, environments, roles, plans, audit head")
             }
-            Ok(ExitCode::from(2))
+            Some(list) => {
+                for what in list {
+                    eprintln!("keyward: INTEGRITY failure: {what}");
+                }
+            }
         }
     }
+    Ok(if all_good {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }

@@ -11,33 +11,61 @@ use crate::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
-    /// `ok`, `ready`, `sealed` or `unavailable`.
+    /// `ok`, `ready`, `sealed`, `unavailable` or `integrity`.
     pub status: &'static str,
+    /// With `integrity`: how many integrity check failures were found since unseal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub integrity_failures: Option<u64>,
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "system", responses((status = 200, body = Health)))]
 pub async fn healthz() -> Json<Health> {
-    Json(Health { status: "ok" })
+    Json(Health {
+        status: "ok",
+        integrity_failures: None,
+    })
 }
 
 #[utoipa::path(
     get, path = "/readyz", tag = "system",
-    responses((status = 200, body = Health), (status = 503, description = "Sealed, or the store is unreachable", body = Health))
+    responses((status = 200, body = Health), (status = 503, description = "Sealed (`sealed`), the store is unreachable (`unavailable`), or stored security state failed its integrity check (`integrity`; what failed is in the log)", body = Health))
 )]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     let Ok(authority) = state.node.session() else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(Health { status: "sealed" }),
+            Json(Health {
+                status: "sealed",
+                integrity_failures: None,
+            }),
         );
     };
+    let failures = authority.integrity_failures();
+    if failures > 0 {
+        // Stored security state was edited outside keyward: the node serves (failing closed on
+        // what was touched), but it is not healthy. What failed is in the log.
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health {
+                status: "integrity",
+                integrity_failures: Some(failures),
+            }),
+        );
+    }
     if authority.ready().await {
-        (StatusCode::OK, Json(Health { status: "ready" }))
+        (
+            StatusCode::OK,
+            Json(Health {
+                status: "ready",
+                integrity_failures: None,
+            }),
+        )
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(Health {
                 status: "unavailable",
+                integrity_failures: None,
             }),
         )
     }

@@ -19,6 +19,7 @@ async fn reopening_keeps_data_and_does_not_rerun_migrations() {
                     name: EnvironmentName::parse("live").unwrap(),
                     created_at: Timestamp::from_unix_ms(1),
                     policy: keyward_core::EnvironmentPolicy::default(),
+                    mac: None,
                 }],
                 insert_keys: vec![crate::conformance::sample_key(1, "live")],
                 ..Changes::default()

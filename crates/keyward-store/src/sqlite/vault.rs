@@ -34,10 +34,11 @@ pub(super) fn apply(tx: &Transaction<'_>, changes: &Changes) -> Result<(), Store
             .transpose()
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         tx.execute(
-            "INSERT INTO vault (id, tag, shares, threshold, sealed_root, term, created_at, rewrap) \
-             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO UPDATE SET \
+            "INSERT INTO vault (id, tag, shares, threshold, sealed_root, term, created_at, rewrap, mac) \
+             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO UPDATE SET \
              tag = excluded.tag, shares = excluded.shares, threshold = excluded.threshold, \
-             sealed_root = excluded.sealed_root, term = excluded.term, rewrap = excluded.rewrap",
+             sealed_root = excluded.sealed_root, term = excluded.term, rewrap = excluded.rewrap, \
+             mac = excluded.mac",
             params![
                 vault.tag.as_slice(),
                 vault.shares,
@@ -45,7 +46,8 @@ pub(super) fn apply(tx: &Transaction<'_>, changes: &Changes) -> Result<(), Store
                 vault.sealed_root,
                 vault.term,
                 vault.created_at.unix_ms(),
-                rewrap
+                rewrap,
+                vault.mac.map(|m| m.0.to_vec()),
             ],
         )
         .map_err(map_write_error)?;
@@ -157,7 +159,7 @@ pub(super) fn apply(tx: &Transaction<'_>, changes: &Changes) -> Result<(), Store
 pub(super) fn vault(conn: &Connection) -> Result<Option<VaultRecord>, StoreError> {
     let row = conn
         .query_row(
-            "SELECT tag, shares, threshold, sealed_root, term, created_at, rewrap FROM vault \
+            "SELECT tag, shares, threshold, sealed_root, term, created_at, rewrap, mac FROM vault \
              WHERE id = 1",
             [],
             |row| {
@@ -169,12 +171,13 @@ pub(super) fn vault(conn: &Connection) -> Result<Option<VaultRecord>, StoreError
                     row.get::<_, u32>(4)?,
                     row.get::<_, i64>(5)?,
                     row.get::<_, Option<String>>(6)?,
+                    row.get::<_, Option<Vec<u8>>>(7)?,
                 ))
             },
         )
         .optional()
         .map_err(unavailable)?;
-    let Some((tag, shares, threshold, sealed_root, term, created_at, rewrap)) = row else {
+    let Some((tag, shares, threshold, sealed_root, term, created_at, rewrap, mac)) = row else {
         return Ok(None);
     };
     Ok(Some(VaultRecord {
@@ -187,6 +190,13 @@ pub(super) fn vault(conn: &Connection) -> Result<Option<VaultRecord>, StoreError
         rewrap: rewrap
             .as_deref()
             .map(|r| serde_json::from_str(r).map_err(|_| corrupt("rewrap progress")))
+            .transpose()?,
+        mac: mac
+            .map(|m| {
+                m.try_into()
+                    .map(keyward_core::RecordMac)
+                    .map_err(|_| corrupt("vault tag"))
+            })
             .transpose()?,
     }))
 }

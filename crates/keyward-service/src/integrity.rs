@@ -1,0 +1,393 @@
+//! Stored security state, authenticated.
+//!
+//! The vault seals an [`IntegrityKey`]; with it, every write tags the security-relevant fields
+//! of the records it stores (keys, environments, roles, plans, the vault record) and a
+//! checkpoint of the audit log's head, all in the same transaction ([`Authority::commit`] is the
+//! one place that does it). Every read of such a record checks its tag, so an edit of the store
+//! made without the unseal key (an un-revoked key, a widened permission, a loosened policy, a
+//! lowered keyring term, truncated or rewritten audit entries) fails closed: the record is
+//! treated as invalid, the failure is logged and counted, and `/readyz` says so.
+//!
+//! What it does not cover: usage counters and quota balances (telemetry, written without an
+//! audit entry), and rollback of the whole store to an earlier copy of itself, which carries
+//! valid tags.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use keyward_core::{KeyRecord, PlanRecord, RecordMac, RoleRecord};
+use keyward_crypto::barrier::IntegrityKey;
+use keyward_store::{AuditCheckpoint, AuditHead, Changes, EnvironmentRecord, VaultRecord};
+use serde_json::json;
+
+use crate::Authority;
+
+/// Where the vault's integrity key is stored, sealed by the root key, among the keyrings.
+pub(crate) const INTEGRITY_SCOPE: &str = "integrity";
+
+fn bytes(value: &serde_json::Value) -> Vec<u8> {
+    // A `Value` serialises its object keys in sorted order: the same record gives the same bytes.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn key_bytes(k: &KeyRecord) -> Vec<u8> {
+    bytes(&json!({
+        "id": k.id.to_string(),
+        "service": k.service.as_str(),
+        "environment": k.environment.as_str(),
+        "hash": keyward_crypto::hex(&k.hash.0),
+        "start": k.start,
+        "name": k.name,
+        "owner": k.owner,
+        "purpose": k.purpose,
+        "permissions": k.permissions,
+        "meta": k.meta,
+        "created_at": k.created_at.unix_ms(),
+        "updated_at": k.updated_at.unix_ms(),
+        "expires_at": k.expires_at.map(keyward_core::Timestamp::unix_ms),
+        "status": k.status.as_str(),
+        "revoked_at": k.revoked_at.map(keyward_core::Timestamp::unix_ms),
+        "revocation_reason": k.revocation_reason,
+        "rolled_from": k.rolled_from.map(|id| id.to_string()),
+        "rolled_to": k.rolled_to.map(|id| id.to_string()),
+        "access": k.access,
+    }))
+}
+
+fn environment_bytes(e: &EnvironmentRecord) -> Vec<u8> {
+    bytes(&json!({
+        "name": e.name.as_str(),
+        "created_at": e.created_at.unix_ms(),
+        "policy": e.policy,
+    }))
+}
+
+fn role_bytes(r: &RoleRecord) -> Vec<u8> {
+    bytes(&json!({
+        "name": r.name.as_str(),
+        "description": r.description,
+        "permissions": r.permissions,
+        "builtin": r.builtin,
+        "created_at": r.created_at.unix_ms(),
+        "updated_at": r.updated_at.unix_ms(),
+    }))
+}
+
+fn plan_bytes(p: &PlanRecord) -> Vec<u8> {
+    bytes(&json!({
+        "name": p.name.as_str(),
+        "description": p.description,
+        "ratelimits": p.ratelimits,
+        "graduated": p.graduated,
+        "quota": p.quota,
+        "created_at": p.created_at.unix_ms(),
+        "updated_at": p.updated_at.unix_ms(),
+    }))
+}
+
+fn vault_bytes(v: &VaultRecord) -> Vec<u8> {
+    bytes(&json!({
+        "tag": keyward_crypto::hex(&v.tag),
+        "shares": v.shares,
+        "threshold": v.threshold,
+        "sealed_root": keyward_crypto::hex(&v.sealed_root),
+        "term": v.term,
+        "created_at": v.created_at.unix_ms(),
+    }))
+}
+
+fn checkpoint_bytes(seq: u64, hash: &str) -> Vec<u8> {
+    bytes(&json!({ "seq": seq, "hash": hash }))
+}
+
+fn tag(key: &IntegrityKey, domain: &str, bytes: &[u8]) -> Option<RecordMac> {
+    Some(RecordMac(key.tag(domain, bytes)))
+}
+
+fn check(key: &IntegrityKey, domain: &str, bytes: &[u8], mac: Option<RecordMac>) -> bool {
+    mac.is_some_and(|m| key.verify(domain, bytes, &m.0))
+}
+
+pub(crate) fn seal_key(key: &IntegrityKey, k: &mut KeyRecord) {
+    k.mac = tag(key, "key", &key_bytes(k));
+}
+
+pub(crate) fn key_intact(key: &IntegrityKey, k: &KeyRecord) -> bool {
+    check(key, "key", &key_bytes(k), k.mac)
+}
+
+pub(crate) fn environment_intact(key: &IntegrityKey, e: &EnvironmentRecord) -> bool {
+    check(key, "environment", &environment_bytes(e), e.mac)
+}
+
+pub(crate) fn role_intact(key: &IntegrityKey, r: &RoleRecord) -> bool {
+    check(key, "role", &role_bytes(r), r.mac)
+}
+
+pub(crate) fn plan_intact(key: &IntegrityKey, p: &PlanRecord) -> bool {
+    check(key, "plan", &plan_bytes(p), p.mac)
+}
+
+pub(crate) fn vault_intact(key: &IntegrityKey, v: &VaultRecord) -> bool {
+    check(key, "vault", &vault_bytes(v), v.mac)
+}
+
+pub(crate) fn checkpoint_intact(key: &IntegrityKey, c: &AuditCheckpoint) -> bool {
+    check(
+        key,
+        "audit-checkpoint",
+        &checkpoint_bytes(c.seq, &c.hash),
+        Some(c.mac),
+    )
+}
+
+/// The checkpoint of `head`, tagged.
+pub(crate) fn checkpoint(key: &IntegrityKey, head: &AuditHead) -> AuditCheckpoint {
+    AuditCheckpoint {
+        seq: head.seq,
+        hash: head.hash.clone(),
+        mac: RecordMac(key.tag("audit-checkpoint", &checkpoint_bytes(head.seq, &head.hash))),
+    }
+}
+
+/// Tags every record `changes` writes, and the checkpoint of the audit head it leads to.
+pub(crate) fn seal_changes(key: &IntegrityKey, changes: &mut Changes, head: Option<&AuditHead>) {
+    for k in changes
+        .insert_keys
+        .iter_mut()
+        .chain(changes.update_keys.iter_mut())
+    {
+        seal_key(key, k);
+    }
+    for e in changes
+        .environments
+        .iter_mut()
+        .chain(changes.update_environments.iter_mut())
+    {
+        e.mac = tag(key, "environment", &environment_bytes(e));
+    }
+    for r in &mut changes.upsert_roles {
+        r.mac = tag(key, "role", &role_bytes(r));
+    }
+    for p in &mut changes.upsert_plans {
+        p.mac = tag(key, "plan", &plan_bytes(p));
+    }
+    if let Some(v) = &mut changes.vault {
+        v.mac = tag(key, "vault", &vault_bytes(v));
+    }
+    if let Some(head) = head {
+        changes.audit_checkpoint = Some(checkpoint(key, head));
+    }
+}
+
+/// Every stored key, environment, role and plan as a change that rewrites it: tagged by
+/// [`seal_changes`], this is what adopting integrity tags writes for a store from before them.
+pub(crate) async fn everything(
+    store: &dyn keyward_store::Store,
+) -> Result<Changes, keyward_store::StoreError> {
+    let mut changes = Changes {
+        update_environments: store.environments().await?,
+        upsert_roles: store.roles().await?,
+        upsert_plans: store.plans().await?,
+        ..Changes::default()
+    };
+    let mut after = None;
+    loop {
+        let page = store
+            .list_keys(keyward_store::KeyQuery {
+                after,
+                limit: 1000,
+                ..keyward_store::KeyQuery::default()
+            })
+            .await?;
+        let full = page.len() == 1000;
+        after = page.last().map(|k| k.id);
+        changes.update_keys.extend(page);
+        if !full {
+            return Ok(changes);
+        }
+    }
+}
+
+/// Why the stored audit head does not match the tagged checkpoint, if it does not.
+pub(crate) fn audit_head_problem(
+    key: &IntegrityKey,
+    head: &AuditHead,
+    checkpoint: Option<&AuditCheckpoint>,
+) -> Option<String> {
+    let Some(checkpoint) = checkpoint else {
+        return (head.seq > 0).then(|| "the checkpoint of its head is missing".to_owned());
+    };
+    if !checkpoint_intact(key, checkpoint) {
+        return Some("the checkpoint of its head was altered".to_owned());
+    }
+    if head.seq < checkpoint.seq {
+        return Some(format!(
+            "entries {}..={} were removed (truncated)",
+            head.seq + 1,
+            checkpoint.seq
+        ));
+    }
+    if head.seq > checkpoint.seq {
+        return Some(format!(
+            "entries after {} were not written by keyward",
+            checkpoint.seq
+        ));
+    }
+    (head.hash != checkpoint.hash).then(|| "its entries were rewritten".to_owned())
+}
+
+/// Checks every tagged record and the audit checkpoint of a store, offline, with the vault's
+/// unseal key (`keyward audit verify` with a key). Returns what failed; empty when all is intact.
+pub async fn verify_stored_state(
+    store: &dyn keyward_store::Store,
+    unseal_key: &keyward_crypto::barrier::UnsealKey,
+) -> Result<Vec<String>, crate::ServiceError> {
+    let record = store
+        .vault()
+        .await?
+        .ok_or_else(|| crate::ServiceError::Internal("the store has no vault".into()))?;
+    let vault = crate::vault::OpenVault::open(&record, unseal_key, &store.keyrings().await?)?;
+    if vault.take_adoption().is_some() {
+        return Ok(vec![
+            "this store predates integrity tags: unseal it once with keyward serve to adopt them"
+                .into(),
+        ]);
+    }
+    let key = vault.integrity();
+    let mut failed = Vec::new();
+    let all = everything(store).await?;
+    failed.extend(
+        all.update_environments
+            .iter()
+            .filter(|e| !environment_intact(key, e))
+            .map(|e| format!("environment {}", e.name)),
+    );
+    failed.extend(
+        all.upsert_roles
+            .iter()
+            .filter(|r| !role_intact(key, r))
+            .map(|r| format!("role {}", r.name)),
+    );
+    failed.extend(
+        all.upsert_plans
+            .iter()
+            .filter(|p| !plan_intact(key, p))
+            .map(|p| format!("plan {}", p.name)),
+    );
+    failed.extend(
+        all.update_keys
+            .iter()
+            .filter(|k| !key_intact(key, k))
+            .map(|k| format!("key {}", k.id)),
+    );
+    let head = store.audit_head().await?.unwrap_or(AuditHead {
+        seq: 0,
+        hash: keyward_core::audit::GENESIS_HASH.to_owned(),
+    });
+    if let Some(problem) = audit_head_problem(key, &head, store.audit_checkpoint().await?.as_ref())
+    {
+        failed.push(format!("audit log: {problem}"));
+    }
+    Ok(failed)
+}
+
+/// What the node has found tampered with since it was unsealed: reported on `/readyz`.
+#[derive(Debug, Default)]
+pub(crate) struct Findings {
+    failures: AtomicU64,
+    /// Short descriptions (`key <id>`, `role <name>`, `audit log: …`), deduplicated, bounded.
+    found: Mutex<BTreeSet<String>>,
+}
+
+impl Findings {
+    pub(crate) fn report(&self, what: String) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        let mut found = self.found.lock().unwrap_or_else(|p| p.into_inner());
+        if found.len() < 100 && !found.contains(&what) {
+            tracing::error!(record = %what, "stored security state failed its integrity check; it is treated as invalid");
+            found.insert(what);
+        }
+    }
+
+    pub(crate) fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn list(&self) -> Vec<String> {
+        self.found
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
+impl Authority {
+    /// Tags every stored record and the audit head of a store from before integrity tags, and
+    /// stores the vault's new integrity key with a root key that says it has one: one write,
+    /// audited. Runs once, at the first unseal after the upgrade.
+    pub(crate) async fn adopt_integrity(
+        store: &dyn keyward_store::Store,
+        clock: &dyn keyward_core::Clock,
+        vault: &crate::vault::OpenVault,
+        adoption: crate::vault::Adoption,
+    ) -> Result<(), crate::ServiceError> {
+        let mut changes = everything(store).await?;
+        let head = store.audit_head().await?;
+        let (seq, hash) = head.map_or((0, keyward_core::audit::GENESIS_HASH.to_owned()), |h| {
+            (h.seq, h.hash)
+        });
+        let records = changes.update_keys.len()
+            + changes.update_environments.len()
+            + changes.upsert_roles.len()
+            + changes.upsert_plans.len();
+        changes.audit = crate::audit::chain(
+            seq,
+            &hash,
+            clock.now(),
+            vec![crate::audit::PendingEntry {
+                actor: "system".into(),
+                action: "vault.integrity_adopt",
+                target: None,
+                details: json!({ "records": records, "audit_entries": seq }),
+            }],
+        );
+        let new_head = changes.audit.last().map(|e| AuditHead {
+            seq: e.seq,
+            hash: e.hash.clone(),
+        });
+        changes.vault = Some(adoption.record);
+        changes.keyrings = vec![adoption.stored];
+        seal_changes(vault.integrity(), &mut changes, new_head.as_ref());
+        store.apply(changes).await?;
+        tracing::warn!(
+            records,
+            "stored security state is now authenticated: this store predates integrity tags, and \
+             what it held at this first unseal was trusted and tagged"
+        );
+        Ok(())
+    }
+
+    /// Integrity failures found since unseal (a metric).
+    pub fn integrity_failures(&self) -> u64 {
+        self.findings.failures()
+    }
+
+    /// What failed its integrity check since unseal, for `/readyz`; empty when all is well.
+    pub fn integrity_findings(&self) -> Vec<String> {
+        self.findings.list()
+    }
+
+    /// `key` if its tag checks out; otherwise the failure is reported and `None` returned.
+    pub(crate) fn intact_key(&self, key: KeyRecord) -> Option<KeyRecord> {
+        if key_intact(self.vault.integrity(), &key) {
+            Some(key)
+        } else {
+            self.findings.report(format!("key {}", key.id));
+            None
+        }
+    }
+}

@@ -1,0 +1,16 @@
+-- keyward schema, version 9: integrity tags. The service seals the security-relevant fields of
+-- keys, environments, roles, plans and the vault record with an HMAC under a key the vault
+-- seals, and keeps a tagged checkpoint of the audit log's head.
+
+ALTER TABLE keys ADD COLUMN mac BLOB;
+ALTER TABLE environments ADD COLUMN mac BLOB;
+ALTER TABLE roles ADD COLUMN mac BLOB;
+ALTER TABLE plans ADD COLUMN mac BLOB;
+ALTER TABLE vault ADD COLUMN mac BLOB;
+
+CREATE TABLE audit_checkpoint (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    seq   INTEGER NOT NULL,
+    hash  TEXT NOT NULL,
+    mac   BLOB NOT NULL
+) STRICT;
