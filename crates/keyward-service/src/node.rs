@@ -71,6 +71,8 @@ pub struct Node {
     active: Arc<AtomicUsize>,
     /// Shares received so far; holding it also serialises seal and unseal.
     pending: tokio::sync::Mutex<Pending>,
+    /// A seal whose audit entry could not be written (who, when): written at the next unseal.
+    late_seal: std::sync::Mutex<Option<(String, keyward_core::Timestamp)>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -107,6 +109,7 @@ impl Node {
             current: RwLock::new(None),
             active: Arc::new(AtomicUsize::new(0)),
             pending: tokio::sync::Mutex::new(Pending::default()),
+            late_seal: std::sync::Mutex::new(None),
         }))
     }
 
@@ -216,7 +219,14 @@ impl Node {
             self.config.clone(),
         )
         .await?;
-        authority.note_unsealed(via, record.rewrap).await?;
+        let late_seal = self
+            .late_seal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        authority
+            .note_unsealed(via, record.rewrap, late_seal)
+            .await?;
         authority.start_background();
         *write(&self.current) = Some(authority);
         tracing::info!(via, "vault unsealed");
@@ -228,9 +238,18 @@ impl Node {
     pub async fn seal(&self, actor: &Actor) -> Result<(), ServiceError> {
         let _pending = self.pending.lock().await;
         let session = self.session()?;
-        session.audit_seal(actor).await?;
+        session.may_seal(actor).await?;
+        // An emergency seal does not wait on the store: if its audit entry cannot be written
+        // now (the store is failing, or under attack), the vault seals anyway and the entry is
+        // written at the next unseal.
+        let audited = session.audit_seal(actor).await;
         drop(session);
         self.seal_now().await;
+        if let Err(e) = audited {
+            tracing::error!(error = %e, actor = %actor.key_id(), "the seal could not be audited; sealed anyway, the entry follows at the next unseal");
+            *self.late_seal.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((actor.audit_name(), self.clock.now()));
+        }
         tracing::warn!(actor = %actor.key_id(), "vault sealed");
         Ok(())
     }

@@ -64,9 +64,12 @@ pub fn check_path(path: &str) -> Result<(), ServiceError> {
     }
 }
 
-/// The metadata of a secret before anything was set: no owner, the default version count.
-fn new_meta(env: &EnvironmentName, path: &str, now: Timestamp) -> SecretMeta {
-    SecretMeta {
+/// The metadata of a secret before anything was set: no owner, the default version count, a
+/// fresh incarnation.
+fn new_meta(env: &EnvironmentName, path: &str, now: Timestamp) -> Result<SecretMeta, ServiceError> {
+    let incarnation =
+        keyward_crypto::new_request_id().map_err(|e| ServiceError::Internal(e.to_string()))?;
+    Ok(SecretMeta {
         environment: env.clone(),
         path: path.to_owned(),
         owner: None,
@@ -77,7 +80,8 @@ fn new_meta(env: &EnvironmentName, path: &str, now: Timestamp) -> SecretMeta {
         current_version: 0,
         created_at: now,
         updated_at: now,
-    }
+        incarnation: Some(incarnation),
+    })
 }
 
 /// A write: the new value and, for check-and-set, the version it replaces (0: must not exist).
@@ -262,10 +266,15 @@ impl Authority {
             )));
         }
         let version = current + 1;
-        let mut meta = existing.unwrap_or_else(|| new_meta(env, path, now));
+        let mut meta = match existing {
+            Some(meta) => meta,
+            None => new_meta(env, path, now)?,
+        };
         meta.current_version = version;
         meta.updated_at = now;
-        let ciphertext = self.vault.seal_secret(env, path, version, &text)?;
+        let ciphertext =
+            self.vault
+                .seal_secret(env, path, meta.incarnation.as_deref(), version, &text)?;
         let pruned = self.pruned_versions(&meta, version).await?;
         self.commit(
             &mut head,
@@ -351,7 +360,9 @@ impl Authority {
                 });
             }
         };
-        let plain = self.vault.open_secret(env, path, wanted, ciphertext)?;
+        let plain =
+            self.vault
+                .open_secret(env, path, meta.incarnation.as_deref(), wanted, ciphertext)?;
         let data = match serde_json::from_slice(&plain) {
             Ok(Value::Object(map)) => map,
             _ => {
@@ -524,10 +535,10 @@ impl Authority {
         }
         let mut head = self.lock_writer().await;
         let now = self.clock.now();
-        let mut meta = self
-            .secret_meta(env, path)
-            .await?
-            .unwrap_or_else(|| new_meta(env, path, now));
+        let mut meta = match self.secret_meta(env, path).await? {
+            Some(meta) => meta,
+            None => new_meta(env, path, now)?,
+        };
         if let Some(owner) = update.owner {
             meta.owner = Some(owner);
         }

@@ -15,24 +15,55 @@ fn random_err(e: keyward_crypto::RandomUnavailable) -> ServiceError {
     ServiceError::Internal(e.to_string())
 }
 
+/// Names a sealed value for a report: never its contents.
+fn describe(value: &SealedValue) -> String {
+    match value {
+        SealedValue::EnvironmentSecret { environment, .. } => {
+            format!("environment {environment} HMAC secret")
+        }
+        SealedValue::SecretVersion {
+            environment,
+            path,
+            version,
+            ..
+        } => format!("secret {environment}/{path} version {version}"),
+    }
+}
+
 impl Authority {
+    /// Audits the unseal, after the entry of a seal that could not be audited when it happened
+    /// (`late_seal`: who sealed, and when), if there was one.
     pub(crate) async fn note_unsealed(
         &self,
         via: &str,
         rewrap: Option<RewrapProgress>,
+        late_seal: Option<(String, keyward_core::Timestamp)>,
     ) -> Result<(), ServiceError> {
         *self.rewrap.lock().await = rewrap.filter(|r| r.finished_at.is_none());
-        self.audit_only(vec![PendingEntry {
+        let mut entries = Vec::new();
+        if let Some((actor, at)) = late_seal {
+            entries.push(PendingEntry {
+                actor,
+                action: "vault.seal",
+                target: None,
+                details: json!({ "sealed_at": at, "audited_late": true }),
+            });
+        }
+        entries.push(PendingEntry {
             actor: "system".into(),
             action: "vault.unseal",
             target: None,
             details: json!({ "via": via }),
-        }])
-        .await
+        });
+        self.audit_only(entries).await
+    }
+
+    /// Whether `actor` may seal; refused (and audited as a refusal) otherwise.
+    pub(crate) async fn may_seal(&self, actor: &Actor) -> Result<(), ServiceError> {
+        self.permit(actor, Operation::SysSeal, Target::None).await
     }
 
     pub(crate) async fn audit_seal(&self, actor: &Actor) -> Result<(), ServiceError> {
-        self.permit(actor, Operation::SysSeal, Target::None).await?;
         self.audit_only(vec![PendingEntry {
             actor: actor.audit_name(),
             action: "vault.seal",
@@ -138,9 +169,20 @@ impl Authority {
             return Ok(false);
         }
         let mut batch = Vec::with_capacity(stale.len());
+        let mut quarantined = Vec::new();
         for value in stale {
-            let (ciphertext, term) = self.reseal(&value)?;
             let old = value.ciphertext().to_vec();
+            let (ciphertext, term) = match self.reseal(&value).await {
+                Ok(resealed) => resealed,
+                // A value that does not open (tampered, or corrupt) would stall the rewrap for
+                // ever: it is left as it is, marked as done so no later batch takes it again,
+                // and reported. Reading it fails as it did before.
+                Err(ServiceError::Integrity(_)) => {
+                    quarantined.push(describe(&value));
+                    (old.clone(), progress.term)
+                }
+                Err(e) => return Err(e),
+            };
             let value = match value {
                 SealedValue::EnvironmentSecret { environment, .. } => {
                     SealedValue::EnvironmentSecret {
@@ -165,6 +207,19 @@ impl Authority {
         let count = batch.len() as u64;
         progress.done = progress.done.saturating_add(count);
         self.store.rewrap(batch, progress).await?;
+        if !quarantined.is_empty() {
+            for what in &quarantined {
+                self.findings
+                    .report(format!("sealed value {what} (quarantined by the rewrap)"));
+            }
+            self.audit_only(vec![PendingEntry {
+                actor: "system".into(),
+                action: "vault.rewrap.quarantine",
+                target: None,
+                details: json!({ "term": progress.term, "values": quarantined }),
+            }])
+            .await?;
+        }
         // Cached ciphertexts still open (old terms stay in the keyrings); drop them anyway so
         // reads see what the store holds.
         self.secret_cache.clear();
@@ -173,7 +228,7 @@ impl Authority {
     }
 
     /// Opens a stale value and seals it again under its environment's newest term.
-    fn reseal(&self, value: &SealedValue) -> Result<(Vec<u8>, u32), ServiceError> {
+    async fn reseal(&self, value: &SealedValue) -> Result<(Vec<u8>, u32), ServiceError> {
         let env = value.environment();
         let keyring = self.vault.keyring(env)?;
         let term = keyring.newest();
@@ -188,8 +243,20 @@ impl Authority {
                 ciphertext,
                 ..
             } => {
-                let plain = self.vault.open_secret(env, path, *version, ciphertext)?;
-                self.vault.seal_secret(env, path, *version, &plain)?
+                let incarnation = self
+                    .store
+                    .secret(env.clone(), path.clone())
+                    .await?
+                    .and_then(|m| m.incarnation);
+                let plain = self.vault.open_secret(
+                    env,
+                    path,
+                    incarnation.as_deref(),
+                    *version,
+                    ciphertext,
+                )?;
+                self.vault
+                    .seal_secret(env, path, incarnation.as_deref(), *version, &plain)?
             }
         };
         Ok((ciphertext, term))
@@ -220,13 +287,17 @@ impl Authority {
             .await?;
         let mut head = self.lock_writer().await;
         let mut record = self.vault_record().await?;
-        let root =
-            current
-                .open_root(&record.sealed_root)
-                .map_err(|_| ServiceError::InvalidField {
-                    field: "shares",
-                    message: "these shares (or this unseal key) do not open this vault".into(),
-                })?;
+        // The current key must open the vault; what it opens is then retired.
+        current
+            .open_root(&record.sealed_root)
+            .map_err(|_| ServiceError::InvalidField {
+                field: "shares",
+                message: "these shares (or this unseal key) do not open this vault".into(),
+            })?;
+        // A new root key, as Vault's rekey makes: every keyring is resealed under it, so the
+        // retired shares with any backup of the old vault record open nothing stored after.
+        let root = keyward_crypto::barrier::RootKey::generate().map_err(random_err)?;
+        let keyrings = self.vault.sealed_under(&root)?;
         let key = UnsealKey::generate().map_err(random_err)?;
         let tag = barrier::new_vault_tag().map_err(random_err)?;
         let parts = barrier::split(&key, shares, threshold, &tag).map_err(|e| {
@@ -239,20 +310,23 @@ impl Authority {
         record.tag = tag;
         record.shares = shares;
         record.threshold = threshold;
+        let resealed = keyrings.len();
         self.commit(
             &mut head,
             Changes {
                 vault: Some(record),
+                keyrings,
                 ..Changes::default()
             },
             vec![PendingEntry {
                 actor: actor.audit_name(),
                 action: "vault.rekey",
                 target: None,
-                details: json!({ "shares": shares, "threshold": threshold }),
+                details: json!({ "shares": shares, "threshold": threshold, "new_root_key": true, "keyrings_resealed": resealed }),
             }],
         )
         .await?;
+        self.vault.install_root(root);
         Ok((key, parts))
     }
 

@@ -55,15 +55,26 @@ const fn hmac_context(env: &str) -> Context<'_> {
     }
 }
 
-/// The record id a secret version's ciphertext is bound to.
-pub(crate) fn secret_record_id(env: &EnvironmentName, path: &str, version: u64) -> String {
-    format!("{env}/{path}#{version}")
+/// The record id a secret version's ciphertext is bound to: its environment, path, the
+/// secret's incarnation and the version.
+pub(crate) fn secret_record_id(
+    env: &EnvironmentName,
+    path: &str,
+    incarnation: Option<&str>,
+    version: u64,
+) -> String {
+    match incarnation {
+        Some(incarnation) => format!("{env}/{path}@{incarnation}#{version}"),
+        // Secrets written before incarnations keep the id they were sealed under.
+        None => format!("{env}/{path}#{version}"),
+    }
 }
 
 /// The unsealed vault: the root key, the integrity key and every environment's keyring,
 /// zeroized when dropped.
 pub struct OpenVault {
-    root: RootKey,
+    /// Replaced by a rekey, which reseals every keyring under a new root key.
+    root: RwLock<RootKey>,
     integrity: IntegrityKey,
     keyrings: RwLock<HashMap<EnvironmentName, Arc<Keyring>>>,
     term: std::sync::atomic::AtomicU32,
@@ -145,12 +156,36 @@ impl OpenVault {
             );
         }
         Ok(OpenVault {
-            root,
+            root: RwLock::new(root),
             integrity,
             keyrings: RwLock::new(opened),
             term: std::sync::atomic::AtomicU32::new(record.term),
             adoption: std::sync::Mutex::new(adoption),
         })
+    }
+
+    /// Every keyring and the integrity key sealed under `root`: what a rekey stores with the
+    /// new root key, so the old root key (and any backup of the record sealing it) opens
+    /// nothing that is stored from then on.
+    pub(crate) fn sealed_under(&self, root: &RootKey) -> Result<Vec<StoredKeyring>, ServiceError> {
+        let mut out = Vec::new();
+        for (env, keyring) in read(&self.keyrings).iter() {
+            let scope = scope(env);
+            out.push(StoredKeyring {
+                sealed: root.seal_keyring(&scope, keyring)?,
+                scope,
+            });
+        }
+        out.push(StoredKeyring {
+            scope: INTEGRITY_SCOPE.to_owned(),
+            sealed: root.seal_integrity_key(&self.integrity)?,
+        });
+        Ok(out)
+    }
+
+    /// Makes `root` the root key that new keyrings are sealed under (after a rekey stored it).
+    pub(crate) fn install_root(&self, root: RootKey) {
+        *write(&self.root) = root;
     }
 
     /// The key that tags stored security state.
@@ -188,7 +223,7 @@ impl OpenVault {
     ) -> Result<StoredKeyring, ServiceError> {
         let scope = scope(env);
         Ok(StoredKeyring {
-            sealed: self.root.seal_keyring(&scope, keyring)?,
+            sealed: read(&self.root).seal_keyring(&scope, keyring)?,
             scope,
         })
     }
@@ -244,10 +279,11 @@ impl OpenVault {
         &self,
         env: &EnvironmentName,
         path: &str,
+        incarnation: Option<&str>,
         version: u64,
         plaintext: &[u8],
     ) -> Result<Vec<u8>, ServiceError> {
-        let id = secret_record_id(env, path, version);
+        let id = secret_record_id(env, path, incarnation, version);
         Ok(self.keyring(env)?.seal(
             &Context {
                 table: "secret",
@@ -262,10 +298,11 @@ impl OpenVault {
         &self,
         env: &EnvironmentName,
         path: &str,
+        incarnation: Option<&str>,
         version: u64,
         ciphertext: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, ServiceError> {
-        let id = secret_record_id(env, path, version);
+        let id = secret_record_id(env, path, incarnation, version);
         Ok(self.keyring(env)?.open(
             &Context {
                 table: "secret",
@@ -344,7 +381,7 @@ pub(crate) fn new_vault(
         shares: parts,
         integrity: stored,
         open: OpenVault {
-            root,
+            root: RwLock::new(root),
             integrity,
             keyrings: RwLock::new(HashMap::new()),
             term: std::sync::atomic::AtomicU32::new(1),

@@ -773,6 +773,7 @@ fn meta(environment: &str, path: &str, current_version: u64) -> SecretMeta {
         current_version,
         created_at: Timestamp::from_unix_ms(5),
         updated_at: Timestamp::from_unix_ms(6),
+        incarnation: Some(format!("inc-{path}")),
     }
 }
 

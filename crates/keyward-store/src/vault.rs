@@ -55,6 +55,10 @@ pub struct SecretMeta {
     pub custom: serde_json::Map<String, serde_json::Value>,
     /// The newest version written (0 before the first write).
     pub current_version: u64,
+    /// Random, fixed when the secret is first written and bound into every version's
+    /// ciphertext: a secret deleted and made again cannot be handed an old ciphertext. `None`
+    /// for secrets from before incarnations.
+    pub incarnation: Option<String>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }

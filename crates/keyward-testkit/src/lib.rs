@@ -41,11 +41,18 @@ pub const START: &str = "2026-11-28T10:00:00Z";
 pub struct CountingStore {
     inner: SqliteStore,
     lookups: AtomicU64,
+    /// While set, every write fails as an unreachable store's would.
+    failing_writes: std::sync::atomic::AtomicBool,
 }
 
 impl CountingStore {
     pub fn lookups(&self) -> u64 {
         self.lookups.load(Ordering::SeqCst)
+    }
+
+    /// Makes every later write fail (`true`) or succeed again (`false`).
+    pub fn fail_writes(&self, failing: bool) {
+        self.failing_writes.store(failing, Ordering::SeqCst);
     }
 
     /// The vault's stored record.
@@ -62,6 +69,9 @@ impl CountingStore {
 #[async_trait]
 impl Store for CountingStore {
     async fn apply(&self, changes: Changes) -> Result<(), StoreError> {
+        if self.failing_writes.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("writes are failing (test)".into()));
+        }
         self.inner.apply(changes).await
     }
     async fn environments(&self) -> Result<Vec<EnvironmentRecord>, StoreError> {
@@ -283,6 +293,7 @@ impl Running {
         let store = Arc::new(CountingStore {
             inner: store,
             lookups: AtomicU64::new(0),
+            failing_writes: std::sync::atomic::AtomicBool::new(false),
         });
         let node = Node::open(
             store.clone(),

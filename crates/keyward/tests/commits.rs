@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use keyward_server::ServerConfig;
 use keyward_service::VerifyRequest;
+use keyward_store::Store as _;
 use keyward_testkit::{TestApp, spawn_app, spawn_app_with};
 use reqwest::Method;
 use serde_json::json;
@@ -39,6 +40,21 @@ async fn keys(app: &TestApp, n: usize) -> Vec<(String, String)> {
         ));
     }
     out
+}
+
+/// Waits until no write has landed for half a second: revokes already begun finish on their own
+/// tasks after their clients went away.
+async fn settle(app: &TestApp) {
+    let head = || async { app.store.audit_head().await.unwrap().map_or(0, |h| h.seq) };
+    let mut last = head().await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = head().await;
+        if now == last {
+            return;
+        }
+        last = now;
+    }
 }
 
 /// Every key revoked in the store answers REVOKED, every other one VALID; then a write and a
@@ -121,8 +137,7 @@ async fn revokes_whose_connections_are_reset_mid_way_are_whole_or_absent() {
         }
     }
     while batch.join_next().await.is_some() {}
-    // Writes already begun finish on their own tasks; give the last of them a moment.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    settle(&app).await;
     let revoked = check(&app, &keys).await;
     // The resets must have hit both sides of the commit for the test to mean anything.
     assert!(
@@ -201,7 +216,7 @@ async fn revokes_cut_off_by_the_request_timeout_are_whole_or_absent() {
         timed_out > 0,
         "no request timed out; the test proves nothing"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    settle(&app).await;
     // Checking over HTTP would time out too: read the store and verify in process.
     let mut landed_after_timeout = 0;
     for ((id, key), answer) in keys.iter().zip(&answers) {

@@ -344,11 +344,163 @@ async fn rekey_replaces_the_shares() {
     // Audited with the new split, never with a share.
     let audit = app.audit().await;
     let rekey = audit.iter().find(|e| e["action"] == "vault.rekey").unwrap();
-    assert_eq!(rekey["details"], json!({ "shares": 3, "threshold": 2 }));
+    assert_eq!(rekey["details"]["shares"], 3);
+    assert_eq!(rekey["details"]["threshold"], 2);
+    assert_eq!(rekey["details"]["new_root_key"], true);
     let text = serde_json::to_string(&audit).unwrap();
     for share in app.shares.iter().chain(&new) {
         assert!(!text.contains(&share[15..50]));
     }
+}
+
+#[tokio::test]
+async fn retired_shares_and_a_backup_of_the_old_vault_record_open_nothing_after_a_rekey() {
+    let mut app = spawn_app().await;
+    write(&app, "live/db", json!({ "password": "p1" })).await;
+    let db = app.data_dir().join("keyward.db");
+    let backup: (Vec<u8>, Vec<u8>, Option<Vec<u8>>) = {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.query_row("SELECT sealed_root, tag, mac FROM vault", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap()
+    };
+    let (status, body) = app
+        .call(
+            Method::POST,
+            "/v1/sys/rekey",
+            Some(json!({ "shares": app.shares[0..3], "new_shares": 3, "new_threshold": 2 })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    app.shutdown().await;
+    // The attacker holds the retired key (a quorum of retired shares) and restores the vault
+    // record from before the rekey: the keyrings are sealed under the new root key now.
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute(
+            "UPDATE vault SET sealed_root = ?1, tag = ?2, mac = ?3",
+            rusqlite::params![backup.0, backup.1, backup.2],
+        )
+        .unwrap();
+    }
+    let store: std::sync::Arc<dyn keyward_store::Store> =
+        std::sync::Arc::new(keyward_store::SqliteStore::open(&db).unwrap());
+    let node = keyward_service::Node::open(
+        store,
+        std::sync::Arc::new(app.clock.clone()),
+        keyward_service::AuthorityConfig::default(),
+    )
+    .await
+    .unwrap();
+    let retired = keyward_crypto::barrier::UnsealKey::from_text(&app.unseal_key).unwrap();
+    assert!(node.unseal_with_key(&retired, "key").await.is_err());
+    assert!(node.is_sealed());
+}
+
+#[tokio::test]
+async fn an_unreadable_value_is_quarantined_instead_of_stalling_the_rewrap() {
+    let app = spawn_app().await;
+    for i in 0..10 {
+        write(&app, &format!("test/q/{i}"), json!({ "n": i })).await;
+    }
+    {
+        let conn = rusqlite::Connection::open(app.data_dir().join("keyward.db")).unwrap();
+        let mut blob: Vec<u8> = conn
+            .query_row(
+                "SELECT ciphertext FROM secret_versions WHERE path = 'q/3'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let last = blob.len() - 1;
+        blob[last] ^= 1;
+        conn.execute(
+            "UPDATE secret_versions SET ciphertext = ?1 WHERE path = 'q/3'",
+            [blob],
+        )
+        .unwrap();
+    }
+    let (status, _) = app.call(Method::POST, "/v1/sys/rotate", None).await;
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, status) = app.call(Method::GET, "/v1/sys/keyring", None).await;
+        if !status["rewrap"]["finished_at"].is_null() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rewrap stalled: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.store.count_stale(2).await, 0);
+    let audit = app.audit().await;
+    let entry = audit
+        .iter()
+        .find(|e| e["action"] == "vault.rewrap.quarantine")
+        .expect("the quarantine is audited");
+    assert_eq!(
+        entry["details"]["values"],
+        json!(["secret test/q/3 version 1"])
+    );
+    for i in [0, 1, 2, 4, 9] {
+        let (status, body) = read(&app, &format!("test/q/{i}")).await;
+        assert_eq!((status, body["data"]["n"].as_i64()), (200, Some(i)));
+    }
+    let (status, _) = read(&app, "test/q/3").await;
+    assert_eq!(status, 500);
+}
+
+#[tokio::test]
+async fn a_secret_made_again_cannot_be_handed_its_old_ciphertext() {
+    let app = spawn_app().await;
+    write(&app, "live/api", json!({ "token": "old-and-revoked" })).await;
+    let db = app.data_dir().join("keyward.db");
+    let old: Vec<u8> = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row(
+            "SELECT ciphertext FROM secret_versions WHERE path = 'api' AND version = 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let (status, _) = app
+        .call(Method::DELETE, "/v1/secret-metadata/live/api", None)
+        .await;
+    assert_eq!(status, 204);
+    write(&app, "live/api", json!({ "token": "new" })).await;
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute(
+            "UPDATE secret_versions SET ciphertext = ?1 WHERE path = 'api' AND version = 1",
+            [old],
+        )
+        .unwrap();
+    let (status, body) = read(&app, "live/api").await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["error"]["code"], "INTEGRITY");
+    assert!(!body.to_string().contains("old-and-revoked"));
+}
+
+#[tokio::test]
+async fn an_emergency_seal_seals_even_when_it_cannot_be_audited() {
+    let app = spawn_app().await;
+    app.store.fail_writes(true);
+    let (status, body) = app.call(Method::POST, "/v1/sys/seal", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(app.node.is_sealed());
+    let (status, _) = app.call(Method::GET, "/v1/keys", None).await;
+    assert_eq!(status, 503);
+    // The entry follows at the next unseal.
+    app.store.fail_writes(false);
+    for share in &app.shares[..3] {
+        unseal(&app, json!({ "share": share })).await;
+    }
+    let audit = app.audit().await;
+    let seal = audit
+        .iter()
+        .find(|e| e["action"] == "vault.seal")
+        .expect("the seal was audited");
+    assert_eq!(seal["details"]["audited_late"], true);
 }
 
 #[tokio::test]

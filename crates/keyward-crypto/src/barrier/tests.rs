@@ -194,3 +194,10 @@ fn unseal_key_text_round_trips_and_debug_redacts() {
     assert_eq!(format!("{key:?}"), "UnsealKey([redacted])");
     assert!(!format!("{:?}", Keyring::generate(0).unwrap()).contains("key:"));
 }
+
+#[test]
+fn aes_key_schedules_are_wiped_on_drop() {
+    // The `aes` crate implements ZeroizeOnDrop for its ciphers only with its zeroize feature on.
+    fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+    wiped_on_drop::<aes::Aes256>();
+}

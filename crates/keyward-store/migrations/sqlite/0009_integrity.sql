@@ -8,6 +8,9 @@ ALTER TABLE roles ADD COLUMN mac BLOB;
 ALTER TABLE plans ADD COLUMN mac BLOB;
 ALTER TABLE vault ADD COLUMN mac BLOB;
 
+-- A secret's incarnation: random, set when it is first written, bound into its ciphertexts.
+ALTER TABLE secrets ADD COLUMN incarnation TEXT;
+
 CREATE TABLE audit_checkpoint (
     id    INTEGER PRIMARY KEY CHECK (id = 1),
     seq   INTEGER NOT NULL,

@@ -81,8 +81,8 @@ pub(super) fn apply(tx: &Transaction<'_>, changes: &Changes) -> Result<(), Store
     for meta in &changes.upsert_secrets {
         tx.execute(
             "INSERT INTO secrets (environment, path, owner, purpose, max_versions, cas_required, \
-             custom, current_version, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+             custom, current_version, created_at, updated_at, incarnation) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
              ON CONFLICT (environment, path) DO UPDATE SET owner = excluded.owner, \
              purpose = excluded.purpose, max_versions = excluded.max_versions, \
              cas_required = excluded.cas_required, custom = excluded.custom, \
@@ -98,6 +98,7 @@ pub(super) fn apply(tx: &Transaction<'_>, changes: &Changes) -> Result<(), Store
                 to_i64(meta.current_version),
                 meta.created_at.unix_ms(),
                 meta.updated_at.unix_ms(),
+                meta.incarnation,
             ],
         )
         .map_err(map_write_error)?;
@@ -230,7 +231,7 @@ pub(super) fn environment_secrets(
 }
 
 const SECRET_COLUMNS: &str = "environment, path, owner, purpose, max_versions, cas_required, \
-    custom, current_version, created_at, updated_at";
+    custom, current_version, created_at, updated_at, incarnation";
 
 fn secret_from_row(row: &Row<'_>) -> Result<SecretMeta, StoreError> {
     let env: String = row.get(0).map_err(get_err)?;
@@ -250,6 +251,7 @@ fn secret_from_row(row: &Row<'_>) -> Result<SecretMeta, StoreError> {
         current_version: u64::try_from(row.get::<_, i64>(7).map_err(get_err)?).unwrap_or(0),
         created_at: Timestamp::from_unix_ms(row.get(8).map_err(get_err)?),
         updated_at: Timestamp::from_unix_ms(row.get(9).map_err(get_err)?),
+        incarnation: row.get(10).map_err(get_err)?,
     })
 }
 
