@@ -2,7 +2,6 @@
 //! makes beyond status and expiry, and the explanation of a key's effective permissions.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use keyward_core::{
     Cidr, CidrSet, EnvironmentName, EnvironmentPolicy, Grant, KeyId, KeyRecord, PathRule,
@@ -14,7 +13,7 @@ use serde_json::json;
 use crate::audit::PendingEntry;
 use crate::authz::{Operation, Target};
 use crate::cache::CachedKey;
-use crate::{Actor, Authority, EnvState, ServiceError, read, write};
+use crate::{Actor, Authority, EnvState, ServiceError, read};
 
 /// What a verification asks beyond the key itself.
 #[derive(Debug, Clone, Copy)]
@@ -317,10 +316,8 @@ impl Authority {
             vec![entry],
         )
         .await?;
-        self.vault.install(name.clone(), made.keyring);
-        write(&self.keyring).add(name.clone(), &made.secret);
-        write(&self.environments).insert(name, Arc::new(EnvState::new(record.clone())));
-        self.cache.clear();
+        // The change feed has installed the keyring, the secret and the environment.
+        drop((made.keyring, made.secret));
         Ok(record)
     }
 
@@ -370,9 +367,6 @@ impl Authority {
             vec![entry],
         )
         .await?;
-        write(&self.environments).insert(name.clone(), Arc::new(EnvState::new(record.clone())));
-        // Cached keys carry their environment's policy: refill them with the new one.
-        self.cache.clear();
         Ok(record)
     }
 
@@ -487,9 +481,6 @@ impl Authority {
             vec![entry],
         )
         .await?;
-        write(&self.roles).insert(name, Arc::new(record.clone()));
-        // Role changes are rare; refilling the cache is cheaper than indexing keys by role.
-        self.cache.clear();
         Ok(record)
     }
 
@@ -528,8 +519,6 @@ impl Authority {
             vec![entry],
         )
         .await?;
-        write(&self.roles).remove(name);
-        self.cache.clear();
         Ok(())
     }
 
@@ -638,8 +627,6 @@ impl Authority {
             vec![entry],
         )
         .await?;
-        write(&self.plans).insert(name, Arc::new(record.clone()));
-        self.cache.clear();
         Ok(record)
     }
 
@@ -672,8 +659,6 @@ impl Authority {
             vec![entry],
         )
         .await?;
-        write(&self.plans).remove(name);
-        self.cache.clear();
         Ok(())
     }
 
@@ -841,9 +826,7 @@ impl Authority {
                 entries,
             )
             .await?;
-            for key in &changed {
-                self.forget(key);
-            }
+            drop(changed);
         }
     }
 

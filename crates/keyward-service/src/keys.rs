@@ -345,7 +345,6 @@ impl Authority {
         if let Some(state) = quota {
             self.quotas.set(record.id, Some(state));
         }
-        self.cache.add_known(&record.hash);
         tracing::info!(key_id = %record.id, actor = %actor.key_id(), "key created");
         Ok((record, plaintext))
     }
@@ -474,7 +473,6 @@ impl Authority {
             vec![entry],
         )
         .await?;
-        self.forget(key);
         Ok(())
     }
 
@@ -647,7 +645,6 @@ impl Authority {
             vec![entry],
         )
         .await?;
-        self.forget(&key);
         self.apply_quota_change(key.id, quota_change);
         Ok(key)
     }
@@ -800,8 +797,7 @@ impl Authority {
         if let Some(state) = quota {
             self.quotas.set(new.id, Some(state));
         }
-        self.cache.add_known(&new.hash);
-        self.forget(&old);
+
         Ok((old, new, plaintext))
     }
 

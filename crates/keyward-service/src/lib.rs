@@ -22,6 +22,7 @@ mod authz;
 pub mod cache;
 mod escalation;
 mod events;
+mod feed;
 mod guard;
 mod init;
 mod integrity;
@@ -197,7 +198,9 @@ pub struct Authority {
     /// Stored security state that failed its integrity check since unseal.
     findings: Arc<integrity::Findings>,
     /// Plans left out of the catalog for failing their check: keys on them fail closed.
-    tainted_plans: std::collections::HashSet<keyward_core::PlanName>,
+    tainted_plans: RwLock<std::collections::HashSet<keyward_core::PlanName>>,
+    /// This authority's place on the store's change feed (the store holds it weakly).
+    feed: Arc<feed::FeedListener>,
 }
 
 type AuditWaiter = tokio::sync::oneshot::Sender<Result<(), String>>;
@@ -329,8 +332,15 @@ impl Authority {
             unsynced: std::sync::atomic::AtomicBool::new(false),
             secret_cache: secrets::SecretCache::default(),
             findings,
-            tainted_plans,
+            tainted_plans: RwLock::new(tainted_plans),
+            feed: Arc::new(feed::FeedListener {
+                authority: me.clone(),
+            }),
         }))
+        .inspect(|authority| {
+            let listener: Arc<dyn keyward_store::ChangeListener> = authority.feed.clone();
+            authority.store.subscribe(Arc::downgrade(&listener));
+        })
     }
 
     /// Opens the authority with the vault's unseal key, without a [`Node`]: for tools and
@@ -730,10 +740,6 @@ impl Authority {
             }
         }
         (held, grants)
-    }
-
-    fn forget(&self, key: &KeyRecord) {
-        self.cache.invalidate(&key.hash);
     }
 
     fn is_admin_environment(env: &str) -> bool {

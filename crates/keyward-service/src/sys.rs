@@ -131,10 +131,8 @@ impl Authority {
             }],
         )
         .await?;
-        for (env, keyring) in rotated {
-            self.vault.install(env, keyring);
-        }
-        self.vault.set_term(term);
+        // The change feed installed the rotated keyrings and the new term.
+        drop(rotated);
         *self.rewrap.lock().await = Some(progress);
         drop(head);
         self.rewrap_wake.notify_one();

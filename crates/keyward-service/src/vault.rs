@@ -183,6 +183,23 @@ impl OpenVault {
         Ok(out)
     }
 
+    /// Opens a stored keyring of an environment (`None` for other scopes, such as the integrity
+    /// key's), as the change feed brings it.
+    pub(crate) fn open_stored(
+        &self,
+        stored: &StoredKeyring,
+    ) -> Result<Option<(EnvironmentName, Arc<Keyring>)>, BarrierError> {
+        let Some(env) = stored
+            .scope
+            .strip_prefix("env:")
+            .and_then(|e| EnvironmentName::parse(e).ok())
+        else {
+            return Ok(None);
+        };
+        let keyring = read(&self.root).open_keyring(&stored.scope, &stored.sealed)?;
+        Ok(Some((env, Arc::new(keyring))))
+    }
+
     /// Makes `root` the root key that new keyrings are sealed under (after a rekey stored it).
     pub(crate) fn install_root(&self, root: RootKey) {
         *write(&self.root) = root;

@@ -245,9 +245,7 @@ impl Authority {
             }],
         )
         .await?;
-        if let Some(key) = key_record {
-            self.forget(&key);
-        }
+        drop(key_record);
         Ok(lease)
     }
 
@@ -359,9 +357,7 @@ impl Authority {
         if !entries.is_empty() {
             self.commit(&mut head, changes, entries).await?;
         }
-        for key in &revoked_keys {
-            self.forget(key);
-        }
+        drop(revoked_keys);
         Ok(ended)
     }
 

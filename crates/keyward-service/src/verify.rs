@@ -337,7 +337,7 @@ impl Authority {
                     .access
                     .plan
                     .as_ref()
-                    .filter(|p| self.tainted_plans.contains(*p))
+                    .filter(|p| crate::read(&self.tainted_plans).contains(*p))
                 {
                     self.findings
                         .report(format!("key {} is on tampered plan {plan}", record.id));

@@ -115,6 +115,19 @@ pub struct Changes {
     pub relaxed: bool,
 }
 
+/// Learns of every change a store commits: the store's change feed. Caches and catalogs above
+/// the store keep themselves true from it, whichever instance made the change.
+///
+/// Contract: [`ChangeListener::applied`] is called once for every successful
+/// [`Store::apply`], with the changes as committed, after the commit and before `apply`
+/// returns, in commit order (never two at once). A change that returned to its writer has
+/// therefore reached every listener of this store. It must not block or call back into the
+/// store. (A backend shared by several nodes also carries the feed to the listeners of the
+/// other nodes, over its notification channel.)
+pub trait ChangeListener: Send + Sync {
+    fn applied(&self, changes: &Changes);
+}
+
 /// Usage of one key since the last flush.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct KeyUsage {
@@ -152,6 +165,10 @@ pub struct KeyQuery {
 #[async_trait]
 pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn apply(&self, changes: Changes) -> Result<(), StoreError>;
+
+    /// Adds `listener` to the change feed (see [`ChangeListener`]). Listeners that were
+    /// dropped are forgotten.
+    fn subscribe(&self, listener: std::sync::Weak<dyn ChangeListener>);
 
     async fn environments(&self) -> Result<Vec<EnvironmentRecord>, StoreError>;
 

@@ -50,6 +50,23 @@ struct Inner {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    /// The change feed's listeners, told of each commit while the writer is still held.
+    listeners: Mutex<Vec<std::sync::Weak<dyn crate::ChangeListener>>>,
+}
+
+impl Inner {
+    /// Tells every live listener of a committed change; called with the writer held, so
+    /// listeners hear of commits one at a time and in order.
+    fn notify(&self, changes: &Changes) {
+        let listeners: Vec<_> = {
+            let mut list = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+            list.retain(|l| l.strong_count() > 0);
+            list.iter().filter_map(std::sync::Weak::upgrade).collect()
+        };
+        for listener in listeners {
+            listener.applied(changes);
+        }
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -100,6 +117,7 @@ impl SqliteStore {
                 path: path.to_owned(),
                 writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
+                listeners: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -588,10 +606,29 @@ impl Store for SqliteStore {
                 .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
         {
             return tokio::task::block_in_place(|| {
-                apply_changes(&mut lock(&self.inner.writer), &changes)
+                let mut writer = lock(&self.inner.writer);
+                apply_changes(&mut writer, &changes)?;
+                self.inner.notify(&changes);
+                Ok(())
             });
         }
-        self.write(move |conn| apply_changes(conn, &changes)).await
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let mut writer = lock(&inner.writer);
+            apply_changes(&mut writer, &changes)?;
+            inner.notify(&changes);
+            Ok(())
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
+    fn subscribe(&self, listener: std::sync::Weak<dyn crate::ChangeListener>) {
+        self.inner
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(listener);
     }
 
     async fn environments(&self) -> Result<Vec<EnvironmentRecord>, StoreError> {

@@ -74,6 +74,9 @@ impl Store for CountingStore {
         }
         self.inner.apply(changes).await
     }
+    fn subscribe(&self, listener: std::sync::Weak<dyn keyward_store::ChangeListener>) {
+        self.inner.subscribe(listener);
+    }
     async fn environments(&self) -> Result<Vec<EnvironmentRecord>, StoreError> {
         self.inner.environments().await
     }
