@@ -14,13 +14,12 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use keyward_service::{Node, Session};
 use tokio::net::TcpListener;
-use tower_http::timeout::TimeoutLayer;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
@@ -270,12 +269,7 @@ pub fn app(
     Ok(router
         .route("/openapi.json", axum::routing::get(routes::system::openapi))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
-        .layer(middleware::from_fn(detach_writes))
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            config.request_timeout,
-        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             request_context,
@@ -283,27 +277,14 @@ pub fn app(
         .with_state(state))
 }
 
-/// Admin writes run on a task of their own, below the timeout: once a handler has begun, neither
-/// a client that goes away nor the request timeout can stop it between its store write and the
-/// in-memory changes that go with it. Reads and verify (which writes nothing) run inline.
-async fn detach_writes(req: Request, next: Next) -> Response {
-    let inline = matches!(
-        *req.method(),
-        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
-    ) || req.uri().path() == "/v1/verify";
-    if inline {
-        return next.run(req).await;
-    }
-    match tokio::spawn(next.run(req)).await {
-        Ok(response) => response,
-        Err(e) => {
-            tracing::error!(error = %e, "an admin request's task failed");
-            ApiError::new(ErrorCode::Internal, "internal error").into_response()
-        }
-    }
-}
-
-/// Gives every request an id and renders every error as the JSON envelope with that id.
+/// Gives every request an id, bounds it by the request timeout, and renders every error as the
+/// JSON envelope with that id.
+///
+/// Admin writes (every method but GET, HEAD and OPTIONS, on every route but verify) run on a
+/// task of their own, which the timeout only stops waiting for: once a handler has begun,
+/// neither a client that goes away nor the timeout can stop it between its store write and
+/// what goes with it. Reads and verify, which change nothing, run inline. Doing both here
+/// rather than in two more layers keeps the verify path short.
 async fn request_context(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let request_id = req
         .headers()
@@ -321,7 +302,27 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
     let method = req.method().clone();
     let uri = req.uri().clone();
     req.extensions_mut().insert(RequestId(request_id.clone()));
-    let mut response = next.run(req).await;
+    let detach = !matches!(
+        method,
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    ) && uri.path() != "/v1/verify";
+    let timeout = state.config.request_timeout;
+    let timed_out =
+        || ApiError::new(ErrorCode::RequestTimeout, "the request timed out").into_response();
+    let mut response = if detach {
+        match tokio::time::timeout(timeout, tokio::spawn(next.run(req))).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "an admin request's task failed");
+                ApiError::new(ErrorCode::Internal, "internal error").into_response()
+            }
+            Err(_) => timed_out(),
+        }
+    } else {
+        tokio::time::timeout(timeout, next.run(req))
+            .await
+            .unwrap_or_else(|_| timed_out())
+    };
     let status = response.status();
     let error = response.extensions_mut().remove::<ApiError>().or_else(|| {
         // Errors made below the handlers (router, extractor rejections, timeouts) come as
