@@ -21,7 +21,7 @@ use keyward_core::{
     Timestamp, VerifyCode,
 };
 use keyward_service::{Authority, AuthorityConfig, NewKey, VerifyRequest, initialize};
-use keyward_store::SqliteStore;
+use keyward_store_sqlite::SqliteStore;
 
 fn main() {
     divan::main();

@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 use keyward_core::{EnvironmentName, SystemClock};
 use keyward_crypto::barrier::{Context, Keyring};
 use keyward_service::{Actor, Authority, AuthorityConfig, Node, SecretWrite, initialize};
-use keyward_store::SqliteStore;
+use keyward_store_sqlite::SqliteStore;
 
 fn main() {
     divan::main();

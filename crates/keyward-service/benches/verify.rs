@@ -22,7 +22,8 @@ use keyward_core::{
 };
 use keyward_crypto::KeyIds;
 use keyward_service::{Authority, AuthorityConfig, VerifyRequest, initialize};
-use keyward_store::{Changes, SqliteStore, Store};
+use keyward_store::{Changes, Store};
+use keyward_store_sqlite::SqliteStore;
 
 fn main() {
     divan::main();

@@ -52,7 +52,9 @@ pub use init::{
 pub use integrity::verify_stored_state;
 pub use keyring::Keyring;
 pub use keys::{KeyPage, KeyUpdate, NewKey, limits};
-pub use keyward_store::{EnvironmentRecord, KeyQuery};
+pub use keyward_store::{
+    EnvironmentRecord, KeyQuery, RewrapProgress, SecretMeta, SecretVersion, VaultLease,
+};
 pub use leases::Lease;
 pub use node::{Node, SealStatus, Session};
 pub use secrets::{

@@ -1,6 +1,7 @@
 //! The conformance suite: what every [`Store`] backend must do, checked against a real instance.
 //!
-//! A backend's tests call [`run`] on a fresh, empty store. Each check names the clause of the
+//! A backend's tests instantiate [`conformance_tests!`](crate::conformance_tests) (one test per
+//! clause) or call [`run`] on a fresh, empty store. Each check names the clause of the
 //! [`Store`] contract it pins.
 
 #![allow(
@@ -76,24 +77,131 @@ pub fn sample_entry(seq: u64, prev_hash: &str) -> AuditEntry {
     }
 }
 
-/// Runs every check on an empty store.
-pub async fn run(store: &dyn Store) {
-    environments(store).await;
-    keys_round_trip(store).await;
-    writes_are_atomic(store).await;
-    updates(store).await;
-    audit_chain(store).await;
-    usage(store).await;
-    listing(store).await;
-    access_and_roles(store).await;
-    plans(store).await;
-    quotas(store).await;
-    events(store).await;
-    vault(store).await;
+/// The change feed: each committed apply reaches every live listener once, in commit order,
+/// before `apply` returns; a refused apply reaches none; a dropped listener is forgotten.
+pub async fn change_feed(store: &dyn Store) {
+    #[derive(Default)]
+    struct Heard(std::sync::Mutex<Vec<Vec<KeyId>>>);
+    impl crate::ChangeListener for Heard {
+        fn applied(&self, changes: &Changes) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(changes.insert_keys.iter().map(|k| k.id).collect());
+        }
+    }
+    let heard = std::sync::Arc::new(Heard::default());
+    let listener: std::sync::Arc<dyn crate::ChangeListener> = heard.clone();
+    store.subscribe(std::sync::Arc::downgrade(&listener));
+    let (a, b) = (sample_key(201, "live"), sample_key(202, "live"));
+    for key in [&a, &b] {
+        store
+            .apply(Changes {
+                insert_keys: vec![key.clone()],
+                ..Changes::default()
+            })
+            .await
+            .unwrap();
+        // Heard before apply returned.
+        assert_eq!(heard.0.lock().unwrap().last(), Some(&vec![key.id]));
+    }
+    // A refused write (a duplicate id) is not heard.
+    assert!(
+        store
+            .apply(Changes {
+                insert_keys: vec![a.clone()],
+                ..Changes::default()
+            })
+            .await
+            .is_err()
+    );
+    assert_eq!(*heard.0.lock().unwrap(), vec![vec![a.id], vec![b.id]]);
+    drop(listener);
+    drop(heard);
+    store
+        .apply(Changes {
+            insert_keys: vec![sample_key(203, "live")],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+}
+
+/// One `#[tokio::test]` per clause of the contract for a backend, so a failure names the
+/// clause: `$make` makes a fresh, empty store, or a value that derefs to one (to keep a temp dir
+/// alive beside it). Clauses build on the state the ones before them leave (keys made by one are
+/// updated by the next), so each test runs the clauses before its own first.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($($clause:ident),* $(,)?; $make:expr) => {
+        $(
+            #[tokio::test]
+            async fn $clause() {
+                let held = $make;
+                let store: &dyn $crate::Store = &*held;
+                $crate::conformance::run_through(store, stringify!($clause)).await;
+            }
+        )*
+    };
+}
+
+/// The clauses in the order they build on each other.
+pub const CLAUSES: &[&str] = &[
+    "environments",
+    "keys_round_trip",
+    "writes_are_atomic",
+    "updates",
+    "audit_chain",
+    "usage",
+    "listing",
+    "access_and_roles",
+    "plans",
+    "quotas",
+    "events",
+    "vault",
+    "change_feed",
+];
+
+async fn clause(store: &dyn Store, name: &str) {
+    match name {
+        "environments" => environments(store).await,
+        "keys_round_trip" => keys_round_trip(store).await,
+        "writes_are_atomic" => writes_are_atomic(store).await,
+        "updates" => updates(store).await,
+        "audit_chain" => audit_chain(store).await,
+        "usage" => usage(store).await,
+        "listing" => listing(store).await,
+        "access_and_roles" => access_and_roles(store).await,
+        "plans" => plans(store).await,
+        "quotas" => quotas(store).await,
+        "events" => events(store).await,
+        "vault" => vault(store).await,
+        "change_feed" => change_feed(store).await,
+        other => panic!("no conformance clause named {other}"),
+    }
+}
+
+/// Runs the clauses up to and including `last`, in order, on an empty store.
+pub async fn run_through(store: &dyn Store, last: &str) {
+    assert!(
+        CLAUSES.contains(&last),
+        "no conformance clause named {last}"
+    );
+    for name in CLAUSES {
+        clause(store, name).await;
+        if *name == last {
+            break;
+        }
+    }
     store.ping().await.unwrap();
 }
 
-async fn environments(store: &dyn Store) {
+/// Runs every clause on an empty store.
+pub async fn run(store: &dyn Store) {
+    run_through(store, "change_feed").await;
+}
+
+pub async fn environments(store: &dyn Store) {
     let envs = ["live", "test"].map(|name| EnvironmentRecord {
         name: env(name),
         created_at: Timestamp::from_unix_ms(1),
@@ -120,7 +228,7 @@ async fn environments(store: &dyn Store) {
     );
 }
 
-async fn keys_round_trip(store: &dyn Store) {
+pub async fn keys_round_trip(store: &dyn Store) {
     let mut key = sample_key(1, "live");
     key.expires_at = Some(Timestamp::from_unix_ms(99_000));
     key.rolled_from = Some(sample_key(200, "live").id);
@@ -141,7 +249,7 @@ async fn keys_round_trip(store: &dyn Store) {
     assert!(store.key_hashes().await.unwrap().contains(&key.hash));
 }
 
-async fn writes_are_atomic(store: &dyn Store) {
+pub async fn writes_are_atomic(store: &dyn Store) {
     // Key 3 is new, but key 1's hash is taken: nothing of the batch may be written.
     let mut duplicate = sample_key(4, "live");
     duplicate.hash = sample_key(1, "live").hash;
@@ -164,7 +272,7 @@ async fn writes_are_atomic(store: &dyn Store) {
     assert!(result.is_err(), "unknown environment accepted");
 }
 
-async fn updates(store: &dyn Store) {
+pub async fn updates(store: &dyn Store) {
     let mut key = store.key(sample_key(1, "live").id).await.unwrap().unwrap();
     store
         .record_usage(vec![KeyUsage {
@@ -207,7 +315,7 @@ async fn updates(store: &dyn Store) {
     );
 }
 
-async fn audit_chain(store: &dyn Store) {
+pub async fn audit_chain(store: &dyn Store) {
     assert_eq!(store.audit_head().await.unwrap(), None);
     let first = sample_entry(1, GENESIS_HASH);
     let second = sample_entry(2, &first.hash);
@@ -291,7 +399,7 @@ async fn audit_chain(store: &dyn Store) {
     assert_eq!(store.audit_checkpoint().await.unwrap().unwrap(), stored);
 }
 
-async fn usage(store: &dyn Store) {
+pub async fn usage(store: &dyn Store) {
     let key = sample_key(10, "test");
     store
         .apply(Changes {
@@ -333,7 +441,7 @@ async fn usage(store: &dyn Store) {
     );
 }
 
-async fn listing(store: &dyn Store) {
+pub async fn listing(store: &dyn Store) {
     for n in 20..30 {
         store
             .apply(Changes {
@@ -397,7 +505,7 @@ async fn listing(store: &dyn Store) {
     assert_eq!(revoked.len(), 1);
 }
 
-async fn access_and_roles(store: &dyn Store) {
+pub async fn access_and_roles(store: &dyn Store) {
     // A key's access rules round-trip, and lapsed grants are found by time.
     let mut key = sample_key(40, "live");
     let grant = |p: &str, at: i64| Grant {
@@ -569,7 +677,7 @@ async fn access_and_roles(store: &dyn Store) {
     assert_eq!(stored, live);
 }
 
-async fn plans(store: &dyn Store) {
+pub async fn plans(store: &dyn Store) {
     let at = |ms| Timestamp::from_unix_ms(ms);
     let plan = PlanRecord {
         name: PlanName::parse("pro").unwrap(),
@@ -670,7 +778,7 @@ async fn plans(store: &dyn Store) {
     );
 }
 
-async fn quotas(store: &dyn Store) {
+pub async fn quotas(store: &dyn Store) {
     let at = |ms| Timestamp::from_unix_ms(ms);
     let key = sample_key(70, "live");
     store
@@ -726,7 +834,7 @@ async fn quotas(store: &dyn Store) {
     );
 }
 
-async fn events(store: &dyn Store) {
+pub async fn events(store: &dyn Store) {
     let event = |n: u64| keyward_core::Event {
         seq: 0,
         ts: Timestamp::from_unix_ms(i64::try_from(n).unwrap()),
@@ -790,7 +898,7 @@ fn version(environment: &str, path: &str, n: u64, term: u32) -> SecretVersion {
 }
 
 /// Vault records, keyrings, sealed environment secrets, versioned secrets, leases and rewrap.
-async fn vault(store: &dyn Store) {
+pub async fn vault(store: &dyn Store) {
     assert_eq!(store.vault().await.unwrap(), None);
     let mut record = VaultRecord {
         tag: [1, 2, 3, 4],

@@ -1,5 +1,7 @@
-//! keyward's storage: the [`Store`] trait with its written contract, a [`conformance`] suite that
-//! every backend must pass, and the embedded SQLite backend.
+//! keyward's storage: the [`Store`] trait with its written contract, the change feed
+//! ([`ChangeListener`]), and a conformance suite (feature `conformance`) that every backend
+//! passes. Backends live in crates of their own (`keyward-store-sqlite`); nothing here knows
+//! any of them.
 //!
 //! The trait speaks only in domain types, so a PostgreSQL backend can implement it without any
 //! SQLite assumption leaking upward. Backends do no cryptography: hashes arrive computed.
@@ -13,11 +15,10 @@ use keyward_core::{
     QuotaState, RecordMac, RoleName, RoleRecord, ServiceName, Timestamp,
 };
 
+#[cfg(feature = "conformance")]
 pub mod conformance;
-pub mod sqlite;
 pub mod vault;
 
-pub use sqlite::SqliteStore;
 pub use vault::{
     LeaseKind, RewrapProgress, Rewrapped, SealedValue, SecretMeta, SecretVersion, StoredKeyring,
     VaultLease, VaultRecord,

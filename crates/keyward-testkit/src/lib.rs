@@ -26,9 +26,10 @@ use keyward_server::ServerConfig;
 use keyward_service::{Authority, AuthorityConfig, Node, initialize};
 use keyward_store::{
     AuditHead, Changes, EnvironmentRecord, KeyQuery, KeyUsage, RewrapProgress, Rewrapped,
-    SealedValue, SecretMeta, SecretVersion, SqliteStore, Store, StoreError, StoredKeyring,
-    VaultLease, VaultRecord,
+    SealedValue, SecretMeta, SecretVersion, Store, StoreError, StoredKeyring, VaultLease,
+    VaultRecord,
 };
+use keyward_store_sqlite::SqliteStore;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;

@@ -11,7 +11,8 @@ use keyward_core::SystemClock;
 use keyward_crypto::barrier::UnsealKey;
 use keyward_service::audit::{ChainReport, verify_chain};
 use keyward_service::{DEFAULT_SHARES, DEFAULT_THRESHOLD, Node, adopt_secrets, initialize};
-use keyward_store::{SqliteStore, Store};
+use keyward_store::Store;
+use keyward_store_sqlite::SqliteStore;
 
 mod client;
 mod config;

@@ -385,7 +385,7 @@ async fn retired_shares_and_a_backup_of_the_old_vault_record_open_nothing_after_
         .unwrap();
     }
     let store: std::sync::Arc<dyn keyward_store::Store> =
-        std::sync::Arc::new(keyward_store::SqliteStore::open(&db).unwrap());
+        std::sync::Arc::new(keyward_store_sqlite::SqliteStore::open(&db).unwrap());
     let node = keyward_service::Node::open(
         store,
         std::sync::Arc::new(app.clock.clone()),

@@ -9,8 +9,8 @@ use axum::extract::State;
 use keyward_core::Timestamp;
 use keyward_crypto::barrier::UnsealKey;
 use keyward_service::Operation;
+use keyward_service::RewrapProgress;
 use keyward_service::SealStatus;
-use keyward_store::RewrapProgress;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 

@@ -1,10 +1,34 @@
 use super::*;
 
-#[tokio::test]
-async fn sqlite_passes_the_conformance_suite() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("keyward.db")).unwrap();
-    crate::conformance::run(&store).await;
+/// Each clause of the contract, on a fresh store of its own.
+mod clause {
+    use super::*;
+
+    struct Fresh {
+        store: SqliteStore,
+        _dir: tempfile::TempDir,
+    }
+
+    impl std::ops::Deref for Fresh {
+        type Target = SqliteStore;
+        fn deref(&self) -> &SqliteStore {
+            &self.store
+        }
+    }
+
+    fn fresh() -> Fresh {
+        let dir = tempfile::tempdir().unwrap();
+        Fresh {
+            store: SqliteStore::open(&dir.path().join("keyward.db")).unwrap(),
+            _dir: dir,
+        }
+    }
+
+    keyward_store::conformance_tests!(
+        environments, keys_round_trip, writes_are_atomic, updates, audit_chain, usage, listing,
+        access_and_roles, plans, quotas, events, vault, change_feed;
+        fresh()
+    );
 }
 
 #[tokio::test]
@@ -21,7 +45,7 @@ async fn reopening_keeps_data_and_does_not_rerun_migrations() {
                     policy: keyward_core::EnvironmentPolicy::default(),
                     mac: None,
                 }],
-                insert_keys: vec![crate::conformance::sample_key(1, "live")],
+                insert_keys: vec![keyward_store::conformance::sample_key(1, "live")],
                 ..Changes::default()
             })
             .await
@@ -30,7 +54,7 @@ async fn reopening_keeps_data_and_does_not_rerun_migrations() {
     let store = SqliteStore::open(&path).unwrap();
     assert!(
         store
-            .key(crate::conformance::sample_key(1, "live").id)
+            .key(keyward_store::conformance::sample_key(1, "live").id)
             .await
             .unwrap()
             .is_some()
@@ -44,7 +68,7 @@ async fn audit_rows_cannot_be_changed_through_sql() {
     let store = SqliteStore::open(&path).unwrap();
     store
         .apply(Changes {
-            audit: vec![crate::conformance::sample_entry(1, GENESIS_HASH)],
+            audit: vec![keyward_store::conformance::sample_entry(1, GENESIS_HASH)],
             ..Changes::default()
         })
         .await

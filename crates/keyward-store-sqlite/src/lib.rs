@@ -1,4 +1,4 @@
-//! The embedded backend: one SQLite file in WAL mode with `synchronous=FULL`, so a write that
+//! keyward's embedded store: one SQLite file in WAL mode with `synchronous=FULL`, so a write that
 //! returned is on disk. One connection writes; readers come from a small pool and never block
 //! the writer. Blocking calls run on tokio's blocking pool.
 
@@ -13,11 +13,11 @@ use keyward_core::{
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 
-use crate::vault::{
+use keyward_store::vault::{
     RewrapProgress, Rewrapped, SealedValue, SecretMeta, SecretVersion, StoredKeyring, VaultLease,
     VaultRecord,
 };
-use crate::{
+use keyward_store::{
     AuditCheckpoint, AuditHead, Changes, EnvironmentRecord, KeyQuery, KeyUsage, Store, StoreError,
 };
 
@@ -51,7 +51,7 @@ struct Inner {
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     /// The change feed's listeners, told of each commit while the writer is still held.
-    listeners: Mutex<Vec<std::sync::Weak<dyn crate::ChangeListener>>>,
+    listeners: Mutex<Vec<std::sync::Weak<dyn keyward_store::ChangeListener>>>,
 }
 
 impl Inner {
@@ -623,7 +623,7 @@ impl Store for SqliteStore {
         .map_err(unavailable)?
     }
 
-    fn subscribe(&self, listener: std::sync::Weak<dyn crate::ChangeListener>) {
+    fn subscribe(&self, listener: std::sync::Weak<dyn keyward_store::ChangeListener>) {
         self.inner
             .listeners
             .lock()

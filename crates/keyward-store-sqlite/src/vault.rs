@@ -5,11 +5,11 @@ use keyward_core::{EnvironmentName, KeyId, Timestamp};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
 use super::{collect_rows, corrupt, map_write_error, to_i64, unavailable};
-use crate::vault::{
+use keyward_store::vault::{
     LeaseKind, RewrapProgress, Rewrapped, SealedValue, SecretMeta, SecretVersion, StoredKeyring,
     VaultLease, VaultRecord,
 };
-use crate::{Changes, StoreError};
+use keyward_store::{Changes, StoreError};
 
 fn get_err(e: rusqlite::Error) -> StoreError {
     StoreError::Corrupt(e.to_string())
