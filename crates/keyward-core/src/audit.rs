@@ -13,6 +13,100 @@ use crate::Timestamp;
 /// The `prev_hash` of the first entry.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// What an audit entry records. Stored and hashed as its name ([`AuditAction::as_str`]); the
+/// names are a contract with whoever reads the log, so none is ever renamed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AuditAction {
+    SystemInit,
+    VaultInit,
+    VaultUnseal,
+    VaultSeal,
+    VaultRotate,
+    VaultRewrapFinish,
+    VaultRewrapQuarantine,
+    VaultRekey,
+    VaultIntegrityAdopt,
+    AuthFailed,
+    AuthForbidden,
+    GuardBlock,
+    KeyCreate,
+    KeyUpdate,
+    KeyRevoke,
+    KeyRoll,
+    GrantAdd,
+    GrantLapse,
+    EnvironmentCreate,
+    EnvironmentUpdate,
+    RoleCreate,
+    RoleUpdate,
+    RoleDelete,
+    PlanCreate,
+    PlanUpdate,
+    PlanDelete,
+    SecretRead,
+    SecretWrite,
+    SecretDelete,
+    SecretUndelete,
+    SecretDestroy,
+    SecretMetadataUpdate,
+    SecretMetadataDelete,
+    LeaseCreate,
+    LeaseRenew,
+    LeaseRevoke,
+    LeaseExpire,
+}
+
+impl AuditAction {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AuditAction::SystemInit => "system.init",
+            AuditAction::VaultInit => "vault.init",
+            AuditAction::VaultUnseal => "vault.unseal",
+            AuditAction::VaultSeal => "vault.seal",
+            AuditAction::VaultRotate => "vault.rotate",
+            AuditAction::VaultRewrapFinish => "vault.rewrap.finish",
+            AuditAction::VaultRewrapQuarantine => "vault.rewrap.quarantine",
+            AuditAction::VaultRekey => "vault.rekey",
+            AuditAction::VaultIntegrityAdopt => "vault.integrity_adopt",
+            AuditAction::AuthFailed => "auth.failed",
+            AuditAction::AuthForbidden => "auth.forbidden",
+            AuditAction::GuardBlock => "guard.block",
+            AuditAction::KeyCreate => "key.create",
+            AuditAction::KeyUpdate => "key.update",
+            AuditAction::KeyRevoke => "key.revoke",
+            AuditAction::KeyRoll => "key.roll",
+            AuditAction::GrantAdd => "grant.add",
+            AuditAction::GrantLapse => "grant.lapse",
+            AuditAction::EnvironmentCreate => "environment.create",
+            AuditAction::EnvironmentUpdate => "environment.update",
+            AuditAction::RoleCreate => "role.create",
+            AuditAction::RoleUpdate => "role.update",
+            AuditAction::RoleDelete => "role.delete",
+            AuditAction::PlanCreate => "plan.create",
+            AuditAction::PlanUpdate => "plan.update",
+            AuditAction::PlanDelete => "plan.delete",
+            AuditAction::SecretRead => "secret.read",
+            AuditAction::SecretWrite => "secret.write",
+            AuditAction::SecretDelete => "secret.delete",
+            AuditAction::SecretUndelete => "secret.undelete",
+            AuditAction::SecretDestroy => "secret.destroy",
+            AuditAction::SecretMetadataUpdate => "secret.metadata.update",
+            AuditAction::SecretMetadataDelete => "secret.metadata.delete",
+            AuditAction::LeaseCreate => "lease.create",
+            AuditAction::LeaseRenew => "lease.renew",
+            AuditAction::LeaseRevoke => "lease.revoke",
+            AuditAction::LeaseExpire => "lease.expire",
+        }
+    }
+}
+
+impl std::fmt::Display for AuditAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// An entry of the append-only log. `details` never holds a secret.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {

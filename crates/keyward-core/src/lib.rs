@@ -21,8 +21,8 @@ pub use cidr::{Cidr, CidrSet, NetworkRules};
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use key::{EnvironmentName, KeyPrefix, MalformedKey, ParsedKey};
 pub use model::{
-    BlockRule, ConcurrencyLimit, Event, Graduated, Grant, KeyAccess, KeyHash, KeyId, KeyRecord,
-    KeyStatus, PlanName, PlanRecord, QuotaConfig, QuotaRefill, QuotaState, RecordMac,
+    BlockRule, ConcurrencyLimit, Event, EventKind, Graduated, Grant, KeyAccess, KeyHash, KeyId,
+    KeyRecord, KeyStatus, PlanName, PlanRecord, QuotaConfig, QuotaRefill, QuotaState, RecordMac,
     RefillInterval, RoleName, RoleRecord, ServiceName, VerifyCode,
 };
 pub use path_rule::PathRule;

@@ -529,6 +529,29 @@ impl Graduated {
     }
 }
 
+/// The kinds of [`Event`]. Stored as their names, which consumers match on: never renamed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EventKind {
+    RatelimitWarning,
+    RatelimitExceeded,
+    RatelimitBlock,
+    KeyDisabled,
+    GuardBlock,
+}
+
+impl EventKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventKind::RatelimitWarning => "ratelimit.warning",
+            EventKind::RatelimitExceeded => "ratelimit.exceeded",
+            EventKind::RatelimitBlock => "ratelimit.block",
+            EventKind::KeyDisabled => "key.disabled",
+            EventKind::GuardBlock => "guard.block",
+        }
+    }
+}
+
 /// Something that happened to a key that consumers (webhooks, anomaly detection) may act on:
 /// `ratelimit.warning`, `ratelimit.exceeded`, `guard.block`, … Not an audit entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

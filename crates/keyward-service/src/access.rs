@@ -1,6 +1,7 @@
 //! Access rules: environments and their policies, roles, temporary grants, the checks verify
 //! makes beyond status and expiry, and the explanation of a key's effective permissions.
 
+use keyward_core::audit::AuditAction;
 use std::net::IpAddr;
 
 use keyward_core::{
@@ -301,7 +302,7 @@ impl Authority {
         };
         let entry = PendingEntry {
             actor: actor.audit_name(),
-            action: "environment.create",
+            action: AuditAction::EnvironmentCreate,
             target: Some(name.to_string()),
             details: json!({ "policy": record.policy }),
         };
@@ -354,7 +355,7 @@ impl Authority {
         record.policy = policy;
         let entry = PendingEntry {
             actor: actor.audit_name(),
-            action: "environment.update",
+            action: AuditAction::EnvironmentUpdate,
             target: Some(name.to_string()),
             details: json!({ "policy": record.policy }),
         };
@@ -465,9 +466,9 @@ impl Authority {
         let entry = PendingEntry {
             actor: actor.audit_name(),
             action: if replace {
-                "role.update"
+                AuditAction::RoleUpdate
             } else {
-                "role.create"
+                AuditAction::RoleCreate
             },
             target: Some(name.to_string()),
             details: json!({ "permissions": record.permissions.iter().map(Permission::as_str).collect::<Vec<_>>() }),
@@ -506,7 +507,7 @@ impl Authority {
         }
         let entry = PendingEntry {
             actor: actor.audit_name(),
-            action: "role.delete",
+            action: AuditAction::RoleDelete,
             target: Some(name.to_string()),
             details: json!({}),
         };
@@ -611,9 +612,9 @@ impl Authority {
         let entry = PendingEntry {
             actor: actor.audit_name(),
             action: if replace {
-                "plan.update"
+                AuditAction::PlanUpdate
             } else {
-                "plan.create"
+                AuditAction::PlanCreate
             },
             target: Some(name.to_string()),
             details: json!({ "ratelimits": record.ratelimits, "graduated": record.graduated, "quota": record.quota }),
@@ -646,7 +647,7 @@ impl Authority {
         }
         let entry = PendingEntry {
             actor: actor.audit_name(),
-            action: "plan.delete",
+            action: AuditAction::PlanDelete,
             target: Some(name.to_string()),
             details: json!({}),
         };
@@ -770,7 +771,7 @@ impl Authority {
         self.check_key_policy(&with_grant)?;
         let entry = PendingEntry {
             actor: actor.audit_name(),
-            action: "grant.add",
+            action: AuditAction::GrantAdd,
             target: Some(id.to_string()),
             details: json!({ "permission": grant.permission, "role": grant.role, "expires_at": expires_at }),
         };
@@ -808,7 +809,7 @@ impl Authority {
                 for g in lapsed {
                     entries.push(PendingEntry {
                         actor: "system".into(),
-                        action: "grant.lapse",
+                        action: AuditAction::GrantLapse,
                         target: Some(key.id.to_string()),
                         details: json!({ "permission": g.permission, "role": g.role, "expires_at": g.expires_at }),
                     });

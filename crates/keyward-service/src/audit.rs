@@ -1,7 +1,7 @@
 //! Building and checking the audit log's hash chain.
 
 use keyward_core::Timestamp;
-use keyward_core::audit::{AuditEntry, GENESIS_HASH, canonical_bytes};
+use keyward_core::audit::{AuditAction, AuditEntry, GENESIS_HASH, canonical_bytes};
 use keyward_crypto::audit_hash;
 use keyward_store::Store;
 use serde_json::Value;
@@ -10,7 +10,7 @@ use serde_json::Value;
 #[derive(Debug, Clone)]
 pub struct PendingEntry {
     pub actor: String,
-    pub action: &'static str,
+    pub action: AuditAction,
     pub target: Option<String>,
     pub details: Value,
 }
@@ -29,13 +29,20 @@ pub fn chain(
         .map(|p| {
             seq += 1;
             let target = p.target;
-            let bytes = canonical_bytes(seq, ts, &p.actor, p.action, target.as_deref(), &p.details);
+            let bytes = canonical_bytes(
+                seq,
+                ts,
+                &p.actor,
+                p.action.as_str(),
+                target.as_deref(),
+                &p.details,
+            );
             let hash = audit_hash(&prev, &bytes);
             AuditEntry {
                 seq,
                 ts,
                 actor: p.actor,
-                action: p.action.to_owned(),
+                action: p.action.as_str().to_owned(),
                 target,
                 details: p.details,
                 prev_hash: std::mem::replace(&mut prev, hash.clone()),
@@ -145,7 +152,7 @@ mod tests {
         let pending = (0..n)
             .map(|i| PendingEntry {
                 actor: "system".into(),
-                action: "test.entry",
+                action: AuditAction::KeyUpdate,
                 target: Some(format!("t{i}")),
                 details: serde_json::json!({"i": i}),
             })

@@ -530,7 +530,7 @@ impl Authority {
         }
         let entry = PendingEntry {
             actor: actor.audit_name(),
-            action: "auth.forbidden",
+            action: keyward_core::audit::AuditAction::AuthForbidden,
             target,
             details,
         };

@@ -11,6 +11,7 @@
 //! table is bounded: when it is full and holds nothing spent, a new address is not tracked (and
 //! counted in [`Guard::untracked`]), so a flood of distinct addresses cannot grow memory.
 
+use keyward_core::audit::AuditAction;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -218,7 +219,7 @@ impl Authority {
             tracing::warn!(%ip, guard = kind.name(), "client address blocked after repeated failures");
             let entry = PendingEntry {
                 actor: "system".into(),
-                action: "guard.block",
+                action: AuditAction::GuardBlock,
                 target: Some(ip.to_string()),
                 details: json!({ "guard": kind.name() }),
             };
@@ -228,7 +229,7 @@ impl Authority {
             self.events.record(keyward_core::Event {
                 seq: 0,
                 ts: self.clock.now(),
-                kind: "guard.block".into(),
+                kind: keyward_core::EventKind::GuardBlock.as_str().into(),
                 key_id: None,
                 details: json!({ "guard": kind.name(), "ip": ip }),
             });

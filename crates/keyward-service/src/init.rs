@@ -1,5 +1,6 @@
 //! Initialising an empty store: environments, role templates and the root key.
 
+use keyward_core::audit::AuditAction;
 use keyward_core::model::{ADMIN_ENVIRONMENT, DEFAULT_ENVIRONMENTS};
 use keyward_core::{
     Clock, EnvironmentName, EnvironmentPolicy, KeyAccess, KeyRecord, KeyStatus, ParsedKey,
@@ -142,19 +143,19 @@ pub async fn initialize(
     };
     let mut pending = vec![PendingEntry {
         actor: "system".into(),
-        action: "system.init",
+        action: AuditAction::SystemInit,
         target: None,
         details: json!({ "shares": shares, "threshold": threshold }),
     }];
     pending.extend(environments.iter().map(|env| PendingEntry {
         actor: "system".into(),
-        action: "environment.create",
+        action: AuditAction::EnvironmentCreate,
         target: Some(env.to_string()),
         details: json!({}),
     }));
     pending.push(PendingEntry {
         actor: "system".into(),
-        action: "key.create",
+        action: AuditAction::KeyCreate,
         target: Some(record.id.to_string()),
         details: json!({
             "service": "keyward",
@@ -167,7 +168,7 @@ pub async fn initialize(
     let roles = builtin_roles(now);
     pending.extend(roles.iter().map(|role| PendingEntry {
         actor: "system".into(),
-        action: "role.create",
+        action: AuditAction::RoleCreate,
         target: Some(role.name.to_string()),
         details: json!({ "permissions": role.permissions.iter().map(Permission::as_str).collect::<Vec<_>>() }),
     }));
@@ -245,7 +246,7 @@ pub async fn adopt_secrets(
         now,
         vec![PendingEntry {
             actor: "system".into(),
-            action: "vault.init",
+            action: AuditAction::VaultInit,
             target: None,
             details: json!({
                 "shares": shares,

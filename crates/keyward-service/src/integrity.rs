@@ -12,6 +12,7 @@
 //! audit entry), and rollback of the whole store to an earlier copy of itself, which carries
 //! valid tags.
 
+use keyward_core::audit::AuditAction;
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -350,7 +351,7 @@ impl Authority {
             clock.now(),
             vec![crate::audit::PendingEntry {
                 actor: "system".into(),
-                action: "vault.integrity_adopt",
+                action: AuditAction::VaultIntegrityAdopt,
                 target: None,
                 details: json!({ "records": records, "audit_entries": seq }),
             }],

@@ -2,6 +2,7 @@
 //! together with its audit entry, and the verification cache learns of it before the call
 //! returns.
 
+use keyward_core::audit::AuditAction;
 use keyward_core::audit::AuditEntry;
 use keyward_core::model::ADMIN_ENVIRONMENT;
 use keyward_core::{
@@ -314,7 +315,7 @@ impl Authority {
         self.check_key_policy(&record)?;
         let entry = PendingEntry {
             actor: actor.audit_name(),
-            action: "key.create",
+            action: AuditAction::KeyCreate,
             target: Some(record.id.to_string()),
             details: json!({
                 "service": record.service.as_str(),
@@ -628,7 +629,7 @@ impl Authority {
         }
         let entry = PendingEntry {
             actor: actor.audit_name(),
-            action: "key.update",
+            action: AuditAction::KeyUpdate,
             target: Some(id.to_string()),
             details: Value::Object(changed),
         };
@@ -661,7 +662,7 @@ impl Authority {
         key.updated_at = self.clock.now();
         let entry = PendingEntry {
             actor: "system".into(),
-            action: "key.update",
+            action: AuditAction::KeyUpdate,
             target: Some(id.to_string()),
             details: json!({ "enabled": false, "reason": "repeated rate-limit violations" }),
         };
@@ -694,7 +695,7 @@ impl Authority {
         key.updated_at = now;
         let entry = PendingEntry {
             actor: actor.audit_name(),
-            action: "key.revoke",
+            action: AuditAction::KeyRevoke,
             target: Some(id.to_string()),
             details: json!({ "reason": reason, "start": key.start }),
         };
@@ -765,7 +766,7 @@ impl Authority {
         old.updated_at = now;
         let entry = PendingEntry {
             actor: actor.audit_name(),
-            action: "key.roll",
+            action: AuditAction::KeyRoll,
             target: Some(id.to_string()),
             details: json!({
                 "successor": new.id,

@@ -413,7 +413,7 @@ impl Authority {
     /// the limit's window number).
     pub(crate) fn notify_once(
         &self,
-        kind: &str,
+        kind: keyward_core::EventKind,
         key: keyward_core::KeyId,
         name: &str,
         window: i64,
@@ -422,7 +422,11 @@ impl Authority {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         name.hash(&mut hasher);
-        let slot = (key, hasher.finish(), kind == "ratelimit.warning");
+        let slot = (
+            key,
+            hasher.finish(),
+            kind == keyward_core::EventKind::RatelimitWarning,
+        );
         {
             let mut notified = self.notified.lock().unwrap_or_else(|p| p.into_inner());
             if notified.get(&slot) == Some(&window) {
@@ -436,7 +440,7 @@ impl Authority {
         self.events.record(keyward_core::Event {
             seq: 0,
             ts: self.clock.now(),
-            kind: kind.to_owned(),
+            kind: kind.as_str().to_owned(),
             key_id: Some(key),
             details,
         });

@@ -7,6 +7,7 @@
 //! (a glob scope such as `secrets:read:payments/*` covers a subtree) and the admin key's scope
 //! over the environment.
 
+use keyward_core::audit::AuditAction;
 use keyward_core::permission::admin;
 use std::sync::Arc;
 
@@ -297,7 +298,7 @@ impl Authority {
             },
             vec![PendingEntry {
                 actor: actor.audit_name(),
-                action: "secret.write",
+                action: AuditAction::SecretWrite,
                 target: Some(format!("{env}/{path}")),
                 details: json!({ "environment": env, "path": path, "version": version, "pruned_versions": pruned }),
             }],
@@ -391,7 +392,7 @@ impl Authority {
         };
         let entry = PendingEntry {
             actor: actor.audit_name(),
-            action: "secret.read",
+            action: AuditAction::SecretRead,
             target: Some(format!("{env}/{path}")),
             details: json!({
                 "environment": env,
@@ -568,7 +569,7 @@ impl Authority {
             },
             vec![PendingEntry {
                 actor: actor.audit_name(),
-                action: "secret.metadata.update",
+                action: AuditAction::SecretMetadataUpdate,
                 target: Some(format!("{env}/{path}")),
                 details: json!({
                     "environment": env, "path": path, "owner": meta.owner, "purpose": meta.purpose,
@@ -671,7 +672,7 @@ impl Authority {
             },
             vec![PendingEntry {
                 actor: actor.audit_name(),
-                action: "secret.metadata.delete",
+                action: AuditAction::SecretMetadataDelete,
                 target: Some(format!("{env}/{path}")),
                 details: json!({ "environment": env, "path": path, "versions": meta.current_version }),
             }],
@@ -691,11 +692,11 @@ pub enum VersionChange {
 }
 
 impl VersionChange {
-    fn action(self) -> &'static str {
+    fn action(self) -> AuditAction {
         match self {
-            VersionChange::Delete => "secret.delete",
-            VersionChange::Undelete => "secret.undelete",
-            VersionChange::Destroy => "secret.destroy",
+            VersionChange::Delete => AuditAction::SecretDelete,
+            VersionChange::Undelete => AuditAction::SecretUndelete,
+            VersionChange::Destroy => AuditAction::SecretDestroy,
         }
     }
 }

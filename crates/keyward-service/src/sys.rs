@@ -1,6 +1,7 @@
 //! Vault operations of an unsealed authority: the audit of unseal and seal, keyring rotation with
 //! its background rewrap, and rekeying.
 
+use keyward_core::audit::AuditAction;
 use std::sync::Arc;
 
 use keyward_crypto::barrier::{self, Share, UnsealKey};
@@ -44,14 +45,14 @@ impl Authority {
         if let Some((actor, at)) = late_seal {
             entries.push(PendingEntry {
                 actor,
-                action: "vault.seal",
+                action: AuditAction::VaultSeal,
                 target: None,
                 details: json!({ "sealed_at": at, "audited_late": true }),
             });
         }
         entries.push(PendingEntry {
             actor: "system".into(),
-            action: "vault.unseal",
+            action: AuditAction::VaultUnseal,
             target: None,
             details: json!({ "via": via }),
         });
@@ -66,7 +67,7 @@ impl Authority {
     pub(crate) async fn audit_seal(&self, actor: &Actor) -> Result<(), ServiceError> {
         self.audit_only(vec![PendingEntry {
             actor: actor.audit_name(),
-            action: "vault.seal",
+            action: AuditAction::VaultSeal,
             target: None,
             details: json!({}),
         }])
@@ -125,7 +126,7 @@ impl Authority {
             },
             vec![PendingEntry {
                 actor: actor.audit_name(),
-                action: "vault.rotate",
+                action: AuditAction::VaultRotate,
                 target: None,
                 details: json!({ "term": term, "values_to_rewrap": progress.total }),
             }],
@@ -159,7 +160,7 @@ impl Authority {
             drop(guard);
             self.audit_only(vec![PendingEntry {
                 actor: "system".into(),
-                action: "vault.rewrap.finish",
+                action: AuditAction::VaultRewrapFinish,
                 target: None,
                 details: json!({ "term": progress.term, "values": progress.done }),
             }])
@@ -212,7 +213,7 @@ impl Authority {
             }
             self.audit_only(vec![PendingEntry {
                 actor: "system".into(),
-                action: "vault.rewrap.quarantine",
+                action: AuditAction::VaultRewrapQuarantine,
                 target: None,
                 details: json!({ "term": progress.term, "values": quarantined }),
             }])
@@ -318,7 +319,7 @@ impl Authority {
             },
             vec![PendingEntry {
                 actor: actor.audit_name(),
-                action: "vault.rekey",
+                action: AuditAction::VaultRekey,
                 target: None,
                 details: json!({ "shares": shares, "threshold": threshold, "new_root_key": true, "keyrings_resealed": resealed }),
             }],

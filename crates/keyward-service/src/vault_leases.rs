@@ -5,6 +5,7 @@
 //! the lease ends, with no call and no sweep needed; a renewal moves both together. A sweeper
 //! marks ended leases and audits each end.
 
+use keyward_core::audit::AuditAction;
 use keyward_core::{KeyRecord, Timestamp};
 use keyward_store::{Changes, LeaseKind, VaultLease};
 use serde_json::json;
@@ -111,7 +112,7 @@ impl Authority {
                 };
                 let entry = PendingEntry {
                     actor: actor.audit_name(),
-                    action: "lease.create",
+                    action: AuditAction::LeaseCreate,
                     target: Some(made.id.clone()),
                     details: json!({
                         "kind": "key", "path": made.path, "key_id": record.id,
@@ -239,7 +240,7 @@ impl Authority {
             changes,
             vec![PendingEntry {
                 actor: actor.audit_name(),
-                action: "lease.renew",
+                action: AuditAction::LeaseRenew,
                 target: Some(lease.id.clone()),
                 details: json!({ "path": lease.path, "expires_at": lease.expires_at, "capped": wanted > cap }),
             }],
@@ -344,9 +345,9 @@ impl Authority {
             entries.push(PendingEntry {
                 actor: actor.to_owned(),
                 action: if reason == "revoked" {
-                    "lease.revoke"
+                    AuditAction::LeaseRevoke
                 } else {
-                    "lease.expire"
+                    AuditAction::LeaseExpire
                 },
                 target: Some(lease.id.clone()),
                 details: json!({ "kind": lease.kind.as_str(), "path": lease.path, "key_id": lease.key_id }),

@@ -4,6 +4,7 @@
 //! known-hash filter → store (once per key, then cached) → status, expiry and environment checks.
 //! Nothing here writes to the store: usage goes to the batcher.
 
+use keyward_core::audit::AuditAction;
 use std::sync::Arc;
 
 use keyward_core::{EnvironmentName, KeyStatus, ParsedKey, ServiceName, Timestamp, VerifyCode};
@@ -252,7 +253,7 @@ impl Authority {
                     let used = limit.limit.saturating_sub(outcome.remaining);
                     if !outcome.admitted {
                         self.notify_once(
-                            "ratelimit.exceeded",
+                            keyward_core::EventKind::RatelimitExceeded,
                             key.id,
                             name,
                             window,
@@ -269,7 +270,7 @@ impl Authority {
                     {
                         verdict.warning = true;
                         self.notify_once(
-                            "ratelimit.warning",
+                            keyward_core::EventKind::RatelimitWarning,
                             key.id,
                             name,
                             window,
@@ -366,24 +367,25 @@ impl Authority {
         now: keyward_core::Timestamp,
     ) {
         use crate::escalation::Escalated;
-        let event = |kind: &str, details: serde_json::Value| keyward_core::Event {
-            seq: 0,
-            ts: now,
-            kind: kind.to_owned(),
-            key_id: Some(key.id),
-            details,
-        };
+        let event =
+            |kind: keyward_core::EventKind, details: serde_json::Value| keyward_core::Event {
+                seq: 0,
+                ts: now,
+                kind: kind.as_str().to_owned(),
+                key_id: Some(key.id),
+                details,
+            };
         match self.escalations.violation(key.id, rule, now) {
             Escalated::Nothing => {}
             Escalated::Blocked(until) => {
                 self.events.record(event(
-                    "ratelimit.block",
+                    keyward_core::EventKind::RatelimitBlock,
                     json!({ "until": until, "violations": rule.violations }),
                 ));
             }
             Escalated::Disable(until) => {
                 self.events.record(event(
-                    "ratelimit.block",
+                    keyward_core::EventKind::RatelimitBlock,
                     json!({ "until": until, "violations": rule.violations }),
                 ));
                 // The disable commits on a task of its own: a verification whose client goes
@@ -397,7 +399,7 @@ impl Authority {
                         Ok(true) => me.events.record(keyward_core::Event {
                             seq: 0,
                             ts: now,
-                            kind: "key.disabled".to_owned(),
+                            kind: keyward_core::EventKind::KeyDisabled.as_str().to_owned(),
                             key_id: Some(id),
                             details: json!({ "reason": "repeated rate-limit violations" }),
                         }),
@@ -491,7 +493,7 @@ impl Authority {
             .map(|p| p.start().to_owned());
         self.audit_refusal(PendingEntry {
             actor: "anonymous".into(),
-            action: "auth.failed",
+            action: AuditAction::AuthFailed,
             target: None,
             details: json!({ "reason": reason, "key_start": start, "permission": permission, "ip": client }),
         })
