@@ -102,10 +102,10 @@ fn tokenize(text: &str) -> Result<Vec<(usize, Token<'_>)>, QueryError> {
                 };
                 tokens.push((here, token));
             }
-            other => {
+            _ => {
                 return Err(QueryError {
                     position: here,
-                    message: format!("unexpected character {other:?}"),
+                    message: "unexpected character".into(),
                 });
             }
         }
@@ -173,8 +173,7 @@ impl<'a> Parser<'a> {
                 Ok(inner)
             }
             Some(Token::Word(word)) => {
-                let permission =
-                    Permission::parse(word).map_err(|e| self.error(format!("'{word}': {e}")))?;
+                let permission = Permission::parse(word).map_err(|e| self.error(e.to_string()))?;
                 self.terms += 1;
                 if self.terms > MAX_TERMS {
                     return Err(self.error(format!("more than {MAX_TERMS} permissions")));

@@ -101,7 +101,13 @@ fn scrub(message: &str) -> String {
     out.push_str(rest);
     // serde names an unknown field or enum value between backticks; it came from the client.
     // The names it expected (ours) stay.
-    for marker in ["unknown field `", "unknown variant `"] {
+    for marker in [
+        "unknown field `",
+        "unknown variant `",
+        "integer `",
+        "floating point `",
+        "character `",
+    ] {
         if let Some(start) = out.find(marker) {
             let from = start + marker.len();
             if let Some(len) = out.get(from..).and_then(|r| r.find('`')) {

@@ -151,7 +151,7 @@ impl Authority {
             {
                 return Err((
                     IpDenied,
-                    format!("{ip} is not allowed by the key's network rules"),
+                    "the address is not allowed by the key's network rules".into(),
                 ));
             }
             if let Some(network) = env_network
@@ -159,7 +159,7 @@ impl Authority {
             {
                 return Err((
                     IpDenied,
-                    format!("{ip} is not allowed by the environment's network rules"),
+                    "the address is not allowed by the environment's network rules".into(),
                 ));
             }
         }
@@ -173,7 +173,7 @@ impl Authority {
             if !rules.iter().any(|r| r.matches(method, path)) {
                 return Err((
                     InsufficientPermissions,
-                    format!("{method} {path} is outside the key's path rules"),
+                    "the method and path are outside the key's path rules".into(),
                 ));
             }
         }
@@ -229,22 +229,16 @@ impl Authority {
         if let Some(plan) = &key.access.plan
             && !read(&self.plans).contains_key(plan)
         {
-            return Err(invalid("plan", format!("no plan named {plan}")));
+            return Err(invalid("plan", "no such plan"));
         }
-        let env = self.environment(key.environment.as_str()).ok_or_else(|| {
-            invalid(
-                "environment",
-                format!("no environment named {}", key.environment),
-            )
-        })?;
+        let env = self
+            .environment(key.environment.as_str())
+            .ok_or_else(|| invalid("environment", "no such environment"))?;
         {
             let roles = read(&self.roles);
             for (i, role) in key.access.roles.iter().enumerate() {
                 if !roles.contains_key(role) {
-                    return Err(invalid(
-                        "roles",
-                        format!("roles[{i}]: no role named {role}"),
-                    ));
+                    return Err(invalid("roles", format!("roles[{i}]: no such role")));
                 }
             }
         }
@@ -288,7 +282,16 @@ impl Authority {
         self.permit(actor, Operation::EnvironmentWrite, Target::Shared)
             .await?;
         let mut head = self.lock_writer().await;
-        if self.environment(name.as_str()).is_some() {
+        // The store too: an environment left out of the catalog (it failed its integrity
+        // check) still holds the name.
+        if self.environment(name.as_str()).is_some()
+            || self
+                .store
+                .environments()
+                .await?
+                .iter()
+                .any(|e| e.name == name)
+        {
             return Err(ServiceError::Conflict(format!("environment {name} exists")));
         }
         let made = self
@@ -337,10 +340,8 @@ impl Authority {
             Target::Environment(name),
         )
         .await?;
-        if Self::is_admin_environment(name.as_str()) {
-            // The admin environment's policy reaches every admin key.
-            self.act_on_all(actor, Operation::EnvironmentWrite, |_| true, None)
-                .await?;
+        let admin = Self::is_admin_environment(name.as_str());
+        if admin {
             let network = EnvState::new(EnvironmentRecord {
                 name: name.clone(),
                 created_at: Timestamp::UNIX_EPOCH,
@@ -351,6 +352,18 @@ impl Authority {
             Self::check_not_locked_out(actor, &network)?;
         }
         let mut head = self.lock_writer().await;
+        // The admin environment's policy reaches every admin key.
+        if admin && let Some((id, refusal)) = self.refusal_among(actor, |_| true, None).await? {
+            drop(head);
+            return Err(self
+                .refuse(
+                    actor,
+                    Operation::EnvironmentWrite,
+                    Some(id.to_string()),
+                    refusal,
+                )
+                .await);
+        }
         let mut record = self.environment_record(name.as_str())?;
         record.policy = policy;
         let entry = PendingEntry {
@@ -430,19 +443,25 @@ impl Authority {
                 "role {name} is built in and cannot be changed; create a role of your own"
             )));
         }
-        if replace {
-            // The new permissions reach every admin key that holds the role.
-            let now = self.clock.now();
-            self.act_on_all(
-                actor,
-                Operation::RoleWrite,
-                |key| crate::authz::holds_role(key, &name, now),
-                Some((&name, &permissions)),
-            )
-            .await?;
-        }
         let mut head = self.lock_writer().await;
         let now = self.clock.now();
+        if replace {
+            // The new permissions reach every admin key that holds the role: checked under the
+            // writer, so none can take the role in between.
+            if let Some((id, refusal)) = self
+                .refusal_among(
+                    actor,
+                    |key| crate::authz::holds_role(key, &name, now),
+                    Some((&name, &permissions)),
+                )
+                .await?
+            {
+                drop(head);
+                return Err(self
+                    .refuse(actor, Operation::RoleWrite, Some(id.to_string()), refusal)
+                    .await);
+            }
+        }
         let existing = read(&self.roles).get(&name).cloned();
         let record = match (existing, replace) {
             (Some(_), false) => return Err(ServiceError::Conflict(format!("role {name} exists"))),
@@ -574,17 +593,18 @@ impl Authority {
         }
         self.permit(actor, Operation::PlanWrite, Target::Shared)
             .await?;
-        if replace {
-            // New limits reach every admin key on the plan.
-            self.act_on_all(
-                actor,
-                Operation::PlanWrite,
-                |key| key.access.plan.as_ref() == Some(&name),
-                None,
-            )
-            .await?;
-        }
         let mut head = self.lock_writer().await;
+        if replace
+            && let Some((id, refusal)) = self
+                .refusal_among(actor, |key| key.access.plan.as_ref() == Some(&name), None)
+                .await?
+        {
+            // New limits reach every admin key on the plan.
+            drop(head);
+            return Err(self
+                .refuse(actor, Operation::PlanWrite, Some(id.to_string()), refusal)
+                .await);
+        }
         let now = self.clock.now();
         let existing = read(&self.plans).get(&name).cloned();
         let record = match (existing, replace) {
@@ -740,7 +760,7 @@ impl Authority {
         if let Some(role) = &grant.role
             && !read(&self.roles).contains_key(role)
         {
-            return Err(invalid("role", format!("no role named {role}")));
+            return Err(invalid("role", "no such role"));
         }
         if key.access.grants.len() >= 64 {
             return Err(invalid("permission", "a key holds at most 64 grants"));
@@ -753,11 +773,22 @@ impl Authority {
             granted_by: actor.audit_name(),
         });
         key.updated_at = now;
-        if let Err(refusal) = self.confer(actor, &key) {
-            drop(head);
-            return Err(self
-                .refuse(actor, Operation::KeyGrant, Some(id.to_string()), refusal)
-                .await);
+        let conferred = match self.confer(actor, &key) {
+            Err(refusal) => Err(Ok(refusal)),
+            Ok(()) => {
+                self.inherit(actor, &mut key, crate::authz::Restrictions::REQUIRED)
+                    .await
+            }
+        };
+        match conferred {
+            Ok(()) => {}
+            Err(Ok(refusal)) => {
+                drop(head);
+                return Err(self
+                    .refuse(actor, Operation::KeyGrant, Some(id.to_string()), refusal)
+                    .await);
+            }
+            Err(Err(e)) => return Err(e),
         }
         // The grant's permissions must fit the environment's policy as direct ones would.
         let mut with_grant = key.clone();
@@ -894,26 +925,25 @@ impl Authority {
 }
 
 impl Authority {
-    /// Refuses, audited, unless `actor` may act on every admin key `reaches` selects (with
-    /// `role_change` applied), as a change to a shared object acts on all of them.
-    async fn act_on_all(
+    /// The first admin key `reaches` selects that `actor` may not act on (with `role_change`
+    /// applied), as a change to a shared object acts on all of them. Call it holding the
+    /// writer, so no key can take the role (or join the plan) between this check and the
+    /// commit; audit a refusal with [`Authority::refuse`] once the writer is let go.
+    async fn refusal_among(
         &self,
         actor: &Actor,
-        op: Operation,
         reaches: impl Fn(&KeyRecord) -> bool,
         role_change: Option<(&RoleName, &[Permission])>,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<Option<(KeyId, crate::Refusal)>, ServiceError> {
         for key in self.admin_keys().await? {
             if !reaches(&key) {
                 continue;
             }
             if let Err(refusal) = self.act_on(actor, &key, role_change) {
-                return Err(self
-                    .refuse(actor, op, Some(key.id.to_string()), refusal)
-                    .await);
+                return Ok(Some((key.id, refusal)));
             }
         }
-        Ok(())
+        Ok(None)
     }
 }
 

@@ -271,6 +271,21 @@ impl Actor {
         self.key.expires_at
     }
 
+    /// How long this caller holds `permission`: `Some(None)` for good (directly or through a
+    /// role), `Some(Some(t))` through grants until `t`, `None` not at all.
+    pub(crate) fn held_until(&self, permission: &str) -> Option<Option<Timestamp>> {
+        if self.key.permissions.set.grants(permission) {
+            return Some(None);
+        }
+        self.key
+            .grants
+            .iter()
+            .filter(|(p, until)| *until > self.at && p.covers_str(permission))
+            .map(|(_, until)| *until)
+            .max()
+            .map(Some)
+    }
+
     pub(crate) fn audit_name(&self) -> String {
         self.key.id.to_string()
     }
@@ -434,14 +449,43 @@ impl Authority {
                 "grants"
             }
         };
-        let held = effective(key, &roles, None, now);
-        match held.iter().find(|p| !actor.holds(p.as_str())) {
-            Some(p) => Err(Refusal::Confers {
-                field: field(p),
-                permission: p.to_string(),
-            }),
-            None => Ok(()),
+        let refused = |p: &Permission| Refusal::Confers {
+            field: field(p),
+            permission: p.to_string(),
+        };
+        // What the key holds for good must be held for good: a permission the caller has only
+        // through a grant cannot be made permanent, nor granted past the caller's own grant.
+        let role_permissions = |name: &RoleName| {
+            roles
+                .get(name)
+                .map(|r| r.permissions.clone())
+                .unwrap_or_default()
+        };
+        let mut forever = key.permissions.clone();
+        for role in &key.access.roles {
+            forever.extend(role_permissions(role));
         }
+        if let Some(p) = forever
+            .iter()
+            .find(|p| actor.held_until(p.as_str()) != Some(None))
+        {
+            return Err(refused(p));
+        }
+        for grant in key.access.grants.iter().filter(|g| g.expires_at > now) {
+            let mut granted = grant.permission.iter().cloned().collect::<Vec<_>>();
+            if let Some(role) = &grant.role {
+                granted.extend(role_permissions(role));
+            }
+            let short = |p: &Permission| match actor.held_until(p.as_str()) {
+                None => true,
+                Some(None) => false,
+                Some(Some(until)) => until < grant.expires_at,
+            };
+            if let Some(p) = granted.iter().find(|p| short(p)) {
+                return Err(refused(p));
+            }
+        }
+        Ok(())
     }
 
     /// Makes admin key `key` (new, or with `changed` restrictions) at least as restricted as
@@ -456,32 +500,28 @@ impl Authority {
         if key.service != ServiceName::Keyward {
             return Ok(());
         }
-        if changed.expiry
-            && let Some(limit) = actor.expires_at()
-        {
+        let less = |field| Err(Ok(Refusal::LessRestricted { field }));
+        if let Some(limit) = actor.expires_at() {
             match key.expires_at {
-                None => key.expires_at = Some(limit),
-                Some(at) if at > limit => {
-                    return Err(Ok(Refusal::LessRestricted {
-                        field: "expires_at",
-                    }));
+                None if changed.expiry => key.expires_at = Some(limit),
+                None if changed.require => return less("expires_at"),
+                Some(at) if at > limit && (changed.expiry || changed.require) => {
+                    return less("expires_at");
                 }
-                Some(_) => {}
+                _ => {}
             }
         }
-        if changed.scope && !actor.covers_scope(key.access.admin_environments.as_deref()) {
+        if (changed.scope || changed.require)
+            && !actor.covers_scope(key.access.admin_environments.as_deref())
+        {
             match (&key.access.admin_environments, actor.scope()) {
                 (None, Some(mine)) if changed.creating => {
                     key.access.admin_environments = Some(mine.to_vec());
                 }
-                _ => {
-                    return Err(Ok(Refusal::LessRestricted {
-                        field: "admin_environments",
-                    }));
-                }
+                _ => return less("admin_environments"),
             }
         }
-        if changed.network {
+        if changed.network || changed.require {
             let Some(me) = self
                 .store
                 .key(actor.key_id())
@@ -492,22 +532,26 @@ impl Authority {
             };
             let mine = &me.access.allowed_cidrs;
             if !mine.is_empty() {
-                if key.access.allowed_cidrs.is_empty() {
+                if key.access.allowed_cidrs.is_empty() && changed.network {
                     key.access.allowed_cidrs = mine.clone();
-                } else if !key
-                    .access
-                    .allowed_cidrs
-                    .iter()
-                    .all(|c| mine.iter().any(|m| c.within(m)))
+                } else if key.access.allowed_cidrs.is_empty()
+                    || !key
+                        .access
+                        .allowed_cidrs
+                        .iter()
+                        .all(|c| mine.iter().any(|m| c.within(m)))
                 {
-                    return Err(Ok(Refusal::LessRestricted {
-                        field: "allowed_cidrs",
-                    }));
+                    return less("allowed_cidrs");
                 }
             }
             for denied in &me.access.denied_cidrs {
-                if !key.access.denied_cidrs.contains(denied) {
+                if key.access.denied_cidrs.contains(denied) {
+                    continue;
+                }
+                if changed.network {
                     key.access.denied_cidrs.push(*denied);
+                } else {
+                    return less("denied_cidrs");
                 }
             }
         }
@@ -600,6 +644,10 @@ pub(crate) struct Restrictions {
     pub expiry: bool,
     pub scope: bool,
     pub network: bool,
+    /// The change confers permissions: the restrictions it does not set must already lie
+    /// within the caller's (checked, never filled in), so a restricted key cannot hand its
+    /// powers to a key that lives longer or is used from further away.
+    pub require: bool,
 }
 
 impl Restrictions {
@@ -608,5 +656,15 @@ impl Restrictions {
         expiry: true,
         scope: true,
         network: true,
+        require: false,
+    };
+
+    /// Conferring permissions on an existing key: every restriction must already be within.
+    pub(crate) const REQUIRED: Restrictions = Restrictions {
+        creating: false,
+        expiry: false,
+        scope: false,
+        network: false,
+        require: true,
     };
 }

@@ -382,6 +382,37 @@ impl Authority {
         self.findings.list()
     }
 
+    /// Checks every stored key's tag, reporting failures; run once after unseal.
+    pub(crate) async fn check_every_key(&self) {
+        let mut after = None;
+        loop {
+            let page = match self
+                .store
+                .list_keys(keyward_store::KeyQuery {
+                    after,
+                    limit: 1000,
+                    ..keyward_store::KeyQuery::default()
+                })
+                .await
+            {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not check the keys' integrity tags");
+                    return;
+                }
+            };
+            let full = page.len() == 1000;
+            after = page.last().map(|k| k.id);
+            for key in page {
+                let _ = self.intact_key(key);
+            }
+            if !full {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
     /// `key` if its tag checks out; otherwise the failure is reported and `None` returned.
     pub(crate) fn intact_key(&self, key: KeyRecord) -> Option<KeyRecord> {
         if key_intact(self.vault.integrity(), &key) {

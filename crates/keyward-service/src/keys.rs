@@ -141,10 +141,7 @@ impl Authority {
         env: &EnvironmentName,
     ) -> Result<(), ServiceError> {
         if self.environment(env.as_str()).is_none() {
-            return Err(invalid(
-                "environment",
-                format!("no environment named {env}"),
-            ));
+            return Err(invalid("environment", "no such environment"));
         }
         let admin = Self::is_admin_environment(env.as_str());
         match service {
@@ -220,8 +217,23 @@ impl Authority {
 
     /// An admin key may not revoke or disable itself: doing so with the last admin key would lock
     /// every admin out. Another admin key (or the root key) does it.
-    fn check_not_self(actor: &Actor, id: KeyId) -> Result<(), ServiceError> {
+    /// Refused (and audited, as every refusal is) when `actor` is key `id` itself.
+    async fn check_not_self(
+        &self,
+        actor: &Actor,
+        op: Operation,
+        id: KeyId,
+    ) -> Result<(), ServiceError> {
         if actor.key_id() == id {
+            let entry = PendingEntry {
+                actor: actor.audit_name(),
+                action: AuditAction::AuthForbidden,
+                target: Some(id.to_string()),
+                details: json!({ "operation": op.name(), "reason": "self" }),
+            };
+            if let Err(e) = self.audit_batched(entry).await {
+                tracing::error!(error = %e, "could not audit a refused admin request");
+            }
             return Err(ServiceError::Conflict(
                 "an admin key cannot revoke or disable itself; use another admin key".into(),
             ));
@@ -306,10 +318,13 @@ impl Authority {
                 access: new.access,
             },
         )?;
+        // Judged under the writer: a role cannot change between this check and the commit.
+        let mut head = self.lock_writer().await;
         if let Err(e) = self
             .conferrable(actor, &mut record, Restrictions::ALL)
             .await
         {
+            drop(head);
             return Err(self.audited(actor, op, &record, e).await);
         }
         self.check_key_policy(&record)?;
@@ -341,7 +356,6 @@ impl Authority {
             .extend(quota.map(|q| (record.id, Some(q))));
         let mut entries = vec![entry];
         entries.extend(extra.into());
-        let mut head = self.lock_writer().await;
         self.commit(&mut head, changes, entries).await?;
         if let Some(state) = quota {
             self.quotas.set(record.id, Some(state));
@@ -522,7 +536,7 @@ impl Authority {
             check_meta(meta)?;
         }
         if update.enabled == Some(false) {
-            Self::check_not_self(actor, id)?;
+            self.check_not_self(actor, Operation::KeyUpdate, id).await?;
         }
         let mut head = self.lock_writer().await;
         let now = self.clock.now();
@@ -538,6 +552,8 @@ impl Authority {
             expiry: update.expires_at.is_some(),
             scope: false,
             network: update.allowed_cidrs.is_some() || update.denied_cidrs.is_some(),
+            // Permissions conferred on an admin key need it to be as restricted as the caller.
+            require: update.permissions.is_some() || update.roles.is_some(),
         };
         if let Some(Some(at)) = update.expires_at
             && at <= now
@@ -679,7 +695,7 @@ impl Authority {
         reason: String,
     ) -> Result<KeyRecord, ServiceError> {
         check_text("reason", &reason, limits::REASON_CHARS)?;
-        Self::check_not_self(actor, id)?;
+        self.check_not_self(actor, Operation::KeyRevoke, id).await?;
         let mut head = self.lock_writer().await;
         let mut key = self.key_for_change(id).await?;
         if let Err(refusal) = self.authorize(actor, Operation::KeyRevoke, Target::Key(&key)) {
@@ -758,7 +774,18 @@ impl Authority {
                 access: old.access.clone(),
             },
         )?;
-        // The successor is a new key: it must fit the environment's policy as it is now.
+        // The successor is a new key made by the caller: never outliving the caller, at least as
+        // restricted as it, and within the environment's policy as it is now.
+        let mut new = new;
+        if new.service == ServiceName::Keyward
+            && let Some(limit) = actor.expires_at()
+        {
+            new.expires_at = Some(new.expires_at.map_or(limit, |at| at.min(limit)));
+        }
+        if let Err(e) = self.conferrable(actor, &mut new, Restrictions::ALL).await {
+            drop(head);
+            return Err(self.audited(actor, Operation::KeyRoll, &old, e).await);
+        }
         self.check_key_policy(&new)?;
         let grace_end = now.plus_seconds(grace_period_s);
         old.expires_at = Some(old.expires_at.map_or(grace_end, |at| at.min(grace_end)));

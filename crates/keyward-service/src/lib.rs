@@ -453,7 +453,12 @@ impl Authority {
         // middle of the log that left its head alone is found here.
         let store = Arc::clone(&self.store);
         let findings = Arc::clone(&self.findings);
+        let checker = Arc::downgrade(self);
         tokio::spawn(async move {
+            // Every key's tag too, so /readyz reports a tampered key before anyone presents it.
+            if let Some(authority) = checker.upgrade() {
+                authority.check_every_key().await;
+            }
             match audit::verify_chain(store.as_ref()).await {
                 Ok(audit::ChainReport::Broken(broken)) => {
                     findings.report(format!("audit log: {broken}"));

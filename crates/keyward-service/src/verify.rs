@@ -113,7 +113,7 @@ impl Authority {
                 .blocked(Guarded::Verification, ip, self.clock.now())
         {
             return Ok(Verification {
-                unmet: Some(format!("too many failed verifications from {ip}")),
+                unmet: Some("too many failed verifications from this address".into()),
                 retry_after_s: Some(wait),
                 ..Verification::of(VerifyCode::RateLimited)
             });
@@ -334,14 +334,17 @@ impl Authority {
                 let Some(record) = self.intact_key(record) else {
                     return Ok(Lookup::Unknown);
                 };
-                if let Some(plan) = record
-                    .access
-                    .plan
-                    .as_ref()
-                    .filter(|p| crate::read(&self.tainted_plans).contains(*p))
-                {
-                    self.findings
-                        .report(format!("key {} is on tampered plan {plan}", record.id));
+                // A plan tampered with, or gone although a live key is on it (no plan with keys
+                // on it can be deleted), would take the key's limits away: fail closed.
+                if let Some(plan) = record.access.plan.as_ref().filter(|p| {
+                    crate::read(&self.tainted_plans).contains(*p)
+                        || (record.status != keyward_core::KeyStatus::Revoked
+                            && !crate::read(&self.plans).contains_key(*p))
+                }) {
+                    self.findings.report(format!(
+                        "key {} is on plan {plan}, which was tampered with or removed",
+                        record.id
+                    ));
                     return Ok(Lookup::Unknown);
                 }
                 let Some(env) = self.environment(record.environment.as_str()) else {

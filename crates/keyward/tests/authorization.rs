@@ -712,3 +712,131 @@ async fn error_bodies_never_echo_what_the_client_sent() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_edit_racing_its_conferral_never_yields_a_stronger_key() {
+    let app = spawn_app().await;
+    let attacker = admin_key(&app, &["roles:manage", "keys:create"], json!({})).await;
+    let token = key_of(&attacker);
+    for round in 0..20 {
+        let role = format!("race{round}");
+        let (status, _) = app
+            .call_as(
+                &token,
+                Method::POST,
+                "/v1/roles",
+                Some(json!({"name": role, "permissions": ["keys:create"]})),
+            )
+            .await;
+        assert_eq!(status, 201);
+        let create = app.call_as(
+            &token,
+            Method::POST,
+            "/v1/keys",
+            Some(
+                json!({"environment": "admin", "service": "keyward", "name": "t", "owner": "o",
+                        "permissions": [], "roles": [role]}),
+            ),
+        );
+        let role_path = format!("/v1/roles/{role}");
+        let widen = app.call_as(
+            &token,
+            Method::PUT,
+            &role_path,
+            Some(json!({"permissions": ["*"]})),
+        );
+        let ((created_status, created), (widened, _)) = tokio::join!(create, widen);
+        // Whichever came first, the other is refused: never both.
+        assert!(
+            !(created_status == 201 && widened == 200),
+            "round {round}: the key got a role that became *"
+        );
+        if created_status == 201 {
+            let held = effective(&app, &id_of(&created)).await;
+            assert!(!held.contains(&"*".to_owned()), "{held:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn rolls_grants_and_updates_keep_the_callers_restrictions() {
+    let app = spawn_app().await;
+    let restricted = admin_key(
+        &app,
+        &["keys:roll", "keys:read", "keys:update", "secrets:read"],
+        json!({"allowed_cidrs": ["127.0.0.1/32"], "ttl_s": 3600}),
+    )
+    .await;
+    let token = key_of(&restricted);
+    let limit = restricted["expires_at"].as_str().unwrap().to_owned();
+    let open = admin_key(&app, &["secrets:read", "keys:read"], json!({})).await;
+    // A roll by a restricted key gives a successor as restricted as the caller.
+    let (status, rolled) = app
+        .call_as(
+            &token,
+            Method::POST,
+            &format!("/v1/keys/{}/roll", id_of(&open)),
+            Some(json!({"grace_period_s": 0})),
+        )
+        .await;
+    assert_eq!(status, 201, "{rolled}");
+    assert_eq!(rolled["allowed_cidrs"], json!(["127.0.0.1/32"]));
+    assert_eq!(rolled["expires_at"].as_str().unwrap(), limit);
+    // Its own roll never outlives its bound either.
+    let (status, own) = app
+        .call_as(
+            &token,
+            Method::POST,
+            &format!("/v1/keys/{}/roll", id_of(&restricted)),
+            Some(json!({"grace_period_s": 0})),
+        )
+        .await;
+    assert_eq!(status, 201, "{own}");
+    assert!(own["expires_at"].as_str().unwrap() <= limit.as_str());
+    // Powers are not handed to an unrestricted key, by PATCH or grant.
+    let unrestricted = admin_key(&app, &["keys:read"], json!({})).await;
+    let (status, _) = app
+        .call_as(
+            &key_of(&own),
+            Method::PATCH,
+            &format!("/v1/keys/{}", id_of(&unrestricted)),
+            Some(json!({"permissions": ["keys:read", "secrets:read"]})),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = app
+        .call_as(
+            &key_of(&own),
+            Method::POST,
+            &format!("/v1/keys/{}/grants", id_of(&unrestricted)),
+            Some(json!({"permission": "secrets:read", "ttl_s": 60})),
+        )
+        .await;
+    assert_eq!(status, 403);
+    // A permission held only through a grant cannot be made permanent, nor outlive the grant.
+    let temp = admin_key(&app, &["keys:update", "keys:read"], json!({})).await;
+    app.call(
+        Method::POST,
+        &format!("/v1/keys/{}/grants", id_of(&temp)),
+        Some(json!({"permission": "audit:read", "ttl_s": 30})),
+    )
+    .await;
+    let (status, _) = app
+        .call_as(
+            &key_of(&temp),
+            Method::POST,
+            &format!("/v1/keys/{}/grants", id_of(&temp)),
+            Some(json!({"permission": "audit:read", "ttl_s": 3_153_600_000u64})),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = app
+        .call_as(
+            &key_of(&temp),
+            Method::PATCH,
+            &format!("/v1/keys/{}", id_of(&temp)),
+            Some(json!({"permissions": ["keys:update", "keys:read", "audit:read"]})),
+        )
+        .await;
+    assert_eq!(status, 403);
+}

@@ -85,7 +85,16 @@ async fn keys_edited_offline_fail_closed() {
         ),
     );
     app.start().await;
-    assert_eq!(readyz(&app).await.0, 200, "nothing read yet");
+    // Every key's tag is checked after unseal: the node reports the tampering before anyone
+    // presents a tampered key.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while readyz(&app).await.0 != 503 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tampering not reported"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     // The un-revoked key and the widened one are no keys at all; the untouched one works.
     assert_eq!(
         verify(&app, revoked["key"].as_str().unwrap(), None).await,
@@ -306,4 +315,28 @@ async fn a_store_from_before_integrity_tags_is_adopted_once_and_then_held_to_the
         .filter(|e| e["action"] == "vault.integrity_adopt")
         .count();
     assert_eq!(adoptions, 1);
+}
+
+#[tokio::test]
+async fn a_plan_deleted_offline_does_not_lift_its_keys_limits() {
+    let mut app = spawn_app().await;
+    let (status, _) = app
+        .call(
+            Method::POST,
+            "/v1/plans",
+            Some(json!({"name": "strict", "ratelimits": [{"name": "hour", "limit": 1, "period_s": 3600}]})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let key = app.create_key("live", json!({"plan": "strict"})).await;
+    let key = key["key"].as_str().unwrap().to_owned();
+    assert_eq!(verify(&app, &key, None).await, "VALID");
+    assert_eq!(verify(&app, &key, None).await, "RATE_LIMITED");
+    app.shutdown().await;
+    tamper(&app, "DELETE FROM plans WHERE name = 'strict';");
+    app.start().await;
+    for _ in 0..3 {
+        assert_eq!(verify(&app, &key, None).await, "NOT_FOUND");
+    }
+    assert_eq!(readyz(&app).await.0, 503);
 }

@@ -415,7 +415,10 @@ async fn key_guessing_from_one_address_is_cut_off_and_audited() {
     // The address is now refused before any lookup, even with a good key…
     let (v, headers) = verify(&app, json!({"key": good, "ip": "203.0.113.9"})).await;
     assert_eq!(v["code"], "RATE_LIMITED", "{v}");
-    assert!(v["detail"].as_str().unwrap().contains("203.0.113.9"));
+    assert!(
+        !v["detail"].as_str().unwrap().contains("203.0.113.9"),
+        "no echo: {v}"
+    );
     assert!(v["retry_after_s"].as_u64().unwrap() >= 1);
     assert!(headers.get("ratelimit").is_none());
     // …while other addresses, and calls without an address, go on.
