@@ -196,7 +196,7 @@ pub async fn initialize(
         audit,
         ..Changes::default()
     };
-    crate::integrity::seal_changes(vault.open.integrity(), &mut changes, head.as_ref());
+    crate::integrity::seal_changes(vault.open.integrity(), &mut changes, head.as_ref(), 0);
     store.apply(changes).await?;
     Ok(Initialized {
         root_key: root,
@@ -266,7 +266,13 @@ pub async fn adopt_secrets(
     changes.keyrings = keyrings;
     changes.environment_secrets = sealed_secrets;
     changes.audit = audit;
-    crate::integrity::seal_changes(vault.open.integrity(), &mut changes, new_head.as_ref());
+    let revoked = crate::integrity::revocations(&changes);
+    crate::integrity::seal_changes(
+        vault.open.integrity(),
+        &mut changes,
+        new_head.as_ref(),
+        revoked,
+    );
     store.apply(changes).await?;
     Ok(vault)
 }

@@ -98,8 +98,8 @@ fn vault_bytes(v: &VaultRecord) -> Vec<u8> {
     }))
 }
 
-fn checkpoint_bytes(seq: u64, hash: &str) -> Vec<u8> {
-    bytes(&json!({ "seq": seq, "hash": hash }))
+fn checkpoint_bytes(seq: u64, hash: &str, revoked: u64) -> Vec<u8> {
+    bytes(&json!({ "seq": seq, "hash": hash, "revoked": revoked }))
 }
 
 fn tag(key: &IntegrityKey, domain: &str, bytes: &[u8]) -> Option<RecordMac> {
@@ -138,22 +138,43 @@ pub(crate) fn checkpoint_intact(key: &IntegrityKey, c: &AuditCheckpoint) -> bool
     check(
         key,
         "audit-checkpoint",
-        &checkpoint_bytes(c.seq, &c.hash),
+        &checkpoint_bytes(c.seq, &c.hash, c.revoked),
         Some(c.mac),
     )
 }
 
 /// The checkpoint of `head`, tagged.
-pub(crate) fn checkpoint(key: &IntegrityKey, head: &AuditHead) -> AuditCheckpoint {
+pub(crate) fn checkpoint(key: &IntegrityKey, head: &AuditHead, revoked: u64) -> AuditCheckpoint {
     AuditCheckpoint {
         seq: head.seq,
         hash: head.hash.clone(),
-        mac: RecordMac(key.tag("audit-checkpoint", &checkpoint_bytes(head.seq, &head.hash))),
+        revoked,
+        mac: RecordMac(key.tag(
+            "audit-checkpoint",
+            &checkpoint_bytes(head.seq, &head.hash, revoked),
+        )),
     }
 }
 
-/// Tags every record `changes` writes, and the checkpoint of the audit head it leads to.
-pub(crate) fn seal_changes(key: &IntegrityKey, changes: &mut Changes, head: Option<&AuditHead>) {
+/// Keys `changes` stores as revoked. Every write path revokes a key at most once (revoked keys
+/// are never written again), so this is what the revoked count grows by.
+pub(crate) fn revocations(changes: &Changes) -> u64 {
+    changes
+        .insert_keys
+        .iter()
+        .chain(&changes.update_keys)
+        .filter(|k| k.status == keyward_core::KeyStatus::Revoked)
+        .count() as u64
+}
+
+/// Tags every record `changes` writes, and the checkpoint of the audit head it leads to, with
+/// the revoked count `revoked` (as it stands after the change).
+pub(crate) fn seal_changes(
+    key: &IntegrityKey,
+    changes: &mut Changes,
+    head: Option<&AuditHead>,
+    revoked: u64,
+) {
     for k in changes
         .insert_keys
         .iter_mut()
@@ -178,7 +199,7 @@ pub(crate) fn seal_changes(key: &IntegrityKey, changes: &mut Changes, head: Opti
         v.mac = tag(key, "vault", &vault_bytes(v));
     }
     if let Some(head) = head {
-        changes.audit_checkpoint = Some(checkpoint(key, head));
+        changes.audit_checkpoint = Some(checkpoint(key, head, revoked));
     }
 }
 
@@ -283,6 +304,20 @@ pub async fn verify_stored_state(
             .filter(|k| !key_intact(key, k))
             .map(|k| format!("key {}", k.id)),
     );
+    let revoked = all
+        .update_keys
+        .iter()
+        .filter(|k| k.status == keyward_core::KeyStatus::Revoked && key_intact(key, k))
+        .count() as u64;
+    if let Some(c) = store.audit_checkpoint().await?
+        && checkpoint_intact(key, &c)
+        && revoked < c.revoked
+    {
+        failed.push(format!(
+            "revocations undone: {revoked} revoked keys in the store, {} revoked by keyward",
+            c.revoked
+        ));
+    }
     let head = store.audit_head().await?.unwrap_or(AuditHead {
         seq: 0,
         hash: keyward_core::audit::GENESIS_HASH.to_owned(),
@@ -362,7 +397,8 @@ impl Authority {
         });
         changes.vault = Some(adoption.record);
         changes.keyrings = vec![adoption.stored];
-        seal_changes(vault.integrity(), &mut changes, new_head.as_ref());
+        let revoked = revocations(&changes);
+        seal_changes(vault.integrity(), &mut changes, new_head.as_ref(), revoked);
         store.apply(changes).await?;
         tracing::warn!(
             records,
@@ -382,8 +418,10 @@ impl Authority {
         self.findings.list()
     }
 
-    /// Checks every stored key's tag, reporting failures; run once after unseal.
-    pub(crate) async fn check_every_key(&self) {
+    /// Checks every stored key's tag, reporting failures, and that no revocation was undone
+    /// (fewer intact revoked keys than the checkpoint at unseal counted); run once after unseal.
+    pub(crate) async fn check_every_key(&self, revoked_at_open: u64) {
+        let mut revoked = 0u64;
         let mut after = None;
         loop {
             let page = match self
@@ -404,9 +442,19 @@ impl Authority {
             let full = page.len() == 1000;
             after = page.last().map(|k| k.id);
             for key in page {
-                let _ = self.intact_key(key);
+                if let Some(key) = self.intact_key(key)
+                    && key.status == keyward_core::KeyStatus::Revoked
+                {
+                    revoked += 1;
+                }
             }
             if !full {
+                if revoked < revoked_at_open {
+                    self.findings.report(format!(
+                        "revocations undone: {revoked} revoked keys in the store, {revoked_at_open} \
+                         revoked by keyward (key rows were restored from an earlier copy)"
+                    ));
+                }
                 return;
             }
             tokio::task::yield_now().await;

@@ -197,6 +197,8 @@ pub struct Authority {
     /// Relaxed (read-audit) commits not yet made durable by a sync.
     unsynced: std::sync::atomic::AtomicBool,
     secret_cache: secrets::SecretCache,
+    /// Keys revoked as the checkpoint counted at unseal: the background check compares.
+    revoked_at_open: u64,
     /// Stored security state that failed its integrity check since unseal.
     findings: Arc<integrity::Findings>,
     /// Plans left out of the catalog for failing their check: keys on them fail closed.
@@ -217,6 +219,8 @@ type AuditWaiter = tokio::sync::oneshot::Sender<Result<(), String>>;
 #[derive(Debug)]
 pub(crate) struct Writer {
     head: AuditHead,
+    /// Keys revoked so far, as the audit checkpoint counts them.
+    revoked: u64,
     in_flight: Option<tokio::task::JoinHandle<Result<(), StoreError>>>,
     stale: bool,
 }
@@ -287,6 +291,9 @@ impl Authority {
         if let Some(problem) = integrity::audit_head_problem(key, &head, checkpoint.as_ref()) {
             findings.report(format!("audit log: {problem}"));
         }
+        let revoked = checkpoint
+            .filter(|c| integrity::checkpoint_intact(key, c))
+            .map_or(0, |c| c.revoked);
         let cache = VerifyCache::new(config.cache_capacity);
         cache.add_known_many(store.key_hashes().await?);
         let store_for_events = Arc::clone(&store);
@@ -323,8 +330,10 @@ impl Authority {
             ids: keyward_crypto::KeyIds::default(),
             stop: tokio::sync::watch::channel(false).0,
             background: tokio::sync::Mutex::new(None),
+            revoked_at_open: revoked,
             writer: tokio::sync::Mutex::new(Writer {
                 head,
+                revoked,
                 in_flight: None,
                 stale: false,
             }),
@@ -457,7 +466,7 @@ impl Authority {
         tokio::spawn(async move {
             // Every key's tag too, so /readyz reports a tampered key before anyone presents it.
             if let Some(authority) = checker.upgrade() {
-                authority.check_every_key().await;
+                authority.check_every_key(authority.revoked_at_open).await;
             }
             match audit::verify_chain(store.as_ref()).await {
                 Ok(audit::ChainReport::Broken(broken)) => {
@@ -564,6 +573,9 @@ impl Authority {
                         seq: 0,
                         hash: GENESIS_HASH.to_owned(),
                     });
+                    if let Ok(Some(c)) = self.store.audit_checkpoint().await {
+                        writer.revoked = c.revoked;
+                    }
                     self.cache.clear();
                     writer.stale = false;
                     tracing::warn!("a write outlived its request; the audit head was re-read");
@@ -593,7 +605,13 @@ impl Authority {
             hash: e.hash.clone(),
         });
         changes.audit = entries;
-        integrity::seal_changes(self.vault.integrity(), &mut changes, new_head.as_ref());
+        let revoked = writer.revoked + integrity::revocations(&changes);
+        integrity::seal_changes(
+            self.vault.integrity(),
+            &mut changes,
+            new_head.as_ref(),
+            revoked,
+        );
         let store = Arc::clone(&self.store);
         writer.stale = true;
         let task = writer
@@ -610,6 +628,7 @@ impl Authority {
             Ok(()) => {
                 if let Some(new_head) = new_head {
                     writer.head = new_head;
+                    writer.revoked = revoked;
                 }
                 writer.stale = false;
                 Ok(())
@@ -618,6 +637,9 @@ impl Authority {
                 // Another writer appended; learn the new head so the retry can succeed.
                 if let Ok(Some(current)) = self.store.audit_head().await {
                     writer.head = current;
+                    if let Ok(Some(c)) = self.store.audit_checkpoint().await {
+                        writer.revoked = c.revoked;
+                    }
                     writer.stale = false;
                 }
                 Err(StoreError::AuditConflict.into())

@@ -386,7 +386,7 @@ pub(crate) fn new_vault(
         vault: Some(record.clone()),
         ..keyward_store::Changes::default()
     };
-    crate::integrity::seal_changes(&integrity, &mut tagged, None);
+    crate::integrity::seal_changes(&integrity, &mut tagged, None, 0);
     record.mac = tagged.vault.and_then(|v| v.mac);
     let stored = StoredKeyring {
         scope: INTEGRITY_SCOPE.to_owned(),

@@ -230,6 +230,11 @@ impl Authority {
         let mut key_record = None;
         if let Some(key_id) = lease.key_id {
             let mut key = self.key(key_id).await?;
+            if key.status == keyward_core::KeyStatus::Revoked {
+                return Err(ServiceError::Conflict(
+                    "the leased key was revoked; revocation is final".into(),
+                ));
+            }
             key.expires_at = Some(lease.expires_at);
             key.updated_at = now;
             changes.update_keys.push(key.clone());

@@ -563,14 +563,16 @@ fn apply_in_transaction(conn: &mut Connection, changes: &Changes) -> Result<(), 
     vault::apply(&tx, changes)?;
     if let Some(checkpoint) = &changes.audit_checkpoint {
         tx.prepare_cached(
-            "INSERT INTO audit_checkpoint (id, seq, hash, mac) VALUES (1, ?1, ?2, ?3) \
-             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, mac = excluded.mac",
+            "INSERT INTO audit_checkpoint (id, seq, hash, revoked, mac) VALUES (1, ?1, ?2, ?4, ?3) \
+             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, \
+             revoked = excluded.revoked, mac = excluded.mac",
         )
         .map_err(unavailable)?
         .execute(params![
             to_i64(checkpoint.seq),
             checkpoint.hash,
-            checkpoint.mac.0.as_slice()
+            checkpoint.mac.0.as_slice(),
+            to_i64(checkpoint.revoked)
         ])
         .map_err(map_write_error)?;
     }
@@ -788,7 +790,7 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached(&format!(
-                    "SELECT {KEY_COLUMNS} FROM keys WHERE next_grant_expiry <= ?1 \
+                    "SELECT {KEY_COLUMNS} FROM keys WHERE next_grant_expiry <= ?1 AND status != 'revoked' \
                      ORDER BY next_grant_expiry LIMIT ?2"
                 ))
                 .map_err(unavailable)?;
@@ -949,22 +951,24 @@ impl Store for SqliteStore {
         self.read(|conn| {
             let row = conn
                 .query_row(
-                    "SELECT seq, hash, mac FROM audit_checkpoint WHERE id = 1",
+                    "SELECT seq, hash, mac, revoked FROM audit_checkpoint WHERE id = 1",
                     [],
                     |row| {
                         Ok((
                             row.get::<_, i64>(0)?,
                             row.get::<_, String>(1)?,
                             row.get::<_, Vec<u8>>(2)?,
+                            row.get::<_, i64>(3)?,
                         ))
                     },
                 )
                 .optional()
                 .map_err(unavailable)?;
-            row.map(|(seq, hash, mac)| {
+            row.map(|(seq, hash, mac, revoked)| {
                 Ok(AuditCheckpoint {
                     seq: u64::try_from(seq).map_err(|_| corrupt("checkpoint seq"))?,
                     hash,
+                    revoked: u64::try_from(revoked).map_err(|_| corrupt("checkpoint count"))?,
                     mac: RecordMac(mac.try_into().map_err(|_| corrupt("checkpoint tag"))?),
                 })
             })

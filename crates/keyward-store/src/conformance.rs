@@ -369,6 +369,7 @@ pub async fn audit_chain(store: &dyn Store) {
     let checkpoint = crate::AuditCheckpoint {
         seq: head.seq,
         hash: head.hash.clone(),
+        revoked: 2,
         mac: keyward_core::RecordMac([5; 32]),
     };
     let next = sample_entry(head.seq + 1, &head.hash);
@@ -378,6 +379,7 @@ pub async fn audit_chain(store: &dyn Store) {
             audit_checkpoint: Some(crate::AuditCheckpoint {
                 seq: next.seq,
                 hash: next.hash.clone(),
+                revoked: 3,
                 mac: keyward_core::RecordMac([6; 32]),
             }),
             ..Changes::default()
@@ -387,6 +389,7 @@ pub async fn audit_chain(store: &dyn Store) {
     let stored = store.audit_checkpoint().await.unwrap().unwrap();
     assert_eq!(stored.seq, next.seq);
     assert_eq!(stored.mac, keyward_core::RecordMac([6; 32]));
+    assert_eq!(stored.revoked, 3);
     // A refused write leaves the checkpoint as it was.
     let refused = store
         .apply(Changes {

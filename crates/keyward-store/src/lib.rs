@@ -61,6 +61,9 @@ pub struct EnvironmentRecord {
 pub struct AuditCheckpoint {
     pub seq: u64,
     pub hash: String,
+    /// How many keys keyward has revoked: revocation is final, so this only grows, and fewer
+    /// revoked keys in the store than this means rows were rolled back to earlier copies.
+    pub revoked: u64,
     pub mac: RecordMac,
 }
 
@@ -190,7 +193,8 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// How many keys that are not revoked hold `role` (directly or as a grant).
     async fn count_keys_with_role(&self, role: RoleName) -> Result<u64, StoreError>;
 
-    /// Keys with a grant that expired at or before `now`, at most `limit`.
+    /// Keys that are not revoked with a grant that expired at or before `now`, at most `limit`.
+    /// (A revoked key is never written again, lapsed grants and all.)
     async fn keys_with_lapsed_grants(
         &self,
         now: Timestamp,

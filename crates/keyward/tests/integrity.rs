@@ -340,3 +340,77 @@ async fn a_plan_deleted_offline_does_not_lift_its_keys_limits() {
     }
     assert_eq!(readyz(&app).await.0, 503);
 }
+
+#[tokio::test]
+async fn a_key_row_restored_from_before_its_revocation_is_caught() {
+    let mut app = spawn_app().await;
+    let victim = app.create_key("live", json!({})).await;
+    let id = victim["id"].as_str().unwrap().to_owned();
+    app.shutdown().await;
+    // The attacker keeps a copy of the row while the key is active…
+    let db = app.data_dir().join("keyward.db");
+    let saved: Vec<(String, rusqlite::types::Value)> = {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let mut stmt = conn.prepare("SELECT * FROM keys WHERE id = ?1").unwrap();
+        let names: Vec<String> = stmt
+            .column_names()
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        stmt.query_row([&id], |r| {
+            Ok(names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.clone(), r.get::<_, rusqlite::types::Value>(i).unwrap()))
+                .collect())
+        })
+        .unwrap()
+    };
+    app.start().await;
+    let (status, _) = app
+        .call(
+            Method::POST,
+            &format!("/v1/keys/{id}/revoke"),
+            Some(json!({"reason": "leaked"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    app.shutdown().await;
+    // …and puts it back after the revoke: a row with a valid tag, from an earlier time.
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute("DELETE FROM keys WHERE id = ?1", [&id])
+            .unwrap();
+        let columns: Vec<&str> = saved.iter().map(|(n, _)| n.as_str()).collect();
+        let marks: Vec<String> = (1..=saved.len()).map(|i| format!("?{i}")).collect();
+        conn.execute(
+            &format!(
+                "INSERT INTO keys ({}) VALUES ({})",
+                columns.join(", "),
+                marks.join(", ")
+            ),
+            rusqlite::params_from_iter(saved.iter().map(|(_, v)| v.clone())),
+        )
+        .unwrap();
+    }
+    app.start().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while readyz(&app).await.0 != 503 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the undone revocation was not reported"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // keyward audit verify with the key says so too (offline).
+    app.shutdown().await;
+    let unseal = keyward_crypto::barrier::UnsealKey::from_text(&app.unseal_key).unwrap();
+    let store = keyward_store_sqlite::SqliteStore::open(&db).unwrap();
+    let failed = keyward_service::verify_stored_state(&store, &unseal)
+        .await
+        .unwrap();
+    assert!(
+        failed.iter().any(|f| f.contains("revocations undone")),
+        "{failed:?}"
+    );
+}

@@ -15,5 +15,6 @@ CREATE TABLE audit_checkpoint (
     id    INTEGER PRIMARY KEY CHECK (id = 1),
     seq   INTEGER NOT NULL,
     hash  TEXT NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0,
     mac   BLOB NOT NULL
 ) STRICT;
