@@ -310,7 +310,12 @@ impl Authority {
         record.shares = shares;
         record.threshold = threshold;
         let resealed = keyrings.len();
-        self.commit(
+        // The new root is this node's before the commit, so the change feed opens the resealed
+        // keyrings with it; a failed commit puts the old one back (the writer is held meanwhile,
+        // so nothing else seals a keyring in between).
+        let previous = self.vault.install_root(root);
+        let committed = self
+            .commit(
             &mut head,
             Changes {
                 vault: Some(record),
@@ -324,8 +329,11 @@ impl Authority {
                 details: json!({ "shares": shares, "threshold": threshold, "new_root_key": true, "keyrings_resealed": resealed }),
             }],
         )
-        .await?;
-        self.vault.install_root(root);
+        .await;
+        if let Err(e) = committed {
+            self.vault.install_root(previous);
+            return Err(e);
+        }
         Ok((key, parts))
     }
 

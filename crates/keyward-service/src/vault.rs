@@ -201,8 +201,9 @@ impl OpenVault {
     }
 
     /// Makes `root` the root key that new keyrings are sealed under (after a rekey stored it).
-    pub(crate) fn install_root(&self, root: RootKey) {
-        *write(&self.root) = root;
+    /// Returns the root key it replaces.
+    pub(crate) fn install_root(&self, root: RootKey) -> RootKey {
+        std::mem::replace(&mut *write(&self.root), root)
     }
 
     /// The key that tags stored security state.
