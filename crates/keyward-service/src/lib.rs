@@ -183,7 +183,9 @@ pub struct Authority {
     notified: std::sync::Mutex<HashMap<(keyward_core::KeyId, u64, bool), i64>>,
     ids: keyward_crypto::KeyIds,
     stop: tokio::sync::watch::Sender<bool>,
-    background: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The periodic sweeper, and the one-shot integrity check after unseal: both end at
+    /// [`Authority::shutdown`] (the check is stopped, so no key material outlives a seal).
+    background: tokio::sync::Mutex<Vec<(bool, tokio::task::JoinHandle<()>)>>,
     /// The audit log's head. Holding it serialises admin writes, so read-modify-write of a key
     /// (revoke, roll, update) cannot interleave with another on this node; the store's chain
     /// check refuses a write from another node that raced it. Take it with
@@ -329,7 +331,7 @@ impl Authority {
             escalations: escalation::Escalations::default(),
             ids: keyward_crypto::KeyIds::default(),
             stop: tokio::sync::watch::channel(false).0,
-            background: tokio::sync::Mutex::new(None),
+            background: tokio::sync::Mutex::new(Vec::new()),
             revoked_at_open: revoked,
             writer: tokio::sync::Mutex::new(Writer {
                 head,
@@ -463,7 +465,7 @@ impl Authority {
         let store = Arc::clone(&self.store);
         let findings = Arc::clone(&self.findings);
         let checker = Arc::downgrade(self);
-        tokio::spawn(async move {
+        let check = tokio::spawn(async move {
             // Every key's tag too, so /readyz reports a tampered key before anyone presents it.
             if let Some(authority) = checker.upgrade() {
                 authority.check_every_key(authority.revoked_at_open).await;
@@ -518,14 +520,21 @@ impl Authority {
             }
         });
         if let Ok(mut slot) = self.background.try_lock() {
-            *slot = Some(task);
+            slot.push((true, check));
+            slot.push((false, task));
         }
     }
 
     /// Writes pending usage and stops background work. Call once, after the last request.
     pub async fn shutdown(&self) {
         let _ = self.stop.send(true);
-        if let Some(task) = self.background.lock().await.take() {
+        let tasks = std::mem::take(&mut *self.background.lock().await);
+        for (abortable, task) in tasks {
+            // The sweeper finishes what it is doing and stops; the integrity check (which only
+            // reads) is cut short.
+            if abortable {
+                task.abort();
+            }
             let _ = task.await;
         }
         self.flush_quotas().await;
