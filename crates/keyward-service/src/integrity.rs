@@ -269,7 +269,7 @@ pub async fn verify_stored_state(
     let record = store
         .vault()
         .await?
-        .ok_or_else(|| crate::ServiceError::Internal("the store has no vault".into()))?;
+        .ok_or_else(|| crate::ServiceError::internal("the store has no vault"))?;
     let vault = crate::vault::OpenVault::open(&record, unseal_key, &store.keyrings().await?)?;
     if vault.take_adoption().is_some() {
         return Ok(vec![

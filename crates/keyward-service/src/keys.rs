@@ -369,7 +369,7 @@ impl Authority {
         now: Timestamp,
         template: KeyTemplate,
     ) -> Result<(KeyRecord, PlaintextKey), ServiceError> {
-        let random = |e: keyward_crypto::RandomUnavailable| ServiceError::Internal(e.to_string());
+        let random = |e: keyward_crypto::RandomUnavailable| ServiceError::internal(e);
         let keyring = crate::read(&self.keyring);
         let hasher = keyring
             .hasher(template.environment.as_str())
@@ -378,7 +378,7 @@ impl Authority {
             .map_err(random)?;
         let start = ParsedKey::parse(plaintext.expose())
             .map(|p| p.start().to_owned())
-            .map_err(|e| ServiceError::Internal(format!("generated key does not parse: {e}")))?;
+            .map_err(|e| ServiceError::internal(format!("generated key does not parse: {e}")))?;
         let record = KeyRecord {
             id: self.ids.next(now).map_err(random)?,
             service: template.service,

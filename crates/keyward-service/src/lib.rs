@@ -92,8 +92,10 @@ pub enum ServiceError {
     Conflict(String),
     #[error("the store is unavailable")]
     Unavailable(#[source] StoreError),
-    #[error("internal error")]
-    Internal(String),
+    /// Something failed that no client could have caused; the cause is kept for the log and
+    /// never shown.
+    #[error("internal error: {0}")]
+    Internal(Box<dyn std::error::Error + Send + Sync>),
     /// The vault is sealed: nothing can be served until it is unsealed.
     #[error("the vault is sealed; unseal it with POST /v1/sys/unseal or keyward operator unseal")]
     Sealed,
@@ -108,12 +110,19 @@ pub enum ServiceError {
     TooManyFailures { retry_after_s: u64 },
 }
 
+impl ServiceError {
+    /// An internal error with its cause (an error, or a description of what went wrong).
+    pub fn internal(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        ServiceError::Internal(cause.into())
+    }
+}
+
 impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict(detail) => {
                 // Ids and hashes are random; a collision means a bug or a corrupted store.
-                ServiceError::Internal(format!("unexpected store conflict: {detail}"))
+                ServiceError::internal(format!("unexpected store conflict: {detail}"))
             }
             StoreError::AuditConflict => {
                 ServiceError::Conflict("a concurrent change was made; retry".into())
@@ -367,7 +376,7 @@ impl Authority {
         let record = store
             .vault()
             .await?
-            .ok_or_else(|| ServiceError::Internal("the store has no vault".into()))?;
+            .ok_or_else(|| ServiceError::internal("the store has no vault"))?;
         let keyrings = store.keyrings().await?;
         let vault = vault::OpenVault::open(&record, key, &keyrings)?;
         Self::open(store, clock, Arc::new(vault), config).await
@@ -631,7 +640,7 @@ impl Authority {
         let outcome = match outcome {
             Ok(outcome) => outcome,
             // The store panicked: whether anything was written is unknown, so `stale` stays.
-            Err(e) => return Err(ServiceError::Internal(format!("store write failed: {e}"))),
+            Err(e) => return Err(ServiceError::internal(format!("store write failed: {e}"))),
         };
         match outcome {
             Ok(()) => {
@@ -685,8 +694,8 @@ impl Authority {
                 outcome = &mut result => {
                     return match outcome {
                         Ok(Ok(())) => Ok(()),
-                        Ok(Err(e)) => Err(ServiceError::Internal(format!("audit failed: {e}"))),
-                        Err(_) => Err(ServiceError::Internal("audit writer went away".into())),
+                        Ok(Err(e)) => Err(ServiceError::internal(format!("audit failed: {e}"))),
+                        Err(_) => Err(ServiceError::internal("audit writer went away")),
                     };
                 }
                 () = &mut finished => {}

@@ -98,8 +98,8 @@ impl Node {
         config: AuthorityConfig,
     ) -> Result<Arc<Node>, ServiceError> {
         if store.vault().await?.is_none() {
-            return Err(ServiceError::Internal(
-                "the store has no vault: initialise it first (keyward init)".into(),
+            return Err(ServiceError::internal(
+                "the store has no vault: initialise it first (keyward init)",
             ));
         }
         Ok(Arc::new(Node {
@@ -138,7 +138,7 @@ impl Node {
         self.store
             .vault()
             .await?
-            .ok_or_else(|| ServiceError::Internal("the store lost its vault record".into()))
+            .ok_or_else(|| ServiceError::internal("the store lost its vault record"))
     }
 
     pub async fn status(&self) -> Result<SealStatus, ServiceError> {

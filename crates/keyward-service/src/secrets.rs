@@ -68,8 +68,7 @@ pub fn check_path(path: &str) -> Result<(), ServiceError> {
 /// The metadata of a secret before anything was set: no owner, the default version count, a
 /// fresh incarnation.
 fn new_meta(env: &EnvironmentName, path: &str, now: Timestamp) -> Result<SecretMeta, ServiceError> {
-    let incarnation =
-        keyward_crypto::new_request_id().map_err(|e| ServiceError::Internal(e.to_string()))?;
+    let incarnation = keyward_crypto::new_request_id().map_err(ServiceError::internal)?;
     Ok(SecretMeta {
         environment: env.clone(),
         path: path.to_owned(),
@@ -240,8 +239,7 @@ impl Authority {
             .await?;
         self.known_environment(env)?;
         let text = zeroize::Zeroizing::new(
-            serde_json::to_vec(&Value::Object(write.data))
-                .map_err(|e| ServiceError::Internal(e.to_string()))?,
+            serde_json::to_vec(&Value::Object(write.data)).map_err(ServiceError::internal)?,
         );
         if text.len() > limits::VALUE_BYTES {
             return Err(ServiceError::TooLarge(format!(

@@ -13,7 +13,7 @@ use crate::authz::{Operation, Target};
 use crate::{Actor, Authority, ServiceError};
 
 fn random_err(e: keyward_crypto::RandomUnavailable) -> ServiceError {
-    ServiceError::Internal(e.to_string())
+    ServiceError::internal(e)
 }
 
 /// Names a sealed value for a report: never its contents.
@@ -78,7 +78,7 @@ impl Authority {
         self.store
             .vault()
             .await?
-            .ok_or_else(|| ServiceError::Internal("the store lost its vault record".into()))
+            .ok_or_else(|| ServiceError::internal("the store lost its vault record"))
     }
 
     /// The newest keyring term and the latest rewrap.

@@ -30,7 +30,7 @@ pub const DEFAULT_THRESHOLD: u8 = 3;
 impl From<BarrierError> for ServiceError {
     fn from(e: BarrierError) -> Self {
         match e {
-            BarrierError::Random => ServiceError::Internal(e.to_string()),
+            BarrierError::Random => ServiceError::internal(e),
             // A stored value failed its integrity check: tampering or corruption, never client
             // input. Reported as what it is, without the value.
             other => ServiceError::Integrity(other.to_string()),
@@ -39,7 +39,7 @@ impl From<BarrierError> for ServiceError {
 }
 
 fn random_err(e: keyward_crypto::RandomUnavailable) -> ServiceError {
-    ServiceError::Internal(e.to_string())
+    ServiceError::internal(e)
 }
 
 /// The scope under which an environment's keyring is stored.

@@ -51,7 +51,7 @@ impl Authority {
         self.ids
             .next(now)
             .map(|id| id.to_string())
-            .map_err(|e| ServiceError::Internal(e.to_string()))
+            .map_err(ServiceError::internal)
     }
 
     /// Issues a short-lived key as a lease.
@@ -132,7 +132,7 @@ impl Authority {
         let lease = lease
             .into_inner()
             .unwrap_or_else(|p| p.into_inner())
-            .ok_or_else(|| ServiceError::Internal("the lease was not made".into()))?;
+            .ok_or_else(|| ServiceError::internal("the lease was not made"))?;
         Ok(KeyLease {
             lease,
             record,

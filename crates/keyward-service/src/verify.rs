@@ -155,8 +155,7 @@ impl Authority {
             && request.lease
             && let Some(concurrency) = key.concurrency
         {
-            let id = keyward_crypto::new_request_id()
-                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+            let id = keyward_crypto::new_request_id().map_err(ServiceError::internal)?;
             match self.leases.acquire(
                 key.id,
                 concurrency.limit,
