@@ -633,125 +633,38 @@ impl Store for SqliteStore {
             .push(listener);
     }
 
-    async fn environments(&self) -> Result<Vec<EnvironmentRecord>, StoreError> {
+    async fn sync(&self) -> Result<(), StoreError> {
+        // A durable (FULL) commit syncs the WAL, and with it every relaxed commit before it.
+        self.write(|conn| {
+            conn.execute_batch(
+                "BEGIN IMMEDIATE; \
+                 INSERT INTO sync_marker (id, n) VALUES (1, 1) \
+                 ON CONFLICT (id) DO UPDATE SET n = n + 1; \
+                 COMMIT;",
+            )
+            .map_err(unavailable)
+        })
+        .await?;
+        // On a reader connection, so the writer is never held meanwhile: a passive checkpoint
+        // runs beside writers and copies what readers no longer need.
         self.read(|conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT name, created_at, policy, mac FROM environments ORDER BY name",
-                )
-                .map_err(unavailable)?;
-            let mut rows = stmt.query([]).map_err(unavailable)?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next().map_err(unavailable)? {
-                let get_err = |e: rusqlite::Error| StoreError::Corrupt(e.to_string());
-                let name: String = row.get(0).map_err(get_err)?;
-                let policy: String = row.get(2).map_err(get_err)?;
-                out.push(EnvironmentRecord {
-                    name: EnvironmentName::parse(&name).map_err(|_| corrupt("environment"))?,
-                    created_at: Timestamp::from_unix_ms(row.get(1).map_err(get_err)?),
-                    policy: serde_json::from_str(&policy)
-                        .map_err(|_| corrupt("environment policy"))?,
-                    mac: mac_at(row, 3)?,
-                });
-            }
-            Ok(out)
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                .map_err(unavailable)
         })
         .await
     }
 
-    async fn roles(&self) -> Result<Vec<RoleRecord>, StoreError> {
+    async fn ping(&self) -> Result<(), StoreError> {
         self.read(|conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT name, description, permissions, builtin, created_at, updated_at, mac \
-                     FROM roles ORDER BY name",
-                )
-                .map_err(unavailable)?;
-            let rows = stmt.query([]).map_err(unavailable)?;
-            collect_rows(rows, role_from_row)
+            conn.query_row("SELECT 1", [], |_| Ok(()))
+                .map_err(unavailable)
         })
         .await
     }
+}
 
-    async fn plans(&self) -> Result<Vec<PlanRecord>, StoreError> {
-        self.read(|conn| {
-            let mut stmt = conn
-                .prepare_cached("SELECT name, description, ratelimits, created_at, updated_at, graduated, quota, mac FROM plans ORDER BY name")
-                .map_err(unavailable)?;
-            let mut rows = stmt.query([]).map_err(unavailable)?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next().map_err(unavailable)? {
-                let get_err = |e: rusqlite::Error| StoreError::Corrupt(e.to_string());
-                let name: String = row.get(0).map_err(get_err)?;
-                let limits: String = row.get(2).map_err(get_err)?;
-                let graduated: Option<String> = row.get(5).map_err(get_err)?;
-                let quota: Option<String> = row.get(6).map_err(get_err)?;
-                out.push(PlanRecord {
-                    name: PlanName::parse(&name).map_err(|_| corrupt("plan name"))?,
-                    description: row.get(1).map_err(get_err)?,
-                    ratelimits: serde_json::from_str(&limits).map_err(|_| corrupt("plan limits"))?,
-                    graduated: graduated
-                        .as_deref()
-                        .map(|g| serde_json::from_str(g).map_err(|_| corrupt("plan graduated response")))
-                        .transpose()?,
-                    quota: quota
-                        .as_deref()
-                        .map(|q| serde_json::from_str(q).map_err(|_| corrupt("plan quota")))
-                        .transpose()?,
-                    created_at: Timestamp::from_unix_ms(row.get(3).map_err(get_err)?),
-                    updated_at: Timestamp::from_unix_ms(row.get(4).map_err(get_err)?),
-                    mac: mac_at(row, 7)?,
-                });
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn quota_state(&self, id: KeyId) -> Result<Option<QuotaState>, StoreError> {
-        self.read(move |conn| {
-            let row: Option<(Option<i64>, Option<i64>)> = conn
-                .query_row(
-                    "SELECT quota_remaining, quota_period_start FROM keys WHERE id = ?1",
-                    [id.to_string()],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
-                .optional()
-                .map_err(unavailable)?;
-            Ok(match row {
-                Some((Some(remaining), Some(start))) => Some(QuotaState {
-                    remaining: u64::try_from(remaining).unwrap_or(0),
-                    period_start: Timestamp::from_unix_ms(start),
-                }),
-                _ => None,
-            })
-        })
-        .await
-    }
-
-    async fn record_quotas(&self, states: Vec<(KeyId, QuotaState)>) -> Result<(), StoreError> {
-        self.write(move |conn| {
-            let tx = conn.transaction().map_err(unavailable)?;
-            {
-                let mut stmt = tx
-                    .prepare_cached(
-                        "UPDATE keys SET quota_remaining = ?2, quota_period_start = ?3 WHERE id = ?1",
-                    )
-                    .map_err(unavailable)?;
-                for (id, state) in &states {
-                    stmt.execute(params![
-                        id.to_string(),
-                        to_i64(state.remaining),
-                        state.period_start.unix_ms()
-                    ])
-                    .map_err(unavailable)?;
-                }
-            }
-            tx.commit().map_err(unavailable)
-        })
-        .await
-    }
-
+#[async_trait]
+impl keyward_store::KeyStore for SqliteStore {
     async fn count_keys_with_plan(&self, plan: PlanName) -> Result<u64, StoreError> {
         self.read(move |conn| {
             let count: i64 = conn
@@ -870,6 +783,135 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
+
+#[async_trait]
+impl keyward_store::CatalogStore for SqliteStore {
+    async fn environments(&self) -> Result<Vec<EnvironmentRecord>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT name, created_at, policy, mac FROM environments ORDER BY name",
+                )
+                .map_err(unavailable)?;
+            let mut rows = stmt.query([]).map_err(unavailable)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(unavailable)? {
+                let get_err = |e: rusqlite::Error| StoreError::Corrupt(e.to_string());
+                let name: String = row.get(0).map_err(get_err)?;
+                let policy: String = row.get(2).map_err(get_err)?;
+                out.push(EnvironmentRecord {
+                    name: EnvironmentName::parse(&name).map_err(|_| corrupt("environment"))?,
+                    created_at: Timestamp::from_unix_ms(row.get(1).map_err(get_err)?),
+                    policy: serde_json::from_str(&policy)
+                        .map_err(|_| corrupt("environment policy"))?,
+                    mac: mac_at(row, 3)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn roles(&self) -> Result<Vec<RoleRecord>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT name, description, permissions, builtin, created_at, updated_at, mac \
+                     FROM roles ORDER BY name",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt.query([]).map_err(unavailable)?;
+            collect_rows(rows, role_from_row)
+        })
+        .await
+    }
+
+    async fn plans(&self) -> Result<Vec<PlanRecord>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT name, description, ratelimits, created_at, updated_at, graduated, quota, mac FROM plans ORDER BY name")
+                .map_err(unavailable)?;
+            let mut rows = stmt.query([]).map_err(unavailable)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(unavailable)? {
+                let get_err = |e: rusqlite::Error| StoreError::Corrupt(e.to_string());
+                let name: String = row.get(0).map_err(get_err)?;
+                let limits: String = row.get(2).map_err(get_err)?;
+                let graduated: Option<String> = row.get(5).map_err(get_err)?;
+                let quota: Option<String> = row.get(6).map_err(get_err)?;
+                out.push(PlanRecord {
+                    name: PlanName::parse(&name).map_err(|_| corrupt("plan name"))?,
+                    description: row.get(1).map_err(get_err)?,
+                    ratelimits: serde_json::from_str(&limits).map_err(|_| corrupt("plan limits"))?,
+                    graduated: graduated
+                        .as_deref()
+                        .map(|g| serde_json::from_str(g).map_err(|_| corrupt("plan graduated response")))
+                        .transpose()?,
+                    quota: quota
+                        .as_deref()
+                        .map(|q| serde_json::from_str(q).map_err(|_| corrupt("plan quota")))
+                        .transpose()?,
+                    created_at: Timestamp::from_unix_ms(row.get(3).map_err(get_err)?),
+                    updated_at: Timestamp::from_unix_ms(row.get(4).map_err(get_err)?),
+                    mac: mac_at(row, 7)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn environment_secrets(&self) -> Result<Vec<(EnvironmentName, Vec<u8>)>, StoreError> {
+        self.read(vault::environment_secrets).await
+    }
+}
+
+#[async_trait]
+impl keyward_store::UsageStore for SqliteStore {
+    async fn quota_state(&self, id: KeyId) -> Result<Option<QuotaState>, StoreError> {
+        self.read(move |conn| {
+            let row: Option<(Option<i64>, Option<i64>)> = conn
+                .query_row(
+                    "SELECT quota_remaining, quota_period_start FROM keys WHERE id = ?1",
+                    [id.to_string()],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            Ok(match row {
+                Some((Some(remaining), Some(start))) => Some(QuotaState {
+                    remaining: u64::try_from(remaining).unwrap_or(0),
+                    period_start: Timestamp::from_unix_ms(start),
+                }),
+                _ => None,
+            })
+        })
+        .await
+    }
+
+    async fn record_quotas(&self, states: Vec<(KeyId, QuotaState)>) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            let tx = conn.transaction().map_err(unavailable)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "UPDATE keys SET quota_remaining = ?2, quota_period_start = ?3 WHERE id = ?1",
+                    )
+                    .map_err(unavailable)?;
+                for (id, state) in &states {
+                    stmt.execute(params![
+                        id.to_string(),
+                        to_i64(state.remaining),
+                        state.period_start.unix_ms()
+                    ])
+                    .map_err(unavailable)?;
+                }
+            }
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
 
     async fn record_usage(&self, usage: Vec<KeyUsage>) -> Result<(), StoreError> {
         self.write(move |conn| {
@@ -942,7 +984,10 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl keyward_store::AuditStore for SqliteStore {
     async fn audit_head(&self) -> Result<Option<AuditHead>, StoreError> {
         self.read(head).await
     }
@@ -992,17 +1037,16 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl keyward_store::VaultStore for SqliteStore {
     async fn vault(&self) -> Result<Option<VaultRecord>, StoreError> {
         self.read(vault::vault).await
     }
 
     async fn keyrings(&self) -> Result<Vec<StoredKeyring>, StoreError> {
         self.read(vault::keyrings).await
-    }
-
-    async fn environment_secrets(&self) -> Result<Vec<(EnvironmentName, Vec<u8>)>, StoreError> {
-        self.read(vault::environment_secrets).await
     }
 
     async fn secret(
@@ -1089,35 +1133,6 @@ impl Store for SqliteStore {
     ) -> Result<u64, StoreError> {
         self.write(move |conn| vault::rewrap(conn, &values, &progress))
             .await
-    }
-
-    async fn sync(&self) -> Result<(), StoreError> {
-        // A durable (FULL) commit syncs the WAL, and with it every relaxed commit before it.
-        self.write(|conn| {
-            conn.execute_batch(
-                "BEGIN IMMEDIATE; \
-                 INSERT INTO sync_marker (id, n) VALUES (1, 1) \
-                 ON CONFLICT (id) DO UPDATE SET n = n + 1; \
-                 COMMIT;",
-            )
-            .map_err(unavailable)
-        })
-        .await?;
-        // On a reader connection, so the writer is never held meanwhile: a passive checkpoint
-        // runs beside writers and copies what readers no longer need.
-        self.read(|conn| {
-            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                .map_err(unavailable)
-        })
-        .await
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.read(|conn| {
-            conn.query_row("SELECT 1", [], |_| Ok(()))
-                .map_err(unavailable)
-        })
-        .await
     }
 }
 

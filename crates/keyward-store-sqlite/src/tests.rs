@@ -1,4 +1,5 @@
 use super::*;
+use keyward_store::prelude::*;
 
 /// Each clause of the contract, on a fresh store of its own.
 mod clause {

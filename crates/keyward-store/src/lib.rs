@@ -19,6 +19,14 @@ use keyward_core::{
 pub mod conformance;
 pub mod vault;
 
+/// The repository traits, to call their methods on a `dyn Store`: `use keyward_store::prelude::*;`.
+pub mod prelude {
+    pub use crate::{
+        AuditStore as _, CatalogStore as _, KeyStore as _, Store as _, UsageStore as _,
+        VaultStore as _,
+    };
+}
+
 pub use vault::{
     LeaseKind, RewrapProgress, Rewrapped, SealedValue, SecretMeta, SecretVersion, StoredKeyring,
     VaultLease, VaultRecord,
@@ -152,7 +160,10 @@ pub struct KeyQuery {
     pub limit: u32,
 }
 
-/// The storage contract. Every backend guarantees:
+/// The storage contract: one atomic [`Store::apply`] for every change, the change feed, and
+/// the reads of each concern as a trait of its own ([`KeyStore`], [`CatalogStore`],
+/// [`UsageStore`], [`AuditStore`], [`VaultStore`]), so a use case can name the few it reads.
+/// Every backend guarantees:
 ///
 /// * **Durability**: when [`Store::apply`] returns `Ok`, the changes survive a crash of the
 ///   process or the machine ([`Changes::relaxed`] writes: of the process, and of the machine
@@ -167,26 +178,25 @@ pub struct KeyQuery {
 /// * **Identity**: key ids and key hashes are unique; inserting a duplicate is
 ///   [`StoreError::Conflict`]. Updating a missing key is [`StoreError::NotFound`].
 #[async_trait]
-pub trait Store: Send + Sync + fmt::Debug + 'static {
+pub trait Store:
+    KeyStore + CatalogStore + UsageStore + AuditStore + VaultStore + fmt::Debug + 'static
+{
     async fn apply(&self, changes: Changes) -> Result<(), StoreError>;
 
     /// Adds `listener` to the change feed (see [`ChangeListener`]). Listeners that were
     /// dropped are forgotten.
     fn subscribe(&self, listener: std::sync::Weak<dyn ChangeListener>);
 
-    async fn environments(&self) -> Result<Vec<EnvironmentRecord>, StoreError>;
+    /// Makes every write that returned fully durable (see [`Changes::relaxed`]).
+    async fn sync(&self) -> Result<(), StoreError>;
 
-    async fn roles(&self) -> Result<Vec<RoleRecord>, StoreError>;
+    /// Succeeds when the backend answers a trivial query.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
 
-    async fn plans(&self) -> Result<Vec<PlanRecord>, StoreError>;
-
-    /// Where a key's quota stands, if it has one.
-    async fn quota_state(&self, id: KeyId) -> Result<Option<QuotaState>, StoreError>;
-
-    /// Writes quota states spent by verification, in one batch. Keys that no longer exist are
-    /// skipped. Like usage, this is not audited.
-    async fn record_quotas(&self, states: Vec<(KeyId, QuotaState)>) -> Result<(), StoreError>;
-
+/// Keys: reads by id, hash and query, and the counts the service's checks need.
+#[async_trait]
+pub trait KeyStore: Send + Sync {
     /// How many keys that are not revoked are on `plan`.
     async fn count_keys_with_plan(&self, plan: PlanName) -> Result<u64, StoreError>;
 
@@ -209,6 +219,30 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Every stored key hash, for the verifier's membership filter.
     async fn key_hashes(&self) -> Result<Vec<KeyHash>, StoreError>;
+}
+
+/// What every environment shares or owns: environments (and their sealed HMAC secrets), roles, plans.
+#[async_trait]
+pub trait CatalogStore: Send + Sync {
+    async fn environments(&self) -> Result<Vec<EnvironmentRecord>, StoreError>;
+
+    async fn roles(&self) -> Result<Vec<RoleRecord>, StoreError>;
+
+    async fn plans(&self) -> Result<Vec<PlanRecord>, StoreError>;
+
+    /// Every environment's sealed HMAC secret (environments without one are left out).
+    async fn environment_secrets(&self) -> Result<Vec<(EnvironmentName, Vec<u8>)>, StoreError>;
+}
+
+/// Telemetry written in batches without audit: usage counters, quota balances, the event log.
+#[async_trait]
+pub trait UsageStore: Send + Sync {
+    /// Where a key's quota stands, if it has one.
+    async fn quota_state(&self, id: KeyId) -> Result<Option<QuotaState>, StoreError>;
+
+    /// Writes quota states spent by verification, in one batch. Keys that no longer exist are
+    /// skipped. Like usage, this is not audited.
+    async fn record_quotas(&self, states: Vec<(KeyId, QuotaState)>) -> Result<(), StoreError>;
 
     /// Adds usage counts and advances `last_used_at` (never moves it back). Keys that no longer
     /// exist are skipped. Not audited: usage is telemetry, not an admin action.
@@ -219,7 +253,11 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Events with `seq > after`, in order, at most `limit`.
     async fn events(&self, after: u64, limit: u32) -> Result<Vec<keyward_core::Event>, StoreError>;
+}
 
+/// The audit log: its head, its tagged checkpoint, and its entries in order.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
     async fn audit_head(&self) -> Result<Option<AuditHead>, StoreError>;
 
     /// The checkpoint last written with [`Changes::audit_checkpoint`].
@@ -227,14 +265,15 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Audit entries with `seq > after`, in sequence order, at most `limit`.
     async fn audit_entries(&self, after: u64, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
+}
 
+/// The vault: its record, keyrings, versioned secrets, leases, and the rewrap of stale values.
+#[async_trait]
+pub trait VaultStore: Send + Sync {
     /// The vault's record; `None` before the vault is initialised.
     async fn vault(&self) -> Result<Option<VaultRecord>, StoreError>;
 
     async fn keyrings(&self) -> Result<Vec<StoredKeyring>, StoreError>;
-
-    /// Every environment's sealed HMAC secret (environments without one are left out).
-    async fn environment_secrets(&self) -> Result<Vec<(EnvironmentName, Vec<u8>)>, StoreError>;
 
     async fn secret(
         &self,
@@ -300,10 +339,4 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         values: Vec<Rewrapped>,
         progress: RewrapProgress,
     ) -> Result<u64, StoreError>;
-
-    /// Makes every write that returned fully durable (see [`Changes::relaxed`]).
-    async fn sync(&self) -> Result<(), StoreError>;
-
-    /// Succeeds when the backend answers a trivial query.
-    async fn ping(&self) -> Result<(), StoreError>;
 }

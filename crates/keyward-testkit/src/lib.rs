@@ -9,6 +9,7 @@
     clippy::indexing_slicing
 )]
 
+use keyward_store::prelude::*;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -78,24 +79,16 @@ impl Store for CountingStore {
     fn subscribe(&self, listener: std::sync::Weak<dyn keyward_store::ChangeListener>) {
         self.inner.subscribe(listener);
     }
-    async fn environments(&self) -> Result<Vec<EnvironmentRecord>, StoreError> {
-        self.inner.environments().await
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
     }
-    async fn roles(&self) -> Result<Vec<RoleRecord>, StoreError> {
-        self.inner.roles().await
+    async fn sync(&self) -> Result<(), StoreError> {
+        self.inner.sync().await
     }
-    async fn plans(&self) -> Result<Vec<keyward_core::PlanRecord>, StoreError> {
-        self.inner.plans().await
-    }
-    async fn quota_state(&self, id: KeyId) -> Result<Option<keyward_core::QuotaState>, StoreError> {
-        self.inner.quota_state(id).await
-    }
-    async fn record_quotas(
-        &self,
-        states: Vec<(KeyId, keyward_core::QuotaState)>,
-    ) -> Result<(), StoreError> {
-        self.inner.record_quotas(states).await
-    }
+}
+
+#[async_trait]
+impl keyward_store::KeyStore for CountingStore {
     async fn count_keys_with_plan(&self, plan: keyward_core::PlanName) -> Result<u64, StoreError> {
         self.inner.count_keys_with_plan(plan).await
     }
@@ -122,6 +115,35 @@ impl Store for CountingStore {
     async fn key_hashes(&self) -> Result<Vec<KeyHash>, StoreError> {
         self.inner.key_hashes().await
     }
+}
+
+#[async_trait]
+impl keyward_store::CatalogStore for CountingStore {
+    async fn environments(&self) -> Result<Vec<EnvironmentRecord>, StoreError> {
+        self.inner.environments().await
+    }
+    async fn roles(&self) -> Result<Vec<RoleRecord>, StoreError> {
+        self.inner.roles().await
+    }
+    async fn plans(&self) -> Result<Vec<keyward_core::PlanRecord>, StoreError> {
+        self.inner.plans().await
+    }
+    async fn environment_secrets(&self) -> Result<Vec<(EnvironmentName, Vec<u8>)>, StoreError> {
+        self.inner.environment_secrets().await
+    }
+}
+
+#[async_trait]
+impl keyward_store::UsageStore for CountingStore {
+    async fn quota_state(&self, id: KeyId) -> Result<Option<keyward_core::QuotaState>, StoreError> {
+        self.inner.quota_state(id).await
+    }
+    async fn record_quotas(
+        &self,
+        states: Vec<(KeyId, keyward_core::QuotaState)>,
+    ) -> Result<(), StoreError> {
+        self.inner.record_quotas(states).await
+    }
     async fn record_usage(&self, usage: Vec<KeyUsage>) -> Result<(), StoreError> {
         self.inner.record_usage(usage).await
     }
@@ -131,6 +153,10 @@ impl Store for CountingStore {
     async fn events(&self, after: u64, limit: u32) -> Result<Vec<keyward_core::Event>, StoreError> {
         self.inner.events(after, limit).await
     }
+}
+
+#[async_trait]
+impl keyward_store::AuditStore for CountingStore {
     async fn audit_head(&self) -> Result<Option<AuditHead>, StoreError> {
         self.inner.audit_head().await
     }
@@ -140,20 +166,15 @@ impl Store for CountingStore {
     async fn audit_entries(&self, after: u64, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
         self.inner.audit_entries(after, limit).await
     }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
-    }
-    async fn sync(&self) -> Result<(), StoreError> {
-        self.inner.sync().await
-    }
+}
+
+#[async_trait]
+impl keyward_store::VaultStore for CountingStore {
     async fn vault(&self) -> Result<Option<VaultRecord>, StoreError> {
         self.inner.vault().await
     }
     async fn keyrings(&self) -> Result<Vec<StoredKeyring>, StoreError> {
         self.inner.keyrings().await
-    }
-    async fn environment_secrets(&self) -> Result<Vec<(EnvironmentName, Vec<u8>)>, StoreError> {
-        self.inner.environment_secrets().await
     }
     async fn secret(
         &self,

@@ -1,6 +1,7 @@
 //! The `keyward` binary: the CLI, configuration loading, and assembly of the concrete backends
 //! (the embedded SQLite store and the system clock) into a running server.
 
+use keyward_store::prelude::*;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -11,7 +12,6 @@ use keyward_core::SystemClock;
 use keyward_crypto::barrier::UnsealKey;
 use keyward_service::audit::{ChainReport, verify_chain};
 use keyward_service::{DEFAULT_SHARES, DEFAULT_THRESHOLD, Node, adopt_secrets, initialize};
-use keyward_store::Store;
 use keyward_store_sqlite::SqliteStore;
 
 mod client;

@@ -9,11 +9,11 @@
     clippy::panic
 )]
 
+use keyward_store::prelude::*;
 use std::time::Duration;
 
 use keyward_server::ServerConfig;
 use keyward_service::VerifyRequest;
-use keyward_store::Store as _;
 use keyward_testkit::{TestApp, spawn_app, spawn_app_with};
 use reqwest::Method;
 use serde_json::json;
