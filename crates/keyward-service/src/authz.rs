@@ -180,12 +180,12 @@ pub(crate) enum Target<'a> {
 pub enum Refusal {
     #[error("this key lacks the permission {permission}")]
     Missing { permission: String },
-    #[error("this admin key is scoped and cannot reach environment {environment}")]
+    #[error("this admin key is scoped and cannot reach that environment")]
     OutOfScope { environment: EnvironmentName },
     #[error("this admin key is scoped; only an unscoped admin key may do this")]
     Global,
     #[error(
-        "the target key holds a permission or scope this key does not ({lacking}); only a key at least as strong may act on it"
+        "the target key holds a permission or scope this key does not; only a key at least as strong may act on it"
     )]
     StrongerTarget { lacking: String },
     #[error("the change would confer a permission this key does not hold itself ({field})")]

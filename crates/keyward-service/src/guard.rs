@@ -72,7 +72,10 @@ impl Guarded {
 
 const SHARDS: usize = 16;
 
-type Table = [Mutex<HashMap<u128, LimitState>>; SHARDS];
+/// An IPv4 address, or an IPv6 prefix (`true`): the families never share a slot.
+type Slot = (bool, u128);
+
+type Table = [Mutex<HashMap<Slot, LimitState>>; SHARDS];
 
 /// The guard's state: for each guard, a bounded table from client address to its allowance.
 #[derive(Debug)]
@@ -90,16 +93,15 @@ impl Default for Guard {
 }
 
 /// The table slot of an address: IPv4 as itself (IPv4-mapped IPv6 included), IPv6 by prefix.
-fn slot(ip: IpAddr, ipv6_prefix: u8) -> u128 {
+fn slot(ip: IpAddr, ipv6_prefix: u8) -> Slot {
     match ip {
-        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V4(v4) => (false, u128::from(u32::from(v4))),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => u128::from(u32::from(v4)),
+            Some(v4) => (false, u128::from(u32::from(v4))),
             None => {
                 let bits = u32::from(ipv6_prefix.clamp(1, 128));
                 let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
-                // The top bit set keeps IPv6 prefixes apart from IPv4 addresses (::192.0.2.1).
-                (u128::from(v6) & mask) | 1
+                (true, u128::from(v6) & mask)
             }
         },
     }
@@ -138,8 +140,11 @@ impl Guard {
         }
     }
 
-    fn shard(table: &Table, slot: u128) -> std::sync::MutexGuard<'_, HashMap<u128, LimitState>> {
-        let index = usize::try_from(slot.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 124).unwrap_or(0);
+    fn shard(table: &Table, slot: Slot) -> std::sync::MutexGuard<'_, HashMap<Slot, LimitState>> {
+        let index = usize::try_from(
+            (slot.1 ^ u128::from(slot.0)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 124,
+        )
+        .unwrap_or(0);
         let [first, ..] = table;
         let shard = table.get(index % SHARDS).unwrap_or(first);
         shard.lock().unwrap_or_else(|p| p.into_inner())
@@ -261,6 +266,12 @@ mod tests {
         assert_ne!(slot(a, 128), slot(b, 128));
         let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
         assert_eq!(slot(mapped, 64), slot(IpAddr::from([192, 0, 2, 1]), 64));
+        // An IPv4-compatible IPv6 address is not the IPv4 address it spells.
+        let compatible: IpAddr = "::192.0.2.1".parse().unwrap();
+        assert_ne!(
+            slot(compatible, 128),
+            slot(IpAddr::from([192, 0, 2, 1]), 64)
+        );
     }
 
     #[test]
