@@ -195,6 +195,9 @@ impl From<ServiceError> for ApiError {
             ServiceError::NotFound { what } => ApiError::not_found(what),
             ServiceError::InvalidField { field, message } => ApiError::field(field, message),
             ServiceError::Conflict(message) => ApiError::new(ErrorCode::Conflict, message),
+            ServiceError::Raced => {
+                ApiError::new(ErrorCode::Conflict, "a concurrent change was made; retry")
+            }
             ServiceError::Policy(violation) => ApiError {
                 code: ErrorCode::PolicyViolation,
                 message: violation.to_string(),

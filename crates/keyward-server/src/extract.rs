@@ -214,6 +214,7 @@ impl Caller {
         op: Operation,
     ) -> Result<keyward_service::Actor, ApiError> {
         Ok(authority
+            .verifier()
             .authenticate(self.bearer.as_deref(), op, self.ip)
             .await?)
     }
@@ -227,6 +228,7 @@ impl Caller {
     ) -> Result<keyward_service::Actor, ApiError> {
         Ok(state
             .authority()?
+            .verifier()
             .authenticate_for(self.bearer.as_deref(), op, Some(path), self.ip)
             .await?)
     }

@@ -140,10 +140,12 @@ impl Metrics {
 
     pub fn render(&self, authority: Option<&Authority>) -> String {
         if let Some(authority) = authority {
-            self.cached_keys.set(authority.cache().len() as f64);
+            self.cached_keys
+                .set(authority.verifier().cache().len() as f64);
             self.usage_dropped
-                .set(authority.usage_events_dropped() as f64);
-            self.guard_untracked.set(authority.guard_untracked() as f64);
+                .set(authority.verifier().usage_events_dropped() as f64);
+            self.guard_untracked
+                .set(authority.verifier().guard_untracked() as f64);
             self.integrity_failures
                 .set(authority.integrity_failures() as f64);
         }

@@ -70,6 +70,7 @@ fn fixture() -> &'static Fixture {
             .await
             .unwrap();
             let admin = authority
+                .verifier()
                 .authenticate(
                     Some(root.expose()),
                     keyward_service::Operation::KeyCreate,
@@ -78,6 +79,7 @@ fn fixture() -> &'static Fixture {
                 .await
                 .unwrap();
             let (_, key) = authority
+                .keys()
                 .create_key(
                     &admin,
                     NewKey {
@@ -104,6 +106,7 @@ fn fixture() -> &'static Fixture {
                 rule: None,
             };
             let (_, limited) = authority
+                .keys()
                 .create_key(
                     &admin,
                     NewKey {
@@ -132,6 +135,7 @@ fn fixture() -> &'static Fixture {
             // Warm the cache: the timed loops measure cached verification.
             for k in [&key, &limited] {
                 authority
+                    .verifier()
                     .verify(k.expose(), &VerifyRequest::default())
                     .await
                     .unwrap();
@@ -168,7 +172,9 @@ fn verify_without_query(bencher: divan::Bencher) {
     bencher.bench_local(|| {
         let v = now_or_block(
             &f.runtime,
-            f.authority.verify(&f.key, &VerifyRequest::default()),
+            f.authority
+                .verifier()
+                .verify(&f.key, &VerifyRequest::default()),
         )
         .unwrap();
         debug_assert_eq!(v.code, VerifyCode::Valid);
@@ -185,7 +191,7 @@ fn verify_with_query(bencher: divan::Bencher) {
         ..VerifyRequest::default()
     };
     bencher.bench_local(|| {
-        let v = now_or_block(&f.runtime, f.authority.verify(&f.key, &request)).unwrap();
+        let v = now_or_block(&f.runtime, f.authority.verifier().verify(&f.key, &request)).unwrap();
         debug_assert_eq!(v.code, VerifyCode::Valid);
         v
     });
@@ -199,6 +205,7 @@ fn verify_with_three_limits(bencher: divan::Bencher) {
         let v = now_or_block(
             &f.runtime,
             f.authority
+                .verifier()
                 .verify(&f.limited_key, &VerifyRequest::default()),
         )
         .unwrap();

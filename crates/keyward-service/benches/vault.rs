@@ -56,6 +56,7 @@ fn fixture() -> &'static Fixture {
             .await
             .unwrap();
             let actor = authority
+                .verifier()
                 .authenticate_for(
                     Some(init.root_key.expose()),
                     keyward_service::Operation::SecretRead,
@@ -71,6 +72,7 @@ fn fixture() -> &'static Fixture {
             );
             data.insert("webhook_secret".into(), "whsec_0123456789abcdef".into());
             authority
+                .secrets()
                 .write_secret(
                     &actor,
                     &live,
@@ -119,6 +121,7 @@ fn read_secret(bencher: divan::Bencher) {
     bencher.bench(|| {
         f.runtime.block_on(async {
             f.authority
+                .secrets()
                 .read_secret(&f.actor, &f.live, "payments/stripe", None, None)
                 .await
                 .unwrap()
@@ -140,6 +143,7 @@ fn read_secret_16_concurrent(bencher: divan::Bencher) {
                         (f.authority.clone(), f.actor.clone(), f.live.clone());
                     set.spawn(async move {
                         authority
+                            .secrets()
                             .read_secret(&actor, &live, "payments/stripe", None, None)
                             .await
                             .unwrap()

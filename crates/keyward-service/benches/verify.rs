@@ -102,7 +102,7 @@ fn fixture() -> &'static Fixture {
                     id: ids.next(now).unwrap(),
                     service: ServiceName::Default,
                     environment: live.clone(),
-                    hash: hasher.key_hash(&key).unwrap(),
+                    hash: hasher.keys().key_hash(&key).unwrap(),
                     start,
                     name: format!("bench key {i}"),
                     owner: "bench-team".into(),
@@ -123,7 +123,7 @@ fn fixture() -> &'static Fixture {
                     mac: None,
                 });
                 if let Some(record) = batch.last_mut() {
-                    hasher.tag_for_import(record);
+                    hasher.keys().tag_for_import(record);
                 }
                 if batch.len() == 50_000 || i + 1 == count {
                     let insert_keys = std::mem::take(&mut batch);
@@ -149,7 +149,7 @@ fn fixture() -> &'static Fixture {
                 tasks.spawn(async move {
                     for i in (w..count).step_by(workers as usize) {
                         let key = encode_key(&prefix, &live, &secret_for(i, 7));
-                        let verdict = authority.verify(&key, &VerifyRequest::default()).await.unwrap();
+                        let verdict = authority.verifier().verify(&key, &VerifyRequest::default()).await.unwrap();
                         assert_eq!(verdict.code, VerifyCode::Valid);
                     }
                 });
@@ -191,7 +191,9 @@ fn run(bencher: divan::Bencher, keys: fn(&Fixture) -> &[String], expect: VerifyC
         .bench_local_refs(|key| {
             let verdict = now_or_block(
                 &f._runtime,
-                f.authority.verify(key, &VerifyRequest::default()),
+                f.authority
+                    .verifier()
+                    .verify(key, &VerifyRequest::default()),
             )
             .unwrap();
             debug_assert_eq!(verdict.code, expect);

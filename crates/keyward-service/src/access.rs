@@ -1,5 +1,5 @@
-//! Access rules: environments and their policies, roles, temporary grants, the checks verify
-//! makes beyond status and expiry, and the explanation of a key's effective permissions.
+//! The access service: environments and their policies, roles, plans, temporary grants, and
+//! the explanation of a key's effective permissions.
 
 use keyward_core::audit::AuditAction;
 use std::net::IpAddr;
@@ -11,10 +11,19 @@ use keyward_core::{
 use keyward_store::{Changes, EnvironmentRecord};
 use serde_json::json;
 
+use std::sync::Arc;
+
+use keyward_core::Clock;
+use keyward_store::Store;
+
 use crate::audit::PendingEntry;
-use crate::authz::{Operation, Target};
-use crate::cache::CachedKey;
-use crate::{Actor, Authority, EnvState, ServiceError, read};
+use crate::audit_log::AuditLog;
+use crate::authz::{Authz, Operation, Target};
+use crate::catalog::{Catalog, is_admin_environment};
+use crate::integrity::Integrity;
+use crate::keys::Keys;
+use crate::vault::OpenVault;
+use crate::{Actor, EnvState, ServiceError};
 
 /// What a verification asks beyond the key itself.
 #[derive(Debug, Clone, Copy)]
@@ -98,15 +107,6 @@ fn invalid(field: &'static str, message: impl Into<String>) -> ServiceError {
     }
 }
 
-/// A key's lifetime in seconds, for policy checks.
-fn lifetime_s(created_at: Timestamp, expires_at: Option<Timestamp>) -> Option<u64> {
-    expires_at.map(|at| {
-        u64::try_from((at.unix_ms() - created_at.unix_ms()).max(0))
-            .unwrap_or(0)
-            .div_ceil(1000)
-    })
-}
-
 /// Checks a policy's own values, naming the first bad one.
 fn check_policy(policy: &EnvironmentPolicy) -> Result<(), ServiceError> {
     if policy
@@ -127,143 +127,52 @@ fn check_policy(policy: &EnvironmentPolicy) -> Result<(), ServiceError> {
     Ok(())
 }
 
-impl Authority {
-    /// Verdict details beyond status and expiry: network, path rules, then permissions. Returns
-    /// the failing code and what was unmet.
-    pub(crate) fn check_access(
-        &self,
-        key: &CachedKey,
-        request: &VerifyRequest<'_>,
-        now: Timestamp,
-    ) -> Result<(), (keyward_core::VerifyCode, String)> {
-        use keyward_core::VerifyCode::{InsufficientPermissions, IpDenied};
-        let env = &key.env;
-        let env_network = Some(&env.network).filter(|n| !n.is_empty());
-        if key.network.is_some() || env_network.is_some() {
-            let Some(ip) = request.ip else {
-                return Err((
-                    IpDenied,
-                    "the key is restricted by network, and no ip was given".into(),
-                ));
-            };
-            if let Some(network) = &key.network
-                && !network.permits(ip)
-            {
-                return Err((
-                    IpDenied,
-                    "the address is not allowed by the key's network rules".into(),
-                ));
-            }
-            if let Some(network) = env_network
-                && !network.permits(ip)
-            {
-                return Err((
-                    IpDenied,
-                    "the address is not allowed by the environment's network rules".into(),
-                ));
-            }
-        }
-        if let Some(rules) = &key.path_rules {
-            let (Some(method), Some(path)) = (request.method, request.path) else {
-                return Err((
-                    InsufficientPermissions,
-                    "the key is limited to path rules; give method and path".into(),
-                ));
-            };
-            if !rules.iter().any(|r| r.matches(method, path)) {
-                return Err((
-                    InsufficientPermissions,
-                    "the method and path are outside the key's path rules".into(),
-                ));
-            }
-        }
-        if let Some(query) = request.permissions {
-            let policy = &env.record.policy;
-            let holds = |wanted: &str| policy.allows_use(wanted) && key.holds(wanted, now);
-            query
-                .evaluate(&holds)
-                .map_err(|unmet| (InsufficientPermissions, unmet.to_string()))?;
-        }
-        Ok(())
-    }
+/// The access service.
+#[derive(Debug)]
+pub struct Access {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    catalog: Arc<Catalog>,
+    audit: Arc<AuditLog>,
+    authz: Arc<Authz>,
+    keys: Arc<Keys>,
+    vault: Arc<OpenVault>,
+    integrity: Arc<Integrity>,
+}
 
-    /// The permissions a key may use now: what it holds, live grants included, less what its
-    /// environment's policy removes.
-    pub fn effective_permissions(&self, key: &CachedKey, now: Timestamp) -> Vec<Permission> {
-        let policy = &key.env.record.policy;
-        let unrestricted =
-            policy.forbidden_permissions.is_empty() && policy.permission_ceiling.is_none();
-        if unrestricted && key.grants.is_empty() {
-            // Already sorted and without duplicates.
-            return key.permissions.list.to_vec();
+impl Access {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        catalog: Arc<Catalog>,
+        audit: Arc<AuditLog>,
+        authz: Arc<Authz>,
+        keys: Arc<Keys>,
+        vault: Arc<OpenVault>,
+        integrity: Arc<Integrity>,
+    ) -> Self {
+        Access {
+            store,
+            clock,
+            catalog,
+            audit,
+            authz,
+            keys,
+            vault,
+            integrity,
         }
-        let mut out: Vec<Permission> = key
-            .permissions
-            .list
-            .iter()
-            .chain(
-                key.grants
-                    .iter()
-                    .filter(|(_, until)| *until > now)
-                    .map(|(p, _)| p),
-            )
-            .filter(|p| unrestricted || policy.removes(p).is_none())
-            .cloned()
-            .collect();
-        out.sort();
-        out.dedup();
-        out
-    }
-
-    /// Checks a key's settings against its environment's policy and its roles' existence.
-    pub(crate) fn check_key_policy(&self, key: &KeyRecord) -> Result<(), ServiceError> {
-        check_ratelimits(&key.access.ratelimits)?;
-        if let Some(concurrency) = &key.access.concurrency {
-            concurrency
-                .validate()
-                .map_err(|(field, message)| ServiceError::InvalidField {
-                    field,
-                    message: message.into(),
-                })?;
-        }
-        if let Some(plan) = &key.access.plan
-            && !read(&self.plans).contains_key(plan)
-        {
-            return Err(invalid("plan", "no such plan"));
-        }
-        let env = self
-            .environment(key.environment.as_str())
-            .ok_or_else(|| invalid("environment", "no such environment"))?;
-        {
-            let roles = read(&self.roles);
-            for (i, role) in key.access.roles.iter().enumerate() {
-                if !roles.contains_key(role) {
-                    return Err(invalid("roles", format!("roles[{i}]: no such role")));
-                }
-            }
-        }
-        let (held, _) = self.held_by(key);
-        env.record.policy.check_key(
-            lifetime_s(key.created_at, key.expires_at),
-            &held,
-            !key.access.allowed_cidrs.is_empty(),
-        )?;
-        Ok(())
     }
 
     // ---- environments ------------------------------------------------------------------------
 
     pub fn environments(&self) -> Vec<EnvironmentRecord> {
-        let mut out: Vec<EnvironmentRecord> = read(&self.environments)
-            .values()
-            .map(|e| e.record.clone())
-            .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
+        self.catalog.environment_records()
     }
 
     pub fn environment_record(&self, name: &str) -> Result<EnvironmentRecord, ServiceError> {
-        self.environment(name)
+        self.catalog
+            .environment(name)
             .map(|e| e.record.clone())
             .ok_or(ServiceError::NotFound {
                 what: "environment",
@@ -277,14 +186,26 @@ impl Authority {
         name: EnvironmentName,
         policy: EnvironmentPolicy,
     ) -> Result<EnvironmentRecord, ServiceError> {
+        self.audit
+            .retrying(|| self.create_environment_once(actor, name.clone(), policy.clone()))
+            .await
+    }
+
+    async fn create_environment_once(
+        &self,
+        actor: &Actor,
+        name: EnvironmentName,
+        policy: EnvironmentPolicy,
+    ) -> Result<EnvironmentRecord, ServiceError> {
         check_policy(&policy)?;
         // A new environment is seen by every admin key that is not scoped: a shared object.
-        self.permit(actor, Operation::EnvironmentWrite, Target::Shared)
+        self.authz
+            .permit(actor, Operation::EnvironmentWrite, Target::Shared)
             .await?;
-        let mut head = self.lock_writer().await;
+        let mut head = self.audit.lock().await;
         // The store too: an environment left out of the catalog (it failed its integrity
         // check) still holds the name.
-        if self.environment(name.as_str()).is_some()
+        if self.catalog.environment(name.as_str()).is_some()
             || self
                 .store
                 .environments()
@@ -309,17 +230,18 @@ impl Authority {
             target: Some(name.to_string()),
             details: json!({ "policy": record.policy }),
         };
-        self.commit(
-            &mut head,
-            Changes {
-                environments: vec![record.clone()],
-                keyrings: vec![made.stored],
-                environment_secrets: vec![(name.clone(), made.sealed_secret)],
-                ..Changes::default()
-            },
-            vec![entry],
-        )
-        .await?;
+        self.audit
+            .commit(
+                &mut head,
+                Changes {
+                    environments: vec![record.clone()],
+                    keyrings: vec![made.stored],
+                    environment_secrets: vec![(name.clone(), made.sealed_secret)],
+                    ..Changes::default()
+                },
+                vec![entry],
+            )
+            .await?;
         // The change feed has installed the keyring, the secret and the environment.
         drop((made.keyring, made.secret));
         Ok(record)
@@ -333,14 +255,26 @@ impl Authority {
         name: &EnvironmentName,
         policy: EnvironmentPolicy,
     ) -> Result<EnvironmentRecord, ServiceError> {
+        self.audit
+            .retrying(|| self.update_environment_once(actor, name, policy.clone()))
+            .await
+    }
+
+    async fn update_environment_once(
+        &self,
+        actor: &Actor,
+        name: &EnvironmentName,
+        policy: EnvironmentPolicy,
+    ) -> Result<EnvironmentRecord, ServiceError> {
         check_policy(&policy)?;
-        self.permit(
-            actor,
-            Operation::EnvironmentWrite,
-            Target::Environment(name),
-        )
-        .await?;
-        let admin = Self::is_admin_environment(name.as_str());
+        self.authz
+            .permit(
+                actor,
+                Operation::EnvironmentWrite,
+                Target::Environment(name),
+            )
+            .await?;
+        let admin = is_admin_environment(name.as_str());
         if admin {
             let network = EnvState::new(EnvironmentRecord {
                 name: name.clone(),
@@ -349,13 +283,16 @@ impl Authority {
                 mac: None,
             })
             .network;
-            Self::check_not_locked_out(actor, &network)?;
+            check_not_locked_out(actor, &network)?;
         }
-        let mut head = self.lock_writer().await;
+        let mut head = self.audit.lock().await;
         // The admin environment's policy reaches every admin key.
-        if admin && let Some((id, refusal)) = self.refusal_among(actor, |_| true, None).await? {
+        if admin
+            && let Some((id, refusal)) = self.authz.refusal_among(actor, |_| true, None).await?
+        {
             drop(head);
             return Err(self
+                .authz
                 .refuse(
                     actor,
                     Operation::EnvironmentWrite,
@@ -372,52 +309,56 @@ impl Authority {
             target: Some(name.to_string()),
             details: json!({ "policy": record.policy }),
         };
-        self.commit(
-            &mut head,
-            Changes {
-                update_environments: vec![record.clone()],
-                ..Changes::default()
-            },
-            vec![entry],
-        )
-        .await?;
+        self.audit
+            .commit(
+                &mut head,
+                Changes {
+                    update_environments: vec![record.clone()],
+                    ..Changes::default()
+                },
+                vec![entry],
+            )
+            .await?;
         Ok(record)
-    }
-
-    /// Refuses a change of network rules that would deny the admin key making it, from where it
-    /// is calling now: the last admin key could otherwise lock every admin out.
-    pub(crate) fn check_not_locked_out(
-        actor: &Actor,
-        network: &keyward_core::NetworkRules,
-    ) -> Result<(), ServiceError> {
-        if network.is_empty() || actor.ip().is_some_and(|ip| network.permits(ip)) {
-            Ok(())
-        } else {
-            Err(ServiceError::Conflict(
-                "these network rules would deny the admin key making the change, from where it calls now"
-                    .into(),
-            ))
-        }
     }
 
     // ---- roles -------------------------------------------------------------------------------
 
     pub fn roles(&self) -> Vec<RoleRecord> {
-        let mut out: Vec<RoleRecord> = read(&self.roles).values().map(|r| (**r).clone()).collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
+        self.catalog.role_records()
     }
 
     pub fn role(&self, name: &RoleName) -> Result<RoleRecord, ServiceError> {
-        read(&self.roles)
-            .get(name)
-            .map(|r| (**r).clone())
+        self.catalog
+            .role(name)
+            .map(|r| (*r).clone())
             .ok_or(ServiceError::NotFound { what: "role" })
     }
 
     /// Creates a role, or replaces one (`replace`). Every key holding it sees the change before
     /// this returns.
     pub async fn put_role(
+        &self,
+        actor: &Actor,
+        name: RoleName,
+        description: Option<String>,
+        permissions: Vec<Permission>,
+        replace: bool,
+    ) -> Result<RoleRecord, ServiceError> {
+        self.audit
+            .retrying(|| {
+                self.put_role_once(
+                    actor,
+                    name.clone(),
+                    description.clone(),
+                    permissions.clone(),
+                    replace,
+                )
+            })
+            .await
+    }
+
+    async fn put_role_once(
         &self,
         actor: &Actor,
         name: RoleName,
@@ -436,19 +377,21 @@ impl Authority {
         {
             return Err(invalid("description", "at most 1000 printable characters"));
         }
-        self.permit(actor, Operation::RoleWrite, Target::Shared)
+        self.authz
+            .permit(actor, Operation::RoleWrite, Target::Shared)
             .await?;
-        if read(&self.roles).get(&name).is_some_and(|r| r.builtin) {
+        if self.catalog.role(&name).is_some_and(|r| r.builtin) {
             return Err(ServiceError::Conflict(format!(
                 "role {name} is built in and cannot be changed; create a role of your own"
             )));
         }
-        let mut head = self.lock_writer().await;
+        let mut head = self.audit.lock().await;
         let now = self.clock.now();
         if replace {
             // The new permissions reach every admin key that holds the role: checked under the
             // writer, so none can take the role in between.
             if let Some((id, refusal)) = self
+                .authz
                 .refusal_among(
                     actor,
                     |key| crate::authz::holds_role(key, &name, now),
@@ -458,11 +401,12 @@ impl Authority {
             {
                 drop(head);
                 return Err(self
+                    .authz
                     .refuse(actor, Operation::RoleWrite, Some(id.to_string()), refusal)
                     .await);
             }
         }
-        let existing = read(&self.roles).get(&name).cloned();
+        let existing = self.catalog.role(&name);
         let record = match (existing, replace) {
             (Some(_), false) => return Err(ServiceError::Conflict(format!("role {name} exists"))),
             (None, true) => return Err(ServiceError::NotFound { what: "role" }),
@@ -492,24 +436,32 @@ impl Authority {
             target: Some(name.to_string()),
             details: json!({ "permissions": record.permissions.iter().map(Permission::as_str).collect::<Vec<_>>() }),
         };
-        self.commit(
-            &mut head,
-            Changes {
-                upsert_roles: vec![record.clone()],
-                ..Changes::default()
-            },
-            vec![entry],
-        )
-        .await?;
+        self.audit
+            .commit(
+                &mut head,
+                Changes {
+                    upsert_roles: vec![record.clone()],
+                    ..Changes::default()
+                },
+                vec![entry],
+            )
+            .await?;
         Ok(record)
     }
 
     /// Deletes a role that no key holds.
     pub async fn delete_role(&self, actor: &Actor, name: &RoleName) -> Result<(), ServiceError> {
-        self.permit(actor, Operation::RoleWrite, Target::Shared)
+        self.audit
+            .retrying(|| self.delete_role_once(actor, name))
+            .await
+    }
+
+    async fn delete_role_once(&self, actor: &Actor, name: &RoleName) -> Result<(), ServiceError> {
+        self.authz
+            .permit(actor, Operation::RoleWrite, Target::Shared)
             .await?;
-        let mut head = self.lock_writer().await;
-        match read(&self.roles).get(name) {
+        let mut head = self.audit.lock().await;
+        match self.catalog.role(name) {
             None => return Err(ServiceError::NotFound { what: "role" }),
             Some(role) if role.builtin => {
                 return Err(ServiceError::Conflict(format!(
@@ -530,36 +482,47 @@ impl Authority {
             target: Some(name.to_string()),
             details: json!({}),
         };
-        self.commit(
-            &mut head,
-            Changes {
-                delete_roles: vec![name.clone()],
-                ..Changes::default()
-            },
-            vec![entry],
-        )
-        .await?;
+        self.audit
+            .commit(
+                &mut head,
+                Changes {
+                    delete_roles: vec![name.clone()],
+                    ..Changes::default()
+                },
+                vec![entry],
+            )
+            .await?;
         Ok(())
     }
 
     // ---- plans -------------------------------------------------------------------------------
 
     pub fn plans(&self) -> Vec<PlanRecord> {
-        let mut out: Vec<PlanRecord> = read(&self.plans).values().map(|p| (**p).clone()).collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
+        self.catalog.plan_records()
     }
 
     pub fn plan(&self, name: &PlanName) -> Result<PlanRecord, ServiceError> {
-        read(&self.plans)
-            .get(name)
-            .map(|p| (**p).clone())
+        self.catalog
+            .plan(name)
+            .map(|p| (*p).clone())
             .ok_or(ServiceError::NotFound { what: "plan" })
     }
 
     /// Creates a plan, or replaces one (`replace`). Every key on it has the new limits before
     /// this returns.
     pub async fn put_plan(
+        &self,
+        actor: &Actor,
+        name: PlanName,
+        spec: PlanSpec,
+        replace: bool,
+    ) -> Result<PlanRecord, ServiceError> {
+        self.audit
+            .retrying(|| self.put_plan_once(actor, name.clone(), spec.clone(), replace))
+            .await
+    }
+
+    async fn put_plan_once(
         &self,
         actor: &Actor,
         name: PlanName,
@@ -591,22 +554,25 @@ impl Authority {
         {
             return Err(invalid("description", "at most 1000 printable characters"));
         }
-        self.permit(actor, Operation::PlanWrite, Target::Shared)
+        self.authz
+            .permit(actor, Operation::PlanWrite, Target::Shared)
             .await?;
-        let mut head = self.lock_writer().await;
+        let mut head = self.audit.lock().await;
         if replace
             && let Some((id, refusal)) = self
+                .authz
                 .refusal_among(actor, |key| key.access.plan.as_ref() == Some(&name), None)
                 .await?
         {
             // New limits reach every admin key on the plan.
             drop(head);
             return Err(self
+                .authz
                 .refuse(actor, Operation::PlanWrite, Some(id.to_string()), refusal)
                 .await);
         }
         let now = self.clock.now();
-        let existing = read(&self.plans).get(&name).cloned();
+        let existing = self.catalog.plan(&name);
         let record = match (existing, replace) {
             (Some(_), false) => return Err(ServiceError::Conflict(format!("plan {name} exists"))),
             (None, true) => return Err(ServiceError::NotFound { what: "plan" }),
@@ -639,24 +605,32 @@ impl Authority {
             target: Some(name.to_string()),
             details: json!({ "ratelimits": record.ratelimits, "graduated": record.graduated, "quota": record.quota }),
         };
-        self.commit(
-            &mut head,
-            Changes {
-                upsert_plans: vec![record.clone()],
-                ..Changes::default()
-            },
-            vec![entry],
-        )
-        .await?;
+        self.audit
+            .commit(
+                &mut head,
+                Changes {
+                    upsert_plans: vec![record.clone()],
+                    ..Changes::default()
+                },
+                vec![entry],
+            )
+            .await?;
         Ok(record)
     }
 
     /// Deletes a plan no key is on.
     pub async fn delete_plan(&self, actor: &Actor, name: &PlanName) -> Result<(), ServiceError> {
-        self.permit(actor, Operation::PlanWrite, Target::Shared)
+        self.audit
+            .retrying(|| self.delete_plan_once(actor, name))
+            .await
+    }
+
+    async fn delete_plan_once(&self, actor: &Actor, name: &PlanName) -> Result<(), ServiceError> {
+        self.authz
+            .permit(actor, Operation::PlanWrite, Target::Shared)
             .await?;
-        let mut head = self.lock_writer().await;
-        if !read(&self.plans).contains_key(name) {
+        let mut head = self.audit.lock().await;
+        if self.catalog.plan(name).is_none() {
             return Err(ServiceError::NotFound { what: "plan" });
         }
         let holders = self.store.count_keys_with_plan(name.clone()).await?;
@@ -671,53 +645,35 @@ impl Authority {
             target: Some(name.to_string()),
             details: json!({}),
         };
-        self.commit(
-            &mut head,
-            Changes {
-                delete_plans: vec![name.clone()],
-                ..Changes::default()
-            },
-            vec![entry],
-        )
-        .await?;
+        self.audit
+            .commit(
+                &mut head,
+                Changes {
+                    delete_plans: vec![name.clone()],
+                    ..Changes::default()
+                },
+                vec![entry],
+            )
+            .await?;
         Ok(())
-    }
-
-    /// A key's limits: its plan's, then its own (its own replace the plan's of the same name);
-    /// the plan's graduated response; and the key's quota, its own or else the plan's.
-    pub(crate) fn limits_of(&self, key: &KeyRecord) -> crate::cache::KeyExtras {
-        let own = &key.access.ratelimits;
-        let plan = key
-            .access
-            .plan
-            .as_ref()
-            .and_then(|p| read(&self.plans).get(p).cloned());
-        let mut limits: Vec<keyward_core::RateLimit> = plan
-            .iter()
-            .flat_map(|p| p.ratelimits.iter())
-            .filter(|l| !own.iter().any(|o| o.name == l.name))
-            .cloned()
-            .collect();
-        limits.extend(own.iter().cloned());
-        let quota = key.access.quota.or_else(|| {
-            plan.as_ref()
-                .and_then(|p| p.quota)
-                .map(|refill| keyward_core::QuotaConfig {
-                    refill: Some(refill),
-                })
-        });
-        crate::cache::KeyExtras {
-            limits,
-            graduated: plan.and_then(|p| p.graduated),
-            quota,
-        }
     }
 
     // ---- grants ------------------------------------------------------------------------------
 
     /// Grants a permission or a role to a key until a time. It lapses by itself then; the lapse
-    /// is audited by [`Authority::sweep_lapsed_grants`].
+    /// is audited by [`Access::sweep_lapsed_grants`].
     pub async fn add_grant(
+        &self,
+        actor: &Actor,
+        id: KeyId,
+        grant: NewGrant,
+    ) -> Result<KeyRecord, ServiceError> {
+        self.audit
+            .retrying(|| self.add_grant_once(actor, id, grant.clone()))
+            .await
+    }
+
+    async fn add_grant_once(
         &self,
         actor: &Actor,
         id: KeyId,
@@ -729,7 +685,7 @@ impl Authority {
                 "give exactly one of permission and role",
             ));
         }
-        let mut head = self.lock_writer().await;
+        let mut head = self.audit.lock().await;
         let now = self.clock.now();
         let expires_at = match (grant.expires_at, grant.ttl_s) {
             (Some(at), None) if at > now => at,
@@ -745,10 +701,14 @@ impl Authority {
                 ));
             }
         };
-        let mut key = self.key(id).await?;
-        if let Err(refusal) = self.authorize(actor, Operation::KeyGrant, Target::Key(&key)) {
+        let mut key = self.keys.key(id).await?;
+        if let Err(refusal) = self
+            .authz
+            .authorize(actor, Operation::KeyGrant, Target::Key(&key))
+        {
             drop(head);
             return Err(self
+                .authz
                 .refuse(actor, Operation::KeyGrant, Some(id.to_string()), refusal)
                 .await);
         }
@@ -758,7 +718,7 @@ impl Authority {
             )));
         }
         if let Some(role) = &grant.role
-            && !read(&self.roles).contains_key(role)
+            && self.catalog.role(role).is_none()
         {
             return Err(invalid("role", "no such role"));
         }
@@ -773,10 +733,11 @@ impl Authority {
             granted_by: actor.audit_name(),
         });
         key.updated_at = now;
-        let conferred = match self.confer(actor, &key) {
+        let conferred = match self.authz.confer(actor, &key) {
             Err(refusal) => Err(Ok(refusal)),
             Ok(()) => {
-                self.inherit(actor, &mut key, crate::authz::Restrictions::REQUIRED)
+                self.authz
+                    .inherit(actor, &mut key, crate::authz::Restrictions::REQUIRED)
                     .await
             }
         };
@@ -785,6 +746,7 @@ impl Authority {
             Err(Ok(refusal)) => {
                 drop(head);
                 return Err(self
+                    .authz
                     .refuse(actor, Operation::KeyGrant, Some(id.to_string()), refusal)
                     .await);
             }
@@ -799,14 +761,14 @@ impl Authority {
         if let Some(r) = &grant.role {
             with_grant.access.roles.push(r.clone());
         }
-        self.check_key_policy(&with_grant)?;
+        self.catalog.check_key_policy(&with_grant)?;
         let entry = PendingEntry {
             actor: actor.audit_name(),
             action: AuditAction::GrantAdd,
             target: Some(id.to_string()),
             details: json!({ "permission": grant.permission, "role": grant.role, "expires_at": expires_at }),
         };
-        self.commit_key(&mut head, &key, entry).await?;
+        self.keys.commit_key(&mut head, &key, entry).await?;
         Ok(key)
     }
 
@@ -816,14 +778,14 @@ impl Authority {
     pub async fn sweep_lapsed_grants(&self) -> Result<usize, ServiceError> {
         let mut swept = 0;
         loop {
-            let mut head = self.lock_writer().await;
+            let mut head = self.audit.lock().await;
             let now = self.clock.now();
             let due: Vec<KeyRecord> = self
                 .store
                 .keys_with_lapsed_grants(now, 100)
                 .await?
                 .into_iter()
-                .filter_map(|k| self.intact_key(k))
+                .filter_map(|k| self.integrity.intact_key(k))
                 .collect();
             if due.is_empty() {
                 return Ok(swept);
@@ -849,15 +811,16 @@ impl Authority {
             }
             swept += entries.len();
             let changed = updated.clone();
-            self.commit(
-                &mut head,
-                Changes {
-                    update_keys: updated,
-                    ..Changes::default()
-                },
-                entries,
-            )
-            .await?;
+            self.audit
+                .commit(
+                    &mut head,
+                    Changes {
+                        update_keys: updated,
+                        ..Changes::default()
+                    },
+                    entries,
+                )
+                .await?;
             drop(changed);
         }
     }
@@ -865,19 +828,21 @@ impl Authority {
     // ---- explain -----------------------------------------------------------------------------
 
     pub async fn explain(&self, actor: &Actor, id: KeyId) -> Result<Explanation, ServiceError> {
-        let key = self.key(id).await?;
-        self.permit(
-            actor,
-            Operation::KeyRead,
-            Target::Environment(&key.environment),
-        )
-        .await?;
+        let key = self.keys.key(id).await?;
+        self.authz
+            .permit(
+                actor,
+                Operation::KeyRead,
+                Target::Environment(&key.environment),
+            )
+            .await?;
         let now = self.clock.now();
         let policy = self
+            .catalog
             .environment(key.environment.as_str())
             .map(|e| e.record.policy.clone())
             .unwrap_or_default();
-        let roles = read(&self.roles);
+        let roles = self.catalog.role_map();
         let line = |permission: &Permission, source, role: Option<&RoleName>, expires_at| {
             EffectivePermission {
                 permission: permission.clone(),
@@ -924,26 +889,19 @@ impl Authority {
     }
 }
 
-impl Authority {
-    /// The first admin key `reaches` selects that `actor` may not act on (with `role_change`
-    /// applied), as a change to a shared object acts on all of them. Call it holding the
-    /// writer, so no key can take the role (or join the plan) between this check and the
-    /// commit; audit a refusal with [`Authority::refuse`] once the writer is let go.
-    async fn refusal_among(
-        &self,
-        actor: &Actor,
-        reaches: impl Fn(&KeyRecord) -> bool,
-        role_change: Option<(&RoleName, &[Permission])>,
-    ) -> Result<Option<(KeyId, crate::Refusal)>, ServiceError> {
-        for key in self.admin_keys().await? {
-            if !reaches(&key) {
-                continue;
-            }
-            if let Err(refusal) = self.act_on(actor, &key, role_change) {
-                return Ok(Some((key.id, refusal)));
-            }
-        }
-        Ok(None)
+/// Refuses a change of network rules that would deny the admin key making it, from where it
+/// is calling now: the last admin key could otherwise lock every admin out.
+pub(crate) fn check_not_locked_out(
+    actor: &Actor,
+    network: &keyward_core::NetworkRules,
+) -> Result<(), ServiceError> {
+    if network.is_empty() || actor.ip().is_some_and(|ip| network.permits(ip)) {
+        Ok(())
+    } else {
+        Err(ServiceError::Conflict(
+            "these network rules would deny the admin key making the change, from where it calls now"
+                .into(),
+        ))
     }
 }
 

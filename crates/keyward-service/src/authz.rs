@@ -1,7 +1,7 @@
 //! The one authorization point.
 //!
 //! Every use case names an [`Operation`]; [`Operation::permission`] is the one table from
-//! operations to the permission they need; [`Authority::authorize`] is the one function that
+//! operations to the permission they need; [`Authz::authorize`] is the one function that
 //! decides `(principal, operation, target)`. Routes never choose permissions.
 //!
 //! The rule: **a principal can never confer, reach or act on more than it holds.**
@@ -17,7 +17,7 @@
 //!   by a restricted one is at least as restricted (networks, expiry, scope).
 //!
 //! API keys (service `default`) hold the protected API's vocabulary, not admin powers, so only
-//! scope applies to them. Refusals are audited (`auth.forbidden`) by [`Authority::refuse`].
+//! scope applies to them. Refusals are audited (`auth.forbidden`) by [`Authz::refuse`].
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -28,9 +28,15 @@ use keyward_core::{
 };
 use serde_json::json;
 
+use keyward_core::Clock;
+use keyward_store::Store;
+
+use crate::ServiceError;
 use crate::audit::PendingEntry;
+use crate::audit_log::AuditLog;
 use crate::cache::CachedKey;
-use crate::{Authority, ServiceError, read};
+use crate::catalog::{Catalog, Roles};
+use crate::integrity::Integrity;
 
 /// What a caller asks to do. A new capability adds a variant and its row in
 /// [`Operation::permission`].
@@ -304,7 +310,7 @@ impl Actor {
 /// of the stored role of that name), and through live grants.
 fn effective(
     key: &KeyRecord,
-    roles: &std::collections::HashMap<RoleName, Arc<keyward_core::RoleRecord>>,
+    roles: &Roles,
     role_change: Option<(&RoleName, &[Permission])>,
     now: Timestamp,
 ) -> Vec<Permission> {
@@ -361,9 +367,35 @@ pub(crate) fn admit(actor: &Actor, op: Operation, path: Option<&str>) -> Result<
     Ok(())
 }
 
-impl Authority {
+/// The authorization service: decides, audits refusals, and makes keys inherit restrictions.
+#[derive(Debug)]
+pub(crate) struct Authz {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    catalog: Arc<Catalog>,
+    audit: Arc<AuditLog>,
+    integrity: Arc<Integrity>,
+}
+
+impl Authz {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        catalog: Arc<Catalog>,
+        audit: Arc<AuditLog>,
+        integrity: Arc<Integrity>,
+    ) -> Self {
+        Authz {
+            store,
+            clock,
+            catalog,
+            audit,
+            integrity,
+        }
+    }
+
     /// The one decision: may `actor` perform `op` on `target`? Pure; the caller audits a refusal
-    /// with [`Authority::refuse`].
+    /// with [`Authz::refuse`].
     pub(crate) fn authorize(
         &self,
         actor: &Actor,
@@ -413,7 +445,7 @@ impl Authority {
         if key.service != ServiceName::Keyward || key.status == KeyStatus::Revoked {
             return Ok(());
         }
-        let roles = read(&self.roles);
+        let roles = self.catalog.role_map();
         let held = effective(key, &roles, role_change, self.clock.now());
         drop(roles);
         if let Some(p) = held.iter().find(|p| !actor.holds(p.as_str())) {
@@ -434,7 +466,7 @@ impl Authority {
         if key.service != ServiceName::Keyward {
             return Ok(());
         }
-        let roles = read(&self.roles);
+        let roles = self.catalog.role_map();
         let now = self.clock.now();
         let field = |p: &Permission| {
             if key.permissions.contains(p) {
@@ -578,14 +610,14 @@ impl Authority {
             target,
             details,
         };
-        if let Err(e) = self.audit_batched(entry).await {
+        if let Err(e) = self.audit.batched(entry).await {
             tracing::error!(error = %e, "could not audit a refused admin request");
         }
         tracing::info!(actor = %actor.key_id(), operation = op.name(), reason = refusal.reason(), "admin request refused");
         ServiceError::Refused(refusal)
     }
 
-    /// [`Authority::authorize`], auditing a refusal. Never call it holding the writer lock.
+    /// [`Authz::authorize`], auditing a refusal. Never call it holding the writer lock.
     pub(crate) async fn permit(
         &self,
         actor: &Actor,
@@ -628,16 +660,75 @@ impl Authority {
             out.extend(
                 page.into_iter()
                     .filter(|k| k.status != KeyStatus::Revoked)
-                    .filter_map(|k| self.intact_key(k)),
+                    .filter_map(|k| self.integrity.intact_key(k)),
             );
             if !full {
                 return Ok(out);
             }
         }
     }
+
+    /// Checks that `key`, as it will be stored after a change, holds nothing `actor` lacks, and
+    /// makes it at least as restricted as `actor` (`changed` says which restrictions the change
+    /// sets). The caller audits a refusal with [`Authz::audited`], after letting go of the
+    /// writer.
+    pub(crate) async fn conferrable(
+        &self,
+        actor: &Actor,
+        key: &mut KeyRecord,
+        changed: Restrictions,
+    ) -> Result<(), ServiceError> {
+        let outcome = match self.confer(actor, key) {
+            Err(refusal) => Err(Ok(refusal)),
+            Ok(()) => self.inherit(actor, key, changed).await,
+        };
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(Err(e)) => Err(e),
+            Err(Ok(refusal)) => Err(ServiceError::Refused(refusal)),
+        }
+    }
+
+    /// Audits `error` as a refusal of `op` on `key` if it is one; returns it.
+    pub(crate) async fn audited(
+        &self,
+        actor: &Actor,
+        op: Operation,
+        key: &KeyRecord,
+        error: ServiceError,
+    ) -> ServiceError {
+        match error {
+            ServiceError::Refused(refusal) => {
+                self.refuse(actor, op, Some(key.id.to_string()), refusal)
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    /// The first admin key `reaches` selects that `actor` may not act on (with `role_change`
+    /// applied), as a change to a shared object acts on all of them. Call it holding the
+    /// writer, so no key can take the role (or join the plan) between this check and the
+    /// commit; audit a refusal with [`Authz::refuse`] once the writer is let go.
+    pub(crate) async fn refusal_among(
+        &self,
+        actor: &Actor,
+        reaches: impl Fn(&KeyRecord) -> bool,
+        role_change: Option<(&RoleName, &[Permission])>,
+    ) -> Result<Option<(KeyId, Refusal)>, ServiceError> {
+        for key in self.admin_keys().await? {
+            if !reaches(&key) {
+                continue;
+            }
+            if let Err(refusal) = self.act_on(actor, &key, role_change) {
+                return Ok(Some((key.id, refusal)));
+            }
+        }
+        Ok(None)
+    }
 }
 
-/// Which restrictions of an admin key a change sets, for [`Authority::inherit`].
+/// Which restrictions of an admin key a change sets, for [`Authz::inherit`].
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Restrictions {
     pub creating: bool,

@@ -3,6 +3,7 @@
 //! second and at shutdown. A full channel drops events and counts them: events are telemetry
 //! for webhooks and anomaly detection, and must never slow verification.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -15,7 +16,7 @@ use tokio::task::JoinHandle;
 const BATCH: usize = 1024;
 
 #[derive(Debug)]
-pub(crate) struct EventRecorder {
+struct EventRecorder {
     events: mpsc::Sender<Event>,
     dropped: AtomicU64,
     stop: watch::Sender<bool>,
@@ -98,5 +99,95 @@ async fn write(store: &dyn Store, pending: &mut Vec<Event>) {
                 pending.drain(..excess);
             }
         }
+    }
+}
+
+/// The events service: what happened to keys and clients (rate-limit warnings and refusals,
+/// blocks, guard blocks), recorded without waiting and read back in order.
+#[derive(Debug)]
+pub struct Events {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn keyward_core::Clock>,
+    recorder: EventRecorder,
+    /// For each key and limit, the window in which a warning or refusal event was last sent:
+    /// one event a window, not one a request.
+    notified: std::sync::Mutex<HashMap<(keyward_core::KeyId, u64, bool), i64>>,
+}
+
+impl Events {
+    pub(crate) fn start(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn keyward_core::Clock>,
+        capacity: usize,
+        interval: Duration,
+    ) -> Self {
+        Events {
+            recorder: EventRecorder::start(Arc::clone(&store), capacity, interval),
+            store,
+            clock,
+            notified: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Events after `after`, in order, at most `limit` (1..=1000).
+    pub async fn after(&self, after: u64, limit: u32) -> Result<Vec<Event>, crate::ServiceError> {
+        Ok(self.store.events(after, limit.clamp(1, 1000)).await?)
+    }
+
+    /// Events dropped because the buffer was full.
+    pub fn dropped(&self) -> u64 {
+        self.recorder.dropped()
+    }
+
+    /// Records an event of `kind` now.
+    pub(crate) fn emit(
+        &self,
+        kind: keyward_core::EventKind,
+        key: Option<keyward_core::KeyId>,
+        details: serde_json::Value,
+    ) {
+        self.recorder.record(Event {
+            seq: 0,
+            ts: self.clock.now(),
+            kind: kind.as_str().to_owned(),
+            key_id: key,
+            details,
+        });
+    }
+
+    /// Sends an event for `key` and limit `name` at most once per `window` (an id such as the
+    /// limit's window number).
+    pub(crate) fn notify_once(
+        &self,
+        kind: keyward_core::EventKind,
+        key: keyward_core::KeyId,
+        name: &str,
+        window: i64,
+        details: serde_json::Value,
+    ) {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        name.hash(&mut hasher);
+        let slot = (
+            key,
+            hasher.finish(),
+            kind == keyward_core::EventKind::RatelimitWarning,
+        );
+        {
+            let mut notified = self.notified.lock().unwrap_or_else(|p| p.into_inner());
+            if notified.get(&slot) == Some(&window) {
+                return;
+            }
+            if notified.len() > 1_000_000 {
+                notified.clear();
+            }
+            notified.insert(slot, window);
+        }
+        self.emit(kind, Some(key), details);
+    }
+
+    /// Stores what was recorded and stops the writer.
+    pub(crate) async fn shutdown(&self) {
+        self.recorder.shutdown().await;
     }
 }

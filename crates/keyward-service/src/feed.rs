@@ -2,34 +2,43 @@
 //! committed change from the store, whichever instance (or, with a shared backend, whichever
 //! node) made it, never from the write itself.
 //!
-//! The store calls [`Authority::learn`] synchronously after each commit and before `apply`
+//! The store calls [`FeedListener::applied`] synchronously after each commit and before `apply`
 //! returns, one commit at a time, so a revoke that returned has already emptied every
 //! listening cache, and catalogs change in commit order. Records arrive as committed; each is
 //! checked against its integrity tag before this node believes it.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use keyward_store::{ChangeListener, Changes};
 
-use crate::{Authority, EnvState, integrity, write};
+use crate::VerifyCache;
+use crate::catalog::Catalog;
+use crate::integrity::{self, Integrity};
+use crate::quotas::QuotaBook;
+use crate::secrets::Secrets;
+use crate::vault::OpenVault;
 
-/// Hands the feed to an authority while it lives.
+/// What learns from the feed: this node's caches and catalogs. The store holds it weakly, so
+/// it stops listening when the authority that owns it is dropped.
 #[derive(Debug)]
 pub(crate) struct FeedListener {
-    pub(crate) authority: Weak<Authority>,
+    pub(crate) cache: Arc<VerifyCache>,
+    pub(crate) catalog: Arc<Catalog>,
+    pub(crate) quotas: Arc<QuotaBook>,
+    pub(crate) vault: Arc<OpenVault>,
+    pub(crate) secrets: Arc<Secrets>,
+    pub(crate) integrity: Arc<Integrity>,
 }
 
 impl ChangeListener for FeedListener {
     fn applied(&self, changes: &Changes) {
-        if let Some(authority) = self.authority.upgrade() {
-            authority.learn(changes);
-        }
+        self.learn(changes);
     }
 }
 
-impl Authority {
+impl FeedListener {
     /// Brings this node's caches and catalogs up to date with a committed change.
-    pub(crate) fn learn(&self, changes: &Changes) {
+    fn learn(&self, changes: &Changes) {
         for key in &changes.insert_keys {
             self.cache.add_known(&key.hash);
         }
@@ -39,7 +48,7 @@ impl Authority {
         for (id, state) in &changes.set_quotas {
             self.quotas.set(*id, *state);
         }
-        let integrity_key = self.vault.integrity();
+        let integrity_key = self.integrity.key();
         let mut catalogs_changed = false;
         // Keyrings first: a new environment's HMAC secret opens under its keyring.
         for stored in &changes.keyrings {
@@ -61,7 +70,7 @@ impl Authority {
         }
         for (env, sealed) in &changes.environment_secrets {
             match self.vault.open_hmac_secret(env, sealed) {
-                Ok(secret) => write(&self.keyring).add(env.clone(), &secret),
+                Ok(secret) => self.catalog.add_hmac_secret(env.clone(), &secret),
                 Err(e) => {
                     tracing::warn!(environment = %env, error = %e, "cannot open a new environment's secret");
                 }
@@ -73,41 +82,57 @@ impl Authority {
             .chain(&changes.update_environments)
         {
             catalogs_changed = true;
-            if integrity::environment_intact(integrity_key, record) {
-                write(&self.environments)
-                    .insert(record.name.clone(), Arc::new(EnvState::new(record.clone())));
-            } else {
-                self.findings.report(format!("environment {}", record.name));
-                write(&self.environments).remove(&record.name);
+            let intact = integrity::environment_intact(integrity_key, record);
+            if !intact {
+                self.integrity
+                    .report(format!("environment {}", record.name));
             }
+            self.catalog.learn_environment(record, intact);
         }
         for role in &changes.upsert_roles {
             catalogs_changed = true;
-            if integrity::role_intact(integrity_key, role) {
-                write(&self.roles).insert(role.name.clone(), Arc::new(role.clone()));
-            } else {
-                self.findings.report(format!("role {}", role.name));
-                write(&self.roles).remove(&role.name);
+            let intact = integrity::role_intact(integrity_key, role);
+            if !intact {
+                self.integrity.report(format!("role {}", role.name));
             }
+            self.catalog.learn_role(role, intact);
         }
         for name in &changes.delete_roles {
             catalogs_changed = true;
-            write(&self.roles).remove(name);
+            self.catalog.forget_role(name);
         }
         for plan in &changes.upsert_plans {
             catalogs_changed = true;
-            if integrity::plan_intact(integrity_key, plan) {
-                write(&self.plans).insert(plan.name.clone(), Arc::new(plan.clone()));
-                write(&self.tainted_plans).remove(&plan.name);
-            } else {
-                self.findings.report(format!("plan {}", plan.name));
-                write(&self.plans).remove(&plan.name);
-                write(&self.tainted_plans).insert(plan.name.clone());
+            let intact = integrity::plan_intact(integrity_key, plan);
+            if !intact {
+                self.integrity.report(format!("plan {}", plan.name));
             }
+            self.catalog.learn_plan(plan, intact);
         }
         for name in &changes.delete_plans {
             catalogs_changed = true;
-            write(&self.plans).remove(name);
+            self.catalog.forget_plan(name);
+        }
+        // Secrets are cached as stored (sealed): a changed one is read afresh.
+        let secrets = changes
+            .upsert_secrets
+            .iter()
+            .map(|m| (&m.environment, &m.path))
+            .chain(
+                changes
+                    .upsert_secret_versions
+                    .iter()
+                    .map(|v| (&v.environment, &v.path)),
+            )
+            .chain(
+                changes
+                    .delete_secret_versions
+                    .iter()
+                    .map(|(e, p, _)| (e, p)),
+            )
+            .chain(changes.delete_secrets.iter().map(|(e, p)| (e, p)));
+        for (env, path) in secrets {
+            self.secrets.forget(env, path);
         }
         if catalogs_changed {
             // Cached keys carry their environment, roles and plan as they were: refill them.

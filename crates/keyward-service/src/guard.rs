@@ -11,7 +11,6 @@
 //! table is bounded: when it is full and holds nothing spent, a new address is not tracked (and
 //! counted in [`Guard::untracked`]), so a flood of distinct addresses cannot grow memory.
 
-use keyward_core::audit::AuditAction;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -19,10 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use keyward_core::Timestamp;
 use keyward_core::ratelimit::{LimitState, RateLimit, check};
-use serde_json::json;
-
-use crate::Authority;
-use crate::audit::PendingEntry;
 
 /// Per-address allowances of failures. `None` turns a guard off.
 #[derive(Debug, Clone)]
@@ -62,7 +57,7 @@ pub(crate) enum Guarded {
 }
 
 impl Guarded {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Guarded::Verification => "failed_verifications",
             Guarded::AdminAuth => "failed_admin_auth",
@@ -212,32 +207,6 @@ impl Guard {
         for shard in self.verifications.iter().chain(self.admin_auth.iter()) {
             let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
             map.retain(|_, state| !spent(state, now_ns));
-        }
-    }
-}
-
-impl Authority {
-    /// Records a failure from `ip`; audits the moment the address becomes blocked.
-    pub(crate) async fn guard_failure(&self, kind: Guarded, ip: Option<IpAddr>) {
-        let Some(ip) = ip else { return };
-        if self.guard.fail(kind, ip, self.clock.now()) {
-            tracing::warn!(%ip, guard = kind.name(), "client address blocked after repeated failures");
-            let entry = PendingEntry {
-                actor: "system".into(),
-                action: AuditAction::GuardBlock,
-                target: Some(ip.to_string()),
-                details: json!({ "guard": kind.name() }),
-            };
-            if let Err(e) = self.audit_only(vec![entry]).await {
-                tracing::error!(error = %e, "could not audit a guard block");
-            }
-            self.events.record(keyward_core::Event {
-                seq: 0,
-                ts: self.clock.now(),
-                kind: keyward_core::EventKind::GuardBlock.as_str().into(),
-                key_id: None,
-                details: json!({ "guard": kind.name(), "ip": ip }),
-            });
         }
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! The vault seals an [`IntegrityKey`]; with it, every write tags the security-relevant fields
 //! of the records it stores (keys, environments, roles, plans, the vault record) and a
-//! checkpoint of the audit log's head, all in the same transaction ([`Authority::commit`] is the
+//! checkpoint of the audit log's head, all in the same transaction (`AuditLog::commit` is the
 //! one place that does it). Every read of such a record checks its tag, so an edit of the store
 //! made without the unseal key (an un-revoked key, a widened permission, a loosened policy, a
 //! lowered keyring term, truncated or rewritten audit entries) fails closed: the record is
@@ -22,7 +22,11 @@ use keyward_crypto::barrier::IntegrityKey;
 use keyward_store::{AuditCheckpoint, AuditHead, Changes, EnvironmentRecord, VaultRecord};
 use serde_json::json;
 
-use crate::Authority;
+use std::sync::Arc;
+
+use keyward_store::Store;
+
+use crate::vault::OpenVault;
 
 /// Where the vault's integrity key is stored, sealed by the root key, among the keyrings.
 pub(crate) const INTEGRITY_SCOPE: &str = "integrity";
@@ -361,71 +365,56 @@ impl Findings {
     }
 }
 
-impl Authority {
-    /// Tags every stored record and the audit head of a store from before integrity tags, and
-    /// stores the vault's new integrity key with a root key that says it has one: one write,
-    /// audited. Runs once, at the first unseal after the upgrade.
-    pub(crate) async fn adopt_integrity(
-        store: &dyn keyward_store::Store,
-        clock: &dyn keyward_core::Clock,
-        vault: &crate::vault::OpenVault,
-        adoption: crate::vault::Adoption,
-    ) -> Result<(), crate::ServiceError> {
-        let mut changes = everything(store).await?;
-        let head = store.audit_head().await?;
-        let (seq, hash) = head.map_or((0, keyward_core::audit::GENESIS_HASH.to_owned()), |h| {
-            (h.seq, h.hash)
-        });
-        let records = changes.update_keys.len()
-            + changes.update_environments.len()
-            + changes.upsert_roles.len()
-            + changes.upsert_plans.len();
-        changes.audit = crate::audit::chain(
-            seq,
-            &hash,
-            clock.now(),
-            vec![crate::audit::PendingEntry {
-                actor: "system".into(),
-                action: AuditAction::VaultIntegrityAdopt,
-                target: None,
-                details: json!({ "records": records, "audit_entries": seq }),
-            }],
-        );
-        let new_head = changes.audit.last().map(|e| AuditHead {
-            seq: e.seq,
-            hash: e.hash.clone(),
-        });
-        changes.vault = Some(adoption.record);
-        changes.keyrings = vec![adoption.stored];
-        let revoked = revocations(&changes);
-        seal_changes(vault.integrity(), &mut changes, new_head.as_ref(), revoked);
-        store.apply(changes).await?;
-        tracing::warn!(
-            records,
-            "stored security state is now authenticated: this store predates integrity tags, and \
-             what it held at this first unseal was trusted and tagged"
-        );
-        Ok(())
+/// The integrity service: the vault's integrity key and what failed a check since unseal.
+#[derive(Debug)]
+pub(crate) struct Integrity {
+    vault: Arc<OpenVault>,
+    findings: Findings,
+}
+
+impl Integrity {
+    pub(crate) fn new(vault: Arc<OpenVault>) -> Self {
+        Integrity {
+            vault,
+            findings: Findings::default(),
+        }
+    }
+
+    pub(crate) fn key(&self) -> &IntegrityKey {
+        self.vault.integrity()
+    }
+
+    pub(crate) fn report(&self, what: String) {
+        self.findings.report(what);
     }
 
     /// Integrity failures found since unseal (a metric).
-    pub fn integrity_failures(&self) -> u64 {
+    pub(crate) fn failures(&self) -> u64 {
         self.findings.failures()
     }
 
     /// What failed its integrity check since unseal, for `/readyz`; empty when all is well.
-    pub fn integrity_findings(&self) -> Vec<String> {
+    pub(crate) fn findings(&self) -> Vec<String> {
         self.findings.list()
+    }
+
+    /// `key` if its tag checks out; otherwise the failure is reported and `None` returned.
+    pub(crate) fn intact_key(&self, key: KeyRecord) -> Option<KeyRecord> {
+        if key_intact(self.key(), &key) {
+            Some(key)
+        } else {
+            self.findings.report(format!("key {}", key.id));
+            None
+        }
     }
 
     /// Checks every stored key's tag, reporting failures, and that no revocation was undone
     /// (fewer intact revoked keys than the checkpoint at unseal counted); run once after unseal.
-    pub(crate) async fn check_every_key(&self, revoked_at_open: u64) {
+    pub(crate) async fn check_every_key(&self, store: &dyn Store, revoked_at_open: u64) {
         let mut revoked = 0u64;
         let mut after = None;
         loop {
-            let page = match self
-                .store
+            let page = match store
                 .list_keys(keyward_store::KeyQuery {
                     after,
                     limit: 1000,
@@ -461,13 +450,63 @@ impl Authority {
         }
     }
 
-    /// `key` if its tag checks out; otherwise the failure is reported and `None` returned.
-    pub(crate) fn intact_key(&self, key: KeyRecord) -> Option<KeyRecord> {
-        if key_intact(self.vault.integrity(), &key) {
-            Some(key)
-        } else {
-            self.findings.report(format!("key {}", key.id));
-            None
+    /// Checks the whole audit chain, reporting a break: an edit in the middle of the log that
+    /// left its head alone is found here. Run once after unseal, beside serving.
+    pub(crate) async fn check_audit_chain(&self, store: &dyn Store) {
+        match crate::audit::verify_chain(store).await {
+            Ok(crate::audit::ChainReport::Broken(broken)) => {
+                self.findings.report(format!("audit log: {broken}"));
+            }
+            Ok(crate::audit::ChainReport::Intact { entries }) => {
+                tracing::debug!(entries, "audit chain verified");
+            }
+            Err(e) => tracing::warn!(error = %e, "could not verify the audit chain"),
         }
     }
+}
+
+/// Tags every stored record and the audit head of a store from before integrity tags, and
+/// stores the vault's new integrity key with a root key that says it has one: one write,
+/// audited. Runs once, at the first unseal after the upgrade.
+pub(crate) async fn adopt(
+    store: &dyn Store,
+    clock: &dyn keyward_core::Clock,
+    vault: &OpenVault,
+    adoption: crate::vault::Adoption,
+) -> Result<(), crate::ServiceError> {
+    let mut changes = everything(store).await?;
+    let head = store.audit_head().await?;
+    let (seq, hash) = head.map_or((0, keyward_core::audit::GENESIS_HASH.to_owned()), |h| {
+        (h.seq, h.hash)
+    });
+    let records = changes.update_keys.len()
+        + changes.update_environments.len()
+        + changes.upsert_roles.len()
+        + changes.upsert_plans.len();
+    changes.audit = crate::audit::chain(
+        seq,
+        &hash,
+        clock.now(),
+        vec![crate::audit::PendingEntry {
+            actor: "system".into(),
+            action: AuditAction::VaultIntegrityAdopt,
+            target: None,
+            details: json!({ "records": records, "audit_entries": seq }),
+        }],
+    );
+    let new_head = changes.audit.last().map(|e| AuditHead {
+        seq: e.seq,
+        hash: e.hash.clone(),
+    });
+    changes.vault = Some(adoption.record);
+    changes.keyrings = vec![adoption.stored];
+    let revoked = revocations(&changes);
+    seal_changes(vault.integrity(), &mut changes, new_head.as_ref(), revoked);
+    store.apply(changes).await?;
+    tracing::warn!(
+        records,
+        "stored security state is now authenticated: this store predates integrity tags, and \
+         what it held at this first unseal was trusted and tagged"
+    );
+    Ok(())
 }

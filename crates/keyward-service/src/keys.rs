@@ -1,9 +1,8 @@
-//! Admin operations on keys: create, read, list, update, revoke, roll. Each change is written
-//! together with its audit entry, and the verification cache learns of it before the call
-//! returns.
+//! The keys service: create, read, list, update, revoke, roll. Each change is written together
+//! with its audit entry, and the verification cache learns of it (through the change feed)
+//! before the call returns.
 
 use keyward_core::audit::AuditAction;
-use keyward_core::audit::AuditEntry;
 use keyward_core::model::ADMIN_ENVIRONMENT;
 use keyward_core::{
     EnvironmentName, KeyAccess, KeyId, KeyRecord, KeyStatus, ParsedKey, Permission, ServiceName,
@@ -13,9 +12,18 @@ use keyward_crypto::PlaintextKey;
 use keyward_store::{Changes, KeyQuery};
 use serde_json::{Map, Value, json};
 
+use std::sync::Arc;
+
+use keyward_core::Clock;
+use keyward_store::Store;
+
 use crate::audit::PendingEntry;
-use crate::authz::{Operation, Restrictions, Target};
-use crate::{Actor, Authority, ServiceError};
+use crate::audit_log::{AuditLog, Writer};
+use crate::authz::{Authz, Operation, Restrictions, Target};
+use crate::catalog::{Catalog, is_admin_environment};
+use crate::integrity::Integrity;
+use crate::quotas::QuotaBook;
+use crate::{Actor, ServiceError};
 
 /// Bounds on what a client may store, so no request can grow a record without limit.
 pub mod limits {
@@ -134,16 +142,68 @@ fn permission_names(permissions: &[Permission]) -> Vec<&str> {
     permissions.iter().map(Permission::as_str).collect()
 }
 
-impl Authority {
+/// The keys service.
+#[derive(Debug)]
+pub struct Keys {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    ids: keyward_crypto::KeyIds,
+    catalog: Arc<Catalog>,
+    audit: Arc<AuditLog>,
+    authz: Arc<Authz>,
+    quotas: Arc<QuotaBook>,
+    integrity: Arc<Integrity>,
+}
+
+impl Keys {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        catalog: Arc<Catalog>,
+        audit: Arc<AuditLog>,
+        authz: Arc<Authz>,
+        quotas: Arc<QuotaBook>,
+        integrity: Arc<Integrity>,
+    ) -> Self {
+        Keys {
+            store,
+            clock,
+            ids: keyward_crypto::KeyIds::default(),
+            catalog,
+            audit,
+            authz,
+            quotas,
+            integrity,
+        }
+    }
+
+    /// The stored form (HMAC) of a presented key, if its environment exists. For bulk imports.
+    pub fn key_hash(&self, key: &str) -> Option<keyward_core::KeyHash> {
+        ParsedKey::parse(key)
+            .ok()
+            .and_then(|p| self.catalog.hash_of(&p))
+    }
+
+    /// Tags a record for a bulk import written straight to the store (its integrity tag), as
+    /// every write through the service is. For tools and benchmarks that own the process.
+    pub fn tag_for_import(&self, key: &mut KeyRecord) {
+        crate::integrity::seal_key(self.integrity.key(), key);
+    }
+
+    /// What remains of a key's quota now, if it has one.
+    pub async fn quota_remaining(&self, key: &KeyRecord) -> Result<Option<u64>, ServiceError> {
+        self.quotas.remaining_for(key).await
+    }
+
     fn check_environment(
         &self,
         service: ServiceName,
         env: &EnvironmentName,
     ) -> Result<(), ServiceError> {
-        if self.environment(env.as_str()).is_none() {
+        if self.catalog.environment(env.as_str()).is_none() {
             return Err(invalid("environment", "no such environment"));
         }
-        let admin = Self::is_admin_environment(env.as_str());
+        let admin = is_admin_environment(env.as_str());
         match service {
             ServiceName::Keyward if !admin => Err(invalid(
                 "environment",
@@ -163,6 +223,7 @@ impl Authority {
     /// workflow does not exist yet, and a policy is never silently ignored.
     fn check_issuance(&self, env: &EnvironmentName) -> Result<(), ServiceError> {
         if self
+            .catalog
             .environment(env.as_str())
             .is_some_and(|e| e.record.policy.require_approval)
         {
@@ -175,44 +236,6 @@ impl Authority {
             .into());
         }
         Ok(())
-    }
-
-    /// Checks that `key`, as it will be stored after a change, holds nothing `actor` lacks, and
-    /// makes it at least as restricted as `actor` (`changed` says which restrictions the change
-    /// sets). The caller audits a refusal with [`Authority::audited`], after letting go of the
-    /// writer lock.
-    pub(crate) async fn conferrable(
-        &self,
-        actor: &Actor,
-        key: &mut KeyRecord,
-        changed: Restrictions,
-    ) -> Result<(), ServiceError> {
-        let outcome = match self.confer(actor, key) {
-            Err(refusal) => Err(Ok(refusal)),
-            Ok(()) => self.inherit(actor, key, changed).await,
-        };
-        match outcome {
-            Ok(()) => Ok(()),
-            Err(Err(e)) => Err(e),
-            Err(Ok(refusal)) => Err(ServiceError::Refused(refusal)),
-        }
-    }
-
-    /// Audits `error` as a refusal of `op` on `key` if it is one; returns it.
-    pub(crate) async fn audited(
-        &self,
-        actor: &Actor,
-        op: Operation,
-        key: &KeyRecord,
-        error: ServiceError,
-    ) -> ServiceError {
-        match error {
-            ServiceError::Refused(refusal) => {
-                self.refuse(actor, op, Some(key.id.to_string()), refusal)
-                    .await
-            }
-            other => other,
-        }
     }
 
     /// An admin key may not revoke or disable itself: doing so with the last admin key would lock
@@ -231,7 +254,7 @@ impl Authority {
                 target: Some(id.to_string()),
                 details: json!({ "operation": op.name(), "reason": "self" }),
             };
-            if let Err(e) = self.audit_batched(entry).await {
+            if let Err(e) = self.audit.batched(entry).await {
                 tracing::error!(error = %e, "could not audit a refused admin request");
             }
             return Err(ServiceError::Conflict(
@@ -280,7 +303,19 @@ impl Authority {
         actor: &Actor,
         op: Operation,
         new: NewKey,
-        with: impl FnOnce(&KeyRecord) -> (Changes, E),
+        with: impl Fn(&KeyRecord) -> (Changes, E),
+    ) -> Result<(KeyRecord, PlaintextKey), ServiceError> {
+        self.audit
+            .retrying(|| self.create_key_once(actor, op, new.clone(), &with))
+            .await
+    }
+
+    async fn create_key_once<E: Into<Option<PendingEntry>>>(
+        &self,
+        actor: &Actor,
+        op: Operation,
+        new: NewKey,
+        with: &impl Fn(&KeyRecord) -> (Changes, E),
     ) -> Result<(KeyRecord, PlaintextKey), ServiceError> {
         check_text("name", &new.name, limits::NAME_CHARS)?;
         check_text("owner", &new.owner, limits::OWNER_CHARS)?;
@@ -290,7 +325,8 @@ impl Authority {
         check_permissions(&new.permissions)?;
         check_meta(&new.meta)?;
         self.check_environment(new.service, &new.environment)?;
-        self.permit(actor, op, Target::Environment(&new.environment))
+        self.authz
+            .permit(actor, op, Target::Environment(&new.environment))
             .await?;
         if new.service != ServiceName::Keyward && new.access.admin_environments.is_some() {
             return Err(invalid(
@@ -319,15 +355,16 @@ impl Authority {
             },
         )?;
         // Judged under the writer: a role cannot change between this check and the commit.
-        let mut head = self.lock_writer().await;
+        let mut head = self.audit.lock().await;
         if let Err(e) = self
+            .authz
             .conferrable(actor, &mut record, Restrictions::ALL)
             .await
         {
             drop(head);
-            return Err(self.audited(actor, op, &record, e).await);
+            return Err(self.authz.audited(actor, op, &record, e).await);
         }
-        self.check_key_policy(&record)?;
+        self.catalog.check_key_policy(&record)?;
         let entry = PendingEntry {
             actor: actor.audit_name(),
             action: AuditAction::KeyCreate,
@@ -356,7 +393,7 @@ impl Authority {
             .extend(quota.map(|q| (record.id, Some(q))));
         let mut entries = vec![entry];
         entries.extend(extra.into());
-        self.commit(&mut head, changes, entries).await?;
+        self.audit.commit(&mut head, changes, entries).await?;
         if let Some(state) = quota {
             self.quotas.set(record.id, Some(state));
         }
@@ -370,12 +407,12 @@ impl Authority {
         template: KeyTemplate,
     ) -> Result<(KeyRecord, PlaintextKey), ServiceError> {
         let random = |e: keyward_crypto::RandomUnavailable| ServiceError::internal(e);
-        let keyring = crate::read(&self.keyring);
-        let hasher = keyring
-            .hasher(template.environment.as_str())
-            .ok_or_else(|| invalid("environment", "unknown environment"))?;
         let plaintext = PlaintextKey::generate(&template.service.prefix(), &template.environment)
             .map_err(random)?;
+        let hash = self
+            .catalog
+            .hash(template.environment.as_str(), plaintext.expose())
+            .ok_or_else(|| invalid("environment", "unknown environment"))?;
         let start = ParsedKey::parse(plaintext.expose())
             .map(|p| p.start().to_owned())
             .map_err(|e| ServiceError::internal(format!("generated key does not parse: {e}")))?;
@@ -383,7 +420,7 @@ impl Authority {
             id: self.ids.next(now).map_err(random)?,
             service: template.service,
             environment: template.environment,
-            hash: hasher.hash(plaintext.expose()),
+            hash,
             start,
             name: template.name,
             owner: template.owner,
@@ -409,12 +446,13 @@ impl Authority {
     /// A key, if `actor` may see it.
     pub async fn key_as(&self, actor: &Actor, id: KeyId) -> Result<KeyRecord, ServiceError> {
         let key = self.key(id).await?;
-        self.permit(
-            actor,
-            Operation::KeyRead,
-            Target::Environment(&key.environment),
-        )
-        .await?;
+        self.authz
+            .permit(
+                actor,
+                Operation::KeyRead,
+                Target::Environment(&key.environment),
+            )
+            .await?;
         Ok(key)
     }
 
@@ -426,7 +464,7 @@ impl Authority {
             .key(id)
             .await?
             .ok_or(ServiceError::NotFound { what: "key" })?;
-        self.intact_key(key).ok_or_else(|| {
+        self.integrity.intact_key(key).ok_or_else(|| {
             ServiceError::Integrity(format!(
                 "key {id} was changed outside keyward (its integrity tag does not match)"
             ))
@@ -442,7 +480,8 @@ impl Authority {
         if let Some(scope) = actor.scope() {
             match (&query.environment, scope) {
                 (Some(env), _) => {
-                    self.permit(actor, Operation::KeyRead, Target::Environment(env))
+                    self.authz
+                        .permit(actor, Operation::KeyRead, Target::Environment(env))
                         .await?;
                 }
                 (None, [only]) => query.environment = Some(only.clone()),
@@ -467,7 +506,7 @@ impl Authority {
             None
         };
         // Tampered records are left out of the page (and reported); the cursor pages on.
-        keys.retain(|k| self.intact_key(k.clone()).is_some());
+        keys.retain(|k| self.integrity.intact_key(k.clone()).is_some());
         Ok(KeyPage { keys, next })
     }
 
@@ -475,19 +514,20 @@ impl Authority {
     /// holds the writer lock (`head`).
     pub(crate) async fn commit_key(
         &self,
-        head: &mut crate::Writer,
+        head: &mut Writer,
         key: &KeyRecord,
         entry: PendingEntry,
     ) -> Result<(), ServiceError> {
-        self.commit(
-            head,
-            Changes {
-                update_keys: vec![key.clone()],
-                ..Changes::default()
-            },
-            vec![entry],
-        )
-        .await?;
+        self.audit
+            .commit(
+                head,
+                Changes {
+                    update_keys: vec![key.clone()],
+                    ..Changes::default()
+                },
+                vec![entry],
+            )
+            .await?;
         Ok(())
     }
 
@@ -520,6 +560,17 @@ impl Authority {
         id: KeyId,
         update: KeyUpdate,
     ) -> Result<KeyRecord, ServiceError> {
+        self.audit
+            .retrying(|| self.update_key_once(actor, id, update.clone()))
+            .await
+    }
+
+    async fn update_key_once(
+        &self,
+        actor: &Actor,
+        id: KeyId,
+        update: KeyUpdate,
+    ) -> Result<KeyRecord, ServiceError> {
         if let Some(name) = &update.name {
             check_text("name", name, limits::NAME_CHARS)?;
         }
@@ -538,12 +589,16 @@ impl Authority {
         if update.enabled == Some(false) {
             self.check_not_self(actor, Operation::KeyUpdate, id).await?;
         }
-        let mut head = self.lock_writer().await;
+        let mut head = self.audit.lock().await;
         let now = self.clock.now();
         let mut key = self.key_for_change(id).await?;
-        if let Err(refusal) = self.authorize(actor, Operation::KeyUpdate, Target::Key(&key)) {
+        if let Err(refusal) = self
+            .authz
+            .authorize(actor, Operation::KeyUpdate, Target::Key(&key))
+        {
             drop(head);
             return Err(self
+                .authz
                 .refuse(actor, Operation::KeyUpdate, Some(id.to_string()), refusal)
                 .await);
         }
@@ -635,13 +690,16 @@ impl Authority {
             quota_change = Some(state);
         }
         key.updated_at = now;
-        if let Err(e) = self.conferrable(actor, &mut key, restrictions).await {
+        if let Err(e) = self.authz.conferrable(actor, &mut key, restrictions).await {
             drop(head);
-            return Err(self.audited(actor, Operation::KeyUpdate, &key, e).await);
+            return Err(self
+                .authz
+                .audited(actor, Operation::KeyUpdate, &key, e)
+                .await);
         }
-        self.check_key_policy(&key)?;
+        self.catalog.check_key_policy(&key)?;
         if key.id == actor.key_id() {
-            Self::check_not_locked_out(actor, &key.access.network())?;
+            crate::access::check_not_locked_out(actor, &key.access.network())?;
         }
         let entry = PendingEntry {
             actor: actor.audit_name(),
@@ -649,19 +707,20 @@ impl Authority {
             target: Some(id.to_string()),
             details: Value::Object(changed),
         };
-        self.commit(
-            &mut head,
-            Changes {
-                update_keys: vec![key.clone()],
-                set_quotas: quota_change
-                    .map(|state| (key.id, state))
-                    .into_iter()
-                    .collect(),
-                ..Changes::default()
-            },
-            vec![entry],
-        )
-        .await?;
+        self.audit
+            .commit(
+                &mut head,
+                Changes {
+                    update_keys: vec![key.clone()],
+                    set_quotas: quota_change
+                        .map(|state| (key.id, state))
+                        .into_iter()
+                        .collect(),
+                    ..Changes::default()
+                },
+                vec![entry],
+            )
+            .await?;
         self.apply_quota_change(key.id, quota_change);
         Ok(key)
     }
@@ -669,7 +728,13 @@ impl Authority {
     /// Disables an active key on the system's own authority (repeated rate-limit violations),
     /// with an audit entry. False if the key was not active.
     pub(crate) async fn disable_for_violations(&self, id: KeyId) -> Result<bool, ServiceError> {
-        let mut head = self.lock_writer().await;
+        self.audit
+            .retrying(|| self.disable_for_violations_once(id))
+            .await
+    }
+
+    async fn disable_for_violations_once(&self, id: KeyId) -> Result<bool, ServiceError> {
+        let mut head = self.audit.lock().await;
         let mut key = self.key(id).await?;
         if key.status != KeyStatus::Active {
             return Ok(false);
@@ -694,13 +759,28 @@ impl Authority {
         id: KeyId,
         reason: String,
     ) -> Result<KeyRecord, ServiceError> {
+        self.audit
+            .retrying(|| self.revoke_key_once(actor, id, reason.clone()))
+            .await
+    }
+
+    async fn revoke_key_once(
+        &self,
+        actor: &Actor,
+        id: KeyId,
+        reason: String,
+    ) -> Result<KeyRecord, ServiceError> {
         check_text("reason", &reason, limits::REASON_CHARS)?;
         self.check_not_self(actor, Operation::KeyRevoke, id).await?;
-        let mut head = self.lock_writer().await;
+        let mut head = self.audit.lock().await;
         let mut key = self.key_for_change(id).await?;
-        if let Err(refusal) = self.authorize(actor, Operation::KeyRevoke, Target::Key(&key)) {
+        if let Err(refusal) = self
+            .authz
+            .authorize(actor, Operation::KeyRevoke, Target::Key(&key))
+        {
             drop(head);
             return Err(self
+                .authz
                 .refuse(actor, Operation::KeyRevoke, Some(id.to_string()), refusal)
                 .await);
         }
@@ -730,17 +810,32 @@ impl Authority {
         id: KeyId,
         grace_period_s: u64,
     ) -> Result<(KeyRecord, KeyRecord, PlaintextKey), ServiceError> {
+        self.audit
+            .retrying(|| self.roll_key_once(actor, id, grace_period_s))
+            .await
+    }
+
+    async fn roll_key_once(
+        &self,
+        actor: &Actor,
+        id: KeyId,
+        grace_period_s: u64,
+    ) -> Result<(KeyRecord, KeyRecord, PlaintextKey), ServiceError> {
         if grace_period_s > limits::MAX_GRACE_PERIOD_S {
             return Err(invalid(
                 "grace_period_s",
                 format!("must be at most {} (365 days)", limits::MAX_GRACE_PERIOD_S),
             ));
         }
-        let mut head = self.lock_writer().await;
+        let mut head = self.audit.lock().await;
         let mut old = self.key_for_change(id).await?;
-        if let Err(refusal) = self.authorize(actor, Operation::KeyRoll, Target::Key(&old)) {
+        if let Err(refusal) = self
+            .authz
+            .authorize(actor, Operation::KeyRoll, Target::Key(&old))
+        {
             drop(head);
             return Err(self
+                .authz
                 .refuse(actor, Operation::KeyRoll, Some(id.to_string()), refusal)
                 .await);
         }
@@ -782,11 +877,15 @@ impl Authority {
         {
             new.expires_at = Some(new.expires_at.map_or(limit, |at| at.min(limit)));
         }
-        if let Err(e) = self.conferrable(actor, &mut new, Restrictions::ALL).await {
+        if let Err(e) = self
+            .authz
+            .conferrable(actor, &mut new, Restrictions::ALL)
+            .await
+        {
             drop(head);
-            return Err(self.audited(actor, Operation::KeyRoll, &old, e).await);
+            return Err(self.authz.audited(actor, Operation::KeyRoll, &old, e).await);
         }
-        self.check_key_policy(&new)?;
+        self.catalog.check_key_policy(&new)?;
         let grace_end = now.plus_seconds(grace_period_s);
         old.expires_at = Some(old.expires_at.map_or(grace_end, |at| at.min(grace_end)));
         old.rolled_to = Some(new.id);
@@ -803,43 +902,31 @@ impl Authority {
             }),
         };
         // The successor carries on with what is left of the old key's quota.
-        let quota = match self.limits_of(&old).quota {
+        let quota = match self.catalog.limits_of(&old).quota {
             Some(config) => {
-                self.seed_quota(&old).await?;
+                self.quotas.seed_for(&old).await?;
                 let remaining = self.quotas.remaining(old.id, &config, now).unwrap_or(0);
                 Some(initial_quota(&config, Some(remaining), now)?)
             }
             None => None,
         };
-        self.commit(
-            &mut head,
-            Changes {
-                insert_keys: vec![new.clone()],
-                update_keys: vec![old.clone()],
-                set_quotas: quota.map(|q| (new.id, Some(q))).into_iter().collect(),
-                ..Changes::default()
-            },
-            vec![entry],
-        )
-        .await?;
+        self.audit
+            .commit(
+                &mut head,
+                Changes {
+                    insert_keys: vec![new.clone()],
+                    update_keys: vec![old.clone()],
+                    set_quotas: quota.map(|q| (new.id, Some(q))).into_iter().collect(),
+                    ..Changes::default()
+                },
+                vec![entry],
+            )
+            .await?;
         if let Some(state) = quota {
             self.quotas.set(new.id, Some(state));
         }
 
         Ok((old, new, plaintext))
-    }
-
-    /// Audit entries after sequence number `after`, oldest first, at most `limit` (1..=1000).
-    pub async fn audit_entries(
-        &self,
-        after: u64,
-        limit: u32,
-    ) -> Result<Vec<AuditEntry>, ServiceError> {
-        let limit = match limit {
-            0 => limits::PAGE_DEFAULT,
-            n => n.min(limits::PAGE_MAX),
-        };
-        Ok(self.store.audit_entries(after, limit).await?)
     }
 }
 

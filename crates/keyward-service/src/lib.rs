@@ -1,31 +1,41 @@
-//! keyward's use cases: issue, verify, update, revoke and roll keys, and keep the audit log.
+//! keyward's use cases: issue, verify, update, revoke and roll keys, keep secrets, and keep the
+//! audit log.
 //!
-//! [`Authority`] is the one entry point. It works over any [`Store`] and [`Clock`], owns the
-//! verification cache and the usage batcher, and appends an audit entry in the same atomic write
-//! as every change it makes. It knows nothing of HTTP: the server crate maps its errors to codes.
+//! The service is cut by capability, each a service with the dependencies it needs passed in:
+//!
+//! * [`Keys`]: create, read, list, update, revoke, roll keys.
+//! * [`Access`]: environments and their policies, roles, plans, grants, explain.
+//! * [`Verifier`]: verification and its admission checks (network and path rules, permissions,
+//!   concurrency, quotas, escalation, rate limits), the failed-attempt guard, admin
+//!   authentication.
+//! * [`Secrets`], [`KeyLeases`], [`Sys`]: the vault's secrets, leases, and its operations.
+//! * [`AuditLog`]: the writer every change commits through, with its audit entries, atomically.
+//! * [`Events`]: what happened to keys and clients, for webhooks and monitoring.
+//!
+//! Under them: the authorization point (`authz`), the catalogs (`catalog`), stored-state
+//! integrity (`integrity`), quotas, and the change feed (`feed`) through which caches and
+//! catalogs learn of every commit. [`Authority`] wires them over one [`Store`] and [`Clock`]
+//! and runs their background jobs; it knows nothing of HTTP: the server maps errors to codes.
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use keyward_core::audit::GENESIS_HASH;
-use keyward_core::model::ADMIN_ENVIRONMENT;
-use keyward_core::{
-    Clock, EnvironmentName, KeyHash, KeyRecord, ParsedKey, Permission, RoleName, RoleRecord,
-    Timestamp,
-};
-use keyward_store::{AuditHead, Store, StoreError};
+use keyward_core::{Clock, Timestamp};
+use keyward_store::{Store, StoreError};
 
 mod access;
 pub mod audit;
+mod audit_log;
 mod authz;
 pub mod cache;
+mod catalog;
 mod escalation;
 mod events;
 mod feed;
 mod guard;
 mod init;
 mod integrity;
+mod jobs;
 mod keyring;
 mod keys;
 mod leases;
@@ -40,32 +50,39 @@ mod vault_leases;
 mod verify;
 
 pub use access::{
-    EffectivePermission, Explanation, NewGrant, PlanSpec, VerifyRequest, check_ratelimits,
+    Access, EffectivePermission, Explanation, NewGrant, PlanSpec, VerifyRequest, check_ratelimits,
     parse_cidrs, parse_path_rules,
 };
+pub use audit_log::AuditLog;
 pub use authz::{Actor, Operation, Refusal};
 pub use cache::{CachedKey, VerifyCache};
+pub use events::Events;
 pub use guard::GuardConfig;
 pub use init::{
     InitError, Initialized, adopt_secrets, builtin_roles, initial_environments, initialize,
 };
 pub use integrity::verify_stored_state;
 pub use keyring::Keyring;
-pub use keys::{KeyPage, KeyUpdate, NewKey, limits};
+pub use keys::{KeyPage, KeyUpdate, Keys, NewKey, limits};
 pub use keyward_store::{
     EnvironmentRecord, KeyQuery, RewrapProgress, SecretMeta, SecretVersion, VaultLease,
 };
 pub use leases::Lease;
 pub use node::{Node, SealStatus, Session};
 pub use secrets::{
-    SecretMetaUpdate, SecretRead, SecretWrite, VersionChange, check_path as check_secret_path,
-    secret_limits,
+    SecretMetaUpdate, SecretRead, SecretWrite, Secrets, VersionChange,
+    check_path as check_secret_path, secret_limits,
 };
+pub use sys::Sys;
 pub use vault::{DEFAULT_SHARES, DEFAULT_THRESHOLD, NewVault};
-pub use vault_leases::{KeyLease, NewKeyLease};
-pub use verify::{RateLimitStatus, Verification};
+pub use vault_leases::{KeyLease, KeyLeases, NewKeyLease};
+pub use verify::{RateLimitStatus, Verification, Verifier};
 
-use audit::PendingEntry;
+use authz::Authz;
+use catalog::Catalog;
+use feed::FeedListener;
+use integrity::Integrity;
+use quotas::QuotaBook;
 use usage::UsageRecorder;
 
 /// Errors of the use cases, named by outcome. The server maps each to one stable code.
@@ -90,6 +107,9 @@ pub enum ServiceError {
     },
     #[error("{0}")]
     Conflict(String),
+    /// Another writer over the same store committed first; the use case may run again.
+    #[error("a concurrent change was made; retry")]
+    Raced,
     #[error("the store is unavailable")]
     Unavailable(#[source] StoreError),
     /// Something failed that no client could have caused; the cause is kept for the log and
@@ -124,9 +144,7 @@ impl From<StoreError> for ServiceError {
                 // Ids and hashes are random; a collision means a bug or a corrupted store.
                 ServiceError::internal(format!("unexpected store conflict: {detail}"))
             }
-            StoreError::AuditConflict => {
-                ServiceError::Conflict("a concurrent change was made; retry".into())
-            }
+            StoreError::AuditConflict => ServiceError::Raced,
             StoreError::NotFound(_) => ServiceError::NotFound { what: "key" },
             other => ServiceError::Unavailable(other),
         }
@@ -160,100 +178,36 @@ impl Default for AuthorityConfig {
     }
 }
 
-/// The key authority: every key operation goes through it.
+/// The key authority: the capability services over one store, wired together, with their
+/// background jobs.
 #[derive(Debug)]
 pub struct Authority {
-    /// This authority itself, for work that must outlive the request that started it.
-    me: std::sync::Weak<Authority>,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
-    /// The environments' HMAC keys. Grows when an environment is created.
-    keyring: RwLock<Keyring>,
-    /// The unsealed vault's key material.
-    vault: Arc<vault::OpenVault>,
-    rewrap_batch: u32,
-    /// The rewrap in progress, if any.
-    rewrap: tokio::sync::Mutex<Option<keyward_store::RewrapProgress>>,
-    rewrap_wake: tokio::sync::Notify,
-    environments: RwLock<HashMap<EnvironmentName, Arc<EnvState>>>,
-    roles: RwLock<HashMap<RoleName, Arc<RoleRecord>>>,
-    plans: RwLock<HashMap<keyward_core::PlanName, Arc<keyward_core::PlanRecord>>>,
-    cache: VerifyCache,
-    usage: UsageRecorder,
-    /// Rate-limit state: in this process until a cluster-wide limiter is configured.
-    limiter: Arc<dyn limiter::Limiter>,
-    guard: guard::Guard,
-    leases: leases::Leases,
-    quotas: quotas::Quotas,
-    events: events::EventRecorder,
-    escalations: escalation::Escalations,
-    /// For each key and limit, the window in which a warning or refusal event was last sent:
-    /// one event a window, not one a request.
-    notified: std::sync::Mutex<HashMap<(keyward_core::KeyId, u64, bool), i64>>,
-    ids: keyward_crypto::KeyIds,
-    stop: tokio::sync::watch::Sender<bool>,
-    /// The periodic sweeper, and the one-shot integrity check after unseal: both end at
-    /// [`Authority::shutdown`] (the check is stopped, so no key material outlives a seal).
-    background: tokio::sync::Mutex<Vec<(bool, tokio::task::JoinHandle<()>)>>,
-    /// The audit log's head. Holding it serialises admin writes, so read-modify-write of a key
-    /// (revoke, roll, update) cannot interleave with another on this node; the store's chain
-    /// check refuses a write from another node that raced it. Take it with
-    /// [`Authority::lock_writer`].
-    writer: tokio::sync::Mutex<Writer>,
-    /// Entries waiting for [`Authority::audit_batched`]'s next group commit.
-    audit_queue: std::sync::Mutex<Vec<(PendingEntry, AuditWaiter)>>,
-    /// Set while one caller commits the queued read audits for everyone.
-    audit_leader: std::sync::atomic::AtomicBool,
-    audit_led: tokio::sync::Notify,
-    /// Relaxed (read-audit) commits not yet made durable by a sync.
-    unsynced: std::sync::atomic::AtomicBool,
-    secret_cache: secrets::SecretCache,
+    integrity: Arc<Integrity>,
+    audit: Arc<AuditLog>,
+    events: Arc<Events>,
+    quotas: Arc<QuotaBook>,
+    keys: Arc<Keys>,
+    access: Arc<Access>,
+    verifier: Arc<Verifier>,
+    secrets: Arc<Secrets>,
+    leases: Arc<KeyLeases>,
+    sys: Arc<Sys>,
     /// Keys revoked as the checkpoint counted at unseal: the background check compares.
     revoked_at_open: u64,
-    /// Stored security state that failed its integrity check since unseal.
-    findings: Arc<integrity::Findings>,
-    /// Plans left out of the catalog for failing their check: keys on them fail closed.
-    tainted_plans: RwLock<std::collections::HashSet<keyward_core::PlanName>>,
-    /// This authority's place on the store's change feed (the store holds it weakly).
-    feed: Arc<feed::FeedListener>,
-}
-
-type AuditWaiter = tokio::sync::oneshot::Sender<Result<(), String>>;
-
-/// The writer's state: the audit head, and what a commit whose caller went away left behind.
-///
-/// A store write runs on a task of its own, so it finishes even if the request that made it is
-/// dropped (the client went away, the timeout fired). Its caller then never learns the new
-/// head; `stale` says so, and the next holder of the writer waits for that write, re-reads the
-/// head and drops the verification cache (whatever the write changed is read afresh), so no
-/// later write is refused with a stale head and no verdict outlives the change.
-#[derive(Debug)]
-pub(crate) struct Writer {
-    head: AuditHead,
-    /// Keys revoked so far, as the audit checkpoint counts them.
-    revoked: u64,
-    in_flight: Option<tokio::task::JoinHandle<Result<(), StoreError>>>,
-    stale: bool,
-}
-
-/// Held by the caller committing the read-audit queue for everyone; dropping it (also when that
-/// caller is cancelled) hands the lead on.
-struct Leading<'a>(&'a Authority);
-
-impl Drop for Leading<'_> {
-    fn drop(&mut self) {
-        self.0
-            .audit_leader
-            .store(false, std::sync::atomic::Ordering::Release);
-        self.0.audit_led.notify_waiters();
-    }
+    jobs: jobs::Jobs,
+    /// This authority's place on the store's change feed: the store holds it weakly, so it is
+    /// held here for as long as the authority lives.
+    #[expect(dead_code, reason = "held only to keep the subscription alive")]
+    feed: Arc<FeedListener>,
 }
 
 impl Authority {
     /// Opens the authority over an initialised store and its unsealed vault: opens the
-    /// environments' HMAC secrets, loads the audit head and the known key hashes, and starts the
-    /// usage flusher. Must be called within a tokio runtime. Servers go through [`Node`], which
-    /// calls this on unseal.
+    /// environments' HMAC secrets, loads the catalogs, the audit head and the known key hashes,
+    /// and starts the usage and event writers. Must be called within a tokio runtime. Servers go
+    /// through [`Node`], which calls this on unseal.
     pub async fn open(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
@@ -261,108 +215,132 @@ impl Authority {
         config: AuthorityConfig,
     ) -> Result<Arc<Self>, ServiceError> {
         if let Some(adoption) = vault.take_adoption() {
-            Self::adopt_integrity(store.as_ref(), clock.as_ref(), &vault, adoption).await?;
+            integrity::adopt(store.as_ref(), clock.as_ref(), &vault, adoption).await?;
         }
-        let findings = Arc::new(integrity::Findings::default());
-        let key = vault.integrity();
-        let keyring = Self::load_hmac_keys(store.as_ref(), &vault).await?;
+        let integrity = Arc::new(Integrity::new(Arc::clone(&vault)));
         // Records that fail their integrity check are left out: an environment's keys, a role's
         // permissions, a plan's keys then fail closed.
-        let mut tainted_plans = std::collections::HashSet::new();
-        let mut environments = HashMap::new();
-        for record in store.environments().await? {
-            if integrity::environment_intact(key, &record) {
-                environments.insert(record.name.clone(), Arc::new(EnvState::new(record)));
-            } else {
-                findings.report(format!("environment {}", record.name));
-            }
-        }
-        let mut roles = HashMap::new();
-        for role in store.roles().await? {
-            if integrity::role_intact(key, &role) {
-                roles.insert(role.name.clone(), Arc::new(role));
-            } else {
-                findings.report(format!("role {}", role.name));
-            }
-        }
-        let mut plans = HashMap::new();
-        for plan in store.plans().await? {
-            if integrity::plan_intact(key, &plan) {
-                plans.insert(plan.name.clone(), Arc::new(plan));
-            } else {
-                findings.report(format!("plan {}", plan.name));
-                tainted_plans.insert(plan.name);
-            }
-        }
-        let head = store.audit_head().await?.unwrap_or(AuditHead {
-            seq: 0,
-            hash: GENESIS_HASH.to_owned(),
-        });
-        let checkpoint = store.audit_checkpoint().await?;
-        if let Some(problem) = integrity::audit_head_problem(key, &head, checkpoint.as_ref()) {
-            findings.report(format!("audit log: {problem}"));
-        }
-        let revoked = checkpoint
-            .filter(|c| integrity::checkpoint_intact(key, c))
-            .map_or(0, |c| c.revoked);
-        let cache = VerifyCache::new(config.cache_capacity);
+        let catalog = Arc::new(Catalog::load(store.as_ref(), &vault, &integrity).await?);
+        let cache = Arc::new(VerifyCache::new(config.cache_capacity));
+        let (audit, revoked_at_open) = AuditLog::open(
+            Arc::clone(&store),
+            Arc::clone(&clock),
+            Arc::clone(&integrity),
+            Arc::clone(&cache),
+        )
+        .await?;
+        let audit = Arc::new(audit);
         cache.add_known_many(store.key_hashes().await?);
-        let store_for_events = Arc::clone(&store);
+        let events = Arc::new(Events::start(
+            Arc::clone(&store),
+            Arc::clone(&clock),
+            config.usage_buffer,
+            config.usage_flush_interval,
+        ));
         let usage = UsageRecorder::start(
             Arc::clone(&store),
             config.usage_buffer,
             config.usage_flush_interval,
         );
-        Ok(Arc::new_cyclic(|me| Authority {
-            me: me.clone(),
+        let authz = Arc::new(Authz::new(
+            Arc::clone(&store),
+            Arc::clone(&clock),
+            Arc::clone(&catalog),
+            Arc::clone(&audit),
+            Arc::clone(&integrity),
+        ));
+        let quotas = Arc::new(QuotaBook::new(
+            Arc::clone(&store),
+            Arc::clone(&clock),
+            Arc::clone(&catalog),
+        ));
+        let keys = Arc::new(Keys::new(
+            Arc::clone(&store),
+            Arc::clone(&clock),
+            Arc::clone(&catalog),
+            Arc::clone(&audit),
+            Arc::clone(&authz),
+            Arc::clone(&quotas),
+            Arc::clone(&integrity),
+        ));
+        let access = Arc::new(Access::new(
+            Arc::clone(&store),
+            Arc::clone(&clock),
+            Arc::clone(&catalog),
+            Arc::clone(&audit),
+            Arc::clone(&authz),
+            Arc::clone(&keys),
+            Arc::clone(&vault),
+            Arc::clone(&integrity),
+        ));
+        let verifier = Arc::new(Verifier::new(verify::VerifierParts {
+            store: Arc::clone(&store),
+            clock: Arc::clone(&clock),
+            catalog: Arc::clone(&catalog),
+            cache: Arc::clone(&cache),
+            guard: config.guard.clone(),
+            quotas: Arc::clone(&quotas),
+            usage,
+            events: Arc::clone(&events),
+            audit: Arc::clone(&audit),
+            authz: Arc::clone(&authz),
+            integrity: Arc::clone(&integrity),
+            keys: Arc::clone(&keys),
+        }));
+        let secrets = Arc::new(Secrets::new(
+            Arc::clone(&store),
+            Arc::clone(&clock),
+            Arc::clone(&vault),
+            Arc::clone(&catalog),
+            Arc::clone(&audit),
+            Arc::clone(&authz),
+        ));
+        let leases = Arc::new(KeyLeases::new(
+            Arc::clone(&store),
+            Arc::clone(&clock),
+            Arc::clone(&catalog),
+            Arc::clone(&audit),
+            Arc::clone(&authz),
+            Arc::clone(&keys),
+            Arc::clone(&integrity),
+        ));
+        let sys = Arc::new(Sys::new(
+            Arc::clone(&store),
+            Arc::clone(&clock),
+            Arc::clone(&vault),
+            Arc::clone(&audit),
+            Arc::clone(&authz),
+            Arc::clone(&integrity),
+            Arc::clone(&secrets),
+            config.rewrap_batch,
+        ));
+        let feed = Arc::new(FeedListener {
+            cache,
+            catalog,
+            quotas: Arc::clone(&quotas),
+            vault,
+            secrets: Arc::clone(&secrets),
+            integrity: Arc::clone(&integrity),
+        });
+        let listener: Arc<dyn keyward_store::ChangeListener> = feed.clone();
+        store.subscribe(Arc::downgrade(&listener));
+        Ok(Arc::new(Authority {
             store,
             clock,
-            keyring: RwLock::new(keyring),
-            vault,
-            rewrap: tokio::sync::Mutex::new(None),
-            rewrap_batch: config.rewrap_batch.max(1),
-            rewrap_wake: tokio::sync::Notify::new(),
-            environments: RwLock::new(environments),
-            roles: RwLock::new(roles),
-            plans: RwLock::new(plans),
-            cache,
-            usage,
-            limiter: Arc::new(limiter::LocalLimiter::new()),
-            guard: guard::Guard::new(config.guard.clone()),
-            leases: leases::Leases::default(),
-            quotas: quotas::Quotas::default(),
-            events: events::EventRecorder::start(
-                Arc::clone(&store_for_events),
-                config.usage_buffer,
-                config.usage_flush_interval,
-            ),
-            notified: std::sync::Mutex::new(HashMap::new()),
-            escalations: escalation::Escalations::default(),
-            ids: keyward_crypto::KeyIds::default(),
-            stop: tokio::sync::watch::channel(false).0,
-            background: tokio::sync::Mutex::new(Vec::new()),
-            revoked_at_open: revoked,
-            writer: tokio::sync::Mutex::new(Writer {
-                head,
-                revoked,
-                in_flight: None,
-                stale: false,
-            }),
-            audit_queue: std::sync::Mutex::new(Vec::new()),
-            audit_leader: std::sync::atomic::AtomicBool::new(false),
-            audit_led: tokio::sync::Notify::new(),
-            unsynced: std::sync::atomic::AtomicBool::new(false),
-            secret_cache: secrets::SecretCache::default(),
-            findings,
-            tainted_plans: RwLock::new(tainted_plans),
-            feed: Arc::new(feed::FeedListener {
-                authority: me.clone(),
-            }),
+            integrity,
+            audit,
+            events,
+            quotas,
+            keys,
+            access,
+            verifier,
+            secrets,
+            leases,
+            sys,
+            revoked_at_open,
+            jobs: jobs::Jobs::new(),
+            feed,
         }))
-        .inspect(|authority| {
-            let listener: Arc<dyn keyward_store::ChangeListener> = authority.feed.clone();
-            authority.store.subscribe(Arc::downgrade(&listener));
-        })
     }
 
     /// Opens the authority with the vault's unseal key, without a [`Node`]: for tools and
@@ -382,192 +360,44 @@ impl Authority {
         Self::open(store, clock, Arc::new(vault), config).await
     }
 
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn access(&self) -> &Access {
+        &self.access
+    }
+
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
+    pub fn secrets(&self) -> &Secrets {
+        &self.secrets
+    }
+
+    pub fn leases(&self) -> &KeyLeases {
+        &self.leases
+    }
+
+    pub fn sys(&self) -> &Sys {
+        &self.sys
+    }
+
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
 
-    /// The stored form (HMAC) of a presented key, if its environment exists. For bulk imports.
-    pub fn key_hash(&self, key: &str) -> Option<KeyHash> {
-        ParsedKey::parse(key).ok().and_then(|p| self.hash_of(&p))
-    }
-
-    /// Tags a record for a bulk import written straight to the store (its integrity tag), as
-    /// every write through the authority is. For tools and benchmarks that own the process.
-    pub fn tag_for_import(&self, key: &mut KeyRecord) {
-        integrity::seal_key(self.vault.integrity(), key);
-    }
-
     pub fn now(&self) -> Timestamp {
         self.clock.now()
-    }
-
-    pub fn cache(&self) -> &VerifyCache {
-        &self.cache
-    }
-
-    /// Usage events dropped because the buffer was full.
-    pub fn usage_events_dropped(&self) -> u64 {
-        self.usage.dropped()
-    }
-
-    /// Failed attempts from addresses the full failed-attempt table could not track.
-    pub fn guard_untracked(&self) -> u64 {
-        self.guard.untracked()
-    }
-
-    /// Log events dropped because the buffer was full.
-    pub fn events_dropped(&self) -> u64 {
-        self.events.dropped()
-    }
-
-    /// Events after `after`, in order, at most `limit` (1..=1000).
-    pub async fn events_after(
-        &self,
-        after: u64,
-        limit: u32,
-    ) -> Result<Vec<keyward_core::Event>, ServiceError> {
-        Ok(self.store.events(after, limit.clamp(1, 1000)).await?)
-    }
-
-    /// Sends an event for `key` and limit `limit_index` at most once per `window` (an id such as
-    /// the limit's window number).
-    pub(crate) fn notify_once(
-        &self,
-        kind: keyward_core::EventKind,
-        key: keyward_core::KeyId,
-        name: &str,
-        window: i64,
-        details: serde_json::Value,
-    ) {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        name.hash(&mut hasher);
-        let slot = (
-            key,
-            hasher.finish(),
-            kind == keyward_core::EventKind::RatelimitWarning,
-        );
-        {
-            let mut notified = self.notified.lock().unwrap_or_else(|p| p.into_inner());
-            if notified.get(&slot) == Some(&window) {
-                return;
-            }
-            if notified.len() > 1_000_000 {
-                notified.clear();
-            }
-            notified.insert(slot, window);
-        }
-        self.events.record(keyward_core::Event {
-            seq: 0,
-            ts: self.clock.now(),
-            kind: kind.as_str().to_owned(),
-            key_id: Some(key),
-            details,
-        });
-    }
-
-    /// Starts the background work that needs the authority itself: the grant-lapse sweeper,
-    /// once a second, and the limiter's sweep of idle state, once a minute. It stops at [`Authority::shutdown`].
-    pub fn start_background(self: &Arc<Self>) {
-        // The whole audit chain is checked once after unseal, beside serving: an edit in the
-        // middle of the log that left its head alone is found here.
-        let store = Arc::clone(&self.store);
-        let findings = Arc::clone(&self.findings);
-        let checker = Arc::downgrade(self);
-        let check = tokio::spawn(async move {
-            // Every key's tag too, so /readyz reports a tampered key before anyone presents it.
-            if let Some(authority) = checker.upgrade() {
-                authority.check_every_key(authority.revoked_at_open).await;
-            }
-            match audit::verify_chain(store.as_ref()).await {
-                Ok(audit::ChainReport::Broken(broken)) => {
-                    findings.report(format!("audit log: {broken}"));
-                }
-                Ok(audit::ChainReport::Intact { entries }) => {
-                    tracing::debug!(entries, "audit chain verified");
-                }
-                Err(e) => tracing::warn!(error = %e, "could not verify the audit chain"),
-            }
-        });
-        let authority = Arc::downgrade(self);
-        let mut stopped = self.stop.subscribe();
-        let task = tokio::spawn(async move {
-            let mut ticks: u64 = 0;
-            let mut ticker = tokio::time::interval(Duration::from_secs(1));
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                let wake = match authority.upgrade() {
-                    Some(a) => a,
-                    None => return,
-                };
-                tokio::select! {
-                    _ = ticker.tick() => {}
-                    _ = wake.rewrap_wake.notified() => {}
-                    _ = stopped.changed() => return,
-                }
-                drop(wake);
-                let Some(authority) = authority.upgrade() else {
-                    return;
-                };
-                authority.run_rewrap().await;
-                authority.sync_relaxed().await;
-                if let Err(e) = authority.sweep_lapsed_vault_leases().await {
-                    tracing::warn!(error = %e, "lease expiry sweep failed; will retry");
-                }
-                if let Err(e) = authority.sweep_lapsed_grants().await {
-                    tracing::warn!(error = %e, "grant lapse sweep failed; will retry");
-                }
-                authority.flush_quotas().await;
-                ticks += 1;
-                if ticks.is_multiple_of(60) {
-                    let now_ns = authority.clock.now().unix_ms().saturating_mul(1_000_000);
-                    authority.limiter.sweep(now_ns);
-                    authority.guard.sweep(now_ns);
-                    authority.leases.sweep(authority.clock.now());
-                    authority.escalations.sweep(authority.clock.now());
-                }
-            }
-        });
-        if let Ok(mut slot) = self.background.try_lock() {
-            slot.push((true, check));
-            slot.push((false, task));
-        }
-    }
-
-    /// Writes pending usage and stops background work. Call once, after the last request.
-    pub async fn shutdown(&self) {
-        let _ = self.stop.send(true);
-        let tasks = std::mem::take(&mut *self.background.lock().await);
-        for (abortable, task) in tasks {
-            // The sweeper finishes what it is doing and stops; the integrity check (which only
-            // reads) is cut short.
-            if abortable {
-                task.abort();
-            }
-            let _ = task.await;
-        }
-        self.flush_quotas().await;
-        self.events.shutdown().await;
-        self.usage.shutdown().await;
-        self.sync_relaxed().await;
-    }
-
-    /// Makes relaxed read-audit commits durable, if there were any since the last sync.
-    async fn sync_relaxed(&self) {
-        if self
-            .unsynced
-            .swap(false, std::sync::atomic::Ordering::SeqCst)
-            && let Err(e) = self.store.sync().await
-        {
-            self.unsynced
-                .store(true, std::sync::atomic::Ordering::SeqCst);
-            tracing::warn!(error = %e, "could not sync read audits; will retry");
-        }
-    }
-
-    /// Ends a concurrency lease taken by a verification. False if it is unknown or lapsed.
-    pub fn release_lease(&self, id: &str) -> bool {
-        self.leases.release(id, self.clock.now())
     }
 
     /// Whether the store answers.
@@ -575,226 +405,100 @@ impl Authority {
         self.store.ping().await.is_ok()
     }
 
-    /// Takes the writer, first settling what a cancelled commit left behind (see [`Writer`]).
-    pub(crate) async fn lock_writer(&self) -> tokio::sync::MutexGuard<'_, Writer> {
-        let mut writer = self.writer.lock().await;
-        if writer.stale {
-            // Each step survives this caller being cancelled too: `stale` stays set until the
-            // head is known again.
-            if let Some(task) = writer.in_flight.as_mut() {
-                let _ = task.await;
-            }
-            writer.in_flight = None;
-            match self.store.audit_head().await {
-                Ok(head) => {
-                    writer.head = head.unwrap_or(AuditHead {
-                        seq: 0,
-                        hash: GENESIS_HASH.to_owned(),
-                    });
-                    if let Ok(Some(c)) = self.store.audit_checkpoint().await {
-                        writer.revoked = c.revoked;
-                    }
-                    self.cache.clear();
-                    writer.stale = false;
-                    tracing::warn!("a write outlived its request; the audit head was re-read");
-                }
-                Err(e) => {
-                    // The commit that follows will be refused by the chain check and retried.
-                    tracing::warn!(error = %e, "could not re-read the audit head");
-                }
-            }
-        }
-        writer
+    /// Integrity failures found since unseal (a metric).
+    pub fn integrity_failures(&self) -> u64 {
+        self.integrity.failures()
     }
 
-    /// Appends entries to the audit log with `changes`, atomically. The caller holds the writer.
-    /// The store write runs on its own task: once begun, it completes even if this caller is
-    /// dropped, and the writer knows it (see [`Writer`]).
-    async fn commit(
-        &self,
-        writer: &mut Writer,
-        mut changes: keyward_store::Changes,
-        pending: Vec<PendingEntry>,
-    ) -> Result<(), ServiceError> {
-        let head = &writer.head;
-        let entries = audit::chain(head.seq, &head.hash, self.clock.now(), pending);
-        let new_head = entries.last().map(|e| AuditHead {
-            seq: e.seq,
-            hash: e.hash.clone(),
-        });
-        changes.audit = entries;
-        let revoked = writer.revoked + integrity::revocations(&changes);
-        integrity::seal_changes(
-            self.vault.integrity(),
-            &mut changes,
-            new_head.as_ref(),
-            revoked,
-        );
+    /// What failed its integrity check since unseal, for `/readyz`; empty when all is well.
+    pub fn integrity_findings(&self) -> Vec<String> {
+        self.integrity.findings()
+    }
+
+    /// Starts the background jobs, each supervised on its own: the integrity check of every
+    /// key and of the audit chain (once, after unseal), the rewrap, the sync of read audits,
+    /// lease expiry, grant lapses, the quota flush, and the sweep of idle limiter and guard
+    /// state. They stop at [`Authority::shutdown`].
+    pub fn start_background(&self) {
+        let second = Duration::from_secs(1);
         let store = Arc::clone(&self.store);
-        writer.stale = true;
-        let task = writer
-            .in_flight
-            .insert(tokio::spawn(async move { store.apply(changes).await }));
-        let outcome = task.await;
-        writer.in_flight = None;
-        let outcome = match outcome {
-            Ok(outcome) => outcome,
-            // The store panicked: whether anything was written is unknown, so `stale` stays.
-            Err(e) => return Err(ServiceError::internal(format!("store write failed: {e}"))),
-        };
-        match outcome {
-            Ok(()) => {
-                if let Some(new_head) = new_head {
-                    writer.head = new_head;
-                    writer.revoked = revoked;
+        let revoked_at_open = self.revoked_at_open;
+        // An edit in the middle of the log that left its head alone, or a tampered key that
+        // nobody presents, is found here and reported on /readyz.
+        self.jobs.once(
+            "integrity-check",
+            &self.integrity,
+            move |integrity| async move {
+                integrity
+                    .check_every_key(store.as_ref(), revoked_at_open)
+                    .await;
+                integrity.check_audit_chain(store.as_ref()).await;
+            },
+        );
+        self.jobs.every(
+            "rewrap",
+            second,
+            Some(self.sys.rewrap_wake()),
+            &self.sys,
+            |sys| async move { sys.run_rewrap().await },
+        );
+        self.jobs.every(
+            "audit-sync",
+            second,
+            None,
+            &self.audit,
+            |audit| async move {
+                audit.sync_relaxed().await;
+            },
+        );
+        self.jobs.every(
+            "lease-expiry",
+            second,
+            None,
+            &self.leases,
+            |leases| async move {
+                if let Err(e) = leases.sweep_lapsed_vault_leases().await {
+                    tracing::warn!(error = %e, "lease expiry sweep failed; will retry");
                 }
-                writer.stale = false;
-                Ok(())
-            }
-            Err(StoreError::AuditConflict) => {
-                // Another writer appended; learn the new head so the retry can succeed.
-                if let Ok(Some(current)) = self.store.audit_head().await {
-                    writer.head = current;
-                    if let Ok(Some(c)) = self.store.audit_checkpoint().await {
-                        writer.revoked = c.revoked;
-                    }
-                    writer.stale = false;
+            },
+        );
+        self.jobs.every(
+            "grant-lapse",
+            second,
+            None,
+            &self.access,
+            |access| async move {
+                if let Err(e) = access.sweep_lapsed_grants().await {
+                    tracing::warn!(error = %e, "grant lapse sweep failed; will retry");
                 }
-                Err(StoreError::AuditConflict.into())
-            }
-            Err(e) => {
-                writer.stale = false;
-                Err(e.into())
-            }
-        }
+            },
+        );
+        self.jobs.every(
+            "quota-flush",
+            second,
+            None,
+            &self.quotas,
+            |quotas| async move {
+                quotas.flush().await;
+            },
+        );
+        self.jobs.every(
+            "idle-sweep",
+            Duration::from_secs(60),
+            None,
+            &self.verifier,
+            |verifier| async move { verifier.sweep_idle() },
+        );
     }
 
-    /// Appends one entry that records no change, batched with concurrent ones: whoever holds the
-    /// writer next commits every queued entry in one transaction (group commit), so audited reads
-    /// cost one fsync per batch rather than per read. Returns once the entry is durable.
-    pub(crate) async fn audit_batched(&self, entry: PendingEntry) -> Result<(), ServiceError> {
-        use std::sync::atomic::Ordering;
-        let (done, mut result) = tokio::sync::oneshot::channel();
-        self.audit_queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((entry, done));
-        loop {
-            // Registered before the leader check, so a leader finishing in between still wakes us.
-            let finished = self.audit_led.notified();
-            tokio::pin!(finished);
-            finished.as_mut().enable();
-            if !self.audit_leader.swap(true, Ordering::AcqRel) {
-                // The guard gives up the lead even if this request is cancelled mid-way (its
-                // client went away): otherwise every later read would wait for ever.
-                let _leading = Leading(self);
-                self.commit_audit_queue().await;
-            }
-            tokio::select! {
-                outcome = &mut result => {
-                    return match outcome {
-                        Ok(Ok(())) => Ok(()),
-                        Ok(Err(e)) => Err(ServiceError::internal(format!("audit failed: {e}"))),
-                        Err(_) => Err(ServiceError::internal("audit writer went away")),
-                    };
-                }
-                () = &mut finished => {}
-            }
-        }
-    }
-
-    /// Commits every queued read-audit entry in one transaction and answers each waiter.
-    async fn commit_audit_queue(&self) {
-        // Let the tasks already runnable (requests in flight) queue their entries first: one
-        // larger transaction costs far less than several small ones.
-        tokio::task::yield_now().await;
-        tokio::task::yield_now().await;
-        let mut head = self.lock_writer().await;
-        let batch =
-            std::mem::take(&mut *self.audit_queue.lock().unwrap_or_else(|p| p.into_inner()));
-        if batch.is_empty() {
-            return;
-        }
-        let (entries, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        // Read audits are written without waiting for an fsync: they survive a crash of the
-        // process at once, and one of the machine after the next sync (within a second).
-        let outcome = self
-            .commit_entries(&mut head, true, entries)
-            .await
-            .map_err(|e| e.to_string());
-        self.unsynced
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        for waiter in waiters {
-            let _ = waiter.send(outcome.clone());
-        }
-    }
-
-    /// Appends entries that record no change (failed authentications, for instance).
-    async fn audit_only(&self, pending: Vec<PendingEntry>) -> Result<(), ServiceError> {
-        let mut head = self.lock_writer().await;
-        self.commit_entries(&mut head, false, pending).await
-    }
-
-    /// Commits entries that record no change. If the head moved (another node appended, or a
-    /// cancelled request's write landed after its caller stopped waiting), the entries are
-    /// chained again on the new head: with no change riding along, that is always safe.
-    async fn commit_entries(
-        &self,
-        head: &mut Writer,
-        relaxed: bool,
-        entries: Vec<PendingEntry>,
-    ) -> Result<(), ServiceError> {
-        let changes = || keyward_store::Changes {
-            relaxed,
-            ..keyward_store::Changes::default()
-        };
-        match self.commit(head, changes(), entries.clone()).await {
-            Err(ServiceError::Conflict(_)) => self.commit(head, changes(), entries).await,
-            other => other,
-        }
-    }
-
-    fn hash_of(&self, parsed: &ParsedKey<'_>) -> Option<KeyHash> {
-        read(&self.keyring)
-            .hasher(parsed.environment())
-            .map(|h| h.hash(parsed.expose()))
-    }
-
-    fn environment(&self, name: &str) -> Option<Arc<EnvState>> {
-        read(&self.environments)
-            .iter()
-            .find(|(n, _)| n.as_str() == name)
-            .map(|(_, state)| Arc::clone(state))
-    }
-
-    /// The permissions `key` holds directly and through its roles, and its grants with roles
-    /// expanded.
-    fn held_by(&self, key: &KeyRecord) -> (Vec<Permission>, Vec<(Permission, Timestamp)>) {
-        let roles = read(&self.roles);
-        let mut held = key.permissions.clone();
-        for role in &key.access.roles {
-            if let Some(role) = roles.get(role) {
-                held.extend(role.permissions.iter().cloned());
-            }
-        }
-        let mut grants = Vec::new();
-        for grant in &key.access.grants {
-            if let Some(p) = &grant.permission {
-                grants.push((p.clone(), grant.expires_at));
-            }
-            if let Some(role) = grant.role.as_ref().and_then(|r| roles.get(r)) {
-                grants.extend(
-                    role.permissions
-                        .iter()
-                        .map(|p| (p.clone(), grant.expires_at)),
-                );
-            }
-        }
-        (held, grants)
-    }
-
-    fn is_admin_environment(env: &str) -> bool {
-        env == ADMIN_ENVIRONMENT
+    /// Stops the background jobs and writes what is pending (quotas, events, usage, read
+    /// audits). Call once, after the last request.
+    pub async fn shutdown(&self) {
+        self.jobs.shutdown().await;
+        self.quotas.flush().await;
+        self.events.shutdown().await;
+        self.verifier.shutdown().await;
+        self.audit.sync_relaxed().await;
     }
 }
 

@@ -225,6 +225,7 @@ impl Node {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         authority
+            .sys()
             .note_unsealed(via, record.rewrap, late_seal)
             .await?;
         authority.start_background();
@@ -238,11 +239,11 @@ impl Node {
     pub async fn seal(&self, actor: &Actor) -> Result<(), ServiceError> {
         let _pending = self.pending.lock().await;
         let session = self.session()?;
-        session.may_seal(actor).await?;
+        session.sys().may_seal(actor).await?;
         // An emergency seal does not wait on the store: if its audit entry cannot be written
         // now (the store is failing, or under attack), the vault seals anyway and the entry is
         // written at the next unseal.
-        let audited = session.audit_seal(actor).await;
+        let audited = session.sys().audit_seal(actor).await;
         drop(session);
         self.seal_now().await;
         if let Err(e) = audited {
@@ -284,7 +285,7 @@ impl Node {
     ) -> Result<(UnsealKey, Vec<Share>), ServiceError> {
         let _pending = self.pending.lock().await;
         let session = self.session()?;
-        session.rekey(actor, current, shares, threshold).await
+        session.sys().rekey(actor, current, shares, threshold).await
     }
 
     /// Combines current shares given all at once (for a rekey).

@@ -6,9 +6,12 @@
 //! A crash loses at most the last second of spending, which errs towards the key's holder.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use keyward_core::{KeyId, QuotaConfig, QuotaState, Timestamp};
+use keyward_core::{Clock, KeyId, QuotaConfig, QuotaState, Timestamp};
+use keyward_store::Store;
+
+use crate::catalog::Catalog;
 
 #[derive(Debug, Clone, Copy)]
 struct Cell {
@@ -131,37 +134,63 @@ impl Quotas {
     }
 }
 
-impl crate::Authority {
+/// The quota service: this node's counts, seeded from and written back to the store.
+#[derive(Debug)]
+pub(crate) struct QuotaBook {
+    counts: Quotas,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    catalog: Arc<Catalog>,
+}
+
+impl std::ops::Deref for QuotaBook {
+    type Target = Quotas;
+
+    fn deref(&self) -> &Quotas {
+        &self.counts
+    }
+}
+
+impl QuotaBook {
+    pub(crate) fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, catalog: Arc<Catalog>) -> Self {
+        QuotaBook {
+            counts: Quotas::default(),
+            store,
+            clock,
+            catalog,
+        }
+    }
+
     /// Writes spent quotas; on failure they stay pending for the next flush.
-    pub(crate) async fn flush_quotas(&self) {
-        let states = self.quotas.take_dirty();
+    pub(crate) async fn flush(&self) {
+        let states = self.counts.take_dirty();
         if states.is_empty() {
             return;
         }
         if let Err(e) = self.store.record_quotas(states.clone()).await {
             tracing::warn!(error = %e, keys = states.len(), "quota flush failed; will retry");
-            self.quotas.mark_dirty(&states);
+            self.counts.mark_dirty(&states);
         }
     }
 
     /// Makes sure this node holds the key's quota count, reading it from the store once. A key
     /// on a plan's quota with no count yet starts with the plan's amount.
-    pub(crate) async fn seed_quota(
+    pub(crate) async fn seed_for(
         &self,
         key: &keyward_core::KeyRecord,
     ) -> Result<(), crate::ServiceError> {
-        let Some(config) = self.limits_of(key).quota else {
+        let Some(config) = self.catalog.limits_of(key).quota else {
             return Ok(());
         };
-        if self.quotas.is_seeded(key.id) {
+        if self.counts.is_seeded(key.id) {
             return Ok(());
         }
         match self.store.quota_state(key.id).await? {
-            Some(state) => self.quotas.seed(key.id, state),
+            Some(state) => self.counts.seed(key.id, state),
             None => {
                 if let Some(refill) = config.refill {
                     let now = self.clock.now();
-                    self.quotas.seed_new(
+                    self.counts.seed_new(
                         key.id,
                         QuotaState {
                             remaining: refill.amount,
@@ -175,15 +204,15 @@ impl crate::Authority {
     }
 
     /// What remains of a key's quota now, if it has one.
-    pub async fn quota_remaining(
+    pub(crate) async fn remaining_for(
         &self,
         key: &keyward_core::KeyRecord,
     ) -> Result<Option<u64>, crate::ServiceError> {
         let Some(config) = &key.access.quota else {
             return Ok(None);
         };
-        self.seed_quota(key).await?;
-        Ok(self.quotas.remaining(key.id, config, self.clock.now()))
+        self.seed_for(key).await?;
+        Ok(self.counts.remaining(key.id, config, self.clock.now()))
     }
 }
 

@@ -15,9 +15,15 @@ use keyward_core::{EnvironmentName, Timestamp};
 use keyward_store::{Changes, LeaseKind, SecretMeta, SecretVersion, VaultLease};
 use serde_json::{Map, Value, json};
 
+use keyward_core::Clock;
+use keyward_store::Store;
+
 use crate::audit::PendingEntry;
-use crate::authz::{Operation, Target};
-use crate::{Actor, Authority, ServiceError};
+use crate::audit_log::AuditLog;
+use crate::authz::{Authz, Operation, Target};
+use crate::catalog::Catalog;
+use crate::vault::OpenVault;
+use crate::{Actor, ServiceError};
 
 pub mod secret_limits {
     /// A secret's value, as JSON text.
@@ -190,7 +196,50 @@ impl std::fmt::Debug for SecretRead {
     }
 }
 
-impl Authority {
+/// The secrets service.
+#[derive(Debug)]
+pub struct Secrets {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    ids: keyward_crypto::KeyIds,
+    vault: Arc<OpenVault>,
+    cache: SecretCache,
+    catalog: Arc<Catalog>,
+    audit: Arc<AuditLog>,
+    authz: Arc<Authz>,
+}
+
+impl Secrets {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        vault: Arc<OpenVault>,
+        catalog: Arc<Catalog>,
+        audit: Arc<AuditLog>,
+        authz: Arc<Authz>,
+    ) -> Self {
+        Secrets {
+            store,
+            clock,
+            ids: keyward_crypto::KeyIds::default(),
+            vault,
+            cache: SecretCache::default(),
+            catalog,
+            audit,
+            authz,
+        }
+    }
+
+    /// Drops every cached secret (ciphertexts were resealed, or the keyrings changed).
+    pub(crate) fn forget_cached(&self) {
+        self.cache.clear();
+    }
+
+    /// Drops one cached secret: it changed (the change feed calls this).
+    pub(crate) fn forget(&self, env: &EnvironmentName, path: &str) {
+        self.cache.invalidate(env, path);
+    }
+
     async fn check_secret_access(
         &self,
         actor: &Actor,
@@ -199,19 +248,21 @@ impl Authority {
         path: &str,
     ) -> Result<(), ServiceError> {
         check_path(path)?;
-        self.permit(
-            actor,
-            op,
-            Target::Secret {
-                environment: env,
-                path,
-            },
-        )
-        .await
+        self.authz
+            .permit(
+                actor,
+                op,
+                Target::Secret {
+                    environment: env,
+                    path,
+                },
+            )
+            .await
     }
 
     fn known_environment(&self, env: &EnvironmentName) -> Result<(), ServiceError> {
-        self.environment(env.as_str())
+        self.catalog
+            .environment(env.as_str())
             .map(|_| ())
             .ok_or(ServiceError::NotFound {
                 what: "environment",
@@ -235,6 +286,18 @@ impl Authority {
         path: &str,
         write: SecretWrite,
     ) -> Result<(SecretMeta, u64), ServiceError> {
+        self.audit
+            .retrying(|| self.write_secret_once(actor, env, path, write.clone()))
+            .await
+    }
+
+    async fn write_secret_once(
+        &self,
+        actor: &Actor,
+        env: &EnvironmentName,
+        path: &str,
+        write: SecretWrite,
+    ) -> Result<(SecretMeta, u64), ServiceError> {
         self.check_secret_access(actor, env, Operation::SecretWrite, path)
             .await?;
         self.known_environment(env)?;
@@ -247,7 +310,7 @@ impl Authority {
                 limits::VALUE_BYTES
             )));
         }
-        let mut head = self.lock_writer().await;
+        let mut head = self.audit.lock().await;
         let now = self.clock.now();
         let existing = self.secret_meta(env, path).await?;
         let current = existing.as_ref().map_or(0, |m| m.current_version);
@@ -275,7 +338,7 @@ impl Authority {
             self.vault
                 .seal_secret(env, path, meta.incarnation.as_deref(), version, &text)?;
         let pruned = self.pruned_versions(&meta, version).await?;
-        self.commit(
+        self.audit.commit(
             &mut head,
             Changes {
                 upsert_secrets: vec![meta.clone()],
@@ -302,7 +365,6 @@ impl Authority {
             }],
         )
         .await?;
-        self.secret_cache.invalidate(env, path);
         Ok((meta, version))
     }
 
@@ -326,6 +388,19 @@ impl Authority {
     /// Reads the latest version (or `version`). A deleted or destroyed version is 404, as is a
     /// secret whose latest version is. With `lease_ttl_s`, the read is recorded as a lease.
     pub async fn read_secret(
+        &self,
+        actor: &Actor,
+        env: &EnvironmentName,
+        path: &str,
+        version: Option<u64>,
+        lease_ttl_s: Option<u64>,
+    ) -> Result<SecretRead, ServiceError> {
+        self.audit
+            .retrying(|| self.read_secret_once(actor, env, path, version, lease_ttl_s))
+            .await
+    }
+
+    async fn read_secret_once(
         &self,
         actor: &Actor,
         env: &EnvironmentName,
@@ -373,7 +448,7 @@ impl Authority {
         let now = self.clock.now();
         let lease = match lease_ttl_s {
             Some(ttl) => Some(VaultLease {
-                id: self.new_lease_id(now)?,
+                id: crate::vault_leases::lease_id(&self.ids, now)?,
                 kind: LeaseKind::Secret,
                 path: format!("secrets/{env}/{path}"),
                 environment: env.clone(),
@@ -401,18 +476,19 @@ impl Authority {
         };
         match &lease {
             Some(lease) => {
-                let mut head = self.lock_writer().await;
-                self.commit(
-                    &mut head,
-                    Changes {
-                        upsert_leases: vec![lease.clone()],
-                        ..Changes::default()
-                    },
-                    vec![entry],
-                )
-                .await?;
+                let mut head = self.audit.lock().await;
+                self.audit
+                    .commit(
+                        &mut head,
+                        Changes {
+                            upsert_leases: vec![lease.clone()],
+                            ..Changes::default()
+                        },
+                        vec![entry],
+                    )
+                    .await?;
             }
-            None => self.audit_batched(entry).await?,
+            None => self.audit.batched(entry).await?,
         }
         Ok(SecretRead {
             meta: meta.clone(),
@@ -430,17 +506,17 @@ impl Authority {
         path: &str,
     ) -> Result<Arc<CachedSecret>, ServiceError> {
         let key = cache_key(env, path);
-        if let Some(hit) = self.secret_cache.get(&key) {
+        if let Some(hit) = self.cache.get(&key) {
             return Ok(hit);
         }
-        let epoch = self.secret_cache.epoch();
+        let epoch = self.cache.epoch();
         let meta = self.secret_meta(env, path).await?.ok_or_else(not_found)?;
         let versions = self
             .store
             .secret_versions(env.clone(), path.to_owned())
             .await?;
         let value = Arc::new(CachedSecret { meta, versions });
-        self.secret_cache.fill(epoch, key, Arc::clone(&value));
+        self.cache.fill(epoch, key, Arc::clone(&value));
         Ok(value)
     }
 
@@ -454,15 +530,16 @@ impl Authority {
         limit: u32,
     ) -> Result<Vec<SecretMeta>, ServiceError> {
         let glob = format!("{prefix}*");
-        self.permit(
-            actor,
-            Operation::SecretList,
-            Target::Secret {
-                environment: env,
-                path: &glob,
-            },
-        )
-        .await?;
+        self.authz
+            .permit(
+                actor,
+                Operation::SecretList,
+                Target::Secret {
+                    environment: env,
+                    path: &glob,
+                },
+            )
+            .await?;
         self.known_environment(env)?;
         let listed = self
             .store
@@ -503,6 +580,18 @@ impl Authority {
         path: &str,
         update: SecretMetaUpdate,
     ) -> Result<SecretMeta, ServiceError> {
+        self.audit
+            .retrying(|| self.update_secret_metadata_once(actor, env, path, update.clone()))
+            .await
+    }
+
+    async fn update_secret_metadata_once(
+        &self,
+        actor: &Actor,
+        env: &EnvironmentName,
+        path: &str,
+        update: SecretMetaUpdate,
+    ) -> Result<SecretMeta, ServiceError> {
         self.check_secret_access(actor, env, Operation::SecretWrite, path)
             .await?;
         self.known_environment(env)?;
@@ -532,7 +621,7 @@ impl Authority {
                 )));
             }
         }
-        let mut head = self.lock_writer().await;
+        let mut head = self.audit.lock().await;
         let now = self.clock.now();
         let mut meta = match self.secret_meta(env, path).await? {
             Some(meta) => meta,
@@ -555,7 +644,7 @@ impl Authority {
         }
         meta.updated_at = now;
         let pruned = self.pruned_versions(&meta, meta.current_version).await?;
-        self.commit(
+        self.audit.commit(
             &mut head,
             Changes {
                 upsert_secrets: vec![meta.clone()],
@@ -577,13 +666,27 @@ impl Authority {
             }],
         )
         .await?;
-        self.secret_cache.invalidate(env, path);
         Ok(meta)
     }
 
     /// Soft-deletes, undeletes or destroys versions (default: the latest). Destroy removes the
     /// value for good; the version stays listed as destroyed.
     pub async fn change_secret_versions(
+        &self,
+        actor: &Actor,
+        env: &EnvironmentName,
+        path: &str,
+        versions: Option<Vec<u64>>,
+        change: VersionChange,
+    ) -> Result<Vec<u64>, ServiceError> {
+        self.audit
+            .retrying(|| {
+                self.change_secret_versions_once(actor, env, path, versions.clone(), change)
+            })
+            .await
+    }
+
+    async fn change_secret_versions_once(
         &self,
         actor: &Actor,
         env: &EnvironmentName,
@@ -602,7 +705,7 @@ impl Authority {
         {
             return Err(invalid("versions", "1 to 1000 version numbers"));
         }
-        let mut head = self.lock_writer().await;
+        let mut head = self.audit.lock().await;
         let meta = self.secret_meta(env, path).await?.ok_or_else(not_found)?;
         let wanted = versions.unwrap_or_else(|| vec![meta.current_version]);
         let stored = self
@@ -633,7 +736,7 @@ impl Authority {
                 updates.push(v);
             }
         }
-        self.commit(
+        self.audit.commit(
             &mut head,
             Changes {
                 upsert_secret_versions: updates,
@@ -647,7 +750,6 @@ impl Authority {
             }],
         )
         .await?;
-        self.secret_cache.invalidate(env, path);
         Ok(changed)
     }
 
@@ -658,11 +760,22 @@ impl Authority {
         env: &EnvironmentName,
         path: &str,
     ) -> Result<(), ServiceError> {
+        self.audit
+            .retrying(|| self.delete_secret_once(actor, env, path))
+            .await
+    }
+
+    async fn delete_secret_once(
+        &self,
+        actor: &Actor,
+        env: &EnvironmentName,
+        path: &str,
+    ) -> Result<(), ServiceError> {
         self.check_secret_access(actor, env, Operation::SecretDestroy, path)
             .await?;
-        let mut head = self.lock_writer().await;
+        let mut head = self.audit.lock().await;
         let meta = self.secret_meta(env, path).await?.ok_or_else(not_found)?;
-        self.commit(
+        self.audit.commit(
             &mut head,
             Changes {
                 delete_secrets: vec![(env.clone(), path.to_owned())],
@@ -676,12 +789,11 @@ impl Authority {
             }],
         )
         .await?;
-        self.secret_cache.invalidate(env, path);
         Ok(())
     }
 }
 
-/// What [`Authority::change_secret_versions`] does to each version.
+/// What [`Secrets::change_secret_versions`] does to each version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VersionChange {
     Delete,

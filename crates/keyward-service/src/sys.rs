@@ -8,9 +8,16 @@ use keyward_crypto::barrier::{self, Share, UnsealKey};
 use keyward_store::{Changes, RewrapProgress, Rewrapped, SealedValue};
 use serde_json::json;
 
+use keyward_core::Clock;
+use keyward_store::Store;
+
 use crate::audit::PendingEntry;
-use crate::authz::{Operation, Target};
-use crate::{Actor, Authority, ServiceError};
+use crate::audit_log::AuditLog;
+use crate::authz::{Authz, Operation, Target};
+use crate::integrity::Integrity;
+use crate::secrets::Secrets;
+use crate::vault::OpenVault;
+use crate::{Actor, ServiceError};
 
 fn random_err(e: keyward_crypto::RandomUnavailable) -> ServiceError {
     ServiceError::internal(e)
@@ -31,7 +38,55 @@ fn describe(value: &SealedValue) -> String {
     }
 }
 
-impl Authority {
+/// The vault operations service.
+#[derive(Debug)]
+pub struct Sys {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    vault: Arc<OpenVault>,
+    audit: Arc<AuditLog>,
+    authz: Arc<Authz>,
+    integrity: Arc<Integrity>,
+    /// Cached ciphertexts are dropped after each rewrap batch.
+    secrets: Arc<Secrets>,
+    /// Values re-sealed per write during a rewrap.
+    batch: u32,
+    /// The rewrap in progress, if any.
+    rewrap: tokio::sync::Mutex<Option<RewrapProgress>>,
+    rewrap_wake: Arc<tokio::sync::Notify>,
+}
+
+impl Sys {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        vault: Arc<OpenVault>,
+        audit: Arc<AuditLog>,
+        authz: Arc<Authz>,
+        integrity: Arc<Integrity>,
+        secrets: Arc<Secrets>,
+        batch: u32,
+    ) -> Self {
+        Sys {
+            store,
+            clock,
+            vault,
+            audit,
+            authz,
+            integrity,
+            secrets,
+            batch: batch.max(1),
+            rewrap: tokio::sync::Mutex::new(None),
+            rewrap_wake: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// Wakes the rewrap job when a rotation starts one.
+    pub(crate) fn rewrap_wake(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.rewrap_wake)
+    }
+
     /// Audits the unseal, after the entry of a seal that could not be audited when it happened
     /// (`late_seal`: who sealed, and when), if there was one.
     pub(crate) async fn note_unsealed(
@@ -56,22 +111,25 @@ impl Authority {
             target: None,
             details: json!({ "via": via }),
         });
-        self.audit_only(entries).await
+        self.audit.only(entries).await
     }
 
     /// Whether `actor` may seal; refused (and audited as a refusal) otherwise.
     pub(crate) async fn may_seal(&self, actor: &Actor) -> Result<(), ServiceError> {
-        self.permit(actor, Operation::SysSeal, Target::None).await
+        self.authz
+            .permit(actor, Operation::SysSeal, Target::None)
+            .await
     }
 
     pub(crate) async fn audit_seal(&self, actor: &Actor) -> Result<(), ServiceError> {
-        self.audit_only(vec![PendingEntry {
-            actor: actor.audit_name(),
-            action: AuditAction::VaultSeal,
-            target: None,
-            details: json!({}),
-        }])
-        .await
+        self.audit
+            .only(vec![PendingEntry {
+                actor: actor.audit_name(),
+                action: AuditAction::VaultSeal,
+                target: None,
+                details: json!({}),
+            }])
+            .await
     }
 
     async fn vault_record(&self) -> Result<keyward_store::VaultRecord, ServiceError> {
@@ -86,7 +144,9 @@ impl Authority {
         &self,
         actor: &Actor,
     ) -> Result<(u32, Option<RewrapProgress>), ServiceError> {
-        self.permit(actor, Operation::SysRead, Target::None).await?;
+        self.authz
+            .permit(actor, Operation::SysRead, Target::None)
+            .await?;
         let record = self.vault_record().await?;
         Ok((record.term, record.rewrap))
     }
@@ -94,9 +154,14 @@ impl Authority {
     /// Adds a keyring term to every environment's keyring: new values are sealed under it at
     /// once, and a background rewrap re-seals older values under it.
     pub async fn rotate(&self, actor: &Actor) -> Result<(u32, RewrapProgress), ServiceError> {
-        self.permit(actor, Operation::SysRotate, Target::None)
+        self.audit.retrying(|| self.rotate_once(actor)).await
+    }
+
+    async fn rotate_once(&self, actor: &Actor) -> Result<(u32, RewrapProgress), ServiceError> {
+        self.authz
+            .permit(actor, Operation::SysRotate, Target::None)
             .await?;
-        let mut head = self.lock_writer().await;
+        let mut head = self.audit.lock().await;
         let mut record = self.vault_record().await?;
         let term = record.term.saturating_add(1);
         let now = self.clock.now();
@@ -117,21 +182,22 @@ impl Authority {
         };
         record.term = term;
         record.rewrap = Some(progress);
-        self.commit(
-            &mut head,
-            Changes {
-                vault: Some(record),
-                keyrings: stored,
-                ..Changes::default()
-            },
-            vec![PendingEntry {
-                actor: actor.audit_name(),
-                action: AuditAction::VaultRotate,
-                target: None,
-                details: json!({ "term": term, "values_to_rewrap": progress.total }),
-            }],
-        )
-        .await?;
+        self.audit
+            .commit(
+                &mut head,
+                Changes {
+                    vault: Some(record),
+                    keyrings: stored,
+                    ..Changes::default()
+                },
+                vec![PendingEntry {
+                    actor: actor.audit_name(),
+                    action: AuditAction::VaultRotate,
+                    target: None,
+                    details: json!({ "term": term, "values_to_rewrap": progress.total }),
+                }],
+            )
+            .await?;
         // The change feed installed the rotated keyrings and the new term.
         drop(rotated);
         *self.rewrap.lock().await = Some(progress);
@@ -148,23 +214,21 @@ impl Authority {
         let Some(mut progress) = *guard else {
             return Ok(false);
         };
-        let stale = self
-            .store
-            .stale_sealed(progress.term, self.rewrap_batch)
-            .await?;
+        let stale = self.store.stale_sealed(progress.term, self.batch).await?;
         if stale.is_empty() {
             progress.finished_at = Some(self.clock.now());
             progress.done = progress.done.max(progress.total);
             self.store.rewrap(Vec::new(), progress).await?;
             *guard = None;
             drop(guard);
-            self.audit_only(vec![PendingEntry {
-                actor: "system".into(),
-                action: AuditAction::VaultRewrapFinish,
-                target: None,
-                details: json!({ "term": progress.term, "values": progress.done }),
-            }])
-            .await?;
+            self.audit
+                .only(vec![PendingEntry {
+                    actor: "system".into(),
+                    action: AuditAction::VaultRewrapFinish,
+                    target: None,
+                    details: json!({ "term": progress.term, "values": progress.done }),
+                }])
+                .await?;
             return Ok(false);
         }
         let mut batch = Vec::with_capacity(stale.len());
@@ -208,20 +272,21 @@ impl Authority {
         self.store.rewrap(batch, progress).await?;
         if !quarantined.is_empty() {
             for what in &quarantined {
-                self.findings
+                self.integrity
                     .report(format!("sealed value {what} (quarantined by the rewrap)"));
             }
-            self.audit_only(vec![PendingEntry {
-                actor: "system".into(),
-                action: AuditAction::VaultRewrapQuarantine,
-                target: None,
-                details: json!({ "term": progress.term, "values": quarantined }),
-            }])
-            .await?;
+            self.audit
+                .only(vec![PendingEntry {
+                    actor: "system".into(),
+                    action: AuditAction::VaultRewrapQuarantine,
+                    target: None,
+                    details: json!({ "term": progress.term, "values": quarantined }),
+                }])
+                .await?;
         }
         // Cached ciphertexts still open (old terms stay in the keyrings); drop them anyway so
         // reads see what the store holds.
-        self.secret_cache.clear();
+        self.secrets.forget_cached();
         *guard = Some(progress);
         Ok(true)
     }
@@ -282,9 +347,22 @@ impl Authority {
         shares: u8,
         threshold: u8,
     ) -> Result<(UnsealKey, Vec<Share>), ServiceError> {
-        self.permit(actor, Operation::SysRekey, Target::None)
+        self.audit
+            .retrying(|| self.rekey_once(actor, current, shares, threshold))
+            .await
+    }
+
+    async fn rekey_once(
+        &self,
+        actor: &Actor,
+        current: &UnsealKey,
+        shares: u8,
+        threshold: u8,
+    ) -> Result<(UnsealKey, Vec<Share>), ServiceError> {
+        self.authz
+            .permit(actor, Operation::SysRekey, Target::None)
             .await?;
-        let mut head = self.lock_writer().await;
+        let mut head = self.audit.lock().await;
         let mut record = self.vault_record().await?;
         // The current key must open the vault; what it opens is then retired.
         current
@@ -315,6 +393,7 @@ impl Authority {
         // so nothing else seals a keyring in between).
         let previous = self.vault.install_root(root);
         let committed = self
+            .audit
             .commit(
             &mut head,
             Changes {
@@ -335,25 +414,5 @@ impl Authority {
             return Err(e);
         }
         Ok((key, parts))
-    }
-
-    /// Loads the environments' HMAC secrets from the store, opened by the vault.
-    pub(crate) async fn load_hmac_keys(
-        store: &dyn keyward_store::Store,
-        vault: &crate::vault::OpenVault,
-    ) -> Result<crate::Keyring, ServiceError> {
-        let mut secrets = Vec::new();
-        for (env, sealed) in store.environment_secrets().await? {
-            secrets.push((env.clone(), vault.open_hmac_secret(&env, &sealed)?));
-        }
-        for env in store.environments().await? {
-            if !secrets.iter().any(|(name, _)| *name == env.name) {
-                return Err(ServiceError::Integrity(format!(
-                    "environment {} has no stored secret",
-                    env.name
-                )));
-            }
-        }
-        Ok(crate::Keyring::new(secrets))
     }
 }

@@ -10,10 +10,18 @@ use keyward_core::{KeyRecord, Timestamp};
 use keyward_store::{Changes, LeaseKind, VaultLease};
 use serde_json::json;
 
+use std::sync::Arc;
+
+use keyward_core::Clock;
+use keyward_store::Store;
+
 use crate::audit::PendingEntry;
-use crate::authz::{Operation, Target};
-use crate::keys::NewKey;
-use crate::{Actor, Authority, ServiceError};
+use crate::audit_log::AuditLog;
+use crate::authz::{Authz, Operation, Target};
+use crate::catalog::Catalog;
+use crate::integrity::Integrity;
+use crate::keys::{Keys, NewKey};
+use crate::{Actor, ServiceError};
 
 /// A key lease asks for a key (as `POST /v1/keys` does) and its lease's lifetimes.
 #[derive(Debug, Clone)]
@@ -46,12 +54,49 @@ fn lease_not_found() -> ServiceError {
     ServiceError::NotFound { what: "lease" }
 }
 
-impl Authority {
-    pub(crate) fn new_lease_id(&self, now: Timestamp) -> Result<String, ServiceError> {
-        self.ids
-            .next(now)
-            .map(|id| id.to_string())
-            .map_err(ServiceError::internal)
+/// A fresh lease id.
+pub(crate) fn lease_id(
+    ids: &keyward_crypto::KeyIds,
+    now: Timestamp,
+) -> Result<String, ServiceError> {
+    ids.next(now)
+        .map(|id| id.to_string())
+        .map_err(ServiceError::internal)
+}
+
+/// The leases service: leased keys, and the lifecycle of every lease.
+#[derive(Debug)]
+pub struct KeyLeases {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    ids: keyward_crypto::KeyIds,
+    catalog: Arc<Catalog>,
+    audit: Arc<AuditLog>,
+    authz: Arc<Authz>,
+    keys: Arc<Keys>,
+    integrity: Arc<Integrity>,
+}
+
+impl KeyLeases {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        catalog: Arc<Catalog>,
+        audit: Arc<AuditLog>,
+        authz: Arc<Authz>,
+        keys: Arc<Keys>,
+        integrity: Arc<Integrity>,
+    ) -> Self {
+        KeyLeases {
+            store,
+            clock,
+            ids: keyward_crypto::KeyIds::default(),
+            catalog,
+            audit,
+            authz,
+            keys,
+            integrity,
+        }
     }
 
     /// Issues a short-lived key as a lease.
@@ -77,7 +122,7 @@ impl Authority {
             ));
         }
         // Renewals may carry the key to max_ttl_s: the environment's policy must allow that.
-        if let Some(env) = self.environment(new.key.environment.as_str())
+        if let Some(env) = self.catalog.environment(new.key.environment.as_str())
             && let Some(policy_max) = env.record.policy.max_ttl_s
             && max_ttl > policy_max
         {
@@ -90,11 +135,12 @@ impl Authority {
         let now = self.clock.now();
         let mut key = new.key;
         key.ttl_s = Some(new.ttl_s);
-        let lease_id = self.new_lease_id(now)?;
+        let lease_id = lease_id(&self.ids, now)?;
         let path = format!("keys/{}/{}", key.environment, key.name);
         let environment = key.environment.clone();
         let lease = std::sync::Mutex::new(None);
         let (record, plaintext) = self
+            .keys
             .create_key_with(actor, Operation::LeaseCreate, key, |record| {
                 let made = VaultLease {
                     id: lease_id.clone(),
@@ -152,7 +198,8 @@ impl Authority {
             .lease(id.to_owned())
             .await?
             .ok_or_else(lease_not_found)?;
-        self.permit(actor, op, Target::Environment(&lease.environment))
+        self.authz
+            .permit(actor, op, Target::Environment(&lease.environment))
             .await?;
         Ok(lease)
     }
@@ -170,7 +217,8 @@ impl Authority {
         after: Option<String>,
         limit: u32,
     ) -> Result<Vec<VaultLease>, ServiceError> {
-        self.permit(actor, Operation::LeaseRead, Target::None)
+        self.authz
+            .permit(actor, Operation::LeaseRead, Target::None)
             .await?;
         let leases = self
             .store
@@ -190,10 +238,21 @@ impl Authority {
         id: &str,
         increment_s: Option<u64>,
     ) -> Result<VaultLease, ServiceError> {
+        self.audit
+            .retrying(|| self.renew_lease_once(actor, id, increment_s))
+            .await
+    }
+
+    async fn renew_lease_once(
+        &self,
+        actor: &Actor,
+        id: &str,
+        increment_s: Option<u64>,
+    ) -> Result<VaultLease, ServiceError> {
         let lease = self
             .lease_in_scope(actor, Operation::LeaseRenew, id)
             .await?;
-        let mut head = self.lock_writer().await;
+        let mut head = self.audit.lock().await;
         let mut lease = self
             .store
             .lease(lease.id)
@@ -217,6 +276,7 @@ impl Authority {
         // Never past the lease's maximum, nor past what the environment's policy allows now.
         let mut cap = lease.max_expires_at;
         if let Some(policy_max) = self
+            .catalog
             .environment(lease.environment.as_str())
             .and_then(|e| e.record.policy.max_ttl_s)
         {
@@ -229,7 +289,7 @@ impl Authority {
         };
         let mut key_record = None;
         if let Some(key_id) = lease.key_id {
-            let mut key = self.key(key_id).await?;
+            let mut key = self.keys.key(key_id).await?;
             if key.status == keyward_core::KeyStatus::Revoked {
                 return Err(ServiceError::Conflict(
                     "the leased key was revoked; revocation is final".into(),
@@ -240,7 +300,7 @@ impl Authority {
             changes.update_keys.push(key.clone());
             key_record = Some(key);
         }
-        self.commit(
+        self.audit.commit(
             &mut head,
             changes,
             vec![PendingEntry {
@@ -272,7 +332,8 @@ impl Authority {
         actor: &Actor,
         prefix: &str,
     ) -> Result<usize, ServiceError> {
-        self.permit(actor, Operation::LeaseRevoke, Target::None)
+        self.authz
+            .permit(actor, Operation::LeaseRevoke, Target::None)
             .await?;
         if prefix.is_empty() || prefix.len() > 512 {
             return Err(invalid("prefix", "1-512 characters, e.g. keys/live/ci-"));
@@ -313,7 +374,18 @@ impl Authority {
         leases: Vec<VaultLease>,
         reason: &str,
     ) -> Result<Vec<VaultLease>, ServiceError> {
-        let mut head = self.lock_writer().await;
+        self.audit
+            .retrying(|| self.end_leases_once(actor, leases.clone(), reason))
+            .await
+    }
+
+    async fn end_leases_once(
+        &self,
+        actor: &str,
+        leases: Vec<VaultLease>,
+        reason: &str,
+    ) -> Result<Vec<VaultLease>, ServiceError> {
+        let mut head = self.audit.lock().await;
         let now = self.clock.now();
         let mut changes = Changes::default();
         let mut entries = Vec::new();
@@ -337,7 +409,7 @@ impl Authority {
                     .store
                     .key(key_id)
                     .await?
-                    .and_then(|k| self.intact_key(k))
+                    .and_then(|k| self.integrity.intact_key(k))
                 && key.status != keyward_core::KeyStatus::Revoked
             {
                 key.status = keyward_core::KeyStatus::Revoked;
@@ -361,7 +433,7 @@ impl Authority {
             ended.push(lease);
         }
         if !entries.is_empty() {
-            self.commit(&mut head, changes, entries).await?;
+            self.audit.commit(&mut head, changes, entries).await?;
         }
         drop(revoked_keys);
         Ok(ended)

@@ -1,4 +1,6 @@
-//! The verification hot path and admin authentication.
+//! The verify service: the verification hot path, its admission checks (network and path
+//! rules, permissions, concurrency, quotas, escalation, rate limits), the failed-attempt guard,
+//! and admin authentication.
 //!
 //! parse (length, alphabet, checksum: no store) → HMAC under the environment's secret → cache →
 //! known-hash filter → store (once per key, then cached) → status, expiry and environment checks.
@@ -10,11 +12,21 @@ use std::sync::Arc;
 use keyward_core::{EnvironmentName, KeyStatus, ParsedKey, ServiceName, Timestamp, VerifyCode};
 use serde_json::json;
 
+use keyward_core::{Clock, Permission};
+use keyward_store::Store;
+
 use crate::audit::PendingEntry;
-use crate::authz::Operation;
-use crate::guard::Guarded;
-use crate::limiter::LimitRequest;
-use crate::{Actor, Authority, CachedKey, ServiceError, VerifyRequest};
+use crate::audit_log::AuditLog;
+use crate::authz::{Authz, Operation};
+use crate::catalog::Catalog;
+use crate::events::Events;
+use crate::guard::{Guard, Guarded};
+use crate::integrity::Integrity;
+use crate::keys::Keys;
+use crate::limiter::{LimitRequest, Limiter};
+use crate::quotas::QuotaBook;
+use crate::usage::UsageRecorder;
+use crate::{Actor, CachedKey, ServiceError, VerifyCache, VerifyRequest};
 
 /// The outcome of a verification. `key` is present whenever the presented key matched a stored
 /// key, so callers can report whose key was refused.
@@ -95,7 +107,101 @@ fn evaluate(key: &CachedKey, now: Timestamp, environment: Option<&EnvironmentNam
     }
 }
 
-impl Authority {
+/// The verify service.
+#[derive(Debug)]
+pub struct Verifier {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    catalog: Arc<Catalog>,
+    cache: Arc<VerifyCache>,
+    /// keyward's own protection against key guessing and brute force.
+    guard: Guard,
+    /// Rate-limit state: in this process until a cluster-wide limiter is configured.
+    limiter: Arc<dyn Limiter>,
+    /// Concurrency leases taken by verifications.
+    leases: crate::leases::Leases,
+    quotas: Arc<QuotaBook>,
+    escalations: crate::escalation::Escalations,
+    usage: UsageRecorder,
+    events: Arc<Events>,
+    audit: Arc<AuditLog>,
+    authz: Arc<Authz>,
+    integrity: Arc<Integrity>,
+    /// Disables keys blocked too often.
+    keys: Arc<Keys>,
+}
+
+/// What the verify service is made of.
+pub(crate) struct VerifierParts {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub catalog: Arc<Catalog>,
+    pub cache: Arc<VerifyCache>,
+    pub guard: crate::GuardConfig,
+    pub quotas: Arc<QuotaBook>,
+    pub usage: UsageRecorder,
+    pub events: Arc<Events>,
+    pub audit: Arc<AuditLog>,
+    pub authz: Arc<Authz>,
+    pub integrity: Arc<Integrity>,
+    pub keys: Arc<Keys>,
+}
+
+impl Verifier {
+    pub(crate) fn new(parts: VerifierParts) -> Self {
+        Verifier {
+            store: parts.store,
+            clock: parts.clock,
+            catalog: parts.catalog,
+            cache: parts.cache,
+            guard: Guard::new(parts.guard),
+            limiter: Arc::new(crate::limiter::LocalLimiter::new()),
+            leases: crate::leases::Leases::default(),
+            quotas: parts.quotas,
+            escalations: crate::escalation::Escalations::default(),
+            usage: parts.usage,
+            events: parts.events,
+            audit: parts.audit,
+            authz: parts.authz,
+            integrity: parts.integrity,
+            keys: parts.keys,
+        }
+    }
+
+    pub fn cache(&self) -> &VerifyCache {
+        &self.cache
+    }
+
+    /// Usage events dropped because the buffer was full.
+    pub fn usage_events_dropped(&self) -> u64 {
+        self.usage.dropped()
+    }
+
+    /// Failed attempts from addresses the full failed-attempt table could not track.
+    pub fn guard_untracked(&self) -> u64 {
+        self.guard.untracked()
+    }
+
+    /// Ends a concurrency lease taken by a verification. False if it is unknown or lapsed.
+    pub fn release_lease(&self, id: &str) -> bool {
+        self.leases.release(id, self.clock.now())
+    }
+
+    /// Forgets idle state: rate-limit windows, guard entries, lapsed leases and escalations.
+    pub(crate) fn sweep_idle(&self) {
+        let now = self.clock.now();
+        let now_ns = now.unix_ms().saturating_mul(1_000_000);
+        self.limiter.sweep(now_ns);
+        self.guard.sweep(now_ns);
+        self.leases.sweep(now);
+        self.escalations.sweep(now);
+    }
+
+    /// Writes what remains of the usage batch and stops its writer.
+    pub(crate) async fn shutdown(&self) {
+        self.usage.shutdown().await;
+    }
+
     /// Verifies a key presented to a protected API. `environment`, when given, is the
     /// environment the caller expects the key to belong to.
     ///
@@ -251,7 +357,7 @@ impl Authority {
                     let window = now_ns / period_ns.max(1);
                     let used = limit.limit.saturating_sub(outcome.remaining);
                     if !outcome.admitted {
-                        self.notify_once(
+                        self.events.notify_once(
                             keyward_core::EventKind::RatelimitExceeded,
                             key.id,
                             name,
@@ -268,7 +374,7 @@ impl Authority {
                                 )
                     {
                         verdict.warning = true;
-                        self.notify_once(
+                        self.events.notify_once(
                             keyward_core::EventKind::RatelimitWarning,
                             key.id,
                             name,
@@ -317,7 +423,7 @@ impl Authority {
         let Ok(parsed) = ParsedKey::parse(presented) else {
             return Ok(Lookup::Malformed);
         };
-        let Some(hash) = self.hash_of(&parsed) else {
+        let Some(hash) = self.catalog.hash_of(&parsed) else {
             return Ok(Lookup::Unknown);
         };
         if let Some(key) = self.cache.get(&hash) {
@@ -330,28 +436,27 @@ impl Authority {
         match self.store.key_by_hash(hash).await? {
             Some(record) => {
                 // A record edited without the unseal key, or on a tampered plan, is no key.
-                let Some(record) = self.intact_key(record) else {
+                let Some(record) = self.integrity.intact_key(record) else {
                     return Ok(Lookup::Unknown);
                 };
                 // A plan tampered with, or gone although a live key is on it (no plan with keys
                 // on it can be deleted), would take the key's limits away: fail closed.
                 if let Some(plan) = record.access.plan.as_ref().filter(|p| {
-                    crate::read(&self.tainted_plans).contains(*p)
-                        || (record.status != keyward_core::KeyStatus::Revoked
-                            && !crate::read(&self.plans).contains_key(*p))
+                    self.catalog
+                        .plan_untrusted(p, record.status != keyward_core::KeyStatus::Revoked)
                 }) {
-                    self.findings.report(format!(
+                    self.integrity.report(format!(
                         "key {} is on plan {plan}, which was tampered with or removed",
                         record.id
                     ));
                     return Ok(Lookup::Unknown);
                 }
-                let Some(env) = self.environment(record.environment.as_str()) else {
+                let Some(env) = self.catalog.environment(record.environment.as_str()) else {
                     return Ok(Lookup::Unknown);
                 };
-                let (held, grants) = self.held_by(&record);
-                self.seed_quota(&record).await?;
-                let limits = self.limits_of(&record);
+                let (held, grants) = self.catalog.held_by(&record);
+                self.quotas.seed_for(&record).await?;
+                let limits = self.catalog.limits_of(&record);
                 let key = self.cache.entry_for(&record, env, held, grants, limits);
                 self.cache.insert_if_current(hash, Arc::clone(&key), epoch);
                 Ok(Self::same_environment(&parsed, key))
@@ -369,42 +474,28 @@ impl Authority {
         now: keyward_core::Timestamp,
     ) {
         use crate::escalation::Escalated;
-        let event =
-            |kind: keyward_core::EventKind, details: serde_json::Value| keyward_core::Event {
-                seq: 0,
-                ts: now,
-                kind: kind.as_str().to_owned(),
-                key_id: Some(key.id),
-                details,
-            };
+        use keyward_core::EventKind;
+        let blocked = |until| json!({ "until": until, "violations": rule.violations });
         match self.escalations.violation(key.id, rule, now) {
             Escalated::Nothing => {}
             Escalated::Blocked(until) => {
-                self.events.record(event(
-                    keyward_core::EventKind::RatelimitBlock,
-                    json!({ "until": until, "violations": rule.violations }),
-                ));
+                self.events
+                    .emit(EventKind::RatelimitBlock, Some(key.id), blocked(until));
             }
             Escalated::Disable(until) => {
-                self.events.record(event(
-                    keyward_core::EventKind::RatelimitBlock,
-                    json!({ "until": until, "violations": rule.violations }),
-                ));
+                self.events
+                    .emit(EventKind::RatelimitBlock, Some(key.id), blocked(until));
                 // The disable commits on a task of its own: a verification whose client goes
                 // away cannot leave it stored but not yet seen by the cache.
-                let Some(me) = self.me.upgrade() else {
-                    return;
-                };
+                let (keys, events) = (Arc::clone(&self.keys), Arc::clone(&self.events));
                 let id = key.id;
                 let disable = tokio::spawn(async move {
-                    match me.disable_for_violations(id).await {
-                        Ok(true) => me.events.record(keyward_core::Event {
-                            seq: 0,
-                            ts: now,
-                            kind: keyward_core::EventKind::KeyDisabled.as_str().to_owned(),
-                            key_id: Some(id),
-                            details: json!({ "reason": "repeated rate-limit violations" }),
-                        }),
+                    match keys.disable_for_violations(id).await {
+                        Ok(true) => events.emit(
+                            EventKind::KeyDisabled,
+                            Some(id),
+                            json!({ "reason": "repeated rate-limit violations" }),
+                        ),
                         Ok(false) => {}
                         Err(e) => {
                             tracing::error!(error = %e, key_id = %id, "could not disable a key after repeated violations")
@@ -440,7 +531,7 @@ impl Authority {
         self.authenticate_for(bearer, op, None, client).await
     }
 
-    /// [`Authority::authenticate`] for an operation on a secret path (or listing glob), whose
+    /// [`Verifier::authenticate`] for an operation on a secret path (or listing glob), whose
     /// permission is scoped by it.
     pub async fn authenticate_for(
         &self,
@@ -482,7 +573,9 @@ impl Authority {
                             let actor = Actor::new(key, self.clock.now(), client);
                             return match crate::authz::admit(&actor, op, path) {
                                 Ok(()) => Ok(actor),
-                                Err(refusal) => Err(self.refuse(&actor, op, None, refusal).await),
+                                Err(refusal) => {
+                                    Err(self.authz.refuse(&actor, op, None, refusal).await)
+                                }
                             };
                         }
                     }
@@ -505,8 +598,117 @@ impl Authority {
     }
 
     async fn audit_refusal(&self, entry: PendingEntry) {
-        if let Err(e) = self.audit_only(vec![entry]).await {
+        if let Err(e) = self.audit.only(vec![entry]).await {
             tracing::error!(error = %e, "could not audit a refused admin request");
         }
+    }
+
+    /// Records a failure from `ip`; audits the moment the address becomes blocked.
+    async fn guard_failure(&self, kind: Guarded, ip: Option<std::net::IpAddr>) {
+        let Some(ip) = ip else { return };
+        if self.guard.fail(kind, ip, self.clock.now()) {
+            tracing::warn!(%ip, guard = kind.name(), "client address blocked after repeated failures");
+            let entry = PendingEntry {
+                actor: "system".into(),
+                action: AuditAction::GuardBlock,
+                target: Some(ip.to_string()),
+                details: json!({ "guard": kind.name() }),
+            };
+            if let Err(e) = self.audit.only(vec![entry]).await {
+                tracing::error!(error = %e, "could not audit a guard block");
+            }
+            self.events.emit(
+                keyward_core::EventKind::GuardBlock,
+                None,
+                json!({ "guard": kind.name(), "ip": ip }),
+            );
+        }
+    }
+
+    /// Verdict details beyond status and expiry: network, path rules, then permissions. Returns
+    /// the failing code and what was unmet.
+    pub(crate) fn check_access(
+        &self,
+        key: &CachedKey,
+        request: &VerifyRequest<'_>,
+        now: Timestamp,
+    ) -> Result<(), (keyward_core::VerifyCode, String)> {
+        use keyward_core::VerifyCode::{InsufficientPermissions, IpDenied};
+        let env = &key.env;
+        let env_network = Some(&env.network).filter(|n| !n.is_empty());
+        if key.network.is_some() || env_network.is_some() {
+            let Some(ip) = request.ip else {
+                return Err((
+                    IpDenied,
+                    "the key is restricted by network, and no ip was given".into(),
+                ));
+            };
+            if let Some(network) = &key.network
+                && !network.permits(ip)
+            {
+                return Err((
+                    IpDenied,
+                    "the address is not allowed by the key's network rules".into(),
+                ));
+            }
+            if let Some(network) = env_network
+                && !network.permits(ip)
+            {
+                return Err((
+                    IpDenied,
+                    "the address is not allowed by the environment's network rules".into(),
+                ));
+            }
+        }
+        if let Some(rules) = &key.path_rules {
+            let (Some(method), Some(path)) = (request.method, request.path) else {
+                return Err((
+                    InsufficientPermissions,
+                    "the key is limited to path rules; give method and path".into(),
+                ));
+            };
+            if !rules.iter().any(|r| r.matches(method, path)) {
+                return Err((
+                    InsufficientPermissions,
+                    "the method and path are outside the key's path rules".into(),
+                ));
+            }
+        }
+        if let Some(query) = request.permissions {
+            let policy = &env.record.policy;
+            let holds = |wanted: &str| policy.allows_use(wanted) && key.holds(wanted, now);
+            query
+                .evaluate(&holds)
+                .map_err(|unmet| (InsufficientPermissions, unmet.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// The permissions a key may use now: what it holds, live grants included, less what its
+    /// environment's policy removes.
+    pub fn effective_permissions(&self, key: &CachedKey, now: Timestamp) -> Vec<Permission> {
+        let policy = &key.env.record.policy;
+        let unrestricted =
+            policy.forbidden_permissions.is_empty() && policy.permission_ceiling.is_none();
+        if unrestricted && key.grants.is_empty() {
+            // Already sorted and without duplicates.
+            return key.permissions.list.to_vec();
+        }
+        let mut out: Vec<Permission> = key
+            .permissions
+            .list
+            .iter()
+            .chain(
+                key.grants
+                    .iter()
+                    .filter(|(_, until)| *until > now)
+                    .map(|(p, _)| p),
+            )
+            .filter(|p| unrestricted || policy.removes(p).is_none())
+            .cloned()
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
 }

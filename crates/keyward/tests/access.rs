@@ -330,7 +330,10 @@ async fn a_temporary_grant_lapses_exactly_at_its_expiry() {
     );
 
     // The lapse is recorded: grants are removed and each lapse audited.
-    assert_eq!(app.authority.sweep_lapsed_grants().await.unwrap(), 2);
+    assert_eq!(
+        app.authority.access().sweep_lapsed_grants().await.unwrap(),
+        2
+    );
     let (_, shown) = app.call(Method::GET, &format!("/v1/keys/{id}"), None).await;
     assert_eq!(shown["grants"], json!([]));
     let actions: Vec<String> = app

@@ -66,6 +66,7 @@ async fn check(app: &TestApp, keys: &[(String, String)]) -> usize {
         assert_eq!(status, 200, "{shown}");
         let verdict = app
             .authority
+            .verifier()
             .verify(key, &VerifyRequest::default())
             .await
             .unwrap();
@@ -106,6 +107,7 @@ async fn revokes_whose_connections_are_reset_mid_way_are_whole_or_absent() {
     for (_, key) in &keys {
         let verdict = app
             .authority
+            .verifier()
             .verify(key, &VerifyRequest::default())
             .await
             .unwrap();
@@ -158,8 +160,10 @@ async fn revokes_cut_off_by_the_request_timeout_are_whole_or_absent() {
     for _ in 0..300 {
         let (record, key) = app
             .authority
+            .keys()
             .create_key(
                 &app.authority
+                    .verifier()
                     .authenticate(
                         Some(&app.root_key),
                         keyward_service::Operation::KeyCreate,
@@ -220,9 +224,10 @@ async fn revokes_cut_off_by_the_request_timeout_are_whole_or_absent() {
     // Checking over HTTP would time out too: read the store and verify in process.
     let mut landed_after_timeout = 0;
     for ((id, key), answer) in keys.iter().zip(&answers) {
-        let stored = app.authority.key(id.parse().unwrap()).await.unwrap();
+        let stored = app.authority.keys().key(id.parse().unwrap()).await.unwrap();
         let verdict = app
             .authority
+            .verifier()
             .verify(key, &VerifyRequest::default())
             .await
             .unwrap();

@@ -822,7 +822,11 @@ async fn leased_keys_stop_verifying_when_the_lease_ends() {
     assert_eq!(app.verify_code(&keys[2].0).await, "REVOKED");
 
     // Listing, the expiry sweep and the audit.
-    app.authority.sweep_vault_leases_now().await.unwrap();
+    app.authority
+        .leases()
+        .sweep_vault_leases_now()
+        .await
+        .unwrap();
     let (_, all) = app.call(Method::GET, "/v1/leases?all=true", None).await;
     assert_eq!(all["leases"].as_array().unwrap().len(), 4);
     let (_, open) = app.call(Method::GET, "/v1/leases", None).await;
@@ -878,6 +882,7 @@ async fn reads_cancelled_mid_way_never_stall_later_reads() {
     let env = keyward_core::EnvironmentName::parse("live").unwrap();
     let actor = app
         .authority
+        .verifier()
         .authenticate_for(
             Some(&app.root_key),
             keyward_service::Operation::SecretRead,
@@ -888,7 +893,12 @@ async fn reads_cancelled_mid_way_never_stall_later_reads() {
         .unwrap();
     let read = || {
         let (authority, actor, env) = (app.authority.clone(), actor.clone(), env.clone());
-        async move { authority.read_secret(&actor, &env, "x", None, None).await }
+        async move {
+            authority
+                .secrets()
+                .read_secret(&actor, &env, "x", None, None)
+                .await
+        }
     };
     read().await.unwrap();
     // Clients that go away mid-request: their handlers are dropped at an await point, here

@@ -101,7 +101,7 @@ pub async fn list_audit(
 ) -> Result<Json<AuditPage>, ApiError> {
     caller.authenticate(&state, Operation::AuditRead).await?;
     let (cursor, limit) = params.checked()?;
-    let entries = state.authority()?.audit_entries(cursor, limit).await?;
+    let entries = state.authority()?.audit().entries(cursor, limit).await?;
     let next_cursor = next_cursor(entries.len(), limit, entries.last().map(|e| e.seq));
     Ok(Json(AuditPage {
         entries: entries.into_iter().map(AuditEntryView::from).collect(),
@@ -144,7 +144,7 @@ pub async fn list_events(
 ) -> Result<Json<EventPage>, ApiError> {
     caller.authenticate(&state, Operation::EventsRead).await?;
     let (cursor, limit) = params.checked()?;
-    let events = state.authority()?.events_after(cursor, limit).await?;
+    let events = state.authority()?.events().after(cursor, limit).await?;
     let next_cursor = next_cursor(events.len(), limit, events.last().map(|e| e.seq));
     Ok(Json(EventPage {
         events: events

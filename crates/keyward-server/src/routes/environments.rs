@@ -131,6 +131,7 @@ pub async fn list_environments(
     Ok(Json(EnvironmentList {
         environments: state
             .authority()?
+            .access()
             .environments()
             .into_iter()
             .map(EnvironmentView::from)
@@ -156,6 +157,7 @@ pub async fn create_environment(
     let policy = body.policy.parse()?;
     let record = state
         .authority()?
+        .access()
         .create_environment(&actor, name, policy)
         .await?;
     Ok((StatusCode::CREATED, Json(record.into())))
@@ -172,7 +174,13 @@ pub async fn show_environment(
     caller
         .authenticate(&state, Operation::EnvironmentRead)
         .await?;
-    Ok(Json(state.authority()?.environment_record(&name)?.into()))
+    Ok(Json(
+        state
+            .authority()?
+            .access()
+            .environment_record(&name)?
+            .into(),
+    ))
 }
 
 #[utoipa::path(patch, path = "/v1/environments/{name}", tag = "environments",
@@ -192,6 +200,7 @@ pub async fn update_environment(
     Ok(Json(
         state
             .authority()?
+            .access()
             .update_environment(&actor, &name, policy)
             .await?
             .into(),

@@ -324,7 +324,7 @@ impl From<keyward_core::RateLimit> for RateLimitView {
 
 /// A key as shown after a lookup or a change: with what remains of its quota.
 async fn view(state: &AppState, record: KeyRecord) -> Result<KeyView, ApiError> {
-    let remaining = state.authority()?.quota_remaining(&record).await?;
+    let remaining = state.authority()?.keys().quota_remaining(&record).await?;
     let mut view = KeyView::from(record);
     if let Some(quota) = &mut view.quota {
         quota.remaining = remaining;
@@ -474,7 +474,7 @@ pub async fn create_key(
         access,
         quota_remaining: body.quota.and_then(|q| q.remaining),
     };
-    let (record, key) = state.authority()?.create_key(&actor, new).await?;
+    let (record, key) = state.authority()?.keys().create_key(&actor, new).await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedKey {
@@ -500,7 +500,7 @@ pub async fn show_key(
 ) -> Result<Json<KeyView>, ApiError> {
     let actor = caller.authenticate(&state, Operation::KeyRead).await?;
     let id = parse_id(&id)?;
-    let record = state.authority()?.key_as(&actor, id).await?;
+    let record = state.authority()?.keys().key_as(&actor, id).await?;
     Ok(Json(view(&state, record).await?))
 }
 
@@ -586,7 +586,7 @@ pub async fn list_keys(
             None => 0,
         },
     };
-    let page = state.authority()?.list_keys(&actor, query).await?;
+    let page = state.authority()?.keys().list_keys(&actor, query).await?;
     Ok(Json(KeyList {
         keys: page.keys.into_iter().map(KeyView::from).collect(),
         next_cursor: page.next.map(|id| id.to_string()),
@@ -733,7 +733,11 @@ pub async fn update_key(
     Ok(Json(
         view(
             &state,
-            state.authority()?.update_key(&actor, id, update).await?,
+            state
+                .authority()?
+                .keys()
+                .update_key(&actor, id, update)
+                .await?,
         )
         .await?,
     ))
@@ -772,6 +776,7 @@ pub async fn revoke_key(
     Ok(Json(
         state
             .authority()?
+            .keys()
             .revoke_key(&actor, id, body.reason)
             .await?
             .into(),
@@ -815,6 +820,7 @@ pub async fn roll_key(
     let id = parse_id(&id)?;
     let (old, new, key) = state
         .authority()?
+        .keys()
         .roll_key(&actor, id, body.grace_period_s)
         .await?;
     Ok((
@@ -882,7 +888,11 @@ pub async fn add_grant(
             .transpose()?,
         ttl_s: body.ttl_s,
     };
-    let key = state.authority()?.add_grant(&actor, id, grant).await?;
+    let key = state
+        .authority()?
+        .access()
+        .add_grant(&actor, id, grant)
+        .await?;
     Ok((StatusCode::CREATED, Json(key.into())))
 }
 
@@ -930,7 +940,7 @@ pub async fn explain_key(
 ) -> Result<Json<Explanation>, ApiError> {
     let actor = caller.authenticate(&state, Operation::KeyRead).await?;
     let id = parse_id(&id)?;
-    let explained = state.authority()?.explain(&actor, id).await?;
+    let explained = state.authority()?.access().explain(&actor, id).await?;
     Ok(Json(Explanation {
         key_id: explained.key.id,
         environment: explained.key.environment,

@@ -129,7 +129,11 @@ pub async fn create_key_lease(
         ttl_s: body.ttl_s,
         max_ttl_s: body.max_ttl_s,
     };
-    let issued = state.authority()?.create_key_lease(&actor, new).await?;
+    let issued = state
+        .authority()?
+        .leases()
+        .create_key_lease(&actor, new)
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(KeyLeaseView {
@@ -178,6 +182,7 @@ pub async fn list_leases(
     }
     let leases = state
         .authority()?
+        .leases()
         .list_leases(
             &actor,
             &prefix,
@@ -204,7 +209,9 @@ pub async fn show_lease(
     Path(id): Path<String>,
 ) -> Result<Json<LeaseView>, ApiError> {
     let actor = caller.authenticate(&state, Operation::LeaseRead).await?;
-    Ok(Json(state.authority()?.lease(&actor, &id).await?.into()))
+    Ok(Json(
+        state.authority()?.leases().lease(&actor, &id).await?.into(),
+    ))
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -229,6 +236,7 @@ pub async fn renew_lease(
     Ok(Json(
         state
             .authority()?
+            .leases()
             .renew_lease(&actor, &id, body.increment_s)
             .await?
             .into(),
@@ -245,7 +253,12 @@ pub async fn revoke_lease(
 ) -> Result<Json<LeaseView>, ApiError> {
     let actor = caller.authenticate(&state, Operation::LeaseRevoke).await?;
     Ok(Json(
-        state.authority()?.revoke_lease(&actor, &id).await?.into(),
+        state
+            .authority()?
+            .leases()
+            .revoke_lease(&actor, &id)
+            .await?
+            .into(),
     ))
 }
 
@@ -273,6 +286,7 @@ pub async fn revoke_prefix(
     let actor = caller.authenticate(&state, Operation::LeaseRevoke).await?;
     let revoked = state
         .authority()?
+        .leases()
         .revoke_lease_prefix(&actor, &body.prefix)
         .await?;
     Ok(Json(RevokedCount { revoked }))

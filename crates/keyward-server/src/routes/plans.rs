@@ -109,6 +109,7 @@ pub async fn list_plans(
     Ok(Json(PlanList {
         plans: state
             .authority()?
+            .access()
             .plans()
             .into_iter()
             .map(PlanView::from)
@@ -131,6 +132,7 @@ pub async fn create_plan(
     let limits = parse_ratelimits(&body.ratelimits)?;
     let plan = state
         .authority()?
+        .access()
         .put_plan(
             &actor,
             name,
@@ -154,7 +156,9 @@ pub async fn show_plan(
     Path(name): Path<String>,
 ) -> Result<Json<PlanView>, ApiError> {
     caller.authenticate(&state, Operation::PlanRead).await?;
-    Ok(Json(state.authority()?.plan(&plan_name(&name)?)?.into()))
+    Ok(Json(
+        state.authority()?.access().plan(&plan_name(&name)?)?.into(),
+    ))
 }
 
 #[utoipa::path(put, path = "/v1/plans/{name}", tag = "plans", params(("name" = String, Path)),
@@ -173,6 +177,7 @@ pub async fn replace_plan(
     Ok(Json(
         state
             .authority()?
+            .access()
             .put_plan(
                 &actor,
                 name,
@@ -199,6 +204,7 @@ pub async fn delete_plan(
     let actor = caller.authenticate(&state, Operation::PlanWrite).await?;
     state
         .authority()?
+        .access()
         .delete_plan(&actor, &plan_name(&name)?)
         .await?;
     Ok(StatusCode::NO_CONTENT)

@@ -81,6 +81,7 @@ pub async fn list_roles(
     Ok(Json(RoleList {
         roles: state
             .authority()?
+            .access()
             .roles()
             .into_iter()
             .map(RoleView::from)
@@ -100,6 +101,7 @@ pub async fn create_role(
     let permissions = parse_permissions(&body.permissions)?;
     let role = state
         .authority()?
+        .access()
         .put_role(&actor, name, body.description, permissions, false)
         .await?;
     Ok((StatusCode::CREATED, Json(role.into())))
@@ -113,7 +115,9 @@ pub async fn show_role(
     Path(name): Path<String>,
 ) -> Result<Json<RoleView>, ApiError> {
     caller.authenticate(&state, Operation::RoleRead).await?;
-    Ok(Json(state.authority()?.role(&role_name(&name)?)?.into()))
+    Ok(Json(
+        state.authority()?.access().role(&role_name(&name)?)?.into(),
+    ))
 }
 
 #[utoipa::path(put, path = "/v1/roles/{name}", tag = "roles", params(("name" = String, Path)),
@@ -132,6 +136,7 @@ pub async fn replace_role(
     Ok(Json(
         state
             .authority()?
+            .access()
             .put_role(&actor, name, body.description, permissions, true)
             .await?
             .into(),
@@ -148,6 +153,7 @@ pub async fn delete_role(
     let actor = caller.authenticate(&state, Operation::RoleWrite).await?;
     state
         .authority()?
+        .access()
         .delete_role(&actor, &role_name(&name)?)
         .await?;
     Ok(StatusCode::NO_CONTENT)

@@ -119,6 +119,7 @@ pub async fn read_secret(
     let env = parse_environment(&environment)?;
     let read = state
         .authority()?
+        .secrets()
         .read_secret(&actor, &env, &path, params.version, params.lease_ttl_s)
         .await?;
     Ok(Json(SecretView {
@@ -162,6 +163,7 @@ pub async fn write_secret(
     let env = parse_environment(&environment)?;
     let (meta, version) = state
         .authority()?
+        .secrets()
         .write_secret(
             &actor,
             &env,
@@ -237,6 +239,7 @@ async fn change_versions(
     let env = parse_environment(&environment)?;
     let versions = state
         .authority()?
+        .secrets()
         .change_secret_versions(&actor, &env, &path, versions, change)
         .await?;
     Ok(Json(ChangedView { versions }))
@@ -332,6 +335,7 @@ pub async fn read_metadata(
     let env = parse_environment(&environment)?;
     let (meta, versions) = state
         .authority()?
+        .secrets()
         .secret_metadata(&actor, &env, &path)
         .await?;
     Ok(Json(MetadataView {
@@ -368,6 +372,7 @@ pub async fn update_metadata(
     let env = parse_environment(&environment)?;
     let meta = state
         .authority()?
+        .secrets()
         .update_secret_metadata(
             &actor,
             &env,
@@ -397,6 +402,7 @@ pub async fn delete_metadata(
     let env = parse_environment(&environment)?;
     state
         .authority()?
+        .secrets()
         .delete_secret(&actor, &env, &path)
         .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -445,6 +451,7 @@ pub async fn list_secrets(
     };
     let secrets = state
         .authority()?
+        .secrets()
         .list_secrets(&actor, &env, &prefix, params.cursor, limit)
         .await?;
     let next_cursor = (secrets.len() == limit as usize)

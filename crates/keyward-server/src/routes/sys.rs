@@ -157,7 +157,7 @@ pub async fn rotate(
     caller: Caller,
 ) -> Result<Json<KeyringView>, ApiError> {
     let actor = caller.authenticate(&state, Operation::SysRotate).await?;
-    let (term, progress) = state.authority()?.rotate(&actor).await?;
+    let (term, progress) = state.authority()?.sys().rotate(&actor).await?;
     Ok(Json(KeyringView {
         term,
         rewrap: Some(progress.into()),
@@ -171,7 +171,7 @@ pub async fn keyring(
     caller: Caller,
 ) -> Result<Json<KeyringView>, ApiError> {
     let actor = caller.authenticate(&state, Operation::SysRead).await?;
-    let (term, rewrap) = state.authority()?.keyring_status(&actor).await?;
+    let (term, rewrap) = state.authority()?.sys().keyring_status(&actor).await?;
     Ok(Json(KeyringView {
         term,
         rewrap: rewrap.map(RewrapView::from),

@@ -214,7 +214,10 @@ pub async fn verify(
         ip,
         scope: actor.as_ref().and_then(keyward_service::Actor::scope),
     };
-    let verdict = authority.verify(body.key.expose(), &request).await?;
+    let verdict = authority
+        .verifier()
+        .verify(body.key.expose(), &request)
+        .await?;
     state.metrics.verified(verdict.code, started.elapsed());
     let key = verdict.key.as_deref();
     let response = VerifyResponse {
@@ -223,7 +226,11 @@ pub async fn verify(
         key_id: key.map(|k| k.id),
         owner: key.map(|k| k.owner.to_string()),
         environment: key.map(|k| k.environment().clone()),
-        permissions: key.map(|k| authority.effective_permissions(k, authority.now())),
+        permissions: key.map(|k| {
+            authority
+                .verifier()
+                .effective_permissions(k, authority.now())
+        }),
         meta: key.map(|k| k.meta.as_deref().cloned().unwrap_or_default()),
         expires_at: key.and_then(|k| k.expires_at),
         detail: verdict.unmet,
@@ -300,7 +307,7 @@ pub async fn release_lease(
     if !state.config.insecure_unauthenticated_verify {
         caller.authenticate(&state, Operation::KeyVerify).await?;
     }
-    if state.authority()?.release_lease(&id) {
+    if state.authority()?.verifier().release_lease(&id) {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(
