@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use keyward_core::{KeyId, Timestamp};
+use keyward_core::{EnvironmentName, KeyId, Timestamp};
 
 /// A lease: proof that one request of a key is in flight.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,7 +25,8 @@ pub(crate) struct Leases {
 #[derive(Debug, Default)]
 struct LeaseTable {
     by_key: HashMap<KeyId, Vec<(String, Timestamp)>>,
-    by_id: HashMap<String, KeyId>,
+    /// Each lease's key, and the key's environment (a scoped caller releases only its own).
+    by_id: HashMap<String, (KeyId, EnvironmentName)>,
 }
 
 impl LeaseTable {
@@ -52,6 +53,7 @@ impl Leases {
     pub(crate) fn acquire(
         &self,
         key: KeyId,
+        environment: &EnvironmentName,
         limit: u32,
         timeout_s: u32,
         now: Timestamp,
@@ -66,7 +68,7 @@ impl Leases {
         }
         let expires_at = now.plus_seconds(u64::from(timeout_s));
         held.push((id.clone(), expires_at));
-        table.by_id.insert(id.clone(), key);
+        table.by_id.insert(id.clone(), (key, environment.clone()));
         Ok(Lease {
             id,
             key,
@@ -74,10 +76,21 @@ impl Leases {
         })
     }
 
-    /// Ends a lease. False if it is unknown (released already, lapsed, or never taken).
-    pub(crate) fn release(&self, id: &str, now: Timestamp) -> bool {
+    /// Ends a lease of a key whose environment `reaches` accepts. False if it is unknown
+    /// (released already, lapsed, or never taken), or of an environment the caller cannot
+    /// reach (then it stays, and the caller learns nothing of it).
+    pub(crate) fn release(
+        &self,
+        id: &str,
+        now: Timestamp,
+        reaches: impl Fn(&EnvironmentName) -> bool,
+    ) -> bool {
         let mut table = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(key) = table.by_id.remove(id) else {
+        match table.by_id.get(id) {
+            Some((_, environment)) if reaches(environment) => {}
+            _ => return false,
+        }
+        let Some((key, _)) = table.by_id.remove(id) else {
             return false;
         };
         let mut live = false;
@@ -121,22 +134,29 @@ mod tests {
     #[test]
     fn at_most_n_in_flight_and_leases_lapse() {
         let leases = Leases::default();
+        let live = EnvironmentName::parse("live").unwrap();
+        let any = |_: &EnvironmentName| true;
         let t0 = Timestamp::from_unix_ms(1_000_000);
-        let a = leases.acquire(key(), 2, 30, t0, "a".into()).unwrap();
-        leases.acquire(key(), 2, 30, t0, "b".into()).unwrap();
+        let a = leases.acquire(key(), &live, 2, 30, t0, "a".into()).unwrap();
+        leases.acquire(key(), &live, 2, 30, t0, "b".into()).unwrap();
         assert_eq!(
-            leases.acquire(key(), 2, 30, t0, "c".into()),
+            leases.acquire(key(), &live, 2, 30, t0, "c".into()),
             Err(a.expires_at)
         );
-        assert!(leases.release("a", t0));
-        assert!(!leases.release("a", t0), "released twice");
-        leases.acquire(key(), 2, 30, t0, "c".into()).unwrap();
+        // A caller that cannot reach the key's environment cannot end its lease.
+        assert!(!leases.release("a", t0, |env| env.as_str() == "test"));
+        assert_eq!(leases.in_flight(key(), t0), 2);
+        assert!(leases.release("a", t0, any));
+        assert!(!leases.release("a", t0, any), "released twice");
+        leases.acquire(key(), &live, 2, 30, t0, "c".into()).unwrap();
         assert_eq!(leases.in_flight(key(), t0), 2);
         // A crashed caller's leases lapse by themselves.
         let later = t0.plus_seconds(30);
         assert_eq!(leases.in_flight(key(), later), 0);
-        assert!(!leases.release("b", later));
-        leases.acquire(key(), 2, 30, later, "d".into()).unwrap();
+        assert!(!leases.release("b", later, any));
+        leases
+            .acquire(key(), &live, 2, 30, later, "d".into())
+            .unwrap();
         leases.sweep(later.plus_seconds(31));
         assert_eq!(leases.in_flight(key(), later), 0);
     }

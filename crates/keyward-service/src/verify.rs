@@ -182,9 +182,12 @@ impl Verifier {
         self.guard.untracked()
     }
 
-    /// Ends a concurrency lease taken by a verification. False if it is unknown or lapsed.
-    pub fn release_lease(&self, id: &str) -> bool {
-        self.leases.release(id, self.clock.now())
+    /// Ends a concurrency lease taken by a verification. False if it is unknown or lapsed, or
+    /// (for a caller scoped to `scope`) of a key of another environment, which is left alone.
+    pub fn release_lease(&self, id: &str, scope: Option<&[EnvironmentName]>) -> bool {
+        self.leases.release(id, self.clock.now(), |env| {
+            scope.is_none_or(|scope| scope.contains(env))
+        })
     }
 
     /// Forgets idle state: rate-limit windows, guard entries, lapsed leases and escalations.
@@ -264,6 +267,7 @@ impl Verifier {
             let id = keyward_crypto::new_request_id().map_err(ServiceError::internal)?;
             match self.leases.acquire(
                 key.id,
+                key.environment(),
                 concurrency.limit,
                 concurrency.lease_timeout_s,
                 now,
@@ -408,7 +412,7 @@ impl Verifier {
             self.usage.record(key.id, now);
         } else {
             if let Some(lease) = verdict.lease.take() {
-                self.leases.release(&lease.id, now);
+                self.leases.release(&lease.id, now, |_| true);
             }
             if spent > 0 {
                 self.quotas.give_back(key.id, spent);

@@ -840,3 +840,52 @@ async fn rolls_grants_and_updates_keep_the_callers_restrictions() {
         .await;
     assert_eq!(status, 403);
 }
+
+/// A concurrency lease is ended only by a caller that could verify its key: a key scoped to
+/// other environments can neither free a slot of a key it cannot reach nor learn that the lease
+/// exists.
+#[tokio::test]
+async fn a_scoped_key_cannot_release_a_lease_of_another_environment() {
+    let app = spawn_app().await;
+    let scoped = admin_key(
+        &app,
+        &["keys:verify"],
+        json!({"admin_environments": ["test"]}),
+    )
+    .await;
+    let token = key_of(&scoped);
+    let limited = app
+        .create_key(
+            "live",
+            json!({"concurrency": {"limit": 1, "lease_timeout_s": 60}}),
+        )
+        .await;
+    let (status, verdict) = app
+        .call(
+            Method::POST,
+            "/v1/verify",
+            Some(json!({"key": key_of(&limited), "lease": true})),
+        )
+        .await;
+    assert_eq!((status, verdict["code"].as_str()), (200, Some("VALID")));
+    let lease = verdict["lease"]["id"].as_str().unwrap().to_owned();
+    let release = format!("/v1/leases/{lease}/release");
+    let (status, body) = app.call_as(&token, Method::POST, &release, None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("NOT_FOUND")),
+        "answered as for an unknown lease"
+    );
+    // The slot is still taken: the lease was not ended.
+    let (_, again) = app
+        .call(
+            Method::POST,
+            "/v1/verify",
+            Some(json!({"key": key_of(&limited), "lease": true})),
+        )
+        .await;
+    assert_eq!(again["code"], "RATE_LIMITED");
+    // A key that reaches live ends it.
+    let (status, _) = app.call(Method::POST, &release, None).await;
+    assert_eq!(status, 204);
+}

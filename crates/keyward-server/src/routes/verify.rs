@@ -304,10 +304,14 @@ pub async fn release_lease(
     caller: Caller,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if !state.config.insecure_unauthenticated_verify {
-        caller.authenticate(&state, Operation::KeyVerify).await?;
-    }
-    if state.authority()?.verifier().release_lease(&id) {
+    // A scoped admin key ends only leases of keys it could verify.
+    let actor = if state.config.insecure_unauthenticated_verify {
+        None
+    } else {
+        Some(caller.authenticate(&state, Operation::KeyVerify).await?)
+    };
+    let scope = actor.as_ref().and_then(|a| a.scope());
+    if state.authority()?.verifier().release_lease(&id, scope) {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(
