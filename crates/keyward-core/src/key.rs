@@ -161,22 +161,59 @@ fn decode_base62_u64(digits: &[u8]) -> Option<u64> {
     })
 }
 
-/// Verifies that the 43 base62 digits encode a number below 2^256, i.e. 32 bytes.
-/// Four 64-bit limbs, least significant first.
-fn check_secret_range(digits: &[u8]) -> Result<(), MalformedKey> {
-    let mut limbs = [0u64; 4];
-    for &b in digits {
-        let mut carry = u128::from(base62_digit(b).ok_or(MalformedKey::Alphabet)?);
-        for limb in &mut limbs {
-            let v = u128::from(*limb) * 62 + carry;
-            *limb = v as u64; // keep the low 64 bits; the high bits carry on
-            carry = v >> 64;
+/// 2^256 written with 43 base62 digits (as digit values), most significant first. 62^43 is a
+/// little above 2^256, so not every 43-digit string is a 32-byte secret: one is exactly when its
+/// digits, compared as a number, are below these.
+#[allow(
+    clippy::indexing_slicing,
+    reason = "evaluated at compile time: an index out of bounds fails the build"
+)]
+const SECRET_LIMIT: [u8; SECRET_CHARS] = {
+    // 2^256 as 33 big-endian bytes, divided by 62 once per digit.
+    let mut number = [0u8; 33];
+    number[0] = 1;
+    let mut digits = [0u8; SECRET_CHARS];
+    let mut slot = SECRET_CHARS;
+    while slot > 0 {
+        slot -= 1;
+        let mut remainder = 0u32;
+        let mut i = 0;
+        while i < number.len() {
+            let acc = (remainder << 8) | number[i] as u32;
+            number[i] = (acc / 62) as u8;
+            remainder = acc % 62;
+            i += 1;
         }
-        if carry != 0 {
-            return Err(MalformedKey::Range);
+        digits[slot] = remainder as u8;
+    }
+    // Nothing left over: 2^256 has at most 43 base62 digits.
+    let mut i = 0;
+    while i < number.len() {
+        assert!(number[i] == 0);
+        i += 1;
+    }
+    digits
+};
+
+/// Verifies that the 43 base62 digits encode a number below 2^256, i.e. 32 bytes: every byte in
+/// the alphabet (that error first), then the digits compared with [`SECRET_LIMIT`].
+fn check_secret_range(digits: &[u8]) -> Result<(), MalformedKey> {
+    if digits.len() != SECRET_CHARS {
+        return Err(MalformedKey::Range);
+    }
+    // Whether the digits so far are equal to the limit's, below, or above it.
+    let mut order = std::cmp::Ordering::Equal;
+    for (&b, &limit) in digits.iter().zip(SECRET_LIMIT.iter()) {
+        let digit = base62_digit(b).ok_or(MalformedKey::Alphabet)?;
+        if order == std::cmp::Ordering::Equal {
+            order = (digit as u8).cmp(&limit);
         }
     }
-    Ok(())
+    if order == std::cmp::Ordering::Less {
+        Ok(())
+    } else {
+        Err(MalformedKey::Range)
+    }
 }
 
 fn encode_base62_256(bytes: &[u8; 32]) -> String {

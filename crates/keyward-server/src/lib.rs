@@ -82,13 +82,26 @@ impl Default for ServerConfig {
     }
 }
 
+/// What every handler shares, behind one `Arc`: the router clones the state for each request
+/// at several levels, and one reference count costs less than one per field.
 #[derive(Clone, Debug)]
-pub struct AppState {
+pub struct AppState(Arc<AppShared>);
+
+#[derive(Debug)]
+pub struct AppShared {
     pub node: Arc<Node>,
     pub metrics: Arc<metrics::Metrics>,
     pub config: Arc<ServerConfig>,
     pub openapi: Arc<String>,
-    request_ids: Arc<RequestIds>,
+    request_ids: RequestIds,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppShared;
+
+    fn deref(&self) -> &AppShared {
+        &self.0
+    }
 }
 
 impl AppState {
@@ -256,16 +269,16 @@ pub fn app(
 ) -> Result<Router, keyward_crypto::RandomUnavailable> {
     let (router, openapi) = api();
     let openapi = openapi.to_json().unwrap_or_else(|_| "{}".to_owned());
-    let state = AppState {
+    let state = AppState(Arc::new(AppShared {
         node,
         metrics: Arc::new(metrics::Metrics::new()),
         openapi: Arc::new(openapi),
-        request_ids: Arc::new(RequestIds {
+        request_ids: RequestIds {
             prefix: keyward_crypto::new_request_id()?.chars().take(12).collect(),
             next: AtomicU64::new(1),
-        }),
+        },
         config: Arc::new(config.clone()),
-    };
+    }));
     Ok(router
         .route("/openapi.json", axum::routing::get(routes::system::openapi))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })

@@ -1,7 +1,8 @@
-//! Usage batching: verifications never write to the store. Each valid verification sends a small
-//! event into a bounded channel (never waiting; a full channel drops the event and counts it);
-//! one task folds events per key and writes `last_used_at` and `uses` once per interval, and once
-//! more at shutdown.
+//! Usage batching: verifications never write to the store, nor wake anything. Each valid
+//! verification folds into a sharded in-memory table (one entry per key: its latest use and a
+//! count); one task writes `last_used_at` and `uses` once per interval, and once more at
+//! shutdown. The table holds at most `capacity` keys between two writes: a use of a key beyond
+//! that is dropped and counted, so memory stays bounded whatever the load.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,41 +11,122 @@ use std::time::Duration;
 
 use keyward_core::{KeyId, Timestamp};
 use keyward_store::{KeyUsage, Store};
-use tokio::sync::{Mutex, mpsc, watch};
+use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
+
+/// Shards of the table: verifications on different cores rarely meet on one lock.
+const SHARDS: usize = 16;
+
+/// Pending-usage shard capacity kept between flushes; a larger one is freed after a flush.
+const KEEP_CAPACITY: usize = 1024;
+
+type Pending = HashMap<KeyId, KeyUsage>;
+
+#[derive(Debug)]
+struct Table {
+    shards: Box<[std::sync::Mutex<Pending>]>,
+    per_shard: usize,
+    dropped: AtomicU64,
+}
+
+impl Table {
+    fn shard(&self, id: KeyId) -> std::sync::MutexGuard<'_, Pending> {
+        // Key ids end in random bits (UUIDv7).
+        let index = (id.0.as_u128() as usize) % SHARDS;
+        self.shards
+            .get(index)
+            .unwrap_or_else(|| unreachable!("the index is below SHARDS"))
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn record(&self, id: KeyId, at: Timestamp) {
+        let mut shard = self.shard(id);
+        if let Some(entry) = shard.get_mut(&id) {
+            entry.uses += 1;
+            entry.last_used_at = entry.last_used_at.max(at);
+        } else if shard.len() < self.per_shard {
+            shard.insert(
+                id,
+                KeyUsage {
+                    id,
+                    last_used_at: at,
+                    uses: 1,
+                },
+            );
+        } else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes everything pending, leaving empty shards.
+    fn take(&self) -> Vec<KeyUsage> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            out.extend(shard.values().copied());
+            if shard.capacity() > KEEP_CAPACITY {
+                // After a burst, give the memory back rather than keeping the peak size.
+                *shard = HashMap::new();
+            } else {
+                shard.clear();
+            }
+        }
+        out
+    }
+
+    /// Puts back what a failed write took, folded with what arrived meanwhile.
+    fn restore(&self, usage: Vec<KeyUsage>) {
+        for old in usage {
+            let mut shard = self.shard(old.id);
+            match shard.get_mut(&old.id) {
+                Some(entry) => {
+                    entry.uses += old.uses;
+                    entry.last_used_at = entry.last_used_at.max(old.last_used_at);
+                }
+                None => {
+                    shard.insert(old.id, old);
+                }
+            }
+        }
+    }
+}
 
 #[derive(Debug)]
 pub(crate) struct UsageRecorder {
-    events: mpsc::Sender<(KeyId, Timestamp)>,
-    dropped: AtomicU64,
+    table: Arc<Table>,
     stop: watch::Sender<bool>,
     flusher: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl UsageRecorder {
+    /// Starts the writer; at most `capacity` keys are pending between two writes.
     pub(crate) fn start(store: Arc<dyn Store>, capacity: usize, interval: Duration) -> Self {
-        let (events, rx) = mpsc::channel(capacity.max(1));
-        let (stop, stopped) = watch::channel(false);
-        let flusher = tokio::spawn(run(store, rx, stopped, interval));
-        UsageRecorder {
-            events,
+        let table = Arc::new(Table {
+            shards: (0..SHARDS)
+                .map(|_| std::sync::Mutex::new(HashMap::new()))
+                .collect(),
+            per_shard: capacity.div_ceil(SHARDS).max(1),
             dropped: AtomicU64::new(0),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let flusher = tokio::spawn(run(store, Arc::clone(&table), stopped, interval));
+        UsageRecorder {
+            table,
             stop,
             flusher: Mutex::new(Some(flusher)),
         }
     }
 
     pub(crate) fn record(&self, id: KeyId, at: Timestamp) {
-        if self.events.try_send((id, at)).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
+        self.table.record(id, at);
     }
 
     pub(crate) fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.table.dropped.load(Ordering::Relaxed)
     }
 
-    /// Stops the flusher after it has written everything received so far.
+    /// Stops the flusher after it has written everything recorded so far.
     pub(crate) async fn shutdown(&self) {
         let _ = self.stop.send(true);
         if let Some(handle) = self.flusher.lock().await.take() {
@@ -53,65 +135,73 @@ impl UsageRecorder {
     }
 }
 
-const RECEIVE_BATCH: usize = 1024;
-
-/// Pending-usage table capacity kept between flushes; a larger one is freed after a flush.
-const KEEP_CAPACITY: usize = 16 * 1024;
-
 async fn run(
     store: Arc<dyn Store>,
-    mut rx: mpsc::Receiver<(KeyId, Timestamp)>,
+    table: Arc<Table>,
     mut stopped: watch::Receiver<bool>,
     interval: Duration,
 ) {
-    let mut pending: HashMap<KeyId, KeyUsage> = HashMap::new();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Events are taken in batches: one wake-up per batch, not per verification.
-    let mut batch = Vec::with_capacity(RECEIVE_BATCH);
     loop {
         tokio::select! {
-            received = rx.recv_many(&mut batch, RECEIVE_BATCH) => {
-                if received == 0 {
-                    break;
-                }
-                for (id, at) in batch.drain(..) {
-                    fold(&mut pending, id, at);
-                }
-            }
-            _ = ticker.tick() => flush(&*store, &mut pending).await,
+            _ = ticker.tick() => flush(&*store, &table).await,
             _ = stopped.changed() => break,
         }
     }
-    rx.close();
-    while let Ok((id, at)) = rx.try_recv() {
-        fold(&mut pending, id, at);
-    }
-    flush(&*store, &mut pending).await;
+    flush(&*store, &table).await;
 }
 
-fn fold(pending: &mut HashMap<KeyId, KeyUsage>, id: KeyId, at: Timestamp) {
-    let entry = pending.entry(id).or_insert(KeyUsage {
-        id,
-        last_used_at: at,
-        uses: 0,
-    });
-    entry.uses += 1;
-    entry.last_used_at = entry.last_used_at.max(at);
-}
-
-async fn flush(store: &dyn Store, pending: &mut HashMap<KeyId, KeyUsage>) {
-    if pending.is_empty() {
+async fn flush(store: &dyn Store, table: &Table) {
+    let batch = table.take();
+    if batch.is_empty() {
         return;
     }
-    let batch: Vec<KeyUsage> = pending.values().copied().collect();
-    match store.record_usage(batch).await {
-        // After a burst, give the table's memory back rather than keeping its peak size.
-        Ok(()) if pending.capacity() > KEEP_CAPACITY => *pending = HashMap::new(),
-        Ok(()) => pending.clear(),
+    if let Err(e) = store.record_usage(batch.clone()).await {
         // Kept for the next tick: usage is retried, not lost, while the store is down.
-        Err(e) => {
-            tracing::warn!(error = %e, keys = pending.len(), "usage flush failed; will retry")
+        tracing::warn!(error = %e, keys = batch.len(), "usage flush failed; will retry");
+        table.restore(batch);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(capacity: usize) -> Table {
+        Table {
+            shards: (0..SHARDS)
+                .map(|_| std::sync::Mutex::new(HashMap::new()))
+                .collect(),
+            per_shard: capacity.div_ceil(SHARDS).max(1),
+            dropped: AtomicU64::new(0),
         }
+    }
+
+    #[test]
+    fn uses_fold_per_key_and_the_table_stays_bounded() {
+        let table = table(SHARDS * 2);
+        let at = |ms| Timestamp::from_unix_ms(ms);
+        let one = KeyId(uuid::Uuid::from_u128(1));
+        for ms in [30, 10, 20] {
+            table.record(one, at(ms));
+        }
+        // Far more distinct keys than the table holds: the excess is dropped and counted.
+        for i in 0..10_000u128 {
+            table.record(KeyId(uuid::Uuid::from_u128(1000 + i)), at(5));
+        }
+        let dropped = table.dropped.load(Ordering::Relaxed);
+        let taken = table.take();
+        assert!(taken.len() <= SHARDS * 2, "bounded: {}", taken.len());
+        assert_eq!(taken.len() as u64 + dropped, 10_001);
+        let mine = taken.iter().find(|u| u.id == one).unwrap();
+        assert_eq!((mine.uses, mine.last_used_at), (3, at(30)));
+        // A failed write is put back and folded with what came after it.
+        table.restore(vec![*mine]);
+        table.record(one, at(40));
+        let again = table.take();
+        assert_eq!(again.len(), 1);
+        assert_eq!((again[0].uses, again[0].last_used_at), (4, at(40)));
+        assert!(table.take().is_empty());
     }
 }

@@ -143,3 +143,78 @@ fn checksum_rejects_every_single_character_change_exhaustively() {
     }
     assert!(changes > 3000);
 }
+
+/// The range check as first written: the digits multiplied into four 64-bit limbs. Kept as the
+/// oracle for the comparison with the digits of 2^256.
+fn range_by_multiplication(digits: &[u8]) -> Result<(), MalformedKey> {
+    let mut limbs = [0u64; 4];
+    for &b in digits {
+        let mut carry = u128::from(base62_digit(b).ok_or(MalformedKey::Alphabet)?);
+        for limb in &mut limbs {
+            let v = u128::from(*limb) * 62 + carry;
+            *limb = v as u64;
+            carry = v >> 64;
+        }
+        if carry != 0 {
+            return Err(MalformedKey::Range);
+        }
+    }
+    Ok(())
+}
+
+fn digits_of(values: &[u8]) -> Vec<u8> {
+    values.iter().map(|&v| ALPHABET[v as usize]).collect()
+}
+
+#[test]
+fn the_range_check_agrees_with_multiplication_at_the_edge() {
+    let limit = SECRET_LIMIT.to_vec();
+    // 2^256 itself is out of range; one below it is the largest secret.
+    let mut below = limit.clone();
+    let last = below.iter().rposition(|&d| d > 0).unwrap();
+    below[last] -= 1;
+    for d in below.iter_mut().skip(last + 1) {
+        *d = 61;
+    }
+    let mut above = limit.clone();
+    *above.last_mut().unwrap() += 1;
+    for (values, expected) in [
+        (limit, Err(MalformedKey::Range)),
+        (below, Ok(())),
+        (above, Err(MalformedKey::Range)),
+        (vec![0; SECRET_CHARS], Ok(())),
+        (vec![61; SECRET_CHARS], Err(MalformedKey::Range)),
+    ] {
+        let digits = digits_of(&values);
+        assert_eq!(check_secret_range(&digits), expected);
+        assert_eq!(range_by_multiplication(&digits), expected);
+    }
+    // The largest 32-byte secret encodes to exactly the digits below the limit.
+    let max = encode_base62_256(&[0xFF; 32]);
+    assert_eq!(check_secret_range(max.as_bytes()), Ok(()));
+    // A byte outside the alphabet is reported as such even where the digits are out of range.
+    let mut bad = digits_of(&[61; SECRET_CHARS]);
+    bad[42] = b'-';
+    assert_eq!(check_secret_range(&bad), Err(MalformedKey::Alphabet));
+}
+
+proptest! {
+    #[test]
+    fn the_range_check_agrees_with_multiplication(
+        digits in proptest::collection::vec(prop_oneof![
+            // Mostly the alphabet, with the top digits weighted towards the limit's.
+            8 => proptest::sample::select(ALPHABET.to_vec()),
+            1 => any::<u8>(),
+        ], SECRET_CHARS),
+        top in proptest::option::of(0usize..SECRET_CHARS),
+    ) {
+        let mut digits = digits;
+        // Copy a prefix of the limit's digits so inputs near 2^256 are tried often.
+        if let Some(n) = top {
+            for (d, &v) in digits.iter_mut().zip(SECRET_LIMIT.iter()).take(n) {
+                *d = ALPHABET[v as usize];
+            }
+        }
+        prop_assert_eq!(check_secret_range(&digits), range_by_multiplication(&digits));
+    }
+}
