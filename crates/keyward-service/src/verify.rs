@@ -690,13 +690,17 @@ impl Verifier {
 
     /// The permissions a key may use now: what it holds, live grants included, less what its
     /// environment's policy removes.
-    pub fn effective_permissions(&self, key: &CachedKey, now: Timestamp) -> Vec<Permission> {
+    pub fn effective_permissions<'k>(
+        &self,
+        key: &'k CachedKey,
+        now: Timestamp,
+    ) -> std::borrow::Cow<'k, [Permission]> {
         let policy = &key.env.record.policy;
         let unrestricted =
             policy.forbidden_permissions.is_empty() && policy.permission_ceiling.is_none();
         if unrestricted && key.grants.is_empty() {
-            // Already sorted and without duplicates.
-            return key.permissions.list.to_vec();
+            // Already sorted and without duplicates: lent, not copied.
+            return std::borrow::Cow::Borrowed(&key.permissions.list);
         }
         let mut out: Vec<Permission> = key
             .permissions
@@ -713,6 +717,6 @@ impl Verifier {
             .collect();
         out.sort();
         out.dedup();
-        out
+        std::borrow::Cow::Owned(out)
     }
 }

@@ -1,5 +1,6 @@
 //! `POST /v1/verify`: the hot path, called by the APIs that keyward protects.
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use axum::Json;
@@ -73,6 +74,19 @@ pub struct RateLimitState {
     pub reset_s: u64,
 }
 
+/// A key's metadata as the verdict shows it: lent from the cache, `{}` when it has none.
+#[derive(Debug)]
+pub struct Meta<'a>(Option<&'a Map<String, Value>>);
+
+impl Serialize for Meta<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Some(map) => map.serialize(s),
+            None => serde::ser::SerializeMap::end(s.serialize_map(Some(0))?),
+        }
+    }
+}
+
 fn presented_key<'de, D: Deserializer<'de>>(d: D) -> Result<PlaintextKey, D::Error> {
     String::deserialize(d).map(PlaintextKey::from_presented)
 }
@@ -80,7 +94,7 @@ fn presented_key<'de, D: Deserializer<'de>>(d: D) -> Result<PlaintextKey, D::Err
 /// The verdict. `valid` is true exactly when `code` is `VALID`; details of the key are given
 /// whenever the presented key matched one.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct VerifyResponse {
+pub struct VerifyResponse<'a> {
     pub valid: bool,
     /// VALID, MALFORMED, NOT_FOUND, EXPIRED, REVOKED, DISABLED, ENVIRONMENT_MISMATCH, …
     #[schema(value_type = String, example = "VALID")]
@@ -89,16 +103,17 @@ pub struct VerifyResponse {
     #[schema(value_type = Option<String>, format = Uuid)]
     pub key_id: Option<KeyId>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub owner: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub owner: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
-    pub environment: Option<EnvironmentName>,
+    pub environment: Option<&'a EnvironmentName>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<String>>)]
-    pub permissions: Option<Vec<Permission>>,
+    pub permissions: Option<Cow<'a, [Permission]>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
-    pub meta: Option<Map<String, Value>>,
+    pub meta: Option<Meta<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Timestamp>,
@@ -224,14 +239,14 @@ pub async fn verify(
         valid: verdict.code == VerifyCode::Valid,
         code: verdict.code,
         key_id: key.map(|k| k.id),
-        owner: key.map(|k| k.owner.to_string()),
-        environment: key.map(|k| k.environment().clone()),
+        owner: key.map(|k| &*k.owner),
+        environment: key.map(|k| k.environment()),
         permissions: key.map(|k| {
             authority
                 .verifier()
                 .effective_permissions(k, authority.now())
         }),
-        meta: key.map(|k| k.meta.as_deref().cloned().unwrap_or_default()),
+        meta: key.map(|k| Meta(k.meta.as_deref())),
         expires_at: key.and_then(|k| k.expires_at),
         detail: verdict.unmet,
         ratelimits: verdict
