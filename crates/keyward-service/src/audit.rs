@@ -126,6 +126,14 @@ pub enum ChainReport {
 
 /// Recomputes the whole chain from the store, page by page.
 pub async fn verify_chain(store: &dyn Store) -> Result<ChainReport, keyward_store::StoreError> {
+    walk_chain(store, |_| {}).await
+}
+
+/// [`verify_chain`], handing each entry that checks out to `visit`, oldest first.
+pub(crate) async fn walk_chain(
+    store: &dyn Store,
+    mut visit: impl FnMut(&AuditEntry),
+) -> Result<ChainReport, keyward_store::StoreError> {
     let mut verifier = ChainVerifier::default();
     let mut after = 0;
     loop {
@@ -140,8 +148,22 @@ pub async fn verify_chain(store: &dyn Store) -> Result<ChainReport, keyward_stor
             if let Err(broken) = verifier.check(entry) {
                 return Ok(ChainReport::Broken(broken));
             }
+            visit(entry);
         }
     }
+}
+
+/// The key an entry says was revoked, if it says one was: a key revoked by hand, or the key of
+/// a revoked lease.
+pub(crate) fn revoked_key(entry: &AuditEntry) -> Option<keyward_core::KeyId> {
+    let id = if entry.action == AuditAction::KeyRevoke.as_str() {
+        entry.target.as_deref()
+    } else if entry.action == AuditAction::LeaseRevoke.as_str() {
+        entry.details.get("key_id").and_then(|v| v.as_str())
+    } else {
+        None
+    };
+    id.and_then(|id| id.parse().ok())
 }
 
 #[cfg(test)]

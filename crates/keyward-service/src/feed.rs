@@ -44,6 +44,9 @@ impl FeedListener {
         }
         for key in changes.insert_keys.iter().chain(&changes.update_keys) {
             self.cache.invalidate(&key.hash);
+            if key.status == keyward_core::KeyStatus::Revoked {
+                self.integrity.note_revoked(key.id);
+            }
         }
         for (id, state) in &changes.set_quotas {
             self.quotas.set(*id, *state);

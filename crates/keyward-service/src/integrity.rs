@@ -308,6 +308,27 @@ pub async fn verify_stored_state(
             .filter(|k| !key_intact(key, k))
             .map(|k| format!("key {}", k.id)),
     );
+    // Revocations the log records, against the rows: a row put back from before its
+    // revocation has a valid tag but is named here.
+    let mut in_log = std::collections::HashSet::new();
+    if let crate::audit::ChainReport::Broken(broken) = crate::audit::walk_chain(store, |entry| {
+        in_log.extend(crate::audit::revoked_key(entry))
+    })
+    .await?
+    {
+        failed.push(format!("audit log: {broken}"));
+    }
+    failed.extend(
+        all.update_keys
+            .iter()
+            .filter(|k| k.status != keyward_core::KeyStatus::Revoked && in_log.contains(&k.id))
+            .map(|k| {
+                format!(
+                    "key {}: revoked in the audit log, not in its row (restored from an earlier copy)",
+                    k.id
+                )
+            }),
+    );
     let revoked = all
         .update_keys
         .iter()
@@ -365,11 +386,16 @@ impl Findings {
     }
 }
 
-/// The integrity service: the vault's integrity key and what failed a check since unseal.
+/// The integrity service: the vault's integrity key, what failed a check since unseal, and the
+/// keys the audit log says were revoked.
 #[derive(Debug)]
 pub(crate) struct Integrity {
     vault: Arc<OpenVault>,
     findings: Findings,
+    /// Keys revoked according to the audit log (whose chain and tagged head authenticate it),
+    /// and to every revoke this node has seen committed since. A key row that is not revoked
+    /// but is named here was put back from an earlier copy: it is no key.
+    revoked: std::sync::RwLock<std::collections::HashSet<keyward_core::KeyId>>,
 }
 
 impl Integrity {
@@ -377,7 +403,13 @@ impl Integrity {
         Integrity {
             vault,
             findings: Findings::default(),
+            revoked: std::sync::RwLock::new(std::collections::HashSet::new()),
         }
+    }
+
+    /// Records a committed revocation (the change feed calls this).
+    pub(crate) fn note_revoked(&self, id: keyward_core::KeyId) {
+        crate::write(&self.revoked).insert(id);
     }
 
     pub(crate) fn key(&self) -> &IntegrityKey {
@@ -398,14 +430,24 @@ impl Integrity {
         self.findings.list()
     }
 
-    /// `key` if its tag checks out; otherwise the failure is reported and `None` returned.
+    /// `key` if its tag checks out and no revocation of it was undone; otherwise the failure is
+    /// reported and `None` returned.
     pub(crate) fn intact_key(&self, key: KeyRecord) -> Option<KeyRecord> {
-        if key_intact(self.key(), &key) {
-            Some(key)
-        } else {
+        if !key_intact(self.key(), &key) {
             self.findings.report(format!("key {}", key.id));
-            None
+            return None;
         }
+        if key.status != keyward_core::KeyStatus::Revoked
+            && crate::read(&self.revoked).contains(&key.id)
+        {
+            self.findings.report(format!(
+                "key {}: revoked in the audit log, not in its row (the row was restored from an \
+                 earlier copy); it is treated as no key",
+                key.id
+            ));
+            return None;
+        }
+        Some(key)
     }
 
     /// Checks every stored key's tag, reporting failures, and that no revocation was undone
@@ -450,10 +492,18 @@ impl Integrity {
         }
     }
 
-    /// Checks the whole audit chain, reporting a break: an edit in the middle of the log that
-    /// left its head alone is found here. Run once after unseal, beside serving.
-    pub(crate) async fn check_audit_chain(&self, store: &dyn Store) {
-        match crate::audit::verify_chain(store).await {
+    /// Checks the whole audit chain, reporting a break (an edit in the middle of the log that
+    /// left its head alone is found here), and learns from it every key ever revoked. Returns
+    /// whether any was learned. Run once after unseal, beside serving.
+    pub(crate) async fn check_audit_chain(&self, store: &dyn Store) -> bool {
+        let mut revoked = Vec::new();
+        let report = crate::audit::walk_chain(store, |entry| {
+            revoked.extend(crate::audit::revoked_key(entry));
+        })
+        .await;
+        let learned = !revoked.is_empty();
+        crate::write(&self.revoked).extend(revoked);
+        match report {
             Ok(crate::audit::ChainReport::Broken(broken)) => {
                 self.findings.report(format!("audit log: {broken}"));
             }
@@ -462,6 +512,7 @@ impl Integrity {
             }
             Err(e) => tracing::warn!(error = %e, "could not verify the audit chain"),
         }
+        learned
     }
 }
 

@@ -194,6 +194,7 @@ pub struct Authority {
     secrets: Arc<Secrets>,
     leases: Arc<KeyLeases>,
     sys: Arc<Sys>,
+    cache: Arc<VerifyCache>,
     /// Keys revoked as the checkpoint counted at unseal: the background check compares.
     revoked_at_open: u64,
     jobs: jobs::Jobs,
@@ -315,7 +316,7 @@ impl Authority {
             config.rewrap_batch,
         ));
         let feed = Arc::new(FeedListener {
-            cache,
+            cache: Arc::clone(&cache),
             catalog,
             quotas: Arc::clone(&quotas),
             vault,
@@ -337,6 +338,7 @@ impl Authority {
             secrets,
             leases,
             sys,
+            cache,
             revoked_at_open,
             jobs: jobs::Jobs::new(),
             feed,
@@ -366,6 +368,11 @@ impl Authority {
 
     pub fn access(&self) -> &Access {
         &self.access
+    }
+
+    /// The verification cache (for metrics and tests).
+    pub fn cache(&self) -> &VerifyCache {
+        &self.cache
     }
 
     pub fn verifier(&self) -> &Verifier {
@@ -422,17 +429,23 @@ impl Authority {
     pub fn start_background(&self) {
         let second = Duration::from_secs(1);
         let store = Arc::clone(&self.store);
+        let cache = Arc::clone(&self.cache);
         let revoked_at_open = self.revoked_at_open;
-        // An edit in the middle of the log that left its head alone, or a tampered key that
-        // nobody presents, is found here and reported on /readyz.
+        // An edit in the middle of the log that left its head alone, a key row put back from
+        // before its revocation, or a tampered key that nobody presents, is found here and
+        // reported on /readyz.
         self.jobs.once(
             "integrity-check",
             &self.integrity,
             move |integrity| async move {
+                // The log names every revoked key: what the cache read before knowing them is
+                // read again, so a restored row stops verifying.
+                if integrity.check_audit_chain(store.as_ref()).await {
+                    cache.clear();
+                }
                 integrity
                     .check_every_key(store.as_ref(), revoked_at_open)
                     .await;
-                integrity.check_audit_chain(store.as_ref()).await;
             },
         );
         self.jobs.every(

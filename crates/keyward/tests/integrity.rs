@@ -395,14 +395,31 @@ async fn a_key_row_restored_from_before_its_revocation_is_caught() {
     }
     app.start().await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while readyz(&app).await.0 != 503 {
+    loop {
+        let (status, body) = readyz(&app).await;
+        let findings = app.authority.integrity_findings();
+        if status == 503
+            && findings
+                .iter()
+                .any(|f| f.contains(&id) && f.contains("restored"))
+        {
+            break;
+        }
         assert!(
             std::time::Instant::now() < deadline,
-            "the undone revocation was not reported"
+            "the undone revocation was not reported with the key: {body} {findings:?}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    // keyward audit verify with the key says so too (offline).
+    // The key is pinpointed: the audit log names it revoked, so its restored row is no key.
+    let key = victim["key"].as_str().unwrap();
+    assert_ne!(app.verify_code(key).await, "VALID");
+    let (status, body) = app.call(Method::GET, &format!("/v1/keys/{id}"), None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (500, Some("INTEGRITY"))
+    );
+    // keyward audit verify with the key says so too (offline), naming the key.
     app.shutdown().await;
     let unseal = keyward_crypto::barrier::UnsealKey::from_text(&app.unseal_key).unwrap();
     let store = keyward_store_sqlite::SqliteStore::open(&db).unwrap();
@@ -411,6 +428,12 @@ async fn a_key_row_restored_from_before_its_revocation_is_caught() {
         .unwrap();
     assert!(
         failed.iter().any(|f| f.contains("revocations undone")),
+        "{failed:?}"
+    );
+    assert!(
+        failed
+            .iter()
+            .any(|f| f.contains(&id) && f.contains("revoked in the audit log")),
         "{failed:?}"
     );
 }
