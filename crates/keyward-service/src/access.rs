@@ -407,6 +407,13 @@ impl Access {
             }
         }
         let existing = self.catalog.role(&name);
+        // The store too: a role left out of the catalog (it failed its integrity check) is
+        // still held by keys, and "creating" it anew would change what they hold unchecked.
+        if existing.is_none() && self.store.roles().await?.iter().any(|r| r.name == name) {
+            return Err(ServiceError::Conflict(format!(
+                "role {name} exists but failed its integrity check; see /readyz and the log"
+            )));
+        }
         let record = match (existing, replace) {
             (Some(_), false) => return Err(ServiceError::Conflict(format!("role {name} exists"))),
             (None, true) => return Err(ServiceError::NotFound { what: "role" }),
@@ -573,6 +580,12 @@ impl Access {
         }
         let now = self.clock.now();
         let existing = self.catalog.plan(&name);
+        // As for roles: a plan left out of the catalog still has keys on it.
+        if existing.is_none() && self.store.plans().await?.iter().any(|p| p.name == name) {
+            return Err(ServiceError::Conflict(format!(
+                "plan {name} exists but failed its integrity check; see /readyz and the log"
+            )));
+        }
         let record = match (existing, replace) {
             (Some(_), false) => return Err(ServiceError::Conflict(format!("plan {name} exists"))),
             (None, true) => return Err(ServiceError::NotFound { what: "plan" }),

@@ -17,6 +17,16 @@ pub struct Lease {
     pub expires_at: Timestamp,
 }
 
+/// What releasing a lease did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Release {
+    Released,
+    /// Released already, lapsed, or never taken.
+    Unknown,
+    /// Of a key in an environment the caller cannot reach: left as it is.
+    OutOfReach(EnvironmentName),
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Leases {
     inner: Mutex<LeaseTable>,
@@ -76,22 +86,24 @@ impl Leases {
         })
     }
 
-    /// Ends a lease of a key whose environment `reaches` accepts. False if it is unknown
-    /// (released already, lapsed, or never taken), or of an environment the caller cannot
-    /// reach (then it stays, and the caller learns nothing of it).
+    /// Ends a lease of a key whose environment `reaches` accepts. A lease of an environment
+    /// the caller cannot reach stays as it is.
     pub(crate) fn release(
         &self,
         id: &str,
         now: Timestamp,
         reaches: impl Fn(&EnvironmentName) -> bool,
-    ) -> bool {
+    ) -> Release {
         let mut table = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         match table.by_id.get(id) {
-            Some((_, environment)) if reaches(environment) => {}
-            _ => return false,
+            Some((_, environment)) if !reaches(environment) => {
+                return Release::OutOfReach(environment.clone());
+            }
+            Some(_) => {}
+            None => return Release::Unknown,
         }
         let Some((key, _)) = table.by_id.remove(id) else {
-            return false;
+            return Release::Unknown;
         };
         let mut live = false;
         if let Some(held) = table.by_key.get_mut(&key) {
@@ -102,7 +114,11 @@ impl Leases {
                 table.by_key.remove(&key);
             }
         }
-        live
+        if live {
+            Release::Released
+        } else {
+            Release::Unknown
+        }
     }
 
     /// How many leases `key` holds now.
@@ -144,16 +160,23 @@ mod tests {
             Err(a.expires_at)
         );
         // A caller that cannot reach the key's environment cannot end its lease.
-        assert!(!leases.release("a", t0, |env| env.as_str() == "test"));
+        assert_eq!(
+            leases.release("a", t0, |env| env.as_str() == "test"),
+            Release::OutOfReach(live.clone())
+        );
         assert_eq!(leases.in_flight(key(), t0), 2);
-        assert!(leases.release("a", t0, any));
-        assert!(!leases.release("a", t0, any), "released twice");
+        assert_eq!(leases.release("a", t0, any), Release::Released);
+        assert_eq!(
+            leases.release("a", t0, any),
+            Release::Unknown,
+            "released twice"
+        );
         leases.acquire(key(), &live, 2, 30, t0, "c".into()).unwrap();
         assert_eq!(leases.in_flight(key(), t0), 2);
         // A crashed caller's leases lapse by themselves.
         let later = t0.plus_seconds(30);
         assert_eq!(leases.in_flight(key(), later), 0);
-        assert!(!leases.release("b", later, any));
+        assert_eq!(leases.release("b", later, any), Release::Unknown);
         leases
             .acquire(key(), &live, 2, 30, later, "d".into())
             .unwrap();

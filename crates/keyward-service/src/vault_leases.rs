@@ -295,6 +295,19 @@ impl KeyLeases {
                     "the leased key was revoked; revocation is final".into(),
                 ));
             }
+            // A rolled key ends with its grace period: renewing the lease must not bring it
+            // back beside its successor (a key is often rolled because it leaked).
+            if let Some(successor) = key.rolled_to {
+                return Err(ServiceError::Conflict(format!(
+                    "the leased key was rolled to {successor}; a rolled key is not renewed"
+                )));
+            }
+            if key.environment != lease.environment {
+                return Err(ServiceError::Integrity(format!(
+                    "lease {} names key {key_id} of another environment",
+                    lease.id
+                )));
+            }
             key.expires_at = Some(lease.expires_at);
             key.updated_at = now;
             changes.update_keys.push(key.clone());

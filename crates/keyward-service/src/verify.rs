@@ -183,11 +183,25 @@ impl Verifier {
     }
 
     /// Ends a concurrency lease taken by a verification. False if it is unknown or lapsed, or
-    /// (for a caller scoped to `scope`) of a key of another environment, which is left alone.
-    pub fn release_lease(&self, id: &str, scope: Option<&[EnvironmentName]>) -> bool {
-        self.leases.release(id, self.clock.now(), |env| {
-            scope.is_none_or(|scope| scope.contains(env))
-        })
+    /// of a key of an environment `actor` (if any) cannot reach: that lease is left alone and
+    /// the refusal audited, and the caller learns no more than for an unknown lease.
+    pub async fn release_lease(&self, id: &str, actor: Option<&Actor>) -> bool {
+        let released = self.leases.release(id, self.clock.now(), |env| {
+            actor.is_none_or(|a| a.may_manage(env))
+        });
+        match released {
+            crate::leases::Release::Released => true,
+            crate::leases::Release::Unknown => false,
+            crate::leases::Release::OutOfReach(environment) => {
+                if let Some(actor) = actor {
+                    let refusal = crate::Refusal::OutOfScope { environment };
+                    self.authz
+                        .refuse(actor, Operation::KeyVerify, Some(id.to_owned()), refusal)
+                        .await;
+                }
+                false
+            }
+        }
     }
 
     /// Forgets idle state: rate-limit windows, guard entries, lapsed leases and escalations.
@@ -412,7 +426,7 @@ impl Verifier {
             self.usage.record(key.id, now);
         } else {
             if let Some(lease) = verdict.lease.take() {
-                self.leases.release(&lease.id, now, |_| true);
+                let _ = self.leases.release(&lease.id, now, |_| true);
             }
             if spent > 0 {
                 self.quotas.give_back(key.id, spent);

@@ -885,6 +885,14 @@ async fn a_scoped_key_cannot_release_a_lease_of_another_environment() {
         )
         .await;
     assert_eq!(again["code"], "RATE_LIMITED");
+    // The refusal is audited, naming the lease.
+    let refused = app.audit().await;
+    assert!(
+        refused.iter().any(|e| e["action"] == "auth.forbidden"
+            && e["target"] == lease.as_str()
+            && e["details"]["reason"] == "out_of_scope"),
+        "the refused release is audited"
+    );
     // A key that reaches live ends it.
     let (status, _) = app.call(Method::POST, &release, None).await;
     assert_eq!(status, 204);

@@ -172,6 +172,52 @@ async fn roles_and_policies_edited_offline_fail_closed() {
     );
     let (status, health) = readyz(&app).await;
     assert_eq!(status, 503, "{health}");
+    // The tampered role cannot be made anew under its name: keys still hold it, and creating
+    // it would hand them new permissions past the check that changing a held role gets.
+    let (status, body) = app
+        .call(
+            Method::POST,
+            "/v1/roles",
+            Some(json!({"name": "reader", "permissions": ["*"]})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("CONFLICT"))
+    );
+}
+
+#[tokio::test]
+async fn a_plan_tampered_offline_cannot_be_made_anew_under_its_name() {
+    let mut app = spawn_app().await;
+    let (status, _) = app
+        .call(
+            Method::POST,
+            "/v1/plans",
+            Some(
+                json!({"name": "gold", "ratelimits": [{"name": "rps", "limit": 5, "period_s": 1}]}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201);
+    app.create_key("live", json!({"plan": "gold"})).await;
+    app.shutdown().await;
+    tamper(
+        &app,
+        "UPDATE plans SET description = 'x' WHERE name = 'gold';",
+    );
+    app.start().await;
+    let (status, body) = app
+        .call(
+            Method::POST,
+            "/v1/plans",
+            Some(json!({"name": "gold", "ratelimits": []})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("CONFLICT"))
+    );
 }
 
 #[tokio::test]

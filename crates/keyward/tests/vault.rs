@@ -740,6 +740,48 @@ async fn secret_permissions_are_scoped_by_path_glob() {
 }
 
 #[tokio::test]
+async fn renewing_a_lease_does_not_bring_back_its_rolled_key() {
+    let app = spawn_app().await;
+    let (status, issued) = app
+        .call(
+            Method::POST,
+            "/v1/leases/keys",
+            Some(json!({ "environment": "live", "name": "ci-job", "owner": "ci", "ttl_s": 60, "max_ttl_s": 86400 })),
+        )
+        .await;
+    assert_eq!(status, 201, "{issued}");
+    let key = issued["key"].as_str().unwrap().to_owned();
+    let key_id = issued["key_id"]
+        .as_str()
+        .or_else(|| issued["lease"]["key_id"].as_str())
+        .unwrap()
+        .to_owned();
+    let lease_id = issued["lease"]["lease_id"].as_str().unwrap().to_owned();
+    let (status, _) = app
+        .call(
+            Method::POST,
+            &format!("/v1/keys/{key_id}/roll"),
+            Some(json!({ "grace_period_s": 1 })),
+        )
+        .await;
+    assert_eq!(status, 201);
+    app.clock.advance_seconds(2);
+    assert_eq!(app.verify_code(&key).await, "EXPIRED");
+    let (status, body) = app
+        .call(
+            Method::POST,
+            &format!("/v1/leases/{lease_id}/renew"),
+            Some(json!({ "increment_s": 86000 })),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("CONFLICT"))
+    );
+    assert_eq!(app.verify_code(&key).await, "EXPIRED", "the roll stands");
+}
+
+#[tokio::test]
 async fn leased_keys_stop_verifying_when_the_lease_ends() {
     let app = spawn_app().await;
     let (status, issued) = app

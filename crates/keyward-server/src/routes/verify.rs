@@ -325,8 +325,12 @@ pub async fn release_lease(
     } else {
         Some(caller.authenticate(&state, Operation::KeyVerify).await?)
     };
-    let scope = actor.as_ref().and_then(|a| a.scope());
-    if state.authority()?.verifier().release_lease(&id, scope) {
+    if state
+        .authority()?
+        .verifier()
+        .release_lease(&id, actor.as_ref())
+        .await
+    {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(
