@@ -91,6 +91,23 @@ fn plan_bytes(p: &PlanRecord) -> Vec<u8> {
     }))
 }
 
+fn lease_bytes(l: &keyward_store::VaultLease) -> Vec<u8> {
+    bytes(&json!({
+        "id": l.id,
+        "kind": l.kind.as_str(),
+        "path": l.path,
+        "environment": l.environment.as_str(),
+        "key_id": l.key_id.map(|id| id.to_string()),
+        "secret_version": l.secret_version,
+        "actor": l.actor,
+        "issued_at": l.issued_at.unix_ms(),
+        "expires_at": l.expires_at.unix_ms(),
+        "max_expires_at": l.max_expires_at.unix_ms(),
+        "ended_at": l.ended_at.map(keyward_core::Timestamp::unix_ms),
+        "end_reason": l.end_reason,
+    }))
+}
+
 fn vault_bytes(v: &VaultRecord) -> Vec<u8> {
     bytes(&json!({
         "tag": keyward_crypto::hex(&v.tag),
@@ -132,6 +149,10 @@ pub(crate) fn role_intact(key: &IntegrityKey, r: &RoleRecord) -> bool {
 
 pub(crate) fn plan_intact(key: &IntegrityKey, p: &PlanRecord) -> bool {
     check(key, "plan", &plan_bytes(p), p.mac)
+}
+
+pub(crate) fn lease_intact(key: &IntegrityKey, l: &keyward_store::VaultLease) -> bool {
+    check(key, "lease", &lease_bytes(l), l.mac)
 }
 
 pub(crate) fn vault_intact(key: &IntegrityKey, v: &VaultRecord) -> bool {
@@ -199,6 +220,9 @@ pub(crate) fn seal_changes(
     for p in &mut changes.upsert_plans {
         p.mac = tag(key, "plan", &plan_bytes(p));
     }
+    for l in &mut changes.upsert_leases {
+        l.mac = tag(key, "lease", &lease_bytes(l));
+    }
     if let Some(v) = &mut changes.vault {
         v.mac = tag(key, "vault", &vault_bytes(v));
     }
@@ -230,6 +254,16 @@ pub(crate) async fn everything(
         let full = page.len() == 1000;
         after = page.last().map(|k| k.id);
         changes.update_keys.extend(page);
+        if !full {
+            break;
+        }
+    }
+    let mut after = None;
+    loop {
+        let page = store.leases(String::new(), false, after, 1000).await?;
+        let full = page.len() == 1000;
+        after = page.last().map(|l| l.id.clone());
+        changes.upsert_leases.extend(page);
         if !full {
             return Ok(changes);
         }
@@ -307,6 +341,12 @@ pub async fn verify_stored_state(
             .iter()
             .filter(|k| !key_intact(key, k))
             .map(|k| format!("key {}", k.id)),
+    );
+    failed.extend(
+        all.upsert_leases
+            .iter()
+            .filter(|l| l.mac.is_some() && !lease_intact(key, l))
+            .map(|l| format!("lease {}", l.id)),
     );
     // Revocations the log records, against the rows: a row put back from before its
     // revocation has a valid tag but is named here.
@@ -448,6 +488,32 @@ impl Integrity {
             return None;
         }
         Some(key)
+    }
+
+    /// `lease` if it can be acted on: its tag checks out. A lease whose tag fails is reported
+    /// and refused (`INTEGRITY`); one stored before leases were tagged is refused too, without
+    /// a finding: it lapses by itself, and its key can be revoked directly.
+    pub(crate) fn intact_lease(
+        &self,
+        lease: keyward_store::VaultLease,
+    ) -> Result<keyward_store::VaultLease, crate::ServiceError> {
+        if lease.mac.is_none() {
+            return Err(crate::ServiceError::Conflict(format!(
+                "lease {} was made before leases carried integrity tags and cannot be renewed \
+                 or revoked; it lapses by itself, and its key can be revoked with \
+                 POST /v1/keys/{{id}}/revoke",
+                lease.id
+            )));
+        }
+        if lease_intact(self.key(), &lease) {
+            Ok(lease)
+        } else {
+            self.findings.report(format!("lease {}", lease.id));
+            Err(crate::ServiceError::Integrity(format!(
+                "lease {} was changed outside keyward (its integrity tag does not match)",
+                lease.id
+            )))
+        }
     }
 
     /// Checks every stored key's tag, reporting failures, and that no revocation was undone

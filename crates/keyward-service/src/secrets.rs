@@ -448,6 +448,7 @@ impl Secrets {
         let now = self.clock.now();
         let lease = match lease_ttl_s {
             Some(ttl) => Some(VaultLease {
+                mac: None,
                 id: crate::vault_leases::lease_id(&self.ids, now)?,
                 kind: LeaseKind::Secret,
                 path: format!("secrets/{env}/{path}"),

@@ -143,6 +143,7 @@ impl KeyLeases {
             .keys
             .create_key_with(actor, Operation::LeaseCreate, key, |record| {
                 let made = VaultLease {
+                    mac: None,
                     id: lease_id.clone(),
                     kind: LeaseKind::Key,
                     path: path.clone(),
@@ -187,6 +188,8 @@ impl KeyLeases {
     }
 
     /// A lease the actor's admin scope covers, or 404 / 403.
+    /// A lease `actor` may perform `op` on. Renewing and revoking act through the lease (on
+    /// its key), so they need its integrity tag to check out; a read shows an untagged lease.
     async fn lease_in_scope(
         &self,
         actor: &Actor,
@@ -198,6 +201,7 @@ impl KeyLeases {
             .lease(id.to_owned())
             .await?
             .ok_or_else(lease_not_found)?;
+        let lease = self.checked(lease, op != Operation::LeaseRead)?;
         self.authz
             .permit(actor, op, Target::Environment(&lease.environment))
             .await?;
@@ -226,8 +230,18 @@ impl KeyLeases {
             .await?;
         Ok(leases
             .into_iter()
+            .filter_map(|l| self.checked(l, false).ok())
             .filter(|l| actor.may_manage(&l.environment))
             .collect())
+    }
+
+    /// `lease` if its tag checks out, or (when only reading it) it has none, being from before
+    /// leases were tagged. A tampered lease is reported and refused.
+    fn checked(&self, lease: VaultLease, acting: bool) -> Result<VaultLease, ServiceError> {
+        if lease.mac.is_none() && !acting {
+            return Ok(lease);
+        }
+        self.integrity.intact_lease(lease)
     }
 
     /// Extends a lease by `increment_s` from now (default: its original TTL), never past its
@@ -253,11 +267,12 @@ impl KeyLeases {
             .lease_in_scope(actor, Operation::LeaseRenew, id)
             .await?;
         let mut head = self.audit.lock().await;
-        let mut lease = self
+        let lease = self
             .store
             .lease(lease.id)
             .await?
             .ok_or_else(lease_not_found)?;
+        let mut lease = self.checked(lease, true)?;
         let now = self.clock.now();
         if lease.ended_at.is_some() || lease.expires_at <= now {
             return Err(ServiceError::Conflict("the lease has ended".into()));
@@ -361,8 +376,10 @@ impl KeyLeases {
             let full = page.len() == 500;
             after = page.last().map(|l| l.id.clone());
             // Leases of environments outside the actor's scope stay, and paging goes past them.
+            // So do leases whose tag does not check out: they cannot be acted through.
             let open: Vec<_> = page
                 .into_iter()
+                .filter_map(|l| self.checked(l, true).ok())
                 .filter(|l| actor.may_manage(&l.environment))
                 .collect();
             if !open.is_empty() {
@@ -408,6 +425,12 @@ impl KeyLeases {
             // Re-read under the writer lock: another call may have ended it meanwhile.
             let Some(current) = self.store.lease(lease.id.clone()).await? else {
                 continue;
+            };
+            // Revoking acts on the lease's key: only through a lease whose tag checks out. An
+            // expiry touches no key, so an untagged lease from before tags may lapse.
+            let current = match self.checked(current, reason == "revoked") {
+                Ok(current) => current,
+                Err(_) => continue,
             };
             if current.ended_at.is_some() {
                 ended.push(current);

@@ -34,6 +34,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0007_plan_quotas.sql"),
     include_str!("../migrations/sqlite/0008_vault.sql"),
     include_str!("../migrations/sqlite/0009_integrity.sql"),
+    include_str!("../migrations/sqlite/0010_lease_integrity.sql"),
 ];
 
 /// Readers kept open for reuse; more are opened under load and closed after. Opening one costs

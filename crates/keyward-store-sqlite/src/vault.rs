@@ -4,7 +4,7 @@
 use keyward_core::{EnvironmentName, KeyId, Timestamp};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
-use super::{collect_rows, corrupt, map_write_error, to_i64, unavailable};
+use super::{collect_rows, corrupt, mac_at, mac_bytes, map_write_error, to_i64, unavailable};
 use keyward_store::vault::{
     LeaseKind, RewrapProgress, Rewrapped, SealedValue, SecretMeta, SecretVersion, StoredKeyring,
     VaultLease, VaultRecord,
@@ -133,10 +133,10 @@ pub(super) fn apply(tx: &Transaction<'_>, changes: &Changes) -> Result<(), Store
     for lease in &changes.upsert_leases {
         tx.execute(
             "INSERT INTO vault_leases (id, kind, path, environment, key_id, secret_version, \
-             actor, issued_at, expires_at, max_expires_at, ended_at, end_reason) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+             actor, issued_at, expires_at, max_expires_at, ended_at, end_reason, mac) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
              ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at, \
-             ended_at = excluded.ended_at, end_reason = excluded.end_reason",
+             ended_at = excluded.ended_at, end_reason = excluded.end_reason, mac = excluded.mac",
             params![
                 lease.id,
                 lease.kind.as_str(),
@@ -150,6 +150,7 @@ pub(super) fn apply(tx: &Transaction<'_>, changes: &Changes) -> Result<(), Store
                 lease.max_expires_at.unix_ms(),
                 lease.ended_at.map(Timestamp::unix_ms),
                 lease.end_reason,
+                mac_bytes(lease.mac),
             ],
         )
         .map_err(map_write_error)?;
@@ -337,7 +338,7 @@ pub(super) fn secret_versions(
 }
 
 const LEASE_COLUMNS: &str = "id, kind, path, environment, key_id, secret_version, actor, \
-    issued_at, expires_at, max_expires_at, ended_at, end_reason";
+    issued_at, expires_at, max_expires_at, ended_at, end_reason, mac";
 
 fn lease_from_row(row: &Row<'_>) -> Result<VaultLease, StoreError> {
     let kind: String = row.get(1).map_err(get_err)?;
@@ -371,6 +372,7 @@ fn lease_from_row(row: &Row<'_>) -> Result<VaultLease, StoreError> {
         max_expires_at: time(9)?.ok_or_else(|| corrupt("lease max_expires_at"))?,
         ended_at: time(10)?,
         end_reason: row.get(11).map_err(get_err)?,
+        mac: mac_at(row, 12)?,
     })
 }
 

@@ -1094,6 +1094,7 @@ pub async fn vault(store: &dyn Store) {
         max_expires_at: Timestamp::from_unix_ms(expires * 2),
         ended_at: None,
         end_reason: None,
+        mac: Some(keyward_core::RecordMac([7; 32])),
     };
     let mut ended = lease("l3", "keys/live/web", 50);
     ended.ended_at = Some(Timestamp::from_unix_ms(40));

@@ -1,7 +1,7 @@
 //! What the vault stores. Every secret value arrives sealed by the barrier: backends store
 //! ciphertexts and never see a plaintext.
 
-use keyward_core::{EnvironmentName, KeyId, Timestamp};
+use keyward_core::{EnvironmentName, KeyId, RecordMac, Timestamp};
 use serde::{Deserialize, Serialize};
 
 /// The vault's one record: how it unseals, and its newest keyring term.
@@ -153,4 +153,7 @@ pub struct VaultLease {
     pub ended_at: Option<Timestamp>,
     /// `revoked` or `expired`.
     pub end_reason: Option<String>,
+    /// The service's integrity tag over the lease (see the service's `integrity` module);
+    /// `None` for a lease stored before leases were tagged.
+    pub mac: Option<RecordMac>,
 }

@@ -483,3 +483,126 @@ async fn a_key_row_restored_from_before_its_revocation_is_caught() {
         "{failed:?}"
     );
 }
+
+/// A lease names the key it renews and revokes and how far it may be renewed: edited offline, it
+/// acts on nothing (the attack: point a lease at another key, then renew it past its expiry, or
+/// revoke an admin key through it).
+#[tokio::test]
+async fn leases_edited_offline_act_on_no_key() {
+    let mut app = spawn_app().await;
+    let lease_of = |name: &'static str| {
+        app.call(
+            Method::POST,
+            "/v1/leases/keys",
+            Some(json!({"environment": "live", "name": name, "owner": "ci", "ttl_s": 600, "max_ttl_s": 3600})),
+        )
+    };
+    let (status, first) = lease_of("ci-1").await;
+    assert_eq!(status, 201, "{first}");
+    let (_, second) = lease_of("ci-2").await;
+    let (_, untagged) = lease_of("ci-3").await;
+    let expiring = app.create_key("live", json!({"ttl_s": 5})).await;
+    let admin = app
+        .create_key(
+            "admin",
+            json!({"service": "keyward", "permissions": ["keys:read"]}),
+        )
+        .await;
+    let lease_id = |v: &Value| v["lease"]["lease_id"].as_str().unwrap().to_owned();
+    let (first, second, untagged) = (lease_id(&first), lease_id(&second), lease_id(&untagged));
+    app.shutdown().await;
+    tamper(
+        &app,
+        &format!(
+            "UPDATE vault_leases SET key_id = '{}', max_expires_at = 4102444800000 WHERE id = '{first}';
+             UPDATE vault_leases SET key_id = '{}' WHERE id = '{second}';
+             UPDATE vault_leases SET mac = NULL WHERE id = '{untagged}';",
+            expiring["id"].as_str().unwrap(),
+            admin["id"].as_str().unwrap(),
+        ),
+    );
+    app.start().await;
+    app.clock.advance_seconds(10);
+    let expiring_key = expiring["key"].as_str().unwrap();
+    assert_eq!(app.verify_code(expiring_key).await, "EXPIRED");
+    // Renewing the redirected lease does not bring the expired key back.
+    let (status, body) = app
+        .call(
+            Method::POST,
+            &format!("/v1/leases/{first}/renew"),
+            Some(json!({"increment_s": 2_592_000})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (500, Some("INTEGRITY"))
+    );
+    assert_eq!(app.verify_code(expiring_key).await, "EXPIRED");
+    // Revoking the other does not revoke the admin key it was pointed at.
+    let (status, body) = app
+        .call(
+            Method::POST,
+            &format!("/v1/leases/{second}/revoke"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (500, Some("INTEGRITY"))
+    );
+    let (status, _) = app
+        .call_as(
+            admin["key"].as_str().unwrap(),
+            Method::GET,
+            &format!("/v1/keys/{}", admin["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "the admin key still works");
+    // Revoking by prefix passes over both too.
+    let (status, body) = app
+        .call(
+            Method::POST,
+            "/v1/leases/revoke-prefix",
+            Some(json!({"prefix": "keys/live/ci-"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = app
+        .call_as(
+            admin["key"].as_str().unwrap(),
+            Method::GET,
+            &format!("/v1/keys/{}", admin["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "the admin key still works after revoke-prefix");
+    // A lease stripped of its tag acts on nothing either, and says why.
+    let (status, body) = app
+        .call(
+            Method::POST,
+            &format!("/v1/leases/{untagged}/renew"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("CONFLICT"))
+    );
+    // The edits are reported, on /readyz and offline.
+    let (status, _) = readyz(&app).await;
+    assert_eq!(status, 503);
+    app.shutdown().await;
+    let unseal = keyward_crypto::barrier::UnsealKey::from_text(&app.unseal_key).unwrap();
+    let store =
+        keyward_store_sqlite::SqliteStore::open(&app.data_dir().join("keyward.db")).unwrap();
+    let failed = keyward_service::verify_stored_state(&store, &unseal)
+        .await
+        .unwrap();
+    for id in [&first, &second] {
+        assert!(
+            failed.iter().any(|f| f == &format!("lease {id}")),
+            "{failed:?}"
+        );
+    }
+}
