@@ -39,6 +39,7 @@ macro_rules! redacted_debug {
     )*};
 }
 
+mod connections;
 pub mod error;
 pub mod extract;
 pub mod metrics;
@@ -422,7 +423,7 @@ pub async fn run(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout);
-    let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
+    let connections = connections::Table::new(config.max_connections);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let refused = AtomicU64::new(0);
     tokio::pin!(shutdown);
@@ -440,25 +441,42 @@ pub async fn run(
             },
             () = &mut shutdown => break,
         };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+        // At the limit, the oldest connection with no request in flight makes way; only when
+        // every connection is serving a request is the new one closed.
+        let Some((slot, standing)) = connections.admit().await else {
             if refused.fetch_add(1, Ordering::Relaxed).is_power_of_two() {
-                tracing::warn!(%peer, limit = config.max_connections, "connection limit reached; closing new connections");
+                tracing::warn!(%peer, limit = config.max_connections, "connection limit reached with every connection serving; closing new connections");
             }
             drop(stream);
             continue;
         };
         let _ = stream.set_nodelay(true);
         let router = app.clone();
-        let service =
-            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        let service = hyper::service::service_fn({
+            let standing = Arc::clone(&standing);
+            move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut()
                     .insert(axum::extract::ConnectInfo(peer));
-                router.clone().oneshot(req.map(Body::new))
-            });
+                let serving = standing.serving();
+                let response = router.clone().oneshot(req.map(Body::new));
+                async move {
+                    let response = response.await;
+                    drop(serving);
+                    response
+                }
+            }
+        });
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            tokio::select! {
+                outcome = connection => {
+                    if let Err(e) = outcome {
+                        tracing::debug!(error = %e, %peer, "connection ended with an error");
+                    }
+                }
+                () = standing.evicted() => {
+                    tracing::debug!(%peer, "connection closed to make way for a newer one at the connection limit");
+                }
             }
             drop(slot);
         });

@@ -701,7 +701,10 @@ impl Access {
         let mut head = self.audit.lock().await;
         let now = self.clock.now();
         let expires_at = match (grant.expires_at, grant.ttl_s) {
-            (Some(at), None) if at > now => at,
+            (Some(at), None) if at > now && at <= now.plus_seconds(crate::limits::MAX_TTL_S) => at,
+            (Some(at), None) if at > now => {
+                return Err(invalid("expires_at", "must be within 100 years"));
+            }
             (Some(_), None) => return Err(invalid("expires_at", "must be in the future")),
             (None, Some(ttl)) if (1..=crate::limits::MAX_TTL_S).contains(&ttl) => {
                 now.plus_seconds(ttl)

@@ -273,6 +273,9 @@ impl Keys {
         match (expires_at, ttl_s) {
             (Some(_), Some(_)) => Err(invalid("ttl_s", "give expires_at or ttl_s, not both")),
             (Some(at), None) if at <= now => Err(invalid("expires_at", "must be in the future")),
+            (Some(at), None) if at > now.plus_seconds(limits::MAX_TTL_S) => {
+                Err(invalid("expires_at", "must be within 100 years"))
+            }
             (Some(at), None) => Ok(Some(at)),
             (None, Some(0)) => Err(invalid("ttl_s", "must be at least 1")),
             (None, Some(ttl)) if ttl > limits::MAX_TTL_S => Err(invalid(
@@ -610,10 +613,13 @@ impl Keys {
             // Permissions conferred on an admin key need it to be as restricted as the caller.
             require: update.permissions.is_some() || update.roles.is_some(),
         };
-        if let Some(Some(at)) = update.expires_at
-            && at <= now
-        {
-            return Err(invalid("expires_at", "must be in the future"));
+        if let Some(Some(at)) = update.expires_at {
+            if at <= now {
+                return Err(invalid("expires_at", "must be in the future"));
+            }
+            if at > now.plus_seconds(limits::MAX_TTL_S) {
+                return Err(invalid("expires_at", "must be within 100 years"));
+            }
         }
         let mut changed = Map::new();
         if let Some(name) = update.name {

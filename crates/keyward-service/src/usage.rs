@@ -152,15 +152,22 @@ async fn run(
     flush(&*store, &table).await;
 }
 
+/// Keys written per store write: a flush after a burst over many keys is several short writes,
+/// so admin writes waiting for the store's writer are never held up for long.
+const WRITE_CHUNK: usize = 1000;
+
 async fn flush(store: &dyn Store, table: &Table) {
-    let batch = table.take();
-    if batch.is_empty() {
-        return;
-    }
-    if let Err(e) = store.record_usage(batch.clone()).await {
-        // Kept for the next tick: usage is retried, not lost, while the store is down.
-        tracing::warn!(error = %e, keys = batch.len(), "usage flush failed; will retry");
-        table.restore(batch);
+    let mut batch = table.take();
+    while !batch.is_empty() {
+        let rest = batch.split_off(batch.len().min(WRITE_CHUNK));
+        if let Err(e) = store.record_usage(batch.clone()).await {
+            // Kept for the next tick: usage is retried, not lost, while the store is down.
+            tracing::warn!(error = %e, keys = batch.len() + rest.len(), "usage flush failed; will retry");
+            table.restore(batch);
+            table.restore(rest);
+            return;
+        }
+        batch = rest;
     }
 }
 

@@ -996,6 +996,16 @@ async fn bad_input_table() {
             Method::POST,
             &keys,
             Some(&root),
+            b(
+                json!({"environment": "live", "name": "n", "owner": "o", "expires_at": "9999-12-31T00:00:00Z"}),
+            ),
+            400,
+            "INVALID_FIELD",
+        ),
+        (
+            Method::POST,
+            &keys,
+            Some(&root),
             b(json!({"environment": "live", "name": "n", "owner": "o", "expires_at": "tomorrow"})),
             400,
             "INVALID_FIELD",

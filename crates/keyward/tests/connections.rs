@@ -84,28 +84,45 @@ async fn two_thousand_half_sent_headers_do_not_starve_health_or_verify() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_past_the_limit_are_closed_and_the_server_recovers() {
+async fn at_the_limit_new_connections_push_out_idle_ones_never_a_serving_one() {
     let app = spawn_app_with(ServerConfig {
         max_connections: 64,
         header_read_timeout: Duration::from_secs(30),
         ..ServerConfig::default()
     })
     .await;
-    // 64 idle clients take every slot; the next ones are closed on accept.
-    let idle = slow_clients(app.addr, 64).await;
+    // One connection with a request in flight: its body is still coming.
+    let busy = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    busy.writable().await.unwrap();
+    busy.try_write(
+        b"POST /v1/verify HTTP/1.1\r\nhost: keyward\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"key\":",
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Idle clients take every other slot, then as many again arrive: each pushes out the
+    // oldest idle one, and the one serving stays.
+    let first = slow_clients(app.addr, 63).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let extra = slow_clients(app.addr, 20).await;
-    let mut closed = 0;
-    for stream in &extra {
+    let second = slow_clients(app.addr, 63).await;
+    let mut pushed_out = 0;
+    for stream in &first {
         if closed_by_server(stream, Duration::from_secs(2)).await {
-            closed += 1;
+            pushed_out += 1;
         }
     }
-    assert_eq!(closed, extra.len());
-    // The idle ones go away; the server serves again.
-    drop(idle);
-    drop(extra);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        pushed_out,
+        first.len(),
+        "the older idle connections made way"
+    );
+    assert!(
+        !closed_by_server(&busy, Duration::from_millis(200)).await,
+        "a connection serving a request is never pushed out"
+    );
+    // The server is full of idle clients, yet health and verify answer at once.
+    let started = Instant::now();
     let health = app.client.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status().as_u16(), 200);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    drop(second);
 }
