@@ -20,7 +20,36 @@ const SHARDS: usize = 16;
 /// Pending-usage shard capacity kept between flushes; a larger one is freed after a flush.
 const KEEP_CAPACITY: usize = 1024;
 
-type Pending = HashMap<KeyId, KeyUsage>;
+type Pending = HashMap<KeyId, KeyUsage, std::hash::BuildHasherDefault<KeyIdHasher>>;
+
+/// Hashes a key id by its last eight bytes, which are random (UUIDv7): keyward makes every id,
+/// so no client can choose ids that collide, and a verification spends no SipHash on usage.
+#[derive(Default)]
+struct KeyIdHasher(u64);
+
+impl std::hash::Hasher for KeyIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        match bytes.get(8..16).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+            // The id's sixteen bytes (its length prefix, also written, is ignored).
+            // Multiplied by an odd constant: the variant bits in byte 8 are fixed, and the
+            // shard index already took the low bits of byte 15.
+            Some(random) if bytes.len() == 16 => {
+                self.0 = u64::from_le_bytes(random).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            }
+            _ => {
+                for &b in bytes {
+                    self.0 = self.0.rotate_left(8) ^ u64::from(b);
+                }
+            }
+        }
+    }
+
+    fn write_usize(&mut self, _: usize) {}
+}
 
 #[derive(Debug)]
 struct Table {
@@ -67,7 +96,7 @@ impl Table {
             out.extend(shard.values().copied());
             if shard.capacity() > KEEP_CAPACITY {
                 // After a burst, give the memory back rather than keeping the peak size.
-                *shard = HashMap::new();
+                *shard = Pending::default();
             } else {
                 shard.clear();
             }
@@ -104,7 +133,7 @@ impl UsageRecorder {
     pub(crate) fn start(store: Arc<dyn Store>, capacity: usize, interval: Duration) -> Self {
         let table = Arc::new(Table {
             shards: (0..SHARDS)
-                .map(|_| std::sync::Mutex::new(HashMap::new()))
+                .map(|_| std::sync::Mutex::new(Pending::default()))
                 .collect(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
             dropped: AtomicU64::new(0),
@@ -178,7 +207,7 @@ mod tests {
     fn table(capacity: usize) -> Table {
         Table {
             shards: (0..SHARDS)
-                .map(|_| std::sync::Mutex::new(HashMap::new()))
+                .map(|_| std::sync::Mutex::new(Pending::default()))
                 .collect(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
             dropped: AtomicU64::new(0),
