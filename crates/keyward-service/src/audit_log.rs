@@ -10,6 +10,7 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 
 use keyward_core::Clock;
 use keyward_core::audit::{AuditEntry, GENESIS_HASH};
@@ -199,10 +200,20 @@ impl AuditLog {
         );
         let store = Arc::clone(&self.store);
         writer.stale = true;
-        let task = writer
-            .in_flight
-            .insert(tokio::spawn(async move { store.apply(changes).await }));
-        let outcome = task.await;
+        let mut apply: std::pin::Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>> =
+            Box::pin(async move { store.apply(changes).await });
+        // Polled once here: a write that completes at once (a relaxed commit, which waits for
+        // no fsync) is done before this caller could be cancelled, with no task and no thread
+        // hand-off. One still pending goes on on a task of its own, so it completes even if
+        // this caller is dropped, and the writer knows it is in flight.
+        let first = std::future::poll_fn(|cx| Poll::Ready(apply.as_mut().poll(cx))).await;
+        let outcome = match first {
+            Poll::Ready(outcome) => Ok(outcome),
+            Poll::Pending => {
+                let task = writer.in_flight.insert(tokio::spawn(apply));
+                task.await
+            }
+        };
         writer.in_flight = None;
         let outcome = match outcome {
             Ok(outcome) => outcome,

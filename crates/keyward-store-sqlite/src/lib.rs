@@ -601,19 +601,22 @@ fn apply_in_transaction(conn: &mut Connection, changes: &Changes) -> Result<(), 
 #[async_trait]
 impl Store for SqliteStore {
     async fn apply(&self, changes: Changes) -> Result<(), StoreError> {
-        // A relaxed commit waits for no fsync and costs less than the hand-off to the blocking
-        // pool and back: on a multi-threaded runtime it runs on this worker (whose other tasks
-        // move to other workers meanwhile). Durable commits go to the blocking pool.
-        if changes.relaxed
-            && tokio::runtime::Handle::try_current()
-                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
-        {
-            return tokio::task::block_in_place(|| {
-                let mut writer = lock(&self.inner.writer);
+        // A relaxed commit waits for no fsync: it takes microseconds, less than any hand-off
+        // (to the blocking pool, or of this worker's queue to another thread with
+        // block_in_place, which costs a thread switch per commit), so it runs right here when
+        // the writer is free. If another write holds it (perhaps waiting on its fsync), this
+        // one goes to the blocking pool like a durable commit rather than stall the worker.
+        if changes.relaxed {
+            let free = match self.inner.writer.try_lock() {
+                Ok(writer) => Some(writer),
+                Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => None,
+            };
+            if let Some(mut writer) = free {
                 apply_changes(&mut writer, &changes)?;
                 self.inner.notify(&changes);
-                Ok(())
-            });
+                return Ok(());
+            }
         }
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
