@@ -9,6 +9,8 @@
     clippy::indexing_slicing
 )]
 
+pub mod services;
+
 use keyward_store::prelude::*;
 use std::net::SocketAddr;
 use std::path::PathBuf;
