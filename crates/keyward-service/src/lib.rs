@@ -370,11 +370,6 @@ impl Authority {
         &self.access
     }
 
-    /// The verification cache (for metrics and tests).
-    pub fn cache(&self) -> &VerifyCache {
-        &self.cache
-    }
-
     pub fn verifier(&self) -> &Verifier {
         &self.verifier
     }
