@@ -138,6 +138,15 @@ pub struct Changes {
 /// other nodes, over its notification channel.)
 pub trait ChangeListener: Send + Sync {
     fn applied(&self, changes: &Changes);
+
+    /// The feed may have missed changes made by another node (a shared backend lost its
+    /// notification channel): until [`ChangeListener::resumed`], what was learnt from the store
+    /// before must not be vouched for without reading it again. An embedded store never calls
+    /// it.
+    fn interrupted(&self) {}
+
+    /// The feed has delivered every change it had missed: what was learnt is true again.
+    fn resumed(&self) {}
 }
 
 /// Usage of one key since the last flush.

@@ -95,7 +95,49 @@ pub struct Postgres {
     child: Child,
     port: u16,
     data: PathBuf,
+    bin: PathBuf,
+    as_postgres: bool,
     _dir: tempfile::TempDir,
+}
+
+/// Starts `postgres` on `data` and waits until it answers.
+fn spawn_postgres(
+    bin: &Path,
+    data: &Path,
+    sockets: &Path,
+    port: u16,
+    as_postgres: bool,
+) -> Result<Child, ServiceError> {
+    let program = bin.join("postgres");
+    let mut command = if as_postgres {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(&program);
+        c
+    } else {
+        Command::new(&program)
+    };
+    let mut child = command
+        .arg("-D")
+        .arg(data)
+        .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+        .arg("-c")
+        .arg(format!("unix_socket_directories={}", sockets.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| fail(format!("postgres: {e}")))?;
+    let isready = bin.join("pg_isready");
+    let ready = wait_until(&mut child, "postgres", || {
+        Command::new(&isready)
+            .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if let Err(e) = ready {
+        stop(&mut child);
+        return Err(e);
+    }
+    Ok(child)
 }
 
 impl Postgres {
@@ -138,33 +180,24 @@ impl Postgres {
             )));
         }
         let port = free_port()?;
-        let mut child = command(&bin.join("postgres"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
-            .arg("-c")
-            .arg(format!("unix_socket_directories={}", dir.path().display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| fail(format!("postgres: {e}")))?;
-        let isready = bin.join("pg_isready");
-        let ready = wait_until(&mut child, "postgres", || {
-            Command::new(&isready)
-                .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
-                .status()
-                .is_ok_and(|s| s.success())
-        });
-        if let Err(e) = ready {
-            stop(&mut child);
-            return Err(e);
-        }
+        let child = spawn_postgres(&bin, &data, dir.path(), port, as_postgres)?;
         Ok(Postgres {
             child,
             port,
             data,
+            bin,
+            as_postgres,
             _dir: dir,
         })
+    }
+
+    /// Stops the server and starts it again on the same port and data: what a restart of
+    /// PostgreSQL looks like to its clients.
+    pub fn restart(&mut self) -> Result<(), ServiceError> {
+        self.stop();
+        let dir = self.data.parent().unwrap_or(&self.data).to_owned();
+        self.child = spawn_postgres(&self.bin, &self.data, &dir, self.port, self.as_postgres)?;
+        Ok(())
     }
 
     pub fn port(&self) -> u16 {
