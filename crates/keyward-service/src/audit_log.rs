@@ -295,7 +295,7 @@ impl AuditLog {
         // Read audits are written without waiting for an fsync: they survive a crash of the
         // process at once, and one of the machine after the next sync (within a second).
         let outcome = self
-            .commit_entries(&mut head, true, entries)
+            .commit_entries(&mut head, true, false, entries)
             .await
             .map_err(|e| e.to_string());
         self.unsynced.store(true, Ordering::SeqCst);
@@ -307,7 +307,14 @@ impl AuditLog {
     /// Appends entries that record no change (failed authentications, for instance).
     pub(crate) async fn only(&self, pending: Vec<PendingEntry>) -> Result<(), ServiceError> {
         let mut head = self.lock().await;
-        self.commit_entries(&mut head, false, pending).await
+        self.commit_entries(&mut head, false, false, pending).await
+    }
+
+    /// Commits the entries of an operator's seal, which tells every node to seal itself too
+    /// ([`Changes::seal`]).
+    pub(crate) async fn sealing(&self, pending: Vec<PendingEntry>) -> Result<(), ServiceError> {
+        let mut head = self.lock().await;
+        self.commit_entries(&mut head, false, true, pending).await
     }
 
     /// Commits entries that record no change. If the head moved (another node appended, or a
@@ -317,10 +324,12 @@ impl AuditLog {
         &self,
         head: &mut Writer,
         relaxed: bool,
+        seal: bool,
         entries: Vec<PendingEntry>,
     ) -> Result<(), ServiceError> {
         let changes = || Changes {
             relaxed,
+            seal,
             ..Changes::default()
         };
         let mut tries = 1;

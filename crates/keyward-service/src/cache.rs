@@ -195,6 +195,9 @@ fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 }
 
 pub struct VerifyCache {
+    /// False while the change feed may have missed changes: no record is served from the cache
+    /// then, so every verification reads the store (and fails closed if it cannot).
+    vouched: std::sync::atomic::AtomicBool,
     shards: Box<[Shard]>,
     per_shard: usize,
     known: RwLock<HashSet<u64, BuildKeyHash>>,
@@ -219,6 +222,7 @@ impl VerifyCache {
     /// A cache holding at most about `capacity` records.
     pub fn new(capacity: usize) -> Self {
         VerifyCache {
+            vouched: std::sync::atomic::AtomicBool::new(true),
             shards: (0..SHARDS)
                 .map(|_| Shard {
                     records: RwLock::new(HashMap::default()),
@@ -319,7 +323,19 @@ impl VerifyCache {
     }
 
     pub fn get(&self, hash: &KeyHash) -> Option<Arc<CachedKey>> {
+        if !self.vouched.load(Ordering::Acquire) {
+            return None;
+        }
         read(&self.shard(hash).records).get(hash).cloned()
+    }
+
+    /// Whether cached records may be served; see [`keyward_store::ChangeListener::interrupted`].
+    pub fn vouch(&self, vouched: bool) {
+        self.vouched.store(vouched, Ordering::Release);
+    }
+
+    pub fn vouched(&self) -> bool {
+        self.vouched.load(Ordering::Acquire)
     }
 
     /// Whether a key with this hash may exist in the store.

@@ -28,17 +28,35 @@ pub(crate) struct FeedListener {
     pub(crate) vault: Arc<OpenVault>,
     pub(crate) secrets: Arc<Secrets>,
     pub(crate) integrity: Arc<Integrity>,
+    /// Notified when an operator sealed the vault on any node: the node seals this one too.
+    pub(crate) seal_requested: Arc<tokio::sync::Notify>,
 }
 
 impl ChangeListener for FeedListener {
     fn applied(&self, changes: &Changes) {
         self.learn(changes);
     }
+
+    /// Another node's changes may have been missed: serve nothing cached until the feed has
+    /// caught up. Catalogs (environments, roles, plans) stay as they are; the rows missed are
+    /// delivered, and they with them, before [`ChangeListener::resumed`].
+    fn interrupted(&self) {
+        self.cache.vouch(false);
+        self.secrets.vouch_for_cached(false);
+    }
+
+    fn resumed(&self) {
+        self.cache.vouch(true);
+        self.secrets.vouch_for_cached(true);
+    }
 }
 
 impl FeedListener {
     /// Brings this node's caches and catalogs up to date with a committed change.
     fn learn(&self, changes: &Changes) {
+        if changes.seal {
+            self.seal_requested.notify_one();
+        }
         for key in &changes.insert_keys {
             self.cache.add_known(&key.hash);
         }

@@ -200,7 +200,6 @@ pub struct Authority {
     jobs: jobs::Jobs,
     /// This authority's place on the store's change feed: the store holds it weakly, so it is
     /// held here for as long as the authority lives.
-    #[expect(dead_code, reason = "held only to keep the subscription alive")]
     feed: Arc<FeedListener>,
 }
 
@@ -322,6 +321,7 @@ impl Authority {
             vault,
             secrets: Arc::clone(&secrets),
             integrity: Arc::clone(&integrity),
+            seal_requested: Arc::new(tokio::sync::Notify::new()),
         });
         let listener: Arc<dyn keyward_store::ChangeListener> = feed.clone();
         store.subscribe(Arc::downgrade(&listener));
@@ -415,6 +415,12 @@ impl Authority {
     /// What failed its integrity check since unseal, for `/readyz`; empty when all is well.
     pub fn integrity_findings(&self) -> Vec<String> {
         self.integrity.findings()
+    }
+
+    /// Notified when an operator sealed the vault on some node (this one included): the
+    /// [`Node`] seals this authority then.
+    pub(crate) fn seal_requested(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.feed.seal_requested)
     }
 
     /// Starts the background jobs, each supervised on its own: the integrity check of every

@@ -64,6 +64,8 @@ impl Drop for Session {
 }
 
 pub struct Node {
+    /// This node, for the task that seals it when another node was sealed.
+    me: std::sync::Weak<Node>,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     config: AuthorityConfig,
@@ -102,7 +104,8 @@ impl Node {
                 "the store has no vault: initialise it first (keyward init)",
             ));
         }
-        Ok(Arc::new(Node {
+        Ok(Arc::new_cyclic(|me| Node {
+            me: me.clone(),
             store,
             clock,
             config,
@@ -229,9 +232,29 @@ impl Node {
             .note_unsealed(via, record.rewrap, late_seal)
             .await?;
         authority.start_background();
+        self.follow_seals(&authority);
         *write(&self.current) = Some(authority);
         tracing::info!(via, "vault unsealed");
         Ok(())
+    }
+
+    /// Seals this node when an operator seals the vault on any node sharing its store. The
+    /// watch ends when `authority` does (sealing it notifies the watch itself).
+    fn follow_seals(&self, authority: &Arc<Authority>) {
+        let requested = authority.seal_requested();
+        let (node, opened) = (self.me.clone(), Arc::downgrade(authority));
+        tokio::spawn(async move {
+            requested.notified().await;
+            let Some(node) = node.upgrade() else { return };
+            let _pending = node.pending.lock().await;
+            let still_open = read(&node.current)
+                .as_ref()
+                .is_some_and(|current| std::ptr::eq(Arc::as_ptr(current), opened.as_ptr()));
+            if still_open {
+                node.seal_now().await;
+                tracing::warn!("vault sealed: an operator sealed it on a node sharing this store");
+            }
+        });
     }
 
     /// Seals: audited as `actor`'s action, then no new session starts, the ones in flight
@@ -266,6 +289,8 @@ impl Node {
         let Some(authority) = taken else {
             return;
         };
+        // Ends the watch for seals elsewhere (it finds this authority gone).
+        authority.seal_requested().notify_one();
         while self.active.load(Ordering::SeqCst) > 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }

@@ -119,6 +119,8 @@ pub(crate) struct SecretCache {
 struct CacheInner {
     epoch: u64,
     entries: std::collections::HashMap<String, Arc<CachedSecret>>,
+    /// Cleared while the change feed may have missed changes: every read goes to the store.
+    unvouched: bool,
 }
 
 #[derive(Debug)]
@@ -136,7 +138,16 @@ fn cache_key(env: &EnvironmentName, path: &str) -> String {
 
 impl SecretCache {
     fn get(&self, key: &str) -> Option<Arc<CachedSecret>> {
-        crate::read(&self.inner).entries.get(key).cloned()
+        let inner = crate::read(&self.inner);
+        if inner.unvouched {
+            return None;
+        }
+        inner.entries.get(key).cloned()
+    }
+
+    /// Whether cached entries may be served (see [`keyward_store::ChangeListener::interrupted`]).
+    pub(crate) fn vouch(&self, vouched: bool) {
+        crate::write(&self.inner).unvouched = !vouched;
     }
 
     fn epoch(&self) -> u64 {
@@ -233,6 +244,11 @@ impl Secrets {
     /// Drops every cached secret (ciphertexts were resealed, or the keyrings changed).
     pub(crate) fn forget_cached(&self) {
         self.cache.clear();
+    }
+
+    /// Serves cached secrets, or not while the change feed may have missed changes.
+    pub(crate) fn vouch_for_cached(&self, vouched: bool) {
+        self.cache.vouch(vouched);
     }
 
     /// Drops one cached secret: it changed (the change feed calls this).

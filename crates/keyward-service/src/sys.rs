@@ -123,7 +123,7 @@ impl Sys {
 
     pub(crate) async fn audit_seal(&self, actor: &Actor) -> Result<(), ServiceError> {
         self.audit
-            .only(vec![PendingEntry {
+            .sealing(vec![PendingEntry {
                 actor: actor.audit_name(),
                 action: AuditAction::VaultSeal,
                 target: None,

@@ -63,6 +63,8 @@ pub(crate) struct Summary {
     keyrings: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     vault: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    seal: bool,
 }
 
 impl Summary {
@@ -118,6 +120,7 @@ impl Summary {
             secrets: secrets.into_iter().collect(),
             keyrings: !changes.keyrings.is_empty(),
             vault: changes.vault.is_some(),
+            seal: changes.seal,
         }
     }
 
@@ -351,6 +354,7 @@ async fn load(
     if summary.vault {
         changes.vault = reads::vault(client).await?;
     }
+    changes.seal = summary.seal;
     Ok(changes)
 }
 

@@ -120,6 +120,9 @@ pub struct Changes {
     pub audit: Vec<AuditEntry>,
     /// Replaces the stored audit checkpoint (written with the entries it covers).
     pub audit_checkpoint: Option<AuditCheckpoint>,
+    /// The vault was sealed by an operator: every node that hears of this change seals its
+    /// own vault too. Nothing is stored for it but the audit entry riding along.
+    pub seal: bool,
     /// For writes that record only reads (audit entries of secret reads): the write may return
     /// once it survives a crash of the process, before it survives one of the machine. It is
     /// made fully durable by the next durable write or [`Store::sync`], whichever comes first.

@@ -13,6 +13,14 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<String>,
+    /// Where the state lives: unset for the embedded store in `data_dir`, or a
+    /// `postgres://user:password@host:port/database` URL shared by several nodes.
+    pub store: Option<String>,
+    /// Pooled PostgreSQL connections per node (default 16).
+    pub store_pool_size: Option<usize>,
+    /// How long a node that lost PostgreSQL's change feed keeps answering from its cache
+    /// (default 10000; then it reads every key afresh, and refuses when it cannot).
+    pub store_feed_grace_ms: Option<u64>,
     pub data_dir: Option<PathBuf>,
     pub log_format: Option<String>,
     pub log_level: Option<String>,
@@ -56,10 +64,67 @@ pub enum LogFormat {
     Json,
 }
 
+/// A PostgreSQL URL. It may hold a password, so it never prints: its Debug shows where it
+/// points and nothing else.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreUrl(String);
+
+impl StoreUrl {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // postgres://user:password@host:port/db → postgres://host:port/db
+        let rest = self.0.split_once("://").map_or("", |(_, rest)| rest);
+        let place = rest.rsplit_once('@').map_or(rest, |(_, place)| place);
+        let place = place.split('?').next().unwrap_or_default();
+        write!(f, "postgres://{place}")
+    }
+}
+
+/// Where the state lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// SQLite in the data dir: one node.
+    Embedded,
+    /// PostgreSQL shared by several nodes.
+    Postgres {
+        url: StoreUrl,
+        pool_size: usize,
+        feed_grace: Duration,
+    },
+}
+
+impl StoreChoice {
+    /// `value` as given by `--store`, `KEYWARD_STORE` or the file.
+    pub fn parse(value: Option<String>) -> Result<StoreChoice, String> {
+        match value {
+            None => Ok(StoreChoice::Embedded),
+            Some(v) if v.is_empty() => Ok(StoreChoice::Embedded),
+            Some(v) if v.starts_with("postgres://") || v.starts_with("postgresql://") => {
+                Ok(StoreChoice::Postgres {
+                    url: StoreUrl(v),
+                    pool_size: 16,
+                    feed_grace: Duration::from_secs(10),
+                })
+            }
+            Some(_) => Err(
+                "store: must be a postgres://user:password@host:port/database URL \
+                 (leave it unset for the embedded store in data_dir)"
+                    .to_owned(),
+            ),
+        }
+    }
+}
+
 /// The settings `keyward serve` runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub store: StoreChoice,
     pub data_dir: PathBuf,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -76,6 +141,7 @@ pub struct Config {
 #[derive(Debug, Default)]
 pub struct Overrides {
     pub listen: Option<String>,
+    pub store: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub log_format: Option<String>,
     pub worker_threads: Option<usize>,
@@ -191,6 +257,26 @@ impl Config {
         if !(1..=10_000).contains(&rewrap_batch_size) {
             problems.push("rewrap_batch_size: must be between 1 and 10000".into());
         }
+        let mut store = StoreChoice::parse(flags.store.or(file.store)).unwrap_or_else(|e| {
+            problems.push(e);
+            StoreChoice::Embedded
+        });
+        if let StoreChoice::Postgres {
+            pool_size,
+            feed_grace,
+            ..
+        } = &mut store
+        {
+            *pool_size = file.store_pool_size.unwrap_or(16);
+            if !(1..=1024).contains(pool_size) {
+                problems.push("store_pool_size: must be between 1 and 1024".into());
+            }
+            let grace_ms = file.store_feed_grace_ms.unwrap_or(10_000);
+            if !(100..=600_000).contains(&grace_ms) {
+                problems.push("store_feed_grace_ms: must be between 100 and 600000".into());
+            }
+            *feed_grace = Duration::from_millis(grace_ms);
+        }
         let plain_http_ok = flags.insecure_plain_http || file.insecure_plain_http.unwrap_or(false);
         if let Ok(addr) = listen
             && !addr.ip().is_loopback()
@@ -207,6 +293,7 @@ impl Config {
         };
         Ok(Config {
             listen,
+            store,
             data_dir: flags
                 .data_dir
                 .or(file.data_dir)
@@ -284,6 +371,29 @@ mod tests {
             ..flags()
         };
         assert!(Config::resolve(FileConfig::default(), allowed).is_ok());
+    }
+
+    #[test]
+    fn a_store_url_is_postgres_and_never_prints_its_password() {
+        let flags = Overrides {
+            store: Some("postgres://kw:hunter2@db.internal:5433/keyward?sslmode=disable".into()),
+            ..Overrides::default()
+        };
+        let config = Config::resolve(FileConfig::default(), flags).unwrap();
+        let shown = format!("{config:?}");
+        assert!(
+            shown.contains("postgres://db.internal:5433/keyward"),
+            "{shown}"
+        );
+        assert!(!shown.contains("hunter2"), "{shown}");
+        let file: FileConfig = toml::from_str("store = 'mysql://x'").unwrap();
+        let err = Config::resolve(file, Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("store: must be a postgres://"), "{err}");
+        assert!(!err.contains("mysql://x"), "no echo of the value: {err}");
+        let defaults = Config::resolve(FileConfig::default(), Overrides::default()).unwrap();
+        assert_eq!(defaults.store, StoreChoice::Embedded);
     }
 
     #[test]

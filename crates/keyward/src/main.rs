@@ -1,6 +1,7 @@
 //! The `keyward` binary: the CLI, configuration loading, and assembly of the concrete backends
 //! (the embedded SQLite store and the system clock) into a running server.
 
+use keyward_store::Store;
 use keyward_store::prelude::*;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,6 +13,7 @@ use keyward_core::SystemClock;
 use keyward_crypto::barrier::UnsealKey;
 use keyward_service::audit::{ChainReport, verify_chain};
 use keyward_service::{DEFAULT_SHARES, DEFAULT_THRESHOLD, Node, adopt_secrets, initialize};
+use keyward_store_postgres::PostgresStore;
 use keyward_store_sqlite::SqliteStore;
 
 mod client;
@@ -21,7 +23,7 @@ mod operator;
 mod run_cmd;
 mod secrets_cmd;
 
-use config::{Config, FileConfig, LogFormat, Overrides};
+use config::{Config, FileConfig, LogFormat, Overrides, StoreChoice, StoreUrl};
 use datadir::DataDir;
 
 #[derive(Debug, Parser)]
@@ -44,6 +46,10 @@ enum Command {
     Init {
         #[arg(long, env = "KEYWARD_DATA_DIR", default_value = config::DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
+        /// Initialise a PostgreSQL database shared by several nodes instead of a data dir
+        /// (postgres://user:password@host:port/database).
+        #[arg(long, env = "KEYWARD_STORE", hide_env_values = true)]
+        store: Option<String>,
         /// Split the unseal key into this many shares (1-16).
         #[arg(long, default_value_t = DEFAULT_SHARES)]
         key_shares: u8,
@@ -90,6 +96,10 @@ enum Command {
 struct ServeArgs {
     #[arg(long, env = "KEYWARD_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// The state's PostgreSQL, shared by several nodes (postgres://user:password@host:port/db);
+    /// unset: the embedded store in the data dir.
+    #[arg(long, env = "KEYWARD_STORE", hide_env_values = true)]
+    store: Option<String>,
     /// Address to listen on, e.g. 127.0.0.1:8080 (port 0 picks a free port).
     #[arg(long, env = "KEYWARD_LISTEN")]
     listen: Option<String>,
@@ -166,10 +176,21 @@ fn one_line(e: &anyhow::Error) -> String {
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Init {
+            store: Some(url),
+            key_shares,
+            key_threshold,
+            json,
+            ..
+        } => {
+            init_postgres(&url, key_shares, key_threshold, json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Init {
             data_dir,
             key_shares,
             key_threshold,
             json,
+            store: None,
         } => {
             let dir = DataDir::new(&data_dir);
             if dir.db_path().exists() || dir.legacy_secrets_exist() {
@@ -258,6 +279,68 @@ async fn init(dir: &DataDir, shares: u8, threshold: u8, json: bool) -> anyhow::R
     Ok(())
 }
 
+/// Connects to a shared PostgreSQL store, saying where it could not.
+async fn open_postgres(
+    url: &StoreUrl,
+    pool_size: usize,
+    feed_grace: std::time::Duration,
+) -> anyhow::Result<PostgresStore> {
+    let options = keyward_store_postgres::Options {
+        pool_size,
+        feed_grace,
+        ..keyward_store_postgres::Options::default()
+    };
+    PostgresStore::connect(url.expose(), options)
+        .await
+        .map_err(|e| anyhow::anyhow!("store: {e}"))
+}
+
+/// Initialises a shared PostgreSQL store: its vault, root key and unseal shares, printed once.
+/// Refused if the database already holds a keyward store. Nothing is written beside it: each
+/// node unseals with shares or a key it is given.
+async fn init_postgres(url: &str, shares: u8, threshold: u8, json: bool) -> anyhow::Result<()> {
+    let url = match StoreChoice::parse(Some(url.to_owned())).map_err(anyhow::Error::msg)? {
+        StoreChoice::Postgres { url, .. } => url,
+        StoreChoice::Embedded => anyhow::bail!("store: give a postgres:// URL"),
+    };
+    let store = open_postgres(&url, 2, std::time::Duration::from_secs(10)).await?;
+    if store.vault().await?.is_some() {
+        anyhow::bail!("{url:?} already holds a keyward store");
+    }
+    let made = initialize(&store, &SystemClock, shares, threshold).await?;
+    let share_texts: Vec<String> = made
+        .vault
+        .shares
+        .iter()
+        .map(|s| s.to_text().to_string())
+        .collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "store": format!("{url:?}"),
+                "root_key": made.root_key.expose(),
+                "unseal_shares": share_texts,
+                "unseal_threshold": threshold,
+            })
+        );
+    } else {
+        println!("keyward: initialised the store at {url:?}");
+        println!("Root key (shown only this once; store it in a secret manager now):");
+        println!("  {}", made.root_key.expose());
+        println!();
+        println!(
+            "Unseal shares ({threshold} of {shares} unseal the vault; give each to a different person):"
+        );
+        for (i, share) in share_texts.iter().enumerate() {
+            println!("  {}: {share}", i + 1);
+        }
+        println!();
+        println!("Each node starts sealed: unseal it with `keyward operator unseal`.");
+    }
+    Ok(())
+}
+
 /// The embedded development default: a fresh dir gets a vault with one share, written to
 /// `unseal.key` so the server unseals itself. Loudly not for production. Atomic like
 /// [`init`]: the store takes its place only with its unseal key beside it.
@@ -320,7 +403,10 @@ async fn adopt_legacy(dir: &DataDir, store: &SqliteStore) -> anyhow::Result<()> 
 }
 
 /// The unseal key from the environment, the configured file, or the data dir's dev file.
-fn configured_unseal_key(config: &Config, dir: &DataDir) -> anyhow::Result<Option<UnsealKey>> {
+fn configured_unseal_key(
+    config: &Config,
+    dir: Option<&DataDir>,
+) -> anyhow::Result<Option<UnsealKey>> {
     if let Ok(text) = std::env::var("KEYWARD_UNSEAL_KEY") {
         let text = zeroize::Zeroizing::new(text);
         return UnsealKey::from_text(&text)
@@ -329,12 +415,14 @@ fn configured_unseal_key(config: &Config, dir: &DataDir) -> anyhow::Result<Optio
     }
     let path = match &config.unseal_key_file {
         Some(path) => path.clone(),
-        None if dir.unseal_key_path().exists() => {
-            // Auto-unseal from beside the data: said at every start, not only the first.
-            warn_dev_unseal(dir);
-            dir.unseal_key_path()
-        }
-        None => return Ok(None),
+        None => match dir {
+            Some(dir) if dir.unseal_key_path().exists() => {
+                // Auto-unseal from beside the data: said at every start, not only the first.
+                warn_dev_unseal(dir);
+                dir.unseal_key_path()
+            }
+            _ => return Ok(None),
+        },
     };
     datadir::check_key_file(&path)?;
     let text = zeroize::Zeroizing::new(
@@ -363,6 +451,7 @@ fn load_config(args: ServeArgs) -> anyhow::Result<(Config, bool)> {
         file,
         Overrides {
             listen: args.listen,
+            store: args.store,
             data_dir: args.data_dir,
             log_format: args.log_format,
             worker_threads: args.worker_threads,
@@ -374,34 +463,49 @@ fn load_config(args: ServeArgs) -> anyhow::Result<(Config, bool)> {
 
 async fn serve((config, json): (Config, bool)) -> anyhow::Result<()> {
     init_logging(&config);
-    let dir = DataDir::new(&config.data_dir);
-    dir.create()?;
-    let _lock = dir.lock()?;
-    if !dir.db_path().exists() && !dir.legacy_secrets_exist() {
-        // A fresh dir (or one whose initialisation never finished): the embedded default.
-        init_dev(&dir, json).await?;
-    }
-    let store = SqliteStore::open(&dir.db_path())
-        .with_context(|| format!("cannot open {}", dir.db_path().display()))?;
-    if store.vault().await?.is_none() {
-        if dir.legacy_secrets_exist() {
-            adopt_legacy(&dir, &store).await?;
-        } else {
-            // Never turned into the embedded default: it may be a store whose vault was lost.
-            anyhow::bail!(
-                "{} has no vault: it is not a complete keyward store. Restore the data dir from \
-                 backup, or remove it to start afresh",
-                dir.db_path().display(),
-            );
+    // The embedded store's data dir stays locked while this runs; a shared store has none.
+    let (store, dir, _lock): (Arc<dyn Store>, Option<DataDir>, _) = match &config.store {
+        StoreChoice::Embedded => {
+            let dir = DataDir::new(&config.data_dir);
+            dir.create()?;
+            let lock = dir.lock()?;
+            if !dir.db_path().exists() && !dir.legacy_secrets_exist() {
+                // A fresh dir (or one whose initialisation never finished): the embedded default.
+                init_dev(&dir, json).await?;
+            }
+            let store = SqliteStore::open(&dir.db_path())
+                .with_context(|| format!("cannot open {}", dir.db_path().display()))?;
+            if store.vault().await?.is_none() {
+                if dir.legacy_secrets_exist() {
+                    adopt_legacy(&dir, &store).await?;
+                } else {
+                    // Never turned into the embedded default: it may be a store whose vault was lost.
+                    anyhow::bail!(
+                        "{} has no vault: it is not a complete keyward store. Restore the data dir from \
+                         backup, or remove it to start afresh",
+                        dir.db_path().display(),
+                    );
+                }
+            }
+            (Arc::new(store), Some(dir), Some(lock))
         }
-    }
-    let node = Node::open(
-        Arc::new(store),
-        Arc::new(SystemClock),
-        config.authority.clone(),
-    )
-    .await?;
-    match configured_unseal_key(&config, &dir)? {
+        StoreChoice::Postgres {
+            url,
+            pool_size,
+            feed_grace,
+        } => {
+            let store = open_postgres(url, *pool_size, *feed_grace).await?;
+            if store.vault().await?.is_none() {
+                anyhow::bail!(
+                    "{url:?} holds no keyward store yet: run `keyward init --store URL` once, \
+                     then start the nodes"
+                );
+            }
+            (Arc::new(store), None, None)
+        }
+    };
+    let node = Node::open(store, Arc::new(SystemClock), config.authority.clone()).await?;
+    match configured_unseal_key(&config, dir.as_ref())? {
         Some(key) => node
             .unseal_with_key(&key, "key file")
             .await
@@ -419,7 +523,14 @@ async fn serve((config, json): (Config, bool)) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     let shutdown = shutdown_signal();
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), "keyward listening");
+    match &config.store {
+        StoreChoice::Embedded => {
+            tracing::info!(%addr, data_dir = %config.data_dir.display(), "keyward listening");
+        }
+        StoreChoice::Postgres { url, .. } => {
+            tracing::info!(%addr, store = ?url, "keyward listening");
+        }
+    }
     println!("keyward listening on http://{addr}");
     keyward_server::run(listener, node, config.server, shutdown).await?;
     tracing::info!("keyward stopped");

@@ -1,0 +1,347 @@
+//! Several `keyward serve` processes sharing one real PostgreSQL: what one node changes, the
+//! others honour at once; a seal on one seals all; a node with another vault's key refuses to
+//! serve; a restart of PostgreSQL is ridden out.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::zombie_processes
+)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use keyward_testkit::services::Postgres;
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_keyward");
+
+/// A PostgreSQL initialised for keyward: its URL, root key and the one unseal share.
+struct Cluster {
+    pg: Postgres,
+    root: String,
+    share: String,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let pg = Postgres::start().expect("PostgreSQL starts (apt-get install postgresql)");
+        let out = Command::new(BIN)
+            .args([
+                "init",
+                "--key-shares",
+                "1",
+                "--key-threshold",
+                "1",
+                "--json",
+            ])
+            .args(["--store", &pg.url()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let init: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(
+            !out.stdout.windows(8).any(|w| w == b"keyward@"),
+            "no URL user echoed"
+        );
+        Cluster {
+            root: init["root_key"].as_str().unwrap().to_owned(),
+            share: init["unseal_shares"][0].as_str().unwrap().to_owned(),
+            pg,
+        }
+    }
+
+    /// A node, unsealed.
+    fn node(&self) -> Node {
+        let node = Node::start(&self.pg.url(), &[]).expect("the node starts");
+        let (status, body) = node.post("/v1/sys/unseal", "", json!({"share": self.share}));
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["sealed"], false);
+        node
+    }
+}
+
+struct Node {
+    child: Child,
+    url: String,
+}
+
+impl Node {
+    /// Starts `keyward serve --store URL`; `Err` holds stderr if it exited instead.
+    fn start(store: &str, env: &[(&str, &str)]) -> Result<Node, String> {
+        let data = tempfile::tempdir().unwrap();
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--store", store])
+            .arg("--data-dir")
+            .arg(data.path())
+            .env("RUST_LOG", "warn")
+            .env_remove("KEYWARD_UNSEAL_KEY")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(addr) = line.strip_prefix("keyward listening on ") {
+                        std::thread::spawn(move || for _ in lines {});
+                        let mut stderr = child.stderr.take().unwrap();
+                        std::thread::spawn(move || {
+                            std::io::copy(&mut stderr, &mut std::io::sink()).ok()
+                        });
+                        assert!(
+                            std::fs::read_dir(data.path()).unwrap().next().is_none(),
+                            "a node on PostgreSQL writes nothing to the data dir"
+                        );
+                        return Ok(Node {
+                            child,
+                            url: addr.to_owned(),
+                        });
+                    }
+                }
+                _ => {
+                    let out = child.wait_with_output().unwrap();
+                    return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+                }
+            }
+        }
+    }
+
+    fn client() -> reqwest::blocking::Client {
+        reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    }
+
+    fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        let resp = Self::client()
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .unwrap();
+        (resp.status().as_u16(), resp.json().unwrap_or(Value::Null))
+    }
+
+    fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        let resp = Self::client()
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(token)
+            .send()
+            .unwrap();
+        (resp.status().as_u16(), resp.json().unwrap_or(Value::Null))
+    }
+
+    fn verify(&self, root: &str, key: &str) -> String {
+        let (_, body) = self.post("/v1/verify", root, json!({"key": key}));
+        body["code"].as_str().unwrap_or("").to_owned()
+    }
+
+    /// How long until `verify` answers `code` for `key` (panics after 5 s).
+    fn until_code(&self, root: &str, key: &str, code: &str) -> Duration {
+        let since = Instant::now();
+        loop {
+            if self.verify(root, key) == code {
+                return since.elapsed();
+            }
+            assert!(since.elapsed() < Duration::from_secs(5), "never {code}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn create_key(node: &Node, root: &str) -> (String, String) {
+    let (status, created) = node.post(
+        "/v1/keys",
+        root,
+        json!({"environment": "live", "name": "n", "owner": "o"}),
+    );
+    assert_eq!(status, 201, "{created}");
+    (
+        created["id"].as_str().unwrap().to_owned(),
+        created["key"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[test]
+fn what_one_node_creates_revokes_or_seals_every_node_honours() {
+    let cluster = Cluster::start();
+    let nodes = [cluster.node(), cluster.node(), cluster.node()];
+    let root = &cluster.root;
+    let (id, key) = create_key(&nodes[0], root);
+    for node in &nodes[1..] {
+        let took = node.until_code(root, &key, "VALID");
+        assert!(
+            took < Duration::from_secs(1),
+            "a new key verified after {took:?}"
+        );
+    }
+    let (status, body) = nodes[0].post(
+        &format!("/v1/keys/{id}/revoke"),
+        root,
+        json!({"reason": "test"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    // Right after the revoke returned on A, B and C refuse it within a second.
+    for node in &nodes[1..] {
+        let took = node.until_code(root, &key, "REVOKED");
+        assert!(
+            took < Duration::from_secs(1),
+            "revoke honoured after {took:?}"
+        );
+    }
+
+    // A keyring rotation on one node is picked up by the others: a secret written on B under
+    // the new term reads back on C.
+    let (status, rotated) = nodes[0].post("/v1/sys/rotate", root, json!({}));
+    assert_eq!(status, 200, "{rotated}");
+    let term = rotated["term"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while nodes[1].get("/v1/sys/keyring", root).1["term"].as_u64() != Some(term) {
+        assert!(Instant::now() < deadline, "node B never learnt term {term}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let resp = Node::client()
+        .put(format!("{}/v1/secrets/live/db/password", nodes[1].url))
+        .bearer_auth(root)
+        .json(&json!({"data": {"value": "s3cret"}}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200, "{:?}", resp.text());
+    let (status, read) = nodes[2].get("/v1/secrets/live/db/password", root);
+    assert_eq!(status, 200, "{read}");
+    assert_eq!(read["data"]["value"], "s3cret");
+
+    // A seal on C seals every node.
+    let (status, body) = nodes[2].post("/v1/sys/seal", root, json!({}));
+    assert_eq!(status, 200, "{body}");
+    for node in &nodes[..2] {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while node.get("/v1/sys/seal-status", "").1["sealed"] != true {
+            assert!(Instant::now() < deadline, "a node stayed unsealed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(node.verify(root, &key), "", "no answer while sealed");
+    }
+}
+
+#[test]
+fn a_node_given_another_vaults_unseal_key_refuses_to_serve() {
+    let cluster = Cluster::start();
+    // Another vault's key: the embedded default writes one beside its data.
+    let dev = tempfile::tempdir().unwrap();
+    let dev_node = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dev.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn();
+    let mut dev_node = dev_node.unwrap();
+    let key_file = dev.path().join("unseal.key");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !key_file.exists() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let _ = dev_node.kill();
+    let _ = dev_node.wait();
+    let wrong = std::fs::read_to_string(&key_file).unwrap();
+    let refused = Node::start(&cluster.pg.url(), &[("KEYWARD_UNSEAL_KEY", wrong.trim())]);
+    let err = refused
+        .err()
+        .expect("a node with the wrong unseal key must not serve");
+    assert!(err.contains("does not unseal this vault"), "{err}");
+    assert!(!err.contains(wrong.trim()), "never echoes the key");
+}
+
+#[test]
+fn nodes_ride_out_a_postgres_restart_and_catch_up_after() {
+    let mut cluster = Cluster::start();
+    let nodes = [cluster.node(), cluster.node()];
+    let root = cluster.root.clone();
+    let (_, cached) = create_key(&nodes[0], &root);
+    for node in &nodes {
+        node.until_code(&root, &cached, "VALID");
+    }
+    cluster.pg.stop();
+    // Both nodes keep answering for the key they cached: nobody can write meanwhile.
+    for node in &nodes {
+        let (_, body) = node.post("/v1/verify", &root, json!({"key": cached}));
+        assert_eq!(body["code"], "VALID", "{body}");
+    }
+    cluster.pg.restart().unwrap();
+    // Writes work again without a restart of either node (the first may meet a stale pooled
+    // connection), and B learns of a revoke made on A.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (id, key) = loop {
+        let (status, created) = nodes[0].post(
+            "/v1/keys",
+            &root,
+            json!({"environment": "live", "name": "after", "owner": "o"}),
+        );
+        if status == 201 {
+            break (
+                created["id"].as_str().unwrap().to_owned(),
+                created["key"].as_str().unwrap().to_owned(),
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no write after the restart: {status} {created}"
+        );
+        assert_ne!(status, 500, "{created}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    nodes[1].until_code(&root, &key, "VALID");
+    let (status, _) = nodes[0].post(
+        &format!("/v1/keys/{id}/revoke"),
+        &root,
+        json!({"reason": "test"}),
+    );
+    assert_eq!(status, 200);
+    nodes[1].until_code(&root, &key, "REVOKED");
+    assert_eq!(nodes[1].verify(&root, &cached), "VALID");
+}
+
+#[test]
+fn past_its_grace_a_node_cut_off_from_postgres_vouches_for_nothing_cached() {
+    let mut cluster = Cluster::start();
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "store_feed_grace_ms = 300\n").unwrap();
+    let node = Node::start(
+        &cluster.pg.url(),
+        &[("KEYWARD_CONFIG", config.path().to_str().unwrap())],
+    )
+    .unwrap();
+    let (status, _) = node.post("/v1/sys/unseal", "", json!({"share": cluster.share}));
+    assert_eq!(status, 200);
+    let (_, key) = create_key(&node, &cluster.root);
+    node.until_code(&cluster.root, &key, "VALID");
+    cluster.pg.stop();
+    std::thread::sleep(Duration::from_millis(1500));
+    // It cannot know whether another node revoked the key meanwhile: it reads the store,
+    // which it cannot reach, and says so instead of VALID.
+    let (status, body) = node.post("/v1/verify", &cluster.root, json!({"key": key}));
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "UNAVAILABLE");
+    cluster.pg.restart().unwrap();
+    node.until_code(&cluster.root, &key, "VALID");
+}
