@@ -117,6 +117,33 @@ impl Jobs {
         self.add(name, false, task);
     }
 
+    /// Like [`Jobs::every`], for work only one node may do at a time: each run happens only
+    /// while this node leads (see [`keyward_store::Store::leads`]).
+    pub(crate) fn every_leading<T, F, Fut>(
+        &self,
+        name: &'static str,
+        period: Duration,
+        wake: Option<Arc<Notify>>,
+        store: &Arc<dyn keyward_store::Store>,
+        service: &Arc<T>,
+        run: F,
+    ) where
+        T: Send + Sync + 'static,
+        F: Fn(Arc<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let store = Arc::clone(store);
+        let run = Arc::new(run);
+        self.every(name, period, wake, service, move |service| {
+            let (store, run) = (Arc::clone(&store), Arc::clone(&run));
+            async move {
+                if store.leads() {
+                    run(service).await;
+                }
+            }
+        });
+    }
+
     /// Stops every job: read-only ones at once, the others after the run in hand.
     pub(crate) async fn shutdown(&self) {
         let _ = self.stop.send(true);

@@ -449,10 +449,11 @@ impl Authority {
                     .await;
             },
         );
-        self.jobs.every(
+        self.jobs.every_leading(
             "rewrap",
             second,
             Some(self.sys.rewrap_wake()),
+            &self.store,
             &self.sys,
             |sys| async move { sys.run_rewrap().await },
         );
@@ -465,10 +466,11 @@ impl Authority {
                 audit.sync_relaxed().await;
             },
         );
-        self.jobs.every(
+        self.jobs.every_leading(
             "lease-expiry",
             second,
             None,
+            &self.store,
             &self.leases,
             |leases| async move {
                 if let Err(e) = leases.sweep_lapsed_vault_leases().await {
@@ -476,10 +478,11 @@ impl Authority {
                 }
             },
         );
-        self.jobs.every(
+        self.jobs.every_leading(
             "grant-lapse",
             second,
             None,
+            &self.store,
             &self.access,
             |access| async move {
                 if let Err(e) = access.sweep_lapsed_grants().await {

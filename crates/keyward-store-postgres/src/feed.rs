@@ -271,10 +271,12 @@ impl Feed {
     }
 
     fn interrupted(&self) {
+        metrics::gauge!("keyward_store_feed_vouched").set(0.0);
         self.each(|l| l.interrupted());
     }
 
     fn resumed(&self) {
+        metrics::gauge!("keyward_store_feed_vouched").set(1.0);
         self.each(|l| l.resumed());
     }
 }
@@ -371,14 +373,14 @@ pub(crate) async fn follow(store: Weak<Inner>, grace: Duration) {
         match listen(&config).await {
             Ok((listening, mut notified)) => {
                 backoff = Duration::from_millis(100);
-                let Some(inner) = store.upgrade() else { return };
                 // What was delivered before the connection was lost may be stale now: vouch for
                 // nothing until every missed row is in.
                 if !interrupted {
+                    let Some(inner) = store.upgrade() else { return };
                     inner.feed.interrupted();
                     interrupted = true;
                 }
-                if follow_connected(&inner, &listening, &mut notified, &mut interrupted, &store)
+                if follow_connected(&store, &listening, &mut notified, &mut interrupted)
                     .await
                     .is_none()
                 {
@@ -408,22 +410,22 @@ pub(crate) async fn follow(store: Weak<Inner>, grace: Duration) {
 /// and what the heartbeat finds. Returns `None` when the store is gone, `Some` when the
 /// connection was lost.
 async fn follow_connected(
-    inner: &Arc<Inner>,
+    store: &Weak<Inner>,
     listening: &tokio_postgres::Client,
     notified: &mut tokio::sync::mpsc::Receiver<()>,
     interrupted: &mut bool,
-    store: &Weak<Inner>,
 ) -> Option<()> {
+    // The store is held only while a catch-up runs, so dropping it ends this task.
     let catch_up = |inner: Arc<Inner>| async move {
         let client = inner.pool.get().await.map_err(unavailable)?;
         inner.feed.catch_up(&client).await
     };
-    if let Err(e) = catch_up(Arc::clone(inner)).await {
+    if let Err(e) = catch_up(store.upgrade()?).await {
         tracing::debug!(error = %e, "the change feed could not catch up");
         return Some(());
     }
     if *interrupted {
-        inner.feed.resumed();
+        store.upgrade()?.feed.resumed();
         *interrupted = false;
         tracing::info!("the change feed is following PostgreSQL");
     }

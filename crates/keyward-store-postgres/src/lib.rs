@@ -31,6 +31,7 @@ use keyward_store::{
 use tokio_postgres::error::SqlState;
 
 mod feed;
+mod leader;
 mod reads;
 mod rows;
 mod write;
@@ -120,6 +121,7 @@ pub(crate) struct Inner {
     /// This node, in the change log's rows.
     origin: String,
     pub(crate) feed: feed::Feed,
+    pub(crate) leadership: Arc<leader::Leadership>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -214,8 +216,10 @@ impl PostgresStore {
             target,
             origin: uuid::Uuid::now_v7().to_string(),
             feed: feed::Feed::new(delivered),
+            leadership: Arc::default(),
         });
         tokio::spawn(feed::follow(Arc::downgrade(&inner), options.feed_grace));
+        tokio::spawn(leader::run(Arc::downgrade(&inner)));
         Ok(PostgresStore { inner })
     }
 
@@ -331,6 +335,10 @@ impl Store for PostgresStore {
             .batch_execute("BEGIN; SELECT txid_current(); COMMIT;")
             .await
             .map_err(unavailable)
+    }
+
+    fn leads(&self) -> bool {
+        self.inner.leadership.leads()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

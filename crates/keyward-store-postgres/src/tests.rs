@@ -260,3 +260,36 @@ async fn a_wrong_url_password_or_server_is_one_clear_error() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn one_node_leads_and_another_takes_over_when_it_is_gone() {
+    let Fresh { store: a, server } = fresh().await;
+    let b = PostgresStore::connect(&server.url(), Options::default())
+        .await
+        .unwrap();
+    let c = PostgresStore::connect(&server.url(), Options::default())
+        .await
+        .unwrap();
+    let leaders = |stores: &[&PostgresStore]| stores.iter().filter(|s| s.leads()).count();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while leaders(&[&a, &b, &c]) == 0 {
+        assert!(std::time::Instant::now() < deadline, "nobody leads");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Never two at once, for a few ticks.
+    for _ in 0..20 {
+        assert_eq!(leaders(&[&a, &b, &c]), 1);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (leader, rest): (Vec<PostgresStore>, Vec<PostgresStore>) =
+        [a, b, c].into_iter().partition(|s| s.leads());
+    drop(leader);
+    // The leader's store is gone (its connection with it): another takes over within the
+    // lease time.
+    let gone = std::time::Instant::now();
+    while leaders(&rest.iter().collect::<Vec<_>>()) == 0 {
+        assert!(gone.elapsed() < leader::LEASE, "no one took over");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(leaders(&rest.iter().collect::<Vec<_>>()), 1);
+}

@@ -204,6 +204,13 @@ pub trait Store:
 
     /// Succeeds when the backend answers a trivial query.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Whether this node does the work only one node may do at a time: sweeps that write
+    /// (lapsed grants, expired leases), the rewrap, schedulers. A store with one node always
+    /// does; a shared store elects one node and moves the work to another when it is gone.
+    fn leads(&self) -> bool {
+        true
+    }
 }
 
 /// Keys: reads by id, hash and query, and the counts the service's checks need.

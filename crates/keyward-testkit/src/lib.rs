@@ -84,6 +84,9 @@ impl Store for CountingStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }
+    fn leads(&self) -> bool {
+        self.inner.leads()
+    }
     async fn sync(&self) -> Result<(), StoreError> {
         self.inner.sync().await
     }
