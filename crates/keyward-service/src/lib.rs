@@ -164,6 +164,9 @@ pub struct AuthorityConfig {
     pub guard: GuardConfig,
     /// Values re-sealed per write during a rewrap.
     pub rewrap_batch: u32,
+    /// Where rate-limit state lives: `None` for this process (exact on one node); a shared
+    /// limiter (Redis) for limits exact across nodes.
+    pub limiter: Option<Arc<dyn limiter::Limiter>>,
 }
 
 impl Default for AuthorityConfig {
@@ -174,6 +177,7 @@ impl Default for AuthorityConfig {
             usage_buffer: 65_536,
             guard: GuardConfig::default(),
             rewrap_batch: 200,
+            limiter: None,
         }
     }
 }
@@ -279,6 +283,7 @@ impl Authority {
             catalog: Arc::clone(&catalog),
             cache: Arc::clone(&cache),
             guard: config.guard.clone(),
+            limiter: config.limiter.clone(),
             quotas: Arc::clone(&quotas),
             usage,
             events: Arc::clone(&events),

@@ -116,7 +116,7 @@ pub struct Verifier {
     cache: Arc<VerifyCache>,
     /// keyward's own protection against key guessing and brute force.
     guard: Guard,
-    /// Rate-limit state: in this process until a cluster-wide limiter is configured.
+    /// Rate-limit state: in this process unless a cluster-wide limiter is configured.
     limiter: Arc<dyn Limiter>,
     /// Concurrency leases taken by verifications.
     leases: crate::leases::Leases,
@@ -138,6 +138,8 @@ pub(crate) struct VerifierParts {
     pub catalog: Arc<Catalog>,
     pub cache: Arc<VerifyCache>,
     pub guard: crate::GuardConfig,
+    /// A shared limiter, or `None` for this process's own.
+    pub limiter: Option<Arc<dyn Limiter>>,
     pub quotas: Arc<QuotaBook>,
     pub usage: UsageRecorder,
     pub events: Arc<Events>,
@@ -155,7 +157,9 @@ impl Verifier {
             catalog: parts.catalog,
             cache: parts.cache,
             guard: Guard::new(parts.guard),
-            limiter: Arc::new(crate::limiter::LocalLimiter::new()),
+            limiter: parts
+                .limiter
+                .unwrap_or_else(|| Arc::new(crate::limiter::LocalLimiter::new())),
             leases: crate::leases::Leases::default(),
             quotas: parts.quotas,
             escalations: crate::escalation::Escalations::default(),

@@ -263,24 +263,7 @@ impl Redis {
     pub fn start() -> Result<Self, ServiceError> {
         let dir = tempfile::tempdir().map_err(|e| fail(format!("temp dir: {e}")))?;
         let port = free_port()?;
-        let mut child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                fail(format!(
-                    "redis-server: {e} (apt-get install redis-server; the tests start their own)"
-                ))
-            })?;
-        let ready = wait_until(&mut child, "redis-server", || ping(port));
-        if let Err(e) = ready {
-            stop(&mut child);
-            return Err(e);
-        }
+        let child = spawn_redis(port, dir.path())?;
         Ok(Redis {
             child,
             port,
@@ -300,12 +283,42 @@ impl Redis {
     pub fn kill(&mut self) {
         stop(&mut self.child);
     }
+
+    /// Starts it again on the same port, empty (nothing is persisted).
+    pub fn restart(&mut self) -> Result<(), ServiceError> {
+        stop(&mut self.child);
+        self.child = spawn_redis(self.port, self._dir.path())?;
+        Ok(())
+    }
 }
 
 impl Drop for Redis {
     fn drop(&mut self) {
         stop(&mut self.child);
     }
+}
+
+/// Starts `redis-server` on `port` and waits until it answers.
+fn spawn_redis(port: u16, dir: &Path) -> Result<Child, ServiceError> {
+    let mut child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| {
+            fail(format!(
+                "redis-server: {e} (apt-get install redis-server; the tests start their own)"
+            ))
+        })?;
+    let ready = wait_until(&mut child, "redis-server", || ping(port));
+    if let Err(e) = ready {
+        stop(&mut child);
+        return Err(e);
+    }
+    Ok(child)
 }
 
 /// Whether a Redis server answers PING on `port`.

@@ -18,6 +18,13 @@ pub struct FileConfig {
     pub store: Option<String>,
     /// Pooled PostgreSQL connections per node (default 16).
     pub store_pool_size: Option<usize>,
+    /// Cluster-wide rate limits on Redis (`redis://[:password@]host:port/[db]`); unset: each
+    /// node limits on its own.
+    pub ratelimit_redis: Option<String>,
+    /// While Redis cannot be reached: `fail_closed`, `fail_open` or `local` (default).
+    pub ratelimit_redis_unreachable: Option<String>,
+    /// A Redis call slower than this counts as Redis being unreachable (default 100).
+    pub ratelimit_redis_timeout_ms: Option<u64>,
     /// How long a node that lost PostgreSQL's change feed keeps answering from its cache
     /// (default 10000; then it reads every key afresh, and refuses when it cannot).
     pub store_feed_grace_ms: Option<u64>,
@@ -85,6 +92,32 @@ impl std::fmt::Debug for StoreUrl {
     }
 }
 
+/// Cluster-wide rate limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisLimits {
+    pub url: RedisUrl,
+    pub when_unreachable: keyward_limiter_redis::Unreachable,
+    pub timeout: Duration,
+}
+
+/// A Redis URL, which may hold a password: its Debug shows only where it points.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rest = self.0.split_once("://").map_or("", |(_, rest)| rest);
+        let place = rest.rsplit_once('@').map_or(rest, |(_, place)| place);
+        write!(f, "redis://{place}")
+    }
+}
+
 /// Where the state lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreChoice {
@@ -125,6 +158,7 @@ impl StoreChoice {
 pub struct Config {
     pub listen: SocketAddr,
     pub store: StoreChoice,
+    pub ratelimit_redis: Option<RedisLimits>,
     pub data_dir: PathBuf,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -142,6 +176,7 @@ pub struct Config {
 pub struct Overrides {
     pub listen: Option<String>,
     pub store: Option<String>,
+    pub ratelimit_redis: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub log_format: Option<String>,
     pub worker_threads: Option<usize>,
@@ -277,6 +312,38 @@ impl Config {
             }
             *feed_grace = Duration::from_millis(grace_ms);
         }
+        let ratelimit_redis = match flags.ratelimit_redis.or(file.ratelimit_redis) {
+            None => None,
+            Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
+                let policy = file
+                    .ratelimit_redis_unreachable
+                    .as_deref()
+                    .unwrap_or("local");
+                let when_unreachable = keyward_limiter_redis::Unreachable::parse(policy)
+                    .unwrap_or_else(|| {
+                        problems.push(
+                            "ratelimit_redis_unreachable: must be 'fail_closed', 'fail_open' or 'local'"
+                                .into(),
+                        );
+                        keyward_limiter_redis::Unreachable::Local
+                    });
+                let timeout_ms = file.ratelimit_redis_timeout_ms.unwrap_or(100);
+                if !(1..=10_000).contains(&timeout_ms) {
+                    problems.push("ratelimit_redis_timeout_ms: must be between 1 and 10000".into());
+                }
+                Some(RedisLimits {
+                    url: RedisUrl(url),
+                    when_unreachable,
+                    timeout: Duration::from_millis(timeout_ms),
+                })
+            }
+            Some(_) => {
+                problems.push(
+                    "ratelimit_redis: must be a redis://[:password@]host:port/[db] URL".into(),
+                );
+                None
+            }
+        };
         let plain_http_ok = flags.insecure_plain_http || file.insecure_plain_http.unwrap_or(false);
         if let Ok(addr) = listen
             && !addr.ip().is_loopback()
@@ -294,6 +361,7 @@ impl Config {
         Ok(Config {
             listen,
             store,
+            ratelimit_redis,
             data_dir: flags
                 .data_dir
                 .or(file.data_dir)

@@ -100,6 +100,9 @@ struct ServeArgs {
     /// unset: the embedded store in the data dir.
     #[arg(long, env = "KEYWARD_STORE", hide_env_values = true)]
     store: Option<String>,
+    /// Cluster-wide rate limits on Redis (redis://[:password@]host:port/[db]).
+    #[arg(long, env = "KEYWARD_RATELIMIT_REDIS", hide_env_values = true)]
+    ratelimit_redis: Option<String>,
     /// Address to listen on, e.g. 127.0.0.1:8080 (port 0 picks a free port).
     #[arg(long, env = "KEYWARD_LISTEN")]
     listen: Option<String>,
@@ -452,6 +455,7 @@ fn load_config(args: ServeArgs) -> anyhow::Result<(Config, bool)> {
         Overrides {
             listen: args.listen,
             store: args.store,
+            ratelimit_redis: args.ratelimit_redis,
             data_dir: args.data_dir,
             log_format: args.log_format,
             worker_threads: args.worker_threads,
@@ -504,7 +508,18 @@ async fn serve((config, json): (Config, bool)) -> anyhow::Result<()> {
             (Arc::new(store), None, None)
         }
     };
-    let node = Node::open(store, Arc::new(SystemClock), config.authority.clone()).await?;
+    let mut authority = config.authority.clone();
+    if let Some(redis) = &config.ratelimit_redis {
+        let options = keyward_limiter_redis::Options {
+            when_unreachable: redis.when_unreachable,
+            timeout: redis.timeout,
+        };
+        let limiter = keyward_limiter_redis::RedisLimiter::connect(redis.url.expose(), options)
+            .await
+            .map_err(|e| anyhow::anyhow!("ratelimit_redis: {e}"))?;
+        authority.limiter = Some(Arc::new(limiter));
+    }
+    let node = Node::open(store, Arc::new(SystemClock), authority).await?;
     match configured_unseal_key(&config, dir.as_ref())? {
         Some(key) => node
             .unseal_with_key(&key, "key file")

@@ -345,3 +345,69 @@ fn past_its_grace_a_node_cut_off_from_postgres_vouches_for_nothing_cached() {
     cluster.pg.restart().unwrap();
     node.until_code(&cluster.root, &key, "VALID");
 }
+
+#[test]
+fn limits_on_redis_are_exact_across_nodes_and_follow_the_policy_while_it_is_down() {
+    let cluster = Cluster::start();
+    let mut redis = keyward_testkit::services::Redis::start().unwrap();
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        "ratelimit_redis_unreachable = 'fail_closed'\nratelimit_redis_timeout_ms = 200\n",
+    )
+    .unwrap();
+    let env = [
+        ("KEYWARD_RATELIMIT_REDIS", redis.url()),
+        ("KEYWARD_CONFIG", config.path().to_str().unwrap().to_owned()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let nodes: Vec<Node> = (0..3)
+        .map(|_| {
+            let node = Node::start(&cluster.pg.url(), &env).unwrap();
+            let (status, _) = node.post("/v1/sys/unseal", "", json!({"share": cluster.share}));
+            assert_eq!(status, 200);
+            node
+        })
+        .collect();
+    let root = &cluster.root;
+    let (status, created) = nodes[0].post(
+        "/v1/keys",
+        root,
+        json!({"environment": "live", "name": "n", "owner": "o",
+               "ratelimits": [{"name": "minute", "limit": 20, "period_s": 60}]}),
+    );
+    assert_eq!(status, 201, "{created}");
+    let key = created["key"].as_str().unwrap().to_owned();
+    for node in &nodes {
+        node.until_code(root, &key, "VALID");
+    }
+    let mut codes = std::collections::BTreeMap::<String, u32>::new();
+    for i in 0..90 {
+        *codes.entry(nodes[i % 3].verify(root, &key)).or_default() += 1;
+    }
+    // Three were spent finding the key on each node; of the 90, exactly 17 more pass.
+    assert_eq!(codes.get("VALID"), Some(&17), "{codes:?}");
+    assert_eq!(codes.get("RATE_LIMITED"), Some(&73), "{codes:?}");
+
+    // Redis down: fail_closed refuses, as rate limited, never a 500.
+    redis.kill();
+    for node in &nodes {
+        let (status, body) = node.post("/v1/verify", root, json!({"key": key}));
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["code"], "RATE_LIMITED", "{body}");
+    }
+    // Back (empty: Redis kept nothing), the limit is cluster-wide and exact again.
+    redis.restart().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while nodes[0].verify(root, &key) != "VALID" {
+        assert!(Instant::now() < deadline, "Redis never used again");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut valid = 1;
+    for i in 0..60 {
+        if nodes[i % 3].verify(root, &key) == "VALID" {
+            valid += 1;
+        }
+    }
+    assert!(valid <= 20, "{valid} admitted of a limit of 20");
+}

@@ -1,0 +1,170 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use keyward_core::{KeyId, RateLimit};
+use keyward_service::limiter::fingerprint;
+use keyward_testkit::services::Redis;
+
+use super::*;
+
+fn limit(name: &str, limit: u64, period_s: u64) -> RateLimit {
+    RateLimit {
+        name: name.into(),
+        limit,
+        period_s,
+        burst: None,
+        rule: None,
+    }
+}
+
+fn key() -> KeyId {
+    KeyId(uuid::Uuid::now_v7())
+}
+
+fn request<'a>(key: KeyId, limits: &'a [RateLimit], applies: &'a [bool]) -> LimitRequest<'a> {
+    LimitRequest {
+        key,
+        limits,
+        applies,
+        cost: 1,
+        now: 0,
+        fingerprint: fingerprint(limits),
+    }
+}
+
+async fn limiter(redis: &Redis, when_unreachable: Unreachable) -> RedisLimiter {
+    RedisLimiter::connect(
+        &redis.url(),
+        Options {
+            when_unreachable,
+            timeout: Duration::from_millis(200),
+        },
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_refusal_by_one_limit_consumes_nothing_from_the_others() {
+    let redis = Redis::start().unwrap();
+    let limiter = limiter(&redis, Unreachable::FailClosed).await;
+    let limits = [limit("second", 10, 1), limit("hour", 3, 3600)];
+    let all = [true, true];
+    let id = key();
+    for i in 0..3 {
+        let out = limiter.check(request(id, &limits, &all)).await;
+        assert!(out.iter().all(|o| o.admitted), "request {i}: {out:?}");
+        assert_eq!(out[1].remaining, 2 - i);
+    }
+    let refused = limiter.check(request(id, &limits, &all)).await;
+    assert!(refused[0].admitted && !refused[1].admitted, "{refused:?}");
+    assert!(refused[1].retry_after_ns > 0);
+    // The per-second limit was not charged for the refused request: 7 of 10 left.
+    assert_eq!(refused[0].remaining, 7, "{refused:?}");
+    // A limit that does not apply is neither judged nor charged.
+    let only_first = [true, false];
+    let out = limiter.check(request(id, &limits, &only_first)).await;
+    assert_eq!(out.len(), 1);
+    assert!(out[0].admitted);
+    assert_eq!(out[0].remaining, 6);
+}
+
+#[tokio::test]
+async fn three_nodes_share_one_exact_limit() {
+    let redis = Redis::start().unwrap();
+    let nodes = [
+        Arc::new(limiter(&redis, Unreachable::FailClosed).await),
+        Arc::new(limiter(&redis, Unreachable::FailClosed).await),
+        Arc::new(limiter(&redis, Unreachable::FailClosed).await),
+    ];
+    // A burst of 50 of 50/minute, asked for 300 times across the nodes at once.
+    let limits = Arc::new([limit("minute", 50, 60)]);
+    let id = key();
+    let admitted = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let (node, limits, admitted) = (
+            Arc::clone(&nodes[i % 3]),
+            Arc::clone(&limits),
+            Arc::clone(&admitted),
+        );
+        tasks.push(tokio::spawn(async move {
+            let out = node.check(request(id, &limits[..], &[true])).await;
+            if out[0].admitted {
+                admitted.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(admitted.load(Ordering::Relaxed), 50);
+}
+
+#[tokio::test]
+async fn while_redis_is_down_the_policy_answers_and_redis_is_used_again_once_back() {
+    let mut redis = Redis::start().unwrap();
+    let closed = limiter(&redis, Unreachable::FailClosed).await;
+    let open = limiter(&redis, Unreachable::FailOpen).await;
+    let local = limiter(&redis, Unreachable::Local).await;
+    let limits = [limit("second", 2, 1)];
+    let id = key();
+    redis.kill();
+    let started = Instant::now();
+    let out = closed.check(request(id, &limits, &[true])).await;
+    assert!(!out[0].admitted);
+    assert!(out[0].retry_after_ns > 0);
+    assert!(open.check(request(id, &limits, &[true])).await[0].admitted);
+    // Local: this node's own limit of 2 a second.
+    let local_admitted = {
+        let mut n = 0;
+        for _ in 0..5 {
+            if local.check(request(id, &limits, &[true])).await[0].admitted {
+                n += 1;
+            }
+        }
+        n
+    };
+    assert_eq!(local_admitted, 2);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "an outage answers at once, not after a timeout per request: {:?}",
+        started.elapsed()
+    );
+    assert!(!closed.up.load(Ordering::Acquire));
+
+    redis.restart().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = closed.check(request(id, &limits, &[true])).await;
+        if out[0].admitted {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never used Redis again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(closed.up.load(Ordering::Acquire));
+}
+
+#[tokio::test]
+async fn a_wrong_url_or_an_unreachable_server_is_one_clear_error() {
+    let error = RedisLimiter::connect("http://nope", Options::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("not a valid redis://"), "{error}");
+    let mut redis = Redis::start().unwrap();
+    let port = redis.port();
+    redis.kill();
+    let error = RedisLimiter::connect(
+        &format!("redis://:hunter2@127.0.0.1:{port}/"),
+        Options::default(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains(&format!("127.0.0.1:{port}")), "{error}");
+    assert!(!error.contains("hunter2"), "{error}");
+}
