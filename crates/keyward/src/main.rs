@@ -22,6 +22,7 @@ mod datadir;
 mod operator;
 mod run_cmd;
 mod secrets_cmd;
+mod store_cmd;
 
 use config::{Config, FileConfig, LogFormat, Overrides, StoreChoice, StoreUrl};
 use datadir::DataDir;
@@ -90,6 +91,11 @@ enum Command {
     },
     /// Run a command with secrets in its environment; nothing is written to disk or printed.
     Run(run_cmd::RunArgs),
+    /// Move the state between stores: `keyward store migrate --from DIR --to postgres://…`.
+    Store {
+        #[command(subcommand)]
+        command: store_cmd::StoreCommand,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -211,6 +217,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Operator { remote, command } => operator::run(remote, command).await,
         Command::Secrets { remote, command } => secrets_cmd::run(remote, command).await,
         Command::Run(args) => run_cmd::run(args).await,
+        Command::Store { command } => store_cmd::run(command).await,
         Command::Audit {
             command:
                 AuditCommand::Verify {

@@ -411,3 +411,111 @@ fn limits_on_redis_are_exact_across_nodes_and_follow_the_policy_while_it_is_down
     }
     assert!(valid <= 20, "{valid} admitted of a limit of 20");
 }
+
+/// `keyward serve` on a data dir, as in the embedded default; its root key.
+fn embedded(dir: &std::path::Path) -> (Child, String, String) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut root = String::new();
+    loop {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(key) = line.trim().strip_prefix("keyward_admin_") {
+            root = format!("keyward_admin_{key}");
+        }
+        if let Some(addr) = line.strip_prefix("keyward listening on ") {
+            std::thread::spawn(move || for _ in lines {});
+            return (child, addr.to_owned(), root);
+        }
+    }
+}
+
+#[test]
+fn an_embedded_store_migrates_to_postgres_whole_and_verifiable() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut server, url, root) = embedded(data.path());
+    let node = Node {
+        child: Command::new("true").spawn().unwrap(),
+        url,
+    };
+    let (_, kept) = create_key(&node, &root);
+    let (gone_id, gone) = create_key(&node, &root);
+    let (status, _) = node.post(
+        &format!("/v1/keys/{gone_id}/revoke"),
+        &root,
+        json!({"reason": "t"}),
+    );
+    assert_eq!(status, 200);
+    let resp = Node::client()
+        .put(format!("{}/v1/secrets/live/api/token", node.url))
+        .bearer_auth(&root)
+        .json(&json!({"data": {"value": "v1"}}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let (status, _) = node.post("/v1/sys/rotate", &root, json!({}));
+    assert_eq!(status, 200);
+    assert_eq!(node.verify(&root, &kept), "VALID");
+    let audit_before = node.get("/v1/audit?limit=1000", &root).1;
+
+    let pg = Postgres::start().unwrap();
+    // Not while the server runs on it.
+    let busy = Command::new(BIN)
+        .args(["store", "migrate", "--to", &pg.url(), "--from"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(!busy.status.success());
+    assert!(String::from_utf8_lossy(&busy.stderr).contains("stop the server"));
+    let _ = server.kill();
+    let _ = server.wait();
+
+    let out = Command::new(BIN)
+        .args(["store", "migrate", "--json", "--to", &pg.url(), "--from"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["verified"], true);
+    assert_eq!(report["keys"], 3, "two keys and the root key: {report}");
+    assert_eq!(report["secrets"], 1);
+    // Into a store that is not empty: refused.
+    let again = Command::new(BIN)
+        .args(["store", "migrate", "--to", &pg.url(), "--from"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
+
+    // A node on the copy opens with the same unseal key and finds everything intact.
+    let key = std::fs::read_to_string(data.path().join("unseal.key")).unwrap();
+    let node = Node::start(&pg.url(), &[("KEYWARD_UNSEAL_KEY", key.trim())]).unwrap();
+    assert_eq!(node.verify(&root, &kept), "VALID");
+    assert_eq!(node.verify(&root, &gone), "REVOKED");
+    let (status, read) = node.get("/v1/secrets/live/api/token", &root);
+    assert_eq!(status, 200, "{read}");
+    assert_eq!(read["data"]["value"], "v1");
+    let (status, ready) = node.get("/readyz", "");
+    assert_eq!(
+        status, 200,
+        "every integrity tag checks out on the copy: {ready}"
+    );
+    let audit_after = node.get("/v1/audit?limit=1000", &root).1;
+    let entries = |v: &Value| v["entries"].as_array().unwrap().clone();
+    let (before, after) = (entries(&audit_before), entries(&audit_after));
+    assert!(before.len() > 5, "{audit_before}");
+    // The copy holds every entry as it was (and, after them, the new node's own: its unseal).
+    assert_eq!(&after[..before.len()], &before[..]);
+}
