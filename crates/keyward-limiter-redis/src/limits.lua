@@ -21,6 +21,23 @@ local writes = {}
 local all = true
 local keep_ms = 0
 
+-- Every field any limit needs, in one read.
+local fields = {}
+for i = 0, n - 1 do
+  local b = 3 + i * 5
+  local pos = ARGV[b]
+  if tonumber(ARGV[b + 1]) == 0 then
+    fields[#fields + 1] = 'g' .. pos
+  else
+    fields[#fields + 1] = 's' .. pos
+    fields[#fields + 1] = 'p' .. pos
+    fields[#fields + 1] = 'c' .. pos
+  end
+end
+local values = redis.call('HMGET', key, unpack(fields))
+local stored = {}
+for i, f in ipairs(fields) do stored[f] = values[i] end
+
 for i = 0, n - 1 do
   local b = 3 + i * 5
   local pos = ARGV[b]
@@ -32,9 +49,9 @@ for i = 0, n - 1 do
   if alg == 0 then
     local interval = math.max(math.floor(period / limit), 1)
     local window = interval * burst
-    local stored = redis.call('HGET', key, 'g' .. pos)
     local tat = now
-    if stored then tat = math.max(tonumber(stored), now) end
+    local g = stored['g' .. pos]
+    if g then tat = math.max(tonumber(g), now) end
     local new_tat = tat + interval * cost
     local admitted = new_tat - now <= window
     if admitted then
@@ -49,13 +66,13 @@ for i = 0, n - 1 do
     o[6] = tat - now
   else
     local start = now - (now % period)
-    local s = tonumber(redis.call('HGET', key, 's' .. pos) or -1)
+    local s = tonumber(stored['s' .. pos] or -1)
     local previous, current = 0, 0
     if s == start then
-      previous = tonumber(redis.call('HGET', key, 'p' .. pos) or 0)
-      current = tonumber(redis.call('HGET', key, 'c' .. pos) or 0)
+      previous = tonumber(stored['p' .. pos] or 0)
+      current = tonumber(stored['c' .. pos] or 0)
     elseif s + period == start then
-      previous = tonumber(redis.call('HGET', key, 'c' .. pos) or 0)
+      previous = tonumber(stored['c' .. pos] or 0)
     end
     local elapsed = now - start
     local weighted = math.floor(previous * (period - elapsed) / period)
@@ -107,10 +124,13 @@ for _, o in ipairs(outcomes) do
   end
 end
 
-if all then
+if all and #writes > 0 then
+  local args = {}
   for _, w in ipairs(writes) do
-    redis.call('HSET', key, w[1], string.format('%.0f', w[2]))
+    args[#args + 1] = w[1]
+    args[#args + 1] = string.format('%.0f', w[2])
   end
+  redis.call('HSET', key, unpack(args))
   local ttl = redis.call('PTTL', key)
   if ttl < keep_ms then redis.call('PEXPIRE', key, keep_ms) end
 end
