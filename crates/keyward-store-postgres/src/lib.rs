@@ -184,6 +184,14 @@ impl PostgresStore {
         })?;
         config.connect_timeout(options.connect_timeout);
         config.application_name("keyward");
+        // A server that stops answering (a dead machine, a cut network) fails the calls in
+        // flight within seconds instead of leaving them, and the writes queued behind them,
+        // waiting for ever.
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(5));
+        config.keepalives_interval(Duration::from_secs(1));
+        config.keepalives_retries(3);
+        config.tcp_user_timeout(Duration::from_secs(10));
         let target = target_of(&config);
         let manager = Manager::from_config(
             config.clone(),
