@@ -5,6 +5,9 @@
 //! limits are exact across every node. The algorithms are the service's own (GCRA up to a
 //! minute, sliding windows beyond), in microseconds.
 //!
+//! Concurrency leases are kept there too ([`LeaseTable`]): a sorted set per key of its leases
+//! by when they lapse, so a key's concurrency limit holds across nodes.
+//!
 //! When Redis cannot be reached (or does not answer within the timeout), the configured
 //! [`Unreachable`] policy decides: refuse, admit, or fall back to this node's own limits. The
 //! limiter says so once per transition in the log and in the `keyward_ratelimit_redis_up`
@@ -15,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use keyward_core::ratelimit::{Algorithm, LimitOutcome};
+use keyward_core::{EnvironmentName, KeyId, Timestamp};
+use keyward_service::leases::{Lease, LeaseTable, Leases, Release};
 use keyward_service::limiter::{LimitRequest, Limiter, LocalLimiter};
 use redis::aio::ConnectionManager;
 
@@ -74,8 +79,12 @@ const NS_PER_US: i64 = 1_000;
 pub struct RedisLimiter {
     connection: ConnectionManager,
     script: redis::Script,
+    acquire: redis::Script,
+    release: redis::Script,
     options: Options,
     local: LocalLimiter,
+    /// Leases taken while Redis could not be reached, under the `local` policy.
+    local_leases: Leases,
     /// Whether the last call to Redis succeeded.
     up: AtomicBool,
     /// Milliseconds since `started` before which Redis is not tried again.
@@ -126,22 +135,25 @@ impl RedisLimiter {
             .await
             .map_err(|e| ConnectError(format!("cannot reach Redis at {place}: {}", reason(&e))))?;
         let script = redis::Script::new(include_str!("limits.lua"));
-        script
-            .prepare_invoke()
-            .load_async(&mut connection)
-            .await
-            .map_err(|e| {
-                ConnectError(format!(
-                    "Redis at {place} refused the script: {}",
-                    reason(&e)
-                ))
-            })?;
+        let acquire = redis::Script::new(include_str!("leases.lua"));
+        let release = redis::Script::new(include_str!("release.lua"));
+        for s in [&script, &acquire, &release] {
+            s.prepare_invoke()
+                .load_async(&mut connection)
+                .await
+                .map_err(|e| {
+                    ConnectError(format!("Redis at {place} refused a script: {}", reason(&e)))
+                })?;
+        }
         metrics::gauge!("keyward_ratelimit_redis_up").set(1.0);
         Ok(RedisLimiter {
             connection,
             script,
+            acquire,
+            release,
             options,
             local: LocalLimiter::new(),
+            local_leases: Leases::default(),
             up: AtomicBool::new(true),
             retry_at_ms: AtomicU64::new(0),
             started: Instant::now(),
@@ -282,13 +294,181 @@ fn reason(e: &redis::RedisError) -> String {
     }
 }
 
+impl RedisLimiter {
+    /// Whether Redis is worth asking now (not within a second of a failed call).
+    fn available(&self) -> bool {
+        self.elapsed_ms() >= self.retry_at_ms.load(Ordering::Acquire)
+    }
+
+    fn failed(&self) {
+        let retry = u64::try_from(RETRY_AFTER.as_millis()).unwrap_or(1000);
+        self.retry_at_ms
+            .store(self.elapsed_ms() + retry, Ordering::Release);
+        self.mark(false);
+    }
+
+    /// A lease while Redis cannot be reached, by the policy.
+    fn lease_unreachable(
+        &self,
+        key: KeyId,
+        environment: &EnvironmentName,
+        limit: u32,
+        timeout_s: u32,
+        now: Timestamp,
+        id: String,
+    ) -> Result<Lease, Timestamp> {
+        metrics::counter!(
+            "keyward_ratelimit_redis_fallbacks_total",
+            "policy" => self.options.when_unreachable.as_str()
+        )
+        .increment(1);
+        match self.options.when_unreachable {
+            Unreachable::Local => {
+                self.local_leases
+                    .acquire(key, environment, limit, timeout_s, now, id)
+            }
+            Unreachable::FailOpen => Ok(Lease {
+                id,
+                key,
+                expires_at: now.plus_seconds(u64::from(timeout_s)),
+            }),
+            Unreachable::FailClosed => Err(now.plus_seconds(RETRY_AFTER.as_secs().max(1))),
+        }
+    }
+
+    /// One script call within the timeout; `None` (and Redis marked down) if it failed.
+    async fn call<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Option<T> {
+        let mut connection = self.connection.clone();
+        match tokio::time::timeout(
+            self.options.timeout,
+            invocation.invoke_async(&mut connection),
+        )
+        .await
+        {
+            Ok(Ok(value)) => {
+                self.mark(true);
+                Some(value)
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %reason(&e), "Redis call failed");
+                self.failed();
+                None
+            }
+            Err(_) => {
+                self.failed();
+                None
+            }
+        }
+    }
+}
+
+/// A key's set of leases.
+fn leases_key(key: KeyId) -> String {
+    format!("kw:cc:{{{key}}}")
+}
+
+/// One lease's holder record: its key and environment.
+fn holder_key(id: &str) -> String {
+    format!("kw:lease:{id}")
+}
+
+#[async_trait]
+impl LeaseTable for RedisLimiter {
+    async fn acquire(
+        &self,
+        key: KeyId,
+        environment: &EnvironmentName,
+        limit: u32,
+        timeout_s: u32,
+        now: Timestamp,
+        id: String,
+    ) -> Result<Lease, Timestamp> {
+        if !self.available() {
+            return self.lease_unreachable(key, environment, limit, timeout_s, now, id);
+        }
+        let mut invocation = self.acquire.key(leases_key(key));
+        invocation
+            .key(holder_key(&id))
+            .arg(&id)
+            .arg(limit)
+            .arg(u64::from(timeout_s).saturating_mul(1000))
+            .arg(format!("{key} {environment}"));
+        match self.call::<(i64, i64)>(&invocation).await {
+            Some((1, lapses)) => Ok(Lease {
+                id,
+                key,
+                expires_at: Timestamp::from_unix_ms(lapses),
+            }),
+            Some((_, earliest)) => Err(Timestamp::from_unix_ms(earliest)),
+            None => self.lease_unreachable(key, environment, limit, timeout_s, now, id),
+        }
+    }
+
+    async fn release(
+        &self,
+        id: &str,
+        now: Timestamp,
+        reaches: &(dyn for<'e> Fn(&'e EnvironmentName) -> bool + Send + Sync),
+    ) -> Release {
+        // Lease ids are made by verify: anything else names no lease (and no Redis key).
+        if id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Release::Unknown;
+        }
+        // A lease taken while Redis could not be reached is in this node's table.
+        let local = self.local_leases.release(id, now, reaches);
+        if local != Release::Unknown || !self.available() {
+            return local;
+        }
+        let mut connection = self.connection.clone();
+        let holder = tokio::time::timeout(
+            self.options.timeout,
+            redis::cmd("GET")
+                .arg(holder_key(id))
+                .query_async::<Option<String>>(&mut connection),
+        )
+        .await;
+        let holder = match holder {
+            Ok(Ok(holder)) => holder,
+            _ => {
+                self.failed();
+                return Release::Unknown;
+            }
+        };
+        let Some((key, environment)) = holder.as_deref().and_then(|h| {
+            let (key, env) = h.split_once(' ')?;
+            Some((
+                key.parse::<KeyId>().ok()?,
+                EnvironmentName::parse(env).ok()?,
+            ))
+        }) else {
+            return Release::Unknown;
+        };
+        if !reaches(&environment) {
+            return Release::OutOfReach(environment);
+        }
+        let mut invocation = self.release.key(leases_key(key));
+        invocation.key(holder_key(id)).arg(id);
+        match self.call::<i64>(&invocation).await {
+            Some(1) => Release::Released,
+            _ => Release::Unknown,
+        }
+    }
+
+    fn sweep(&self, now: Timestamp) {
+        self.local_leases.sweep(now);
+    }
+}
+
 #[async_trait]
 impl Limiter for RedisLimiter {
     async fn check(&self, request: LimitRequest<'_>) -> Vec<LimitOutcome> {
         if !request.applies.iter().any(|a| *a) {
             return Vec::new();
         }
-        if self.elapsed_ms() < self.retry_at_ms.load(Ordering::Acquire) {
+        if !self.available() {
             return self.unreachable(request);
         }
         match self.ask(&request).await {
@@ -297,10 +477,7 @@ impl Limiter for RedisLimiter {
                 outcomes
             }
             None => {
-                let retry = u64::try_from(RETRY_AFTER.as_millis()).unwrap_or(1000);
-                self.retry_at_ms
-                    .store(self.elapsed_ms() + retry, Ordering::Release);
-                self.mark(false);
+                self.failed();
                 self.unreachable(request)
             }
         }

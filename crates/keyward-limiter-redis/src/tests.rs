@@ -3,7 +3,8 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use keyward_core::{KeyId, RateLimit};
+use keyward_core::{EnvironmentName, KeyId, RateLimit, Timestamp};
+use keyward_service::leases::{LeaseTable, Release};
 use keyward_service::limiter::fingerprint;
 use keyward_testkit::services::Redis;
 
@@ -167,4 +168,94 @@ async fn a_wrong_url_or_an_unreachable_server_is_one_clear_error() {
     .to_string();
     assert!(error.contains(&format!("127.0.0.1:{port}")), "{error}");
     assert!(!error.contains("hunter2"), "{error}");
+}
+
+#[tokio::test]
+async fn concurrency_leases_hold_across_nodes_and_lapse_by_themselves() {
+    let redis = Redis::start().unwrap();
+    let (a, b) = (
+        limiter(&redis, Unreachable::FailClosed).await,
+        limiter(&redis, Unreachable::FailClosed).await,
+    );
+    let live = EnvironmentName::parse("live").unwrap();
+    let id = key();
+    let now = Timestamp::from_unix_ms(0);
+    let first = LeaseTable::acquire(&a, id, &live, 2, 1, now, "l1".into())
+        .await
+        .unwrap();
+    LeaseTable::acquire(&b, id, &live, 2, 1, now, "l2".into())
+        .await
+        .unwrap();
+    // The limit is the key's across both nodes.
+    let refused = LeaseTable::acquire(&a, id, &live, 2, 1, now, "l3".into()).await;
+    assert_eq!(refused, Err(first.expires_at));
+    // Another node ends a lease; one that cannot reach the key's environment cannot.
+    let elsewhere = |env: &EnvironmentName| env.as_str() == "test";
+    assert_eq!(
+        LeaseTable::release(&b, "l1", now, &elsewhere).await,
+        Release::OutOfReach(live.clone())
+    );
+    assert_eq!(
+        LeaseTable::release(&b, "l1", now, &|_| true).await,
+        Release::Released
+    );
+    assert_eq!(
+        LeaseTable::release(&a, "l1", now, &|_| true).await,
+        Release::Unknown
+    );
+    LeaseTable::acquire(&a, id, &live, 2, 1, now, "l3".into())
+        .await
+        .unwrap();
+    assert!(
+        LeaseTable::acquire(&b, id, &live, 2, 1, now, "l4".into())
+            .await
+            .is_err()
+    );
+    // A crashed caller's leases lapse by themselves (after the 1 s timeout).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    LeaseTable::acquire(&b, id, &live, 2, 1, now, "l5".into())
+        .await
+        .unwrap();
+    assert_eq!(
+        LeaseTable::release(&a, "l2", now, &|_| true).await,
+        Release::Unknown
+    );
+}
+
+#[tokio::test]
+async fn leases_while_redis_is_down_follow_the_policy() {
+    let mut redis = Redis::start().unwrap();
+    let local = limiter(&redis, Unreachable::Local).await;
+    let closed = limiter(&redis, Unreachable::FailClosed).await;
+    let open = limiter(&redis, Unreachable::FailOpen).await;
+    redis.kill();
+    let live = EnvironmentName::parse("live").unwrap();
+    let id = key();
+    let now = Timestamp::from_unix_ms(1_000_000);
+    let taken = LeaseTable::acquire(&local, id, &live, 1, 30, now, "a".into()).await;
+    assert!(taken.is_ok());
+    assert!(
+        LeaseTable::acquire(&local, id, &live, 1, 30, now, "b".into())
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        LeaseTable::release(&local, "a", now, &|_| true).await,
+        Release::Released
+    );
+    assert!(
+        LeaseTable::acquire(&closed, id, &live, 1, 30, now, "c".into())
+            .await
+            .is_err()
+    );
+    assert!(
+        LeaseTable::acquire(&open, id, &live, 1, 30, now, "d".into())
+            .await
+            .is_ok()
+    );
+    assert!(
+        LeaseTable::acquire(&open, id, &live, 1, 30, now, "e".into())
+            .await
+            .is_ok()
+    );
 }

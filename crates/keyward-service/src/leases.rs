@@ -1,8 +1,9 @@
 //! Concurrency limits: at most N requests of a key in flight. A verification with `lease`
 //! takes a lease when the key has a concurrency limit; the caller releases it when its request
 //! ends. Leases lapse by themselves after the key's lease timeout, so a caller that crashed
-//! cannot lock its key out. Leases live in memory: after a restart every lease is gone, which
-//! errs towards admitting (they would have lapsed within the timeout anyway).
+//! cannot lock its key out. [`Leases`] keeps them in this process: after a restart every lease
+//! is gone, which errs towards admitting (they would have lapsed within the timeout anyway). A
+//! [`LeaseTable`] shared by several nodes (Redis) makes the limit hold across them.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -17,9 +18,65 @@ pub struct Lease {
     pub expires_at: Timestamp,
 }
 
+/// Where concurrency leases are kept: in this process ([`Leases`]) or shared by several nodes.
+#[async_trait::async_trait]
+pub trait LeaseTable: Send + Sync + std::fmt::Debug + 'static {
+    /// Takes a lease for `key` if fewer than `limit` are in flight. `Err` carries the instant
+    /// the earliest lease lapses.
+    async fn acquire(
+        &self,
+        key: KeyId,
+        environment: &EnvironmentName,
+        limit: u32,
+        timeout_s: u32,
+        now: Timestamp,
+        id: String,
+    ) -> Result<Lease, Timestamp>;
+
+    /// Ends a lease of a key whose environment `reaches` accepts. A lease of an environment
+    /// the caller cannot reach stays as it is.
+    async fn release(
+        &self,
+        id: &str,
+        now: Timestamp,
+        reaches: &(dyn for<'e> Fn(&'e EnvironmentName) -> bool + Send + Sync),
+    ) -> Release;
+
+    /// Drops every lapsed lease held here.
+    fn sweep(&self, now: Timestamp);
+}
+
+#[async_trait::async_trait]
+impl LeaseTable for Leases {
+    async fn acquire(
+        &self,
+        key: KeyId,
+        environment: &EnvironmentName,
+        limit: u32,
+        timeout_s: u32,
+        now: Timestamp,
+        id: String,
+    ) -> Result<Lease, Timestamp> {
+        Leases::acquire(self, key, environment, limit, timeout_s, now, id)
+    }
+
+    async fn release(
+        &self,
+        id: &str,
+        now: Timestamp,
+        reaches: &(dyn for<'e> Fn(&'e EnvironmentName) -> bool + Send + Sync),
+    ) -> Release {
+        Leases::release(self, id, now, reaches)
+    }
+
+    fn sweep(&self, now: Timestamp) {
+        Leases::sweep(self, now);
+    }
+}
+
 /// What releasing a lease did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Release {
+pub enum Release {
     Released,
     /// Released already, lapsed, or never taken.
     Unknown,
@@ -28,18 +85,18 @@ pub(crate) enum Release {
 }
 
 #[derive(Debug, Default)]
-pub(crate) struct Leases {
-    inner: Mutex<LeaseTable>,
+pub struct Leases {
+    inner: Mutex<Table>,
 }
 
 #[derive(Debug, Default)]
-struct LeaseTable {
+struct Table {
     by_key: HashMap<KeyId, Vec<(String, Timestamp)>>,
     /// Each lease's key, and the key's environment (a scoped caller releases only its own).
     by_id: HashMap<String, (KeyId, EnvironmentName)>,
 }
 
-impl LeaseTable {
+impl Table {
     fn expire(&mut self, key: KeyId, now: Timestamp) {
         if let Some(held) = self.by_key.get_mut(&key) {
             let by_id = &mut self.by_id;
@@ -60,7 +117,7 @@ impl LeaseTable {
 impl Leases {
     /// Takes a lease for `key` if fewer than `limit` are in flight. `Err` carries the instant
     /// the earliest lease lapses.
-    pub(crate) fn acquire(
+    pub fn acquire(
         &self,
         key: KeyId,
         environment: &EnvironmentName,
@@ -88,7 +145,7 @@ impl Leases {
 
     /// Ends a lease of a key whose environment `reaches` accepts. A lease of an environment
     /// the caller cannot reach stays as it is.
-    pub(crate) fn release(
+    pub fn release(
         &self,
         id: &str,
         now: Timestamp,
@@ -130,7 +187,7 @@ impl Leases {
     }
 
     /// Drops every lapsed lease.
-    pub(crate) fn sweep(&self, now: Timestamp) {
+    pub fn sweep(&self, now: Timestamp) {
         let mut table = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let keys: Vec<KeyId> = table.by_key.keys().copied().collect();
         for key in keys {

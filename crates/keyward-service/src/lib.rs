@@ -38,7 +38,7 @@ mod integrity;
 mod jobs;
 mod keyring;
 mod keys;
-mod leases;
+pub mod leases;
 pub mod limiter;
 mod node;
 mod quotas;
@@ -167,6 +167,9 @@ pub struct AuthorityConfig {
     /// Where rate-limit state lives: `None` for this process (exact on one node); a shared
     /// limiter (Redis) for limits exact across nodes.
     pub limiter: Option<Arc<dyn limiter::Limiter>>,
+    /// Where concurrency leases are kept: `None` for this process; a shared table (Redis) for
+    /// concurrency limits that hold across nodes.
+    pub leases: Option<Arc<dyn leases::LeaseTable>>,
 }
 
 impl Default for AuthorityConfig {
@@ -178,6 +181,7 @@ impl Default for AuthorityConfig {
             guard: GuardConfig::default(),
             rewrap_batch: 200,
             limiter: None,
+            leases: None,
         }
     }
 }
@@ -284,6 +288,7 @@ impl Authority {
             cache: Arc::clone(&cache),
             guard: config.guard.clone(),
             limiter: config.limiter.clone(),
+            leases: config.leases.clone(),
             quotas: Arc::clone(&quotas),
             usage,
             events: Arc::clone(&events),

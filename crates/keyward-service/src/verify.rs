@@ -119,7 +119,7 @@ pub struct Verifier {
     /// Rate-limit state: in this process unless a cluster-wide limiter is configured.
     limiter: Arc<dyn Limiter>,
     /// Concurrency leases taken by verifications.
-    leases: crate::leases::Leases,
+    leases: Arc<dyn crate::leases::LeaseTable>,
     quotas: Arc<QuotaBook>,
     escalations: crate::escalation::Escalations,
     usage: UsageRecorder,
@@ -140,6 +140,8 @@ pub(crate) struct VerifierParts {
     pub guard: crate::GuardConfig,
     /// A shared limiter, or `None` for this process's own.
     pub limiter: Option<Arc<dyn Limiter>>,
+    /// A shared lease table, or `None` for this process's own.
+    pub leases: Option<Arc<dyn crate::leases::LeaseTable>>,
     pub quotas: Arc<QuotaBook>,
     pub usage: UsageRecorder,
     pub events: Arc<Events>,
@@ -160,7 +162,9 @@ impl Verifier {
             limiter: parts
                 .limiter
                 .unwrap_or_else(|| Arc::new(crate::limiter::LocalLimiter::new())),
-            leases: crate::leases::Leases::default(),
+            leases: parts
+                .leases
+                .unwrap_or_else(|| Arc::new(crate::leases::Leases::default())),
             quotas: parts.quotas,
             escalations: crate::escalation::Escalations::default(),
             usage: parts.usage,
@@ -190,9 +194,8 @@ impl Verifier {
     /// of a key of an environment `actor` (if any) cannot reach: that lease is left alone and
     /// the refusal audited, and the caller learns no more than for an unknown lease.
     pub async fn release_lease(&self, id: &str, actor: Option<&Actor>) -> bool {
-        let released = self.leases.release(id, self.clock.now(), |env| {
-            actor.is_none_or(|a| a.may_manage(env))
-        });
+        let reaches = |env: &keyward_core::EnvironmentName| actor.is_none_or(|a| a.may_manage(env));
+        let released = self.leases.release(id, self.clock.now(), &reaches).await;
         match released {
             crate::leases::Release::Released => true,
             crate::leases::Release::Unknown => false,
@@ -283,14 +286,18 @@ impl Verifier {
             && let Some(concurrency) = key.concurrency
         {
             let id = keyward_crypto::new_request_id().map_err(ServiceError::internal)?;
-            match self.leases.acquire(
-                key.id,
-                key.environment(),
-                concurrency.limit,
-                concurrency.lease_timeout_s,
-                now,
-                id,
-            ) {
+            match self
+                .leases
+                .acquire(
+                    key.id,
+                    key.environment(),
+                    concurrency.limit,
+                    concurrency.lease_timeout_s,
+                    now,
+                    id,
+                )
+                .await
+            {
                 Ok(lease) => verdict.lease = Some(lease),
                 Err(earliest) => {
                     verdict.code = VerifyCode::RateLimited;
@@ -430,7 +437,7 @@ impl Verifier {
             self.usage.record(key.id, now);
         } else {
             if let Some(lease) = verdict.lease.take() {
-                let _ = self.leases.release(&lease.id, now, |_| true);
+                let _ = self.leases.release(&lease.id, now, &|_| true).await;
             }
             if spent > 0 {
                 self.quotas.give_back(key.id, spent);

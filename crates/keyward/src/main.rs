@@ -524,7 +524,11 @@ async fn serve((config, json): (Config, bool)) -> anyhow::Result<()> {
         let limiter = keyward_limiter_redis::RedisLimiter::connect(redis.url.expose(), options)
             .await
             .map_err(|e| anyhow::anyhow!("ratelimit_redis: {e}"))?;
-        authority.limiter = Some(Arc::new(limiter));
+        // Concurrency leases live beside the limits, so they hold across nodes too.
+        let limiter = Arc::new(limiter);
+        authority.limiter =
+            Some(Arc::clone(&limiter) as Arc<dyn keyward_service::limiter::Limiter>);
+        authority.leases = Some(limiter);
     }
     let node = Node::open(store, Arc::new(SystemClock), authority).await?;
     match configured_unseal_key(&config, dir.as_ref())? {

@@ -389,6 +389,35 @@ fn limits_on_redis_are_exact_across_nodes_and_follow_the_policy_while_it_is_down
     assert_eq!(codes.get("VALID"), Some(&17), "{codes:?}");
     assert_eq!(codes.get("RATE_LIMITED"), Some(&73), "{codes:?}");
 
+    // A concurrency limit holds across nodes too: one request in flight, wherever it is.
+    let (status, created) = nodes[0].post(
+        "/v1/keys",
+        root,
+        json!({"environment": "live", "name": "c", "owner": "o",
+               "concurrency": {"limit": 1, "lease_timeout_s": 30}}),
+    );
+    assert_eq!(status, 201, "{created}");
+    let single = created["key"].as_str().unwrap().to_owned();
+    for node in &nodes {
+        node.until_code(root, &single, "VALID");
+    }
+    let lease = |node: &Node| {
+        node.post("/v1/verify", root, json!({"key": single, "lease": true}))
+            .1
+    };
+    let held = lease(&nodes[0]);
+    assert_eq!(held["code"], "VALID", "{held}");
+    let refused = lease(&nodes[1]);
+    assert_eq!(refused["code"], "RATE_LIMITED", "{refused}");
+    let id = held["lease"]["id"].as_str().unwrap();
+    let resp = Node::client()
+        .post(format!("{}/v1/leases/{id}/release", nodes[2].url))
+        .bearer_auth(root)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204, "released on another node");
+    assert_eq!(lease(&nodes[1])["code"], "VALID");
+
     // Redis down: fail_closed refuses, as rate limited, never a 500.
     redis.kill();
     for node in &nodes {
