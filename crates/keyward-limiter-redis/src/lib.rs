@@ -6,7 +6,9 @@
 //! minute, sliding windows beyond), in microseconds.
 //!
 //! Concurrency leases are kept there too ([`LeaseTable`]): a sorted set per key of its leases
-//! by when they lapse, so a key's concurrency limit holds across nodes.
+//! by when they lapse, so a key's concurrency limit holds across nodes. So are the graduated
+//! response's violation counts and blocks ([`EscalationTable`]): a key blocked for repeated
+//! violations is blocked on every node.
 //!
 //! When Redis cannot be reached (or does not answer within the timeout), the configured
 //! [`Unreachable`] policy decides: refuse, admit, or fall back to this node's own limits. The
@@ -17,8 +19,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use keyward_core::BlockRule;
 use keyward_core::ratelimit::{Algorithm, LimitOutcome};
 use keyward_core::{EnvironmentName, KeyId, Timestamp};
+use keyward_service::escalation::{Escalated, EscalationTable, Escalations};
 use keyward_service::leases::{Lease, LeaseTable, Leases, Release};
 use keyward_service::limiter::{LimitRequest, Limiter, LocalLimiter};
 use redis::aio::ConnectionManager;
@@ -81,10 +85,14 @@ pub struct RedisLimiter {
     script: redis::Script,
     acquire: redis::Script,
     release: redis::Script,
+    violation: redis::Script,
+    blocked: redis::Script,
     options: Options,
     local: LocalLimiter,
     /// Leases taken while Redis could not be reached, under the `local` policy.
     local_leases: Leases,
+    /// Violations counted while Redis could not be reached, under the `local` policy.
+    local_escalations: Escalations,
     /// Whether the last call to Redis succeeded.
     up: AtomicBool,
     /// Milliseconds since `started` before which Redis is not tried again.
@@ -137,7 +145,9 @@ impl RedisLimiter {
         let script = redis::Script::new(include_str!("limits.lua"));
         let acquire = redis::Script::new(include_str!("leases.lua"));
         let release = redis::Script::new(include_str!("release.lua"));
-        for s in [&script, &acquire, &release] {
+        let violation = redis::Script::new(include_str!("violation.lua"));
+        let blocked = redis::Script::new(include_str!("blocked.lua"));
+        for s in [&script, &acquire, &release, &violation, &blocked] {
             s.prepare_invoke()
                 .load_async(&mut connection)
                 .await
@@ -151,9 +161,12 @@ impl RedisLimiter {
             script,
             acquire,
             release,
+            violation,
+            blocked,
             options,
             local: LocalLimiter::new(),
             local_leases: Leases::default(),
+            local_escalations: Escalations::default(),
             up: AtomicBool::new(true),
             retry_at_ms: AtomicU64::new(0),
             started: Instant::now(),
@@ -459,6 +472,71 @@ impl LeaseTable for RedisLimiter {
 
     fn sweep(&self, now: Timestamp) {
         self.local_leases.sweep(now);
+    }
+}
+
+/// A key's block record, its recent violations, and the counter that names violations apart.
+fn block_key(key: KeyId) -> String {
+    format!("kw:block:{{{key}}}")
+}
+
+fn violations_key(key: KeyId) -> String {
+    format!("kw:violations:{{{key}}}")
+}
+
+fn violation_counter(key: KeyId) -> String {
+    format!("kw:violation-seq:{{{key}}}")
+}
+
+fn ms(seconds: u64) -> u64 {
+    seconds.saturating_mul(1000)
+}
+
+#[async_trait]
+impl EscalationTable for RedisLimiter {
+    async fn blocked_until(&self, key: KeyId, now: Timestamp) -> Option<Timestamp> {
+        let local = || match self.options.when_unreachable {
+            Unreachable::Local => self.local_escalations.blocked_until(key, now),
+            // Refusing or admitting everything, the limits need no block on top.
+            Unreachable::FailClosed | Unreachable::FailOpen => None,
+        };
+        if !self.available() {
+            return local();
+        }
+        let invocation = self.blocked.key(block_key(key));
+        match self.call::<i64>(&invocation).await {
+            Some(0) => None,
+            Some(until) => Some(Timestamp::from_unix_ms(until)),
+            None => local(),
+        }
+    }
+
+    async fn violation(&self, key: KeyId, rule: &BlockRule, now: Timestamp) -> Escalated {
+        let local = || match self.options.when_unreachable {
+            Unreachable::Local => self.local_escalations.violation(key, rule, now),
+            Unreachable::FailClosed | Unreachable::FailOpen => Escalated::Nothing,
+        };
+        if !self.available() {
+            return local();
+        }
+        let mut invocation = self.violation.key(block_key(key));
+        invocation
+            .key(violations_key(key))
+            .key(violation_counter(key))
+            .arg(rule.violations)
+            .arg(ms(rule.within_s))
+            .arg(ms(rule.block_s))
+            .arg(rule.disable_after_blocks.unwrap_or(0));
+        match self.call::<(i64, i64)>(&invocation).await {
+            Some((0, _)) => Escalated::Nothing,
+            Some((1, until)) => Escalated::Blocked(Timestamp::from_unix_ms(until)),
+            Some((_, until)) => Escalated::Disable(Timestamp::from_unix_ms(until)),
+            None => local(),
+        }
+    }
+
+    fn sweep(&self, now: Timestamp) {
+        self.local_escalations.sweep(now);
     }
 }
 

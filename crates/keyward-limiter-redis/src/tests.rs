@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use keyward_core::{EnvironmentName, KeyId, RateLimit, Timestamp};
+use keyward_service::escalation::{Escalated, EscalationTable};
 use keyward_service::leases::{LeaseTable, Release};
 use keyward_service::limiter::fingerprint;
 use keyward_testkit::services::Redis;
@@ -258,4 +259,57 @@ async fn leases_while_redis_is_down_follow_the_policy() {
             .await
             .is_ok()
     );
+}
+
+#[tokio::test]
+async fn violations_on_every_node_count_together_toward_one_block() {
+    let redis = Redis::start().unwrap();
+    let (a, b) = (
+        limiter(&redis, Unreachable::FailClosed).await,
+        limiter(&redis, Unreachable::FailClosed).await,
+    );
+    let rule = keyward_core::BlockRule {
+        violations: 3,
+        within_s: 60,
+        block_s: 30,
+        disable_after_blocks: Some(2),
+    };
+    let id = key();
+    let now = Timestamp::from_unix_ms(0);
+    assert_eq!(EscalationTable::blocked_until(&b, id, now).await, None);
+    assert_eq!(
+        EscalationTable::violation(&a, id, &rule, now).await,
+        Escalated::Nothing
+    );
+    assert_eq!(
+        EscalationTable::violation(&b, id, &rule, now).await,
+        Escalated::Nothing
+    );
+    let Escalated::Blocked(until) = EscalationTable::violation(&a, id, &rule, now).await else {
+        panic!("the third violation, on either node, blocks");
+    };
+    // Blocked on the other node too, for the block's length.
+    let seen = EscalationTable::blocked_until(&b, id, now).await.unwrap();
+    assert_eq!(seen, until);
+    let from_now = until.unix_ms()
+        - i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+        )
+        .unwrap();
+    assert!((29_000..=30_000).contains(&from_now), "{from_now} ms");
+    for _ in 0..2 {
+        assert_eq!(
+            EscalationTable::violation(&b, id, &rule, now).await,
+            Escalated::Nothing
+        );
+    }
+    assert!(matches!(
+        EscalationTable::violation(&a, id, &rule, now).await,
+        Escalated::Disable(_)
+    ));
+    // Another key is untouched.
+    assert_eq!(EscalationTable::blocked_until(&a, key(), now).await, None);
 }

@@ -1,7 +1,9 @@
 //! Graduated response: a key that keeps hitting its limits is blocked for a while, and after
 //! repeated blocks disabled (an audited change an admin must undo). Configured per plan.
-//! Violation counts and blocks live in memory: after a restart a key starts with a clean slate,
-//! which errs towards admitting; a disable is stored and survives.
+//! [`Escalations`] keeps violation counts and blocks in this process: after a restart a key
+//! starts with a clean slate, which errs towards admitting; a disable is stored and survives.
+//! An [`EscalationTable`] shared by several nodes (Redis) counts a key's violations wherever
+//! they happen.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -15,9 +17,37 @@ struct Record {
     blocks: u32,
 }
 
+/// Where violation counts and blocks are kept: in this process ([`Escalations`]) or shared.
+#[async_trait::async_trait]
+pub trait EscalationTable: Send + Sync + std::fmt::Debug + 'static {
+    /// Until when `key` is blocked, if it is at `now`.
+    async fn blocked_until(&self, key: KeyId, now: Timestamp) -> Option<Timestamp>;
+
+    /// Records a refusal by the key's limits and says whether it escalates.
+    async fn violation(&self, key: KeyId, rule: &BlockRule, now: Timestamp) -> Escalated;
+
+    /// Forgets keys with no recent violations and no block, held here.
+    fn sweep(&self, now: Timestamp);
+}
+
+#[async_trait::async_trait]
+impl EscalationTable for Escalations {
+    async fn blocked_until(&self, key: KeyId, now: Timestamp) -> Option<Timestamp> {
+        Escalations::blocked_until(self, key, now)
+    }
+
+    async fn violation(&self, key: KeyId, rule: &BlockRule, now: Timestamp) -> Escalated {
+        Escalations::violation(self, key, rule, now)
+    }
+
+    fn sweep(&self, now: Timestamp) {
+        Escalations::sweep(self, now);
+    }
+}
+
 /// What a violation led to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Escalated {
+pub enum Escalated {
     Nothing,
     /// The key is now blocked until then.
     Blocked(Timestamp),
@@ -26,13 +56,13 @@ pub(crate) enum Escalated {
 }
 
 #[derive(Debug, Default)]
-pub(crate) struct Escalations {
+pub struct Escalations {
     records: Mutex<HashMap<KeyId, Record>>,
 }
 
 impl Escalations {
     /// Until when `key` is blocked, if it is at `now`.
-    pub(crate) fn blocked_until(&self, key: KeyId, now: Timestamp) -> Option<Timestamp> {
+    pub fn blocked_until(&self, key: KeyId, now: Timestamp) -> Option<Timestamp> {
         let records = self.records.lock().unwrap_or_else(|p| p.into_inner());
         records
             .get(&key)
@@ -41,7 +71,7 @@ impl Escalations {
     }
 
     /// Records a refusal by the key's limits and says whether it escalates.
-    pub(crate) fn violation(&self, key: KeyId, rule: &BlockRule, now: Timestamp) -> Escalated {
+    pub fn violation(&self, key: KeyId, rule: &BlockRule, now: Timestamp) -> Escalated {
         let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
         let record = records.entry(key).or_default();
         let horizon = Timestamp::from_unix_ms(
@@ -72,7 +102,7 @@ impl Escalations {
     }
 
     /// Forgets keys with no recent violations and no block.
-    pub(crate) fn sweep(&self, now: Timestamp) {
+    pub fn sweep(&self, now: Timestamp) {
         let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
         records.retain(|_, r| {
             r.blocked_until.is_some_and(|u| u > now) || !r.violations.is_empty() || r.blocks > 0

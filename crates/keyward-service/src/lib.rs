@@ -29,7 +29,7 @@ mod audit_log;
 mod authz;
 pub mod cache;
 mod catalog;
-mod escalation;
+pub mod escalation;
 mod events;
 mod feed;
 mod guard;
@@ -170,6 +170,9 @@ pub struct AuthorityConfig {
     /// Where concurrency leases are kept: `None` for this process; a shared table (Redis) for
     /// concurrency limits that hold across nodes.
     pub leases: Option<Arc<dyn leases::LeaseTable>>,
+    /// Where the graduated response's violation counts and blocks are kept: `None` for this
+    /// process; a shared table (Redis) to count a key's violations on every node together.
+    pub escalations: Option<Arc<dyn escalation::EscalationTable>>,
 }
 
 impl Default for AuthorityConfig {
@@ -182,6 +185,7 @@ impl Default for AuthorityConfig {
             rewrap_batch: 200,
             limiter: None,
             leases: None,
+            escalations: None,
         }
     }
 }
@@ -289,6 +293,7 @@ impl Authority {
             guard: config.guard.clone(),
             limiter: config.limiter.clone(),
             leases: config.leases.clone(),
+            escalations: config.escalations.clone(),
             quotas: Arc::clone(&quotas),
             usage,
             events: Arc::clone(&events),

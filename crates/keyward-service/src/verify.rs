@@ -121,7 +121,7 @@ pub struct Verifier {
     /// Concurrency leases taken by verifications.
     leases: Arc<dyn crate::leases::LeaseTable>,
     quotas: Arc<QuotaBook>,
-    escalations: crate::escalation::Escalations,
+    escalations: Arc<dyn crate::escalation::EscalationTable>,
     usage: UsageRecorder,
     events: Arc<Events>,
     audit: Arc<AuditLog>,
@@ -142,6 +142,8 @@ pub(crate) struct VerifierParts {
     pub limiter: Option<Arc<dyn Limiter>>,
     /// A shared lease table, or `None` for this process's own.
     pub leases: Option<Arc<dyn crate::leases::LeaseTable>>,
+    /// A shared escalation table, or `None` for this process's own.
+    pub escalations: Option<Arc<dyn crate::escalation::EscalationTable>>,
     pub quotas: Arc<QuotaBook>,
     pub usage: UsageRecorder,
     pub events: Arc<Events>,
@@ -166,7 +168,9 @@ impl Verifier {
                 .leases
                 .unwrap_or_else(|| Arc::new(crate::leases::Leases::default())),
             quotas: parts.quotas,
-            escalations: crate::escalation::Escalations::default(),
+            escalations: parts
+                .escalations
+                .unwrap_or_else(|| Arc::new(crate::escalation::Escalations::default())),
             usage: parts.usage,
             events: parts.events,
             audit: parts.audit,
@@ -338,7 +342,7 @@ impl Verifier {
                 .ratelimits
                 .as_ref()
                 .is_some_and(|l| l.graduated.is_some_and(|g| g.block.is_some()))
-            && let Some(until) = self.escalations.blocked_until(key.id, now)
+            && let Some(until) = self.escalations.blocked_until(key.id, now).await
         {
             verdict.code = VerifyCode::RateLimited;
             verdict.blocked_until = Some(until);
@@ -505,7 +509,7 @@ impl Verifier {
         use crate::escalation::Escalated;
         use keyward_core::EventKind;
         let blocked = |until| json!({ "until": until, "violations": rule.violations });
-        match self.escalations.violation(key.id, rule, now) {
+        match self.escalations.violation(key.id, rule, now).await {
             Escalated::Nothing => {}
             Escalated::Blocked(until) => {
                 self.events

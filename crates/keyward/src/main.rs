@@ -528,7 +528,9 @@ async fn serve((config, json): (Config, bool)) -> anyhow::Result<()> {
         let limiter = Arc::new(limiter);
         authority.limiter =
             Some(Arc::clone(&limiter) as Arc<dyn keyward_service::limiter::Limiter>);
-        authority.leases = Some(limiter);
+        authority.leases =
+            Some(Arc::clone(&limiter) as Arc<dyn keyward_service::leases::LeaseTable>);
+        authority.escalations = Some(limiter);
     }
     let node = Node::open(store, Arc::new(SystemClock), authority).await?;
     match configured_unseal_key(&config, dir.as_ref())? {
