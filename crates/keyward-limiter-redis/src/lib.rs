@@ -95,6 +95,8 @@ pub struct RedisLimiter {
     local_escalations: Escalations,
     /// Whether the last call to Redis succeeded.
     up: AtomicBool,
+    /// Whether the gauge was set since the process's recorder was (probably) installed.
+    reported: AtomicBool,
     /// Milliseconds since `started` before which Redis is not tried again.
     retry_at_ms: AtomicU64,
     started: Instant,
@@ -168,6 +170,7 @@ impl RedisLimiter {
             local_leases: Leases::default(),
             local_escalations: Escalations::default(),
             up: AtomicBool::new(true),
+            reported: AtomicBool::new(false),
             retry_at_ms: AtomicU64::new(0),
             started: Instant::now(),
         })
@@ -237,6 +240,10 @@ impl RedisLimiter {
     }
 
     fn mark(&self, up: bool) {
+        // Once more at the first call: a recorder installed after start sees the state too.
+        if !self.reported.swap(true, Ordering::AcqRel) {
+            metrics::gauge!("keyward_ratelimit_redis_up").set(if up { 1.0 } else { 0.0 });
+        }
         if self.up.swap(up, Ordering::AcqRel) == up {
             return;
         }

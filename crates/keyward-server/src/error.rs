@@ -195,9 +195,14 @@ impl From<ServiceError> for ApiError {
             ServiceError::NotFound { what } => ApiError::not_found(what),
             ServiceError::InvalidField { field, message } => ApiError::field(field, message),
             ServiceError::Conflict(message) => ApiError::new(ErrorCode::Conflict, message),
-            ServiceError::Raced => {
-                ApiError::new(ErrorCode::Conflict, "a concurrent change was made; retry")
-            }
+            // Every retry lost the log's head to writers on other nodes: busy, so retry later.
+            ServiceError::Raced => ApiError {
+                retry_after_s: Some(1),
+                ..ApiError::new(
+                    ErrorCode::Unavailable,
+                    "the store is busy with concurrent changes; retry",
+                )
+            },
             ServiceError::Policy(violation) => ApiError {
                 code: ErrorCode::PolicyViolation,
                 message: violation.to_string(),

@@ -1,5 +1,7 @@
-//! Prometheus metrics. Handles are registered once, so the hot path only bumps atomics; no
-//! global recorder is installed, so several servers can live in one process (as in tests).
+//! Prometheus metrics. Handles are registered once, so the hot path only bumps atomics. The
+//! first server in a process installs its recorder as the global one, so what other crates
+//! record with the `metrics` macros (the store's feed and singleton, the Redis limiter) shows
+//! on its `/metrics` too; later servers in the same process (as in tests) keep their own.
 //!
 //! The verify latency histogram is keyward's own: fixed buckets of atomic counters, so memory
 //! stays the same under any load whether or not anyone scrapes (the exporter's histogram keeps
@@ -21,7 +23,8 @@ const BUCKETS: &[f64] = &[
 ];
 
 pub struct Metrics {
-    _recorder: PrometheusRecorder,
+    /// This server's recorder, unless it became the process's global one.
+    _recorder: Option<PrometheusRecorder>,
     handle: PrometheusHandle,
     verifications: Vec<(VerifyCode, Counter)>,
     verify_duration: Latency,
@@ -119,8 +122,12 @@ impl Metrics {
         );
         let integrity_failures =
             recorder.register_gauge(&Key::from_name("keyward_integrity_failures"), &META);
+        let handle = recorder.handle();
+        let recorder = metrics::set_global_recorder(recorder)
+            .err()
+            .map(|e| e.into_inner());
         Metrics {
-            handle: recorder.handle(),
+            handle,
             _recorder: recorder,
             verifications,
             verify_duration: Latency::default(),

@@ -20,10 +20,30 @@ use crate::audit::{self, PendingEntry};
 use crate::integrity::{self, Integrity};
 use crate::{ServiceError, VerifyCache};
 
-/// Attempts of a use case that keeps losing the race for the log's head.
-const ATTEMPTS: usize = 5;
+/// Attempts of a use case that keeps losing the race for the log's head (to writers on other
+/// nodes: on one node, writers take turns). Between attempts each waits a random while, doubling
+/// up to about 30 ms, so nodes that collided once do not collide again in step.
+const ATTEMPTS: usize = 12;
 
-type AuditWaiter = tokio::sync::oneshot::Sender<Result<(), String>>;
+/// Waits before attempt `tries + 1`: a random time below 0.5 ms × 2^tries (at most 32 ms).
+async fn back_off(tries: usize) {
+    let ceiling_us: u64 = 500 << tries.min(6);
+    // Jitter needs no cryptographic strength; the low bits of the clock spread nodes apart.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()));
+    let mixed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16;
+    tokio::time::sleep(std::time::Duration::from_micros(mixed % ceiling_us)).await;
+}
+
+type AuditWaiter = tokio::sync::oneshot::Sender<Result<(), AuditFailure>>;
+
+/// Why a batch of read audits could not be committed, for each of its waiters.
+#[derive(Debug, Clone)]
+enum AuditFailure {
+    Raced,
+    Other(String),
+}
 
 /// The writer's state: the audit head, and what a commit whose caller went away left behind.
 ///
@@ -166,8 +186,8 @@ impl AuditLog {
         loop {
             match attempt().await {
                 Err(ServiceError::Raced) if tries < ATTEMPTS => {
+                    back_off(tries).await;
                     tries += 1;
-                    tokio::task::yield_now().await;
                 }
                 other => return other,
             }
@@ -271,7 +291,11 @@ impl AuditLog {
                 outcome = &mut result => {
                     return match outcome {
                         Ok(Ok(())) => Ok(()),
-                        Ok(Err(e)) => Err(ServiceError::internal(format!("audit failed: {e}"))),
+                        // Other nodes kept winning the log's head: busy, not broken.
+                        Ok(Err(AuditFailure::Raced)) => Err(ServiceError::Raced),
+                        Ok(Err(AuditFailure::Other(e))) => {
+                            Err(ServiceError::internal(format!("audit failed: {e}")))
+                        }
                         Err(_) => Err(ServiceError::internal("audit writer went away")),
                     };
                 }
@@ -297,7 +321,10 @@ impl AuditLog {
         let outcome = self
             .commit_entries(&mut head, true, false, entries)
             .await
-            .map_err(|e| e.to_string());
+            .map_err(|e| match e {
+                ServiceError::Raced => AuditFailure::Raced,
+                other => AuditFailure::Other(other.to_string()),
+            });
         self.unsynced.store(true, Ordering::SeqCst);
         for waiter in waiters {
             let _ = waiter.send(outcome.clone());
@@ -335,7 +362,10 @@ impl AuditLog {
         let mut tries = 1;
         loop {
             match self.commit(head, changes(), entries.clone()).await {
-                Err(ServiceError::Raced) if tries < ATTEMPTS => tries += 1,
+                Err(ServiceError::Raced) if tries < ATTEMPTS => {
+                    back_off(tries).await;
+                    tries += 1;
+                }
                 other => return other,
             }
         }

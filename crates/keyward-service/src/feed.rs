@@ -57,6 +57,30 @@ impl FeedListener {
         if changes.seal {
             self.seal_requested.notify_one();
         }
+        // The audit log says what was revoked and sealed, whichever node wrote it, even if the
+        // record it changed did not reach this node: a revoked key stops verifying here, and
+        // a seal seals this node. (Both only ever refuse more.)
+        let mut revoked_unseen = false;
+        for entry in &changes.audit {
+            if let Some(id) = crate::audit::revoked_key(entry) {
+                self.integrity.note_revoked(id);
+                let row_seen = changes
+                    .update_keys
+                    .iter()
+                    .any(|k| k.id == id && k.status == keyward_core::KeyStatus::Revoked);
+                revoked_unseen |= !row_seen;
+            }
+            // (An entry written late, at an unseal, records a seal that already happened.)
+            if entry.action == keyward_core::audit::AuditAction::VaultSeal.as_str()
+                && entry.details.get("audited_late") != Some(&serde_json::Value::Bool(true))
+            {
+                self.seal_requested.notify_one();
+            }
+        }
+        if revoked_unseen {
+            // The cache is keyed by hash, and the entry names the key by id: read all afresh.
+            self.cache.clear();
+        }
         for key in &changes.insert_keys {
             self.cache.add_known(&key.hash);
         }

@@ -63,6 +63,8 @@ pub(crate) struct Summary {
     keyrings: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     vault: bool,
+    /// Set for a seal, which has no record of its own: the row then announces the write (its
+    /// audit entry, which is what nodes act on).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     seal: bool,
 }
@@ -159,8 +161,15 @@ pub(crate) async fn record(
 /// The listeners, and how far along the log they have been told.
 pub(crate) struct Feed {
     listeners: std::sync::Mutex<Vec<Weak<dyn ChangeListener>>>,
-    /// The last row delivered; held while delivering, so listeners hear one change at a time.
+    /// Whether listeners were last told the feed is whole (`resumed`) rather than
+    /// `interrupted`.
+    vouching: std::sync::atomic::AtomicBool,
+    /// When the listening connection last answered (a heartbeat or a catch-up).
+    last_contact: std::sync::Mutex<Instant>,
+    /// The last row delivered, and the last audit entry; held while delivering, so listeners
+    /// hear one change at a time.
     delivered: tokio::sync::Mutex<i64>,
+    audit_seen: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Feed {
@@ -170,9 +179,12 @@ impl std::fmt::Debug for Feed {
 }
 
 impl Feed {
-    pub(crate) fn new(delivered: i64) -> Feed {
+    pub(crate) fn new(delivered: i64, audit_seen: u64) -> Feed {
         Feed {
+            audit_seen: std::sync::atomic::AtomicU64::new(audit_seen),
             listeners: std::sync::Mutex::new(Vec::new()),
+            vouching: std::sync::atomic::AtomicBool::new(true),
+            last_contact: std::sync::Mutex::new(Instant::now()),
             delivered: tokio::sync::Mutex::new(delivered),
         }
     }
@@ -210,9 +222,11 @@ impl Feed {
         seq: Option<i64>,
         changes: &Changes,
     ) {
+        // Bounded: once committed, the write returns even if the server stops answering now.
         if let Some(seq) = seq
             && *delivered < seq - 1
-            && let Err(e) = self.catch_up_locked(client, delivered, Some(seq - 1)).await
+            && let Err(e) =
+                crate::timed(self.catch_up_locked(client, delivered, Some(seq - 1))).await
         {
             // The listening task delivers them (and this row again) once it can read them.
             tracing::warn!(error = %e, "could not read the change log after a write");
@@ -222,6 +236,12 @@ impl Feed {
             && *delivered == seq - 1
         {
             *delivered = seq;
+        }
+        // This write's entries were delivered with it; entries before them by other nodes are
+        // delivered by the listening task (a revocation twice is harmless).
+        if let Some(last) = changes.audit.last() {
+            self.audit_seen
+                .fetch_max(last.seq, std::sync::atomic::Ordering::AcqRel);
         }
     }
 
@@ -253,7 +273,7 @@ impl Feed {
                 .await
                 .map_err(unavailable)?;
             if found.is_empty() {
-                return Ok(());
+                return self.deliver_audit(client).await;
             }
             for row in found {
                 let seq: i64 = rows::get(&row, 0)?;
@@ -270,14 +290,65 @@ impl Feed {
         }
     }
 
+    /// Delivers the audit entries appended since the last delivered, on their own. The log is
+    /// hash-chained and its head tagged: what a revocation or a seal says is learnt from its
+    /// entry even if the change log's row naming the change was suppressed.
+    async fn deliver_audit(
+        &self,
+        client: &deadpool_postgres::ClientWrapper,
+    ) -> Result<(), StoreError> {
+        let sql = format!(
+            "SELECT {} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2",
+            rows::AUDIT_COLUMNS
+        );
+        loop {
+            let after = self.audit_seen.load(std::sync::atomic::Ordering::Acquire);
+            let found = crate::reads::query(client, &sql, &[&rows::to_i64(after), &PAGE]).await?;
+            let audit = crate::reads::all(found, rows::audit)?;
+            let Some(last) = audit.last().map(|e| e.seq) else {
+                return Ok(());
+            };
+            let changes = Changes {
+                audit,
+                ..Changes::default()
+            };
+            self.each(|l| l.applied(&changes));
+            self.audit_seen
+                .fetch_max(last, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+
+    /// Tells listeners the feed may have missed changes, once until it resumes.
     fn interrupted(&self) {
-        metrics::gauge!("keyward_store_feed_vouched").set(0.0);
-        self.each(|l| l.interrupted());
+        if self
+            .vouching
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            metrics::gauge!("keyward_store_feed_vouched").set(0.0);
+            self.each(|l| l.interrupted());
+        }
     }
 
     fn resumed(&self) {
-        metrics::gauge!("keyward_store_feed_vouched").set(1.0);
-        self.each(|l| l.resumed());
+        if !self
+            .vouching
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            metrics::gauge!("keyward_store_feed_vouched").set(1.0);
+            self.each(|l| l.resumed());
+            tracing::info!("the change feed is following PostgreSQL");
+        }
+    }
+
+    fn touch(&self) {
+        *self.last_contact.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    fn since_contact(&self) -> Duration {
+        self.last_contact
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
     }
 }
 
@@ -356,53 +427,75 @@ async fn load(
     if summary.vault {
         changes.vault = reads::vault(client).await?;
     }
-    changes.seal = summary.seal;
+    // A seal is learnt from its audit entry (delivered with the entries), never from a row
+    // of the change log, which anyone who can write to the database could forge.
     Ok(changes)
 }
 
+/// How often the listening task checks its connection and the log without a notification: a
+/// third of the grace, at most a second, so a healthy connection is never taken for a lost one.
+fn heartbeat(grace: Duration) -> Duration {
+    (grace / 3).clamp(Duration::from_millis(20), HEARTBEAT)
+}
+
+/// How long connecting and listening, or one catch-up, may take before the connection counts
+/// as lost. (A server that accepts connections but never answers must not hold the feed.)
+const STALL: Duration = Duration::from_secs(5);
+
 /// Follows the log for as long as the store lives: the listening connection, the heartbeat,
-/// reconnects, and what listeners are told about each.
+/// reconnects, and what listeners are told about each. A watchdog beside it stops vouching
+/// once nothing answered for the grace, however the connection is stuck.
 pub(crate) async fn follow(store: Weak<Inner>, grace: Duration) {
-    let mut last_contact = Instant::now();
-    let mut interrupted = false;
+    tokio::spawn(watch_contact(store.clone(), grace));
     let mut backoff = Duration::from_millis(100);
     loop {
         let Some(inner) = store.upgrade() else { return };
         let config = inner.config.clone();
         drop(inner);
-        match listen(&config).await {
-            Ok((listening, mut notified)) => {
+        match tokio::time::timeout(STALL, listen(&config)).await {
+            Ok(Ok((listening, mut notified))) => {
                 backoff = Duration::from_millis(100);
                 // What was delivered before the connection was lost may be stale now: vouch for
                 // nothing until every missed row is in.
-                if !interrupted {
+                {
                     let Some(inner) = store.upgrade() else { return };
                     inner.feed.interrupted();
-                    interrupted = true;
                 }
-                if follow_connected(&store, &listening, &mut notified, &mut interrupted)
+                if follow_connected(&store, &listening, &mut notified, heartbeat(grace))
                     .await
                     .is_none()
                 {
                     return;
                 }
-                last_contact = Instant::now();
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::debug!(error = %e, "the change feed cannot reach PostgreSQL");
             }
+            Err(_) => tracing::debug!("the change feed's connection to PostgreSQL stalled"),
         }
-        if !interrupted && last_contact.elapsed() >= grace {
-            let Some(inner) = store.upgrade() else { return };
+        tokio::time::sleep(backoff.min(grace / 4)).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Stops vouching once the listening connection has not answered for `grace`.
+async fn watch_contact(store: Weak<Inner>, grace: Duration) {
+    let tick = (grace / 4).max(Duration::from_millis(10));
+    loop {
+        tokio::time::sleep(tick).await;
+        let Some(inner) = store.upgrade() else { return };
+        if inner.feed.since_contact() >= grace
+            && inner
+                .feed
+                .vouching
+                .load(std::sync::atomic::Ordering::Acquire)
+        {
             tracing::warn!(
                 "the change feed lost PostgreSQL: cached keys are no longer vouched for until it \
                  is back"
             );
             inner.feed.interrupted();
-            interrupted = true;
         }
-        tokio::time::sleep(backoff.min(grace / 4)).await;
-        backoff = (backoff * 2).min(Duration::from_secs(1));
     }
 }
 
@@ -413,43 +506,55 @@ async fn follow_connected(
     store: &Weak<Inner>,
     listening: &tokio_postgres::Client,
     notified: &mut tokio::sync::mpsc::Receiver<()>,
-    interrupted: &mut bool,
+    heartbeat: Duration,
 ) -> Option<()> {
     // The store is held only while a catch-up runs, so dropping it ends this task.
     let catch_up = |inner: Arc<Inner>| async move {
-        let client = inner.pool.get().await.map_err(unavailable)?;
-        inner.feed.catch_up(&client).await
+        let caught_up = tokio::time::timeout(STALL, async {
+            let client = inner.pool.get().await.map_err(unavailable)?;
+            inner.feed.catch_up(&client).await
+        })
+        .await;
+        match caught_up {
+            Ok(Ok(())) => {
+                inner.feed.touch();
+                let vouching = inner
+                    .feed
+                    .vouching
+                    .load(std::sync::atomic::Ordering::Acquire);
+                metrics::gauge!("keyward_store_feed_vouched").set(if vouching { 1.0 } else { 0.0 });
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "the change feed could not catch up");
+                false
+            }
+            Err(_) => false,
+        }
     };
-    if let Err(e) = catch_up(store.upgrade()?).await {
-        tracing::debug!(error = %e, "the change feed could not catch up");
+    if !catch_up(store.upgrade()?).await {
         return Some(());
     }
-    if *interrupted {
-        store.upgrade()?.feed.resumed();
-        *interrupted = false;
-        tracing::info!("the change feed is following PostgreSQL");
-    }
+    store.upgrade()?.feed.resumed();
     loop {
-        let heartbeat = tokio::select! {
+        let beat = tokio::select! {
             got = notified.recv() => {
                 if got.is_none() {
                     return Some(());
                 }
                 false
             }
-            () = tokio::time::sleep(HEARTBEAT) => true,
+            () = tokio::time::sleep(heartbeat) => true,
         };
-        let inner = store.upgrade()?;
-        if heartbeat {
-            let alive = tokio::time::timeout(HEARTBEAT * 2, listening.simple_query("SELECT 1"))
+        if beat {
+            let alive = tokio::time::timeout(heartbeat * 2, listening.simple_query("SELECT 1"))
                 .await
                 .is_ok_and(|r| r.is_ok());
             if !alive {
                 return Some(());
             }
         }
-        if let Err(e) = catch_up(inner).await {
-            tracing::debug!(error = %e, "the change feed could not catch up");
+        if !catch_up(store.upgrade()?).await {
             return Some(());
         }
     }

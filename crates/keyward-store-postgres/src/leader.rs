@@ -32,8 +32,9 @@ impl Leadership {
     }
 
     fn set(&self, leads: bool) {
+        // Every tick, not only on a change: a recorder installed after start sees it too.
+        metrics::gauge!("keyward_singleton_leader").set(if leads { 1.0 } else { 0.0 });
         if self.leads.swap(leads, Ordering::AcqRel) != leads {
-            metrics::gauge!("keyward_singleton_leader").set(if leads { 1.0 } else { 0.0 });
             if leads {
                 tracing::info!("this node now does the singleton work");
             } else {
@@ -50,7 +51,8 @@ pub(crate) async fn run(store: Weak<Inner>) {
         let config = inner.config.clone();
         let leadership = Arc::clone(&inner.leadership);
         drop(inner);
-        if let Ok((client, connection)) = config.connect(tokio_postgres::NoTls).await {
+        let connected = tokio::time::timeout(TICK * 5, config.connect(tokio_postgres::NoTls)).await;
+        if let Ok(Ok((client, connection))) = connected {
             let driver = tokio::spawn(connection);
             hold(&store, &client, &leadership).await;
             leadership.set(false);

@@ -132,8 +132,30 @@ impl std::fmt::Debug for PostgresStore {
     }
 }
 
+/// The longest one statement (or a commit) may take: a server that accepts a connection and
+/// then stops answering fails the call instead of holding it, and what waits behind it.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(crate) async fn timed<T>(
+    call: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                "PostgreSQL did not answer in time".into(),
+            ))
+        })
+}
+
 pub(crate) fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
+}
+
+/// Whether PostgreSQL refused a text value for holding a NUL character (which it cannot store).
+pub(crate) fn is_nul_in_text(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error()
+        .is_some_and(|db| *db.code() == SqlState::CHARACTER_NOT_IN_REPERTOIRE)
 }
 
 /// A constraint violation is a conflict (by the constraint's name: the detail would repeat
@@ -145,6 +167,9 @@ pub(crate) fn map_write_error(e: tokio_postgres::Error) -> StoreError {
         SqlState::CHECK_VIOLATION,
         SqlState::NOT_NULL_VIOLATION,
     ];
+    if is_nul_in_text(&e) {
+        return StoreError::Conflict("a text value holds a NUL character".to_owned());
+    }
     match e.as_db_error() {
         Some(db) if constraint.contains(db.code()) => {
             StoreError::Conflict(db.constraint().unwrap_or("constraint").to_owned())
@@ -215,15 +240,22 @@ impl PostgresStore {
             ))
         })?;
         migrate(&mut client).await?;
-        let head = query(&client, "SELECT coalesce(max(seq), 0) FROM change_log", &[]).await?;
+        let head = query(
+            &client,
+            "SELECT (SELECT coalesce(max(seq), 0) FROM change_log), \
+                    (SELECT coalesce(max(seq), 0) FROM audit_log)",
+            &[],
+        )
+        .await?;
         let delivered: i64 = head.first().map(|r| get(r, 0)).transpose()?.unwrap_or(0);
+        let audit_seen: i64 = head.first().map(|r| get(r, 1)).transpose()?.unwrap_or(0);
         drop(client);
         let inner = Arc::new(Inner {
             pool,
             config,
             target,
             origin: uuid::Uuid::now_v7().to_string(),
-            feed: feed::Feed::new(delivered),
+            feed: feed::Feed::new(delivered, u64::try_from(audit_seen).unwrap_or(0)),
             leadership: Arc::default(),
         });
         tokio::spawn(feed::follow(Arc::downgrade(&inner), options.feed_grace));
@@ -298,38 +330,51 @@ async fn migrate(client: &mut deadpool_postgres::Object) -> Result<(), StoreErro
     tx.commit().await.map_err(unavailable)
 }
 
-#[async_trait]
-impl Store for PostgresStore {
-    async fn apply(&self, changes: Changes) -> Result<(), StoreError> {
+impl PostgresStore {
+    async fn apply_now(&self, changes: Changes) -> Result<(), StoreError> {
         let summary = feed::Summary::of(&changes);
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(unavailable)?;
-        if changes.relaxed {
-            // Survives a crash of keyward at once, and one of PostgreSQL's machine after the
-            // WAL writer's next flush (a fraction of a second).
-            tx.batch_execute("SET LOCAL synchronous_commit = off")
+        let tx = timed(async { client.transaction().await.map_err(unavailable) }).await?;
+        // Everything up to the commit is bounded as a whole: waiting for the write lock behind
+        // a stuck writer, or a server that stopped answering, fails the write instead of
+        // hanging it (and nothing is written: the transaction rolls back).
+        let seq = timed(async {
+            if changes.relaxed {
+                // Survives a crash of keyward at once, and one of PostgreSQL's machine after
+                // the WAL writer's next flush (a fraction of a second).
+                tx.batch_execute("SET LOCAL synchronous_commit = off")
+                    .await
+                    .map_err(unavailable)?;
+            }
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
                 .await
                 .map_err(unavailable)?;
-        }
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
-            .await
-            .map_err(unavailable)?;
-        write::apply(&tx, &changes).await?;
-        let seq = if summary.is_empty() {
-            None
-        } else {
+            write::apply(&tx, &changes).await?;
+            if summary.is_empty() {
+                return Ok(None);
+            }
             let at = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-            Some(feed::record(&tx, &self.inner.origin, &summary, at).await?)
-        };
+            feed::record(&tx, &self.inner.origin, &summary, at)
+                .await
+                .map(Some)
+        })
+        .await?;
         let mut delivered = self.inner.feed.hold().await;
-        tx.commit().await.map_err(unavailable)?;
+        timed(async { tx.commit().await.map_err(unavailable) }).await?;
         self.inner
             .feed
             .deliver_own(&mut delivered, &client, seq, &changes)
             .await;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn apply(&self, changes: Changes) -> Result<(), StoreError> {
+        self.apply_now(changes).await
     }
 
     fn subscribe(&self, listener: std::sync::Weak<dyn ChangeListener>) {

@@ -18,8 +18,17 @@ pub(crate) async fn query(
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<Vec<Row>, StoreError> {
-    let stmt = client.prepare_cached(sql).await.map_err(unavailable)?;
-    client.query(&stmt, params).await.map_err(unavailable)
+    crate::timed(async {
+        let stmt = client.prepare_cached(sql).await.map_err(unavailable)?;
+        match client.query(&stmt, params).await {
+            Ok(found) => Ok(found),
+            // PostgreSQL text cannot hold a NUL character, so no stored row matches a value
+            // with one (a client's filter, say): nothing found, not a failing store.
+            Err(e) if crate::is_nul_in_text(&e) => Ok(Vec::new()),
+            Err(e) => Err(unavailable(e)),
+        }
+    })
+    .await
 }
 
 pub(crate) fn all<T>(

@@ -293,3 +293,18 @@ async fn one_node_leads_and_another_takes_over_when_it_is_gone() {
     }
     assert_eq!(leaders(&rest.iter().collect::<Vec<_>>()), 1);
 }
+
+#[tokio::test]
+async fn a_nul_in_a_filter_finds_nothing_rather_than_failing() {
+    let store = fresh().await;
+    let found = store
+        .list_keys(KeyQuery {
+            owner: Some("a\0b".into()),
+            limit: 10,
+            ..KeyQuery::default()
+        })
+        .await
+        .unwrap();
+    assert!(found.is_empty());
+    assert_eq!(store.lease("x\0".into()).await.unwrap(), None);
+}

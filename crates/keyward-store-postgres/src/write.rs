@@ -20,8 +20,11 @@ pub(crate) async fn exec(
     sql: &str,
     params: Params<'_>,
 ) -> Result<u64, StoreError> {
-    let stmt = tx.prepare_cached(sql).await.map_err(unavailable)?;
-    tx.execute(&stmt, params).await.map_err(map_write_error)
+    crate::timed(async {
+        let stmt = tx.prepare_cached(sql).await.map_err(unavailable)?;
+        tx.execute(&stmt, params).await.map_err(map_write_error)
+    })
+    .await
 }
 
 /// Like [`exec`], for a statement that must change a row: none changed is `NotFound(what)`.

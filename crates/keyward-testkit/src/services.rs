@@ -220,6 +220,28 @@ impl Postgres {
         stop(&mut self.child);
     }
 
+    /// Stops the server's processes answering without closing a connection (SIGSTOP): what a
+    /// hung machine, or a network that drops everything, looks like to its clients.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen server go on.
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let Some(pid) = std::fs::read_to_string(self.data.join("postmaster.pid"))
+            .ok()
+            .and_then(|s| s.lines().next().map(str::to_owned))
+        else {
+            return;
+        };
+        let _ = Command::new("pkill").args([signal, "-P", &pid]).status();
+        let _ = Command::new("kill").args([signal, &pid]).status();
+    }
+
     /// A connection URL for the superuser `keyward` and database `postgres`.
     pub fn url(&self) -> String {
         format!("postgres://keyward@127.0.0.1:{}/postgres", self.port)

@@ -61,7 +61,21 @@ impl FileConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+        // The parser's own message quotes the offending line, which may hold a password (a
+        // store URL): say where and what, never the text.
+        toml::from_str(&text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text.get(..s.start).map_or(0, |t| t.lines().count().max(1)));
+            match line {
+                Some(line) => anyhow::anyhow!(
+                    "config file {}, line {line}: {}",
+                    path.display(),
+                    e.message()
+                ),
+                None => anyhow::anyhow!("config file {}: {}", path.display(), e.message()),
+            }
+        })
     }
 }
 
@@ -462,6 +476,20 @@ mod tests {
         assert!(!err.contains("mysql://x"), "no echo of the value: {err}");
         let defaults = Config::resolve(FileConfig::default(), Overrides::default()).unwrap();
         assert_eq!(defaults.store, StoreChoice::Embedded);
+    }
+
+    #[test]
+    fn a_bad_config_line_is_named_but_never_quoted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyward.toml");
+        std::fs::write(
+            &path,
+            "listen = '127.0.0.1:1'\nstore = ['postgres://kw:hunter2@db/kw'] junk\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", FileConfig::load(&path).unwrap_err());
+        assert!(err.contains("line 2"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]

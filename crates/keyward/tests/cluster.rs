@@ -322,6 +322,37 @@ fn nodes_ride_out_a_postgres_restart_and_catch_up_after() {
 }
 
 #[test]
+fn past_its_grace_a_node_whose_postgres_stopped_answering_vouches_for_nothing_cached() {
+    let cluster = Cluster::start();
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "store_feed_grace_ms = 300\n").unwrap();
+    let node = Node::start(
+        &cluster.pg.url(),
+        &[("KEYWARD_CONFIG", config.path().to_str().unwrap())],
+    )
+    .unwrap();
+    let (status, _) = node.post("/v1/sys/unseal", "", json!({"share": cluster.share}));
+    assert_eq!(status, 200);
+    let (_, key) = create_key(&node, &cluster.root);
+    node.until_code(&cluster.root, &key, "VALID");
+    // The server keeps every connection open but answers nothing: no error ends the feed's
+    // wait, only the watchdog.
+    cluster.pg.freeze();
+    std::thread::sleep(Duration::from_millis(1500));
+    let started = Instant::now();
+    let (status, body) = node.post("/v1/verify", &cluster.root, json!({"key": key}));
+    cluster.pg.thaw();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "UNAVAILABLE");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    node.until_code(&cluster.root, &key, "VALID");
+}
+
+#[test]
 fn past_its_grace_a_node_cut_off_from_postgres_vouches_for_nothing_cached() {
     let mut cluster = Cluster::start();
     let config = tempfile::NamedTempFile::new().unwrap();
@@ -388,6 +419,36 @@ fn limits_on_redis_are_exact_across_nodes_and_follow_the_policy_while_it_is_down
     // Three were spent finding the key on each node; of the 90, exactly 17 more pass.
     assert_eq!(codes.get("VALID"), Some(&17), "{codes:?}");
     assert_eq!(codes.get("RATE_LIMITED"), Some(&73), "{codes:?}");
+
+    // The cluster's state shows on /metrics: Redis is up, and one node does the singleton work.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let texts: Vec<String> = nodes
+            .iter()
+            .map(|n| {
+                Node::client()
+                    .get(format!("{}/metrics", n.url))
+                    .bearer_auth(root)
+                    .send()
+                    .unwrap()
+                    .text()
+                    .unwrap()
+            })
+            .collect();
+        let leaders = texts
+            .iter()
+            .filter(|t| t.contains("keyward_singleton_leader 1"))
+            .count();
+        if leaders == 1
+            && texts
+                .iter()
+                .all(|t| t.contains("keyward_ratelimit_redis_up 1"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{texts:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // A concurrency limit holds across nodes too: one request in flight, wherever it is.
     let (status, created) = nodes[0].post(
@@ -547,4 +608,133 @@ fn an_embedded_store_migrates_to_postgres_whole_and_verifiable() {
     assert!(before.len() > 5, "{audit_before}");
     // The copy holds every entry as it was (and, after them, the new node's own: its unseal).
     assert_eq!(&after[..before.len()], &before[..]);
+}
+
+#[test]
+fn audited_reads_on_every_node_neither_fail_nor_block_revokes() {
+    let cluster = Cluster::start();
+    let nodes = std::sync::Arc::new([cluster.node(), cluster.node()]);
+    let root = cluster.root.clone();
+    let resp = Node::client()
+        .put(format!("{}/v1/secrets/live/app/db", nodes[0].url))
+        .bearer_auth(&root)
+        .json(&json!({"data": {"v": "x"}}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..8)
+        .map(|i| {
+            let (nodes, root, stop) = (nodes.clone(), root.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut failures = Vec::new();
+                let client = Node::client();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let resp = client
+                        .get(format!("{}/v1/secrets/live/app/db", nodes[i % 2].url))
+                        .bearer_auth(&root)
+                        .send()
+                        .unwrap();
+                    if resp.status().as_u16() != 200 {
+                        failures.push(resp.status().as_u16());
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    // Every secret read on either node commits an audit entry; revokes on one of them must
+    // still win the log's head.
+    for _ in 0..15 {
+        let (id, _) = create_key(&nodes[1], &root);
+        let (status, body) = nodes[1].post(
+            &format!("/v1/keys/{id}/revoke"),
+            &root,
+            json!({"reason": "t"}),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let failures: Vec<u16> = readers
+        .into_iter()
+        .flat_map(|r| r.join().unwrap())
+        .collect();
+    assert!(failures.iter().all(|s| *s != 500), "{failures:?}");
+    assert!(
+        failures.len() < 10,
+        "{} reads failed: {failures:?}",
+        failures.len()
+    );
+}
+
+fn psql(pg: &Postgres, sql: &str) {
+    let out = Command::new("psql")
+        .arg(pg.url())
+        .args(["-qAtc", sql])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_revoke_reaches_every_node_even_if_the_change_log_is_tampered_with() {
+    let cluster = Cluster::start();
+    let nodes = [cluster.node(), cluster.node()];
+    let root = &cluster.root;
+    let (id, key) = create_key(&nodes[0], root);
+    nodes[1].until_code(root, &key, "VALID");
+    // Someone who can write to the database blanks every change-log row from now on, so no
+    // row names the revoked key.
+    psql(
+        &cluster.pg,
+        "CREATE FUNCTION blank() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN NEW.summary := '{}'; RETURN NEW; END $$; \
+         CREATE TRIGGER blank BEFORE INSERT ON change_log FOR EACH ROW EXECUTE FUNCTION blank();",
+    );
+    let (status, _) = nodes[0].post(
+        &format!("/v1/keys/{id}/revoke"),
+        root,
+        json!({"reason": "t"}),
+    );
+    assert_eq!(status, 200);
+    // The revoke's audit entry still reaches B, which reads the key afresh.
+    let took = nodes[1].until_code(root, &key, "REVOKED");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    // Worse, the key's row keeps its old state while the revoke commits: the log's entry
+    // still makes every node refuse the key.
+    psql(&cluster.pg, "DROP TRIGGER blank ON change_log");
+    let (id, key) = create_key(&nodes[0], root);
+    nodes[1].until_code(root, &key, "VALID");
+    psql(
+        &cluster.pg,
+        "CREATE FUNCTION keep() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN IF NEW.status = 'revoked' THEN RETURN OLD; END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER keep BEFORE UPDATE ON keys FOR EACH ROW EXECUTE FUNCTION keep();",
+    );
+    let (status, _) = nodes[0].post(
+        &format!("/v1/keys/{id}/revoke"),
+        root,
+        json!({"reason": "t"}),
+    );
+    assert_eq!(status, 200);
+    for node in &nodes {
+        let took = node.until_code(root, &key, "NOT_FOUND");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+    }
+    psql(&cluster.pg, "DROP TRIGGER keep ON keys");
+    // A forged row cannot seal the cluster: only a seal's audit entry does.
+    psql(
+        &cluster.pg,
+        "INSERT INTO change_log (seq, origin, at, summary) \
+         SELECT max(seq) + 1, 'forged', 0, '{\"seal\":true}' FROM change_log; \
+         NOTIFY keyward_changes, 'x'",
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    for node in &nodes {
+        assert_eq!(node.get("/v1/sys/seal-status", "").1["sealed"], false);
+    }
 }
