@@ -1,15 +1,18 @@
 //! Quotas: usage credits that verification spends, with an optional daily or monthly refill.
 //!
 //! The count lives in memory on the node that serves the key, seeded from the store the first
-//! time the key is seen, and is written back in batches (once a second and at shutdown), like
-//! usage, so verification never waits for a store write. An admin's grant is written at once.
-//! A crash loses at most the last second of spending, which errs towards the key's holder.
+//! time the key is seen; what the node spent is written back in batches (once a second and at
+//! shutdown), like usage, so verification never waits for a store write. The store subtracts
+//! each node's spending from the stored count and answers the count as it stands, which the
+//! node takes up: several nodes serving one key together spend its quota once, give or take
+//! what each spends within one flush interval. An admin's grant is written at once. A crash
+//! loses at most the last second of spending, which errs towards the key's holder.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use keyward_core::{Clock, KeyId, QuotaConfig, QuotaState, Timestamp};
-use keyward_store::Store;
+use keyward_store::{QuotaSpend, Store};
 
 use crate::catalog::Catalog;
 
@@ -17,7 +20,15 @@ use crate::catalog::Catalog;
 struct Cell {
     state: QuotaState,
     dirty: bool,
+    /// Credits spent in `state`'s period since the last flush.
+    spent: u64,
+    /// Flushes to come at which the count is read back even if nothing was spent here: other
+    /// nodes may be spending it.
+    watch: u8,
 }
+
+/// How many flushes (seconds) after its last spending here a count keeps being read back.
+const WATCH_FLUSHES: u8 = 30;
 
 #[derive(Debug, Default)]
 pub(crate) struct Quotas {
@@ -34,14 +45,19 @@ impl Quotas {
         self.cells().entry(id).or_insert(Cell {
             state: stored,
             dirty: false,
+            spent: 0,
+            watch: 0,
         });
     }
 
     /// Starts a count this node made up (a plan's quota, first used): written at the next flush.
     pub(crate) fn seed_new(&self, id: KeyId, state: QuotaState) {
-        self.cells()
-            .entry(id)
-            .or_insert(Cell { state, dirty: true });
+        self.cells().entry(id).or_insert(Cell {
+            state,
+            dirty: true,
+            spent: 0,
+            watch: 0,
+        });
     }
 
     pub(crate) fn is_seeded(&self, id: KeyId) -> bool {
@@ -63,8 +79,10 @@ impl Quotas {
         };
         let current = cell.state.at(config, now);
         if current != cell.state {
+            // A new period: what was spent in the old one no longer counts against it.
             cell.state = current;
             cell.dirty = true;
+            cell.spent = 0;
         }
         if cell.state.remaining < cost {
             return Err(cell.state.remaining);
@@ -72,6 +90,7 @@ impl Quotas {
         cell.state.remaining -= cost;
         if cost > 0 {
             cell.dirty = true;
+            cell.spent = cell.spent.saturating_add(cost);
         }
         Ok(cell.state.remaining)
     }
@@ -80,6 +99,7 @@ impl Quotas {
     pub(crate) fn give_back(&self, id: KeyId, cost: u64) {
         if let Some(cell) = self.cells().get_mut(&id) {
             cell.state.remaining = cell.state.remaining.saturating_add(cost);
+            cell.spent = cell.spent.saturating_sub(cost);
             cell.dirty = true;
         }
     }
@@ -94,6 +114,8 @@ impl Quotas {
                     Cell {
                         state,
                         dirty: false,
+                        spent: 0,
+                        watch: 0,
                     },
                 );
             }
@@ -110,25 +132,54 @@ impl Quotas {
             .map(|c| c.state.at(config, now).remaining)
     }
 
-    /// The counts changed since the last call, marked clean.
-    pub(crate) fn take_dirty(&self) -> Vec<(KeyId, QuotaState)> {
+    /// What was spent since the last call, marked clean; and, with nothing spent, the counts
+    /// spent here lately, so what other nodes spent of them is read back.
+    pub(crate) fn take_dirty(&self) -> Vec<QuotaSpend> {
         let mut cells = self.cells();
         cells
             .iter_mut()
-            .filter(|(_, c)| c.dirty)
+            .filter(|(_, c)| c.dirty || c.watch > 0)
             .map(|(id, c)| {
+                if c.dirty {
+                    c.watch = WATCH_FLUSHES;
+                } else {
+                    c.watch -= 1;
+                }
                 c.dirty = false;
-                (*id, c.state)
+                QuotaSpend {
+                    id: *id,
+                    state: c.state,
+                    spent: std::mem::take(&mut c.spent),
+                }
             })
             .collect()
     }
 
-    /// Marks counts dirty again after a failed write, unless they changed meanwhile.
-    pub(crate) fn mark_dirty(&self, states: &[(KeyId, QuotaState)]) {
+    /// Takes up the counts as stored after a flush, less what was spent here since.
+    pub(crate) fn settle(&self, stored: &[(KeyId, QuotaState)]) {
         let mut cells = self.cells();
-        for (id, _) in states {
-            if let Some(cell) = cells.get_mut(id) {
+        for (id, state) in stored {
+            let Some(cell) = cells.get_mut(id) else {
+                continue;
+            };
+            if cell.state.period_start == state.period_start {
+                cell.state.remaining = state.remaining.saturating_sub(cell.spent);
+            } else if cell.state.period_start < state.period_start {
+                cell.state = *state;
+                cell.spent = 0;
+            }
+        }
+    }
+
+    /// Puts spending back after a failed write, to be written at the next flush.
+    pub(crate) fn mark_dirty(&self, spends: &[QuotaSpend]) {
+        let mut cells = self.cells();
+        for spend in spends {
+            if let Some(cell) = cells.get_mut(&spend.id) {
                 cell.dirty = true;
+                if cell.state.period_start == spend.state.period_start {
+                    cell.spent = cell.spent.saturating_add(spend.spent);
+                }
             }
         }
     }
@@ -161,15 +212,19 @@ impl QuotaBook {
         }
     }
 
-    /// Writes spent quotas; on failure they stay pending for the next flush.
+    /// Writes what was spent and takes up the counts as stored (other nodes' spending
+    /// included); on failure the spending stays pending for the next flush.
     pub(crate) async fn flush(&self) {
-        let states = self.counts.take_dirty();
-        if states.is_empty() {
+        let spends = self.counts.take_dirty();
+        if spends.is_empty() {
             return;
         }
-        if let Err(e) = self.store.record_quotas(states.clone()).await {
-            tracing::warn!(error = %e, keys = states.len(), "quota flush failed; will retry");
-            self.counts.mark_dirty(&states);
+        match self.store.spend_quotas(spends.clone()).await {
+            Ok(stored) => self.counts.settle(&stored),
+            Err(e) => {
+                tracing::warn!(error = %e, keys = spends.len(), "quota flush failed; will retry");
+                self.counts.mark_dirty(&spends);
+            }
         }
     }
 
@@ -257,8 +312,11 @@ mod tests {
         );
         quotas.give_back(id, 2);
         assert_eq!(quotas.spend(id, &config, noon, 3), Ok(0));
-        assert_eq!(quotas.take_dirty().len(), 1);
-        assert!(quotas.take_dirty().is_empty());
+        let taken = quotas.take_dirty();
+        assert_eq!((taken.len(), taken[0].spent), (1, 3));
+        // Read back for a while after, with nothing more spent.
+        let again = quotas.take_dirty();
+        assert_eq!((again.len(), again[0].spent), (1, 0));
         // The next day it is back at 10, not 10 plus what was left.
         assert_eq!(
             quotas.spend(id, &config, day.plus_seconds(86_400), 1),

@@ -524,26 +524,56 @@ impl keyward_store::UsageStore for PostgresStore {
         reads::quota_state(&*self.client().await?, id).await
     }
 
-    async fn record_quotas(&self, states: Vec<(KeyId, QuotaState)>) -> Result<(), StoreError> {
-        if states.is_empty() {
-            return Ok(());
+    async fn spend_quotas(
+        &self,
+        spends: Vec<keyward_store::QuotaSpend>,
+    ) -> Result<Vec<(KeyId, QuotaState)>, StoreError> {
+        if spends.is_empty() {
+            return Ok(Vec::new());
         }
-        let ids: Vec<String> = states.iter().map(|(id, _)| id.to_string()).collect();
-        let remaining: Vec<i64> = states.iter().map(|(_, s)| to_i64(s.remaining)).collect();
-        let starts: Vec<i64> = states
+        let ids: Vec<String> = spends.iter().map(|s| s.id.to_string()).collect();
+        let starts: Vec<i64> = spends
             .iter()
-            .map(|(_, s)| s.period_start.unix_ms())
+            .map(|s| s.state.period_start.unix_ms())
             .collect();
+        let remaining: Vec<i64> = spends.iter().map(|s| to_i64(s.state.remaining)).collect();
+        let spent: Vec<i64> = spends.iter().map(|s| to_i64(s.spent)).collect();
         let client = self.client().await?;
-        query(
+        // One statement: the same period subtracts, a newer one replaces, an older one is
+        // dropped, each under the row's lock, so nodes flushing at once both count.
+        let found = query(
             &client,
-            "UPDATE keys SET quota_remaining = u.remaining, quota_period_start = u.start \
-             FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(id, remaining, start) \
-             WHERE keys.id = u.id RETURNING 1",
-            &[&ids, &remaining, &starts],
+            "UPDATE keys SET \
+               quota_remaining = CASE \
+                 WHEN keys.quota_period_start = u.start \
+                   THEN greatest(keys.quota_remaining - u.spent, 0) \
+                 WHEN keys.quota_period_start IS NULL OR keys.quota_period_start < u.start \
+                   THEN u.remaining \
+                 ELSE keys.quota_remaining END, \
+               quota_period_start = CASE \
+                 WHEN keys.quota_period_start IS NULL OR keys.quota_period_start < u.start \
+                   THEN u.start \
+                 ELSE keys.quota_period_start END \
+             FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) \
+               AS u(id, start, remaining, spent) \
+             WHERE keys.id = u.id \
+             RETURNING keys.id, keys.quota_remaining, keys.quota_period_start",
+            &[&ids, &starts, &remaining, &spent],
         )
-        .await
-        .map(drop)
+        .await?;
+        let mut stored: Vec<(KeyId, QuotaState)> = all(found, |row| {
+            let id: &str = get(row, 0)?;
+            Ok((
+                id.parse::<KeyId>().map_err(|_| rows::corrupt("key id"))?,
+                QuotaState {
+                    remaining: u64::try_from(get::<i64>(row, 1)?).unwrap_or(0),
+                    period_start: Timestamp::from_unix_ms(get(row, 2)?),
+                },
+            ))
+        })?;
+        // In the order given, as the contract's callers expect.
+        stored.sort_by_key(|(id, _)| spends.iter().position(|s| s.id == *id));
+        Ok(stored)
     }
 
     async fn record_usage(&self, usage: Vec<KeyUsage>) -> Result<(), StoreError> {

@@ -199,6 +199,18 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// One node's quota spending, merged into the stored count (see `UsageStore::spend_quotas`):
+/// the same period subtracts, a newer one replaces, an older one is dropped.
+const QUOTA_SPEND_SQL: &str = "UPDATE keys SET \
+    quota_remaining = CASE \
+      WHEN quota_period_start = ?2 THEN max(quota_remaining - ?4, 0) \
+      WHEN quota_period_start IS NULL OR quota_period_start < ?2 THEN ?3 \
+      ELSE quota_remaining END, \
+    quota_period_start = CASE \
+      WHEN quota_period_start IS NULL OR quota_period_start < ?2 THEN ?2 \
+      ELSE quota_period_start END \
+    WHERE id = ?1 RETURNING quota_remaining, quota_period_start";
+
 const KEY_COLUMNS: &str = "id, service, environment, hash, start, name, owner, purpose, \
     permissions, meta, created_at, updated_at, expires_at, status, revoked_at, \
     revocation_reason, rolled_from, rolled_to, last_used_at, uses, access, next_grant_expiry, mac";
@@ -894,25 +906,41 @@ impl keyward_store::UsageStore for SqliteStore {
         .await
     }
 
-    async fn record_quotas(&self, states: Vec<(KeyId, QuotaState)>) -> Result<(), StoreError> {
+    async fn spend_quotas(
+        &self,
+        spends: Vec<keyward_store::QuotaSpend>,
+    ) -> Result<Vec<(KeyId, QuotaState)>, StoreError> {
         self.write(move |conn| {
             let tx = conn.transaction().map_err(unavailable)?;
+            let mut stored = Vec::with_capacity(spends.len());
             {
-                let mut stmt = tx
-                    .prepare_cached(
-                        "UPDATE keys SET quota_remaining = ?2, quota_period_start = ?3 WHERE id = ?1",
-                    )
-                    .map_err(unavailable)?;
-                for (id, state) in &states {
-                    stmt.execute(params![
-                        id.to_string(),
-                        to_i64(state.remaining),
-                        state.period_start.unix_ms()
-                    ])
-                    .map_err(unavailable)?;
+                let mut stmt = tx.prepare_cached(QUOTA_SPEND_SQL).map_err(unavailable)?;
+                for spend in &spends {
+                    let row = stmt
+                        .query_row(
+                            params![
+                                spend.id.to_string(),
+                                spend.state.period_start.unix_ms(),
+                                to_i64(spend.state.remaining),
+                                to_i64(spend.spent)
+                            ],
+                            |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)),
+                        )
+                        .optional()
+                        .map_err(unavailable)?;
+                    if let Some((remaining, start)) = row {
+                        stored.push((
+                            spend.id,
+                            QuotaState {
+                                remaining: u64::try_from(remaining).unwrap_or(0),
+                                period_start: Timestamp::from_unix_ms(start),
+                            },
+                        ));
+                    }
                 }
             }
-            tx.commit().map_err(unavailable)
+            tx.commit().map_err(unavailable)?;
+            Ok(stored)
         })
         .await
     }

@@ -797,7 +797,13 @@ pub async fn quotas(store: &dyn Store) {
         remaining: 5,
         period_start: at(1),
     };
-    store.record_quotas(vec![(key.id, first)]).await.unwrap();
+    let spend = |state, spent| crate::QuotaSpend {
+        id: key.id,
+        state,
+        spent,
+    };
+    let stored = store.spend_quotas(vec![spend(first, 0)]).await.unwrap();
+    assert_eq!(stored, vec![(key.id, first)]);
     assert_eq!(store.quota_state(key.id).await.unwrap(), Some(first));
     let granted = keyward_core::QuotaState {
         remaining: 100,
@@ -811,12 +817,36 @@ pub async fn quotas(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(store.quota_state(key.id).await.unwrap(), Some(granted));
-    let spent = keyward_core::QuotaState {
+    // Two nodes spend from the same count: both spends are subtracted, whatever each believed
+    // remained.
+    let node_a = keyward_core::QuotaState {
         remaining: 97,
         period_start: at(1_000),
     };
-    store.record_quotas(vec![(key.id, spent)]).await.unwrap();
-    assert_eq!(store.quota_state(key.id).await.unwrap(), Some(spent));
+    let node_b = keyward_core::QuotaState {
+        remaining: 95,
+        period_start: at(1_000),
+    };
+    store.spend_quotas(vec![spend(node_a, 3)]).await.unwrap();
+    let stored = store.spend_quotas(vec![spend(node_b, 5)]).await.unwrap();
+    let both = keyward_core::QuotaState {
+        remaining: 92,
+        period_start: at(1_000),
+    };
+    assert_eq!(stored, vec![(key.id, both)]);
+    assert_eq!(store.quota_state(key.id).await.unwrap(), Some(both));
+    // Never below zero.
+    let stored = store.spend_quotas(vec![spend(node_a, 500)]).await.unwrap();
+    assert_eq!(stored[0].1.remaining, 0);
+    // A node that refilled into a newer period sets the count; spending in the older one is
+    // dropped.
+    let refilled = keyward_core::QuotaState {
+        remaining: 99,
+        period_start: at(2_000),
+    };
+    store.spend_quotas(vec![spend(refilled, 1)]).await.unwrap();
+    let stored = store.spend_quotas(vec![spend(node_a, 7)]).await.unwrap();
+    assert_eq!(stored, vec![(key.id, refilled)]);
     store
         .apply(Changes {
             set_quotas: vec![(key.id, None)],

@@ -152,6 +152,16 @@ pub trait ChangeListener: Send + Sync {
     fn resumed(&self) {}
 }
 
+/// What one node spent of one key's quota since its last flush.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QuotaSpend {
+    pub id: KeyId,
+    /// The node's count: its period, and what remains by the node's reckoning.
+    pub state: QuotaState,
+    /// Credits the node spent in `state`'s period since its last flush.
+    pub spent: u64,
+}
+
 /// Usage of one key since the last flush.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct KeyUsage {
@@ -259,9 +269,16 @@ pub trait UsageStore: Send + Sync {
     /// Where a key's quota stands, if it has one.
     async fn quota_state(&self, id: KeyId) -> Result<Option<QuotaState>, StoreError>;
 
-    /// Writes quota states spent by verification, in one batch. Keys that no longer exist are
-    /// skipped. Like usage, this is not audited.
-    async fn record_quotas(&self, states: Vec<(KeyId, QuotaState)>) -> Result<(), StoreError>;
+    /// Writes what verification spent of keys' quotas, in one batch, and returns each key's
+    /// count as stored after it. Several nodes may spend one key's quota: what a node spent in
+    /// the stored period is subtracted from the stored count (never below 0); a count for a
+    /// newer period (the node refilled it) replaces the stored one, less nothing more; spending
+    /// in an older period than the stored one is dropped. A key with no count yet gets the
+    /// node's. Keys that no longer exist are skipped. Like usage, this is not audited.
+    async fn spend_quotas(
+        &self,
+        spends: Vec<QuotaSpend>,
+    ) -> Result<Vec<(KeyId, QuotaState)>, StoreError>;
 
     /// Adds usage counts and advances `last_used_at` (never moves it back). Keys that no longer
     /// exist are skipped. Not audited: usage is telemetry, not an admin action.

@@ -143,11 +143,11 @@ impl keyward_store::UsageStore for CountingStore {
     async fn quota_state(&self, id: KeyId) -> Result<Option<keyward_core::QuotaState>, StoreError> {
         self.inner.quota_state(id).await
     }
-    async fn record_quotas(
+    async fn spend_quotas(
         &self,
-        states: Vec<(KeyId, keyward_core::QuotaState)>,
-    ) -> Result<(), StoreError> {
-        self.inner.record_quotas(states).await
+        spends: Vec<keyward_store::QuotaSpend>,
+    ) -> Result<Vec<(KeyId, keyward_core::QuotaState)>, StoreError> {
+        self.inner.spend_quotas(spends).await
     }
     async fn record_usage(&self, usage: Vec<KeyUsage>) -> Result<(), StoreError> {
         self.inner.record_usage(usage).await

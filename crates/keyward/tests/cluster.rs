@@ -738,3 +738,40 @@ fn a_revoke_reaches_every_node_even_if_the_change_log_is_tampered_with() {
         assert_eq!(node.get("/v1/sys/seal-status", "").1["sealed"], false);
     }
 }
+
+#[test]
+fn nodes_spend_one_quota_together() {
+    let cluster = Cluster::start();
+    let nodes = [cluster.node(), cluster.node()];
+    let root = &cluster.root;
+    let (status, created) = nodes[0].post(
+        "/v1/keys",
+        root,
+        json!({"environment": "live", "name": "q", "owner": "o", "quota": {"remaining": 20}}),
+    );
+    assert_eq!(status, 201, "{created}");
+    let key = created["key"].as_str().unwrap().to_owned();
+    // Both nodes hold the count of 20 once they have seen the key.
+    for node in &nodes {
+        node.until_code(root, &key, "VALID");
+    }
+    let spend = |node: &Node, n: usize| {
+        (0..n)
+            .filter(|_| node.verify(root, &key) == "VALID")
+            .count()
+    };
+    // Each spends; after a flush (a second) each knows what the other spent.
+    assert_eq!(spend(&nodes[0], 5), 5);
+    assert_eq!(spend(&nodes[1], 5), 5);
+    std::thread::sleep(Duration::from_millis(2500));
+    // 2 + 10 spent of 20: 8 left, whichever node asks; each node spent the other's credits
+    // once only.
+    let more = spend(&nodes[0], 20);
+    assert_eq!(more, 8, "{more} more admitted of 8 left");
+    std::thread::sleep(Duration::from_millis(2500));
+    let (_, listed) = nodes[1].get(
+        &format!("/v1/keys/{}", created["id"].as_str().unwrap()),
+        root,
+    );
+    assert_eq!(listed["quota"]["remaining"], 0, "{listed}");
+}
