@@ -138,6 +138,9 @@ enum AuditCommand {
     Verify {
         #[arg(long, env = "KEYWARD_DATA_DIR", default_value = config::DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
+        /// Check a shared PostgreSQL store instead of a data dir (postgres://…).
+        #[arg(long, env = "KEYWARD_STORE", hide_env_values = true)]
+        store: Option<String>,
         /// A file holding the unseal key.
         #[arg(long)]
         unseal_key_file: Option<PathBuf>,
@@ -222,10 +225,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             command:
                 AuditCommand::Verify {
                     data_dir,
+                    store,
                     unseal_key_file,
                     json,
                 },
-        } => audit_verify(&data_dir, unseal_key_file, json).await,
+        } => audit_verify(&data_dir, store, unseal_key_file, json).await,
     }
 }
 
@@ -624,15 +628,30 @@ fn init_logging(config: &Config) {
 
 async fn audit_verify(
     data_dir: &std::path::Path,
+    shared: Option<String>,
     unseal_key_file: Option<PathBuf>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let dir = DataDir::new(data_dir);
-    if !dir.db_path().exists() {
-        anyhow::bail!("no keyward store in {}", data_dir.display());
-    }
-    let store = SqliteStore::open(&dir.db_path())?;
-    let chain = verify_chain(&store).await?;
+    // A shared store's key is given; only a data dir keeps one beside it.
+    let embedded = shared.is_none();
+    let store: Box<dyn Store> = match shared {
+        Some(url) => {
+            let url = match StoreChoice::parse(Some(url)).map_err(anyhow::Error::msg)? {
+                StoreChoice::Postgres { url, .. } => url,
+                StoreChoice::Embedded => anyhow::bail!("--store: give a postgres:// URL"),
+            };
+            Box::new(open_postgres(&url, 2, std::time::Duration::from_secs(10)).await?)
+        }
+        None => {
+            if !dir.db_path().exists() {
+                anyhow::bail!("no keyward store in {}", data_dir.display());
+            }
+            Box::new(SqliteStore::open(&dir.db_path())?)
+        }
+    };
+    let store = store.as_ref();
+    let chain = verify_chain(store).await?;
     let key = match std::env::var("KEYWARD_UNSEAL_KEY") {
         Ok(text) => Some(
             UnsealKey::from_text(&zeroize::Zeroizing::new(text))
@@ -641,7 +660,7 @@ async fn audit_verify(
         Err(_) => {
             let path = unseal_key_file.or_else(|| {
                 let beside = dir.unseal_key_path();
-                beside.exists().then_some(beside)
+                (embedded && beside.exists()).then_some(beside)
             });
             match path {
                 Some(path) => {
@@ -660,7 +679,7 @@ async fn audit_verify(
     };
     let tampered = match &key {
         Some(key) => Some(
-            keyward_service::verify_stored_state(&store, key)
+            keyward_service::verify_stored_state(store, key)
                 .await
                 .context("cannot check integrity tags (is this the vault's unseal key?)")?,
         ),

@@ -602,6 +602,20 @@ fn an_embedded_store_migrates_to_postgres_whole_and_verifiable() {
         status, 200,
         "every integrity tag checks out on the copy: {ready}"
     );
+    // The copy checks out offline too: its chain, and with the unseal key every tag.
+    let out = Command::new(BIN)
+        .args(["audit", "verify", "--json", "--store", &pg.url()])
+        .env("KEYWARD_UNSEAL_KEY", key.trim())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let verified: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(verified["intact"], true, "{verified}");
+    assert_eq!(verified["integrity_checked"], true);
     let audit_after = node.get("/v1/audit?limit=1000", &root).1;
     let entries = |v: &Value| v["entries"].as_array().unwrap().clone();
     let (before, after) = (entries(&audit_before), entries(&audit_after));
