@@ -60,15 +60,17 @@ impl FeedListener {
         // The audit log says what was revoked and sealed, whichever node wrote it, even if the
         // record it changed did not reach this node: a revoked key stops verifying here, and
         // a seal seals this node. (Both only ever refuse more.)
+        // (Rows come first: a revocation whose row was seen is known by the time its entry
+        // arrives, and costs nothing more.)
         let mut revoked_unseen = false;
+        for key in changes.insert_keys.iter().chain(&changes.update_keys) {
+            if key.status == keyward_core::KeyStatus::Revoked {
+                self.integrity.note_revoked(key.id);
+            }
+        }
         for entry in &changes.audit {
             if let Some(id) = crate::audit::revoked_key(entry) {
-                self.integrity.note_revoked(id);
-                let row_seen = changes
-                    .update_keys
-                    .iter()
-                    .any(|k| k.id == id && k.status == keyward_core::KeyStatus::Revoked);
-                revoked_unseen |= !row_seen;
+                revoked_unseen |= self.integrity.note_revoked(id);
             }
             // (An entry written late, at an unseal, records a seal that already happened.)
             if entry.action == keyward_core::audit::AuditAction::VaultSeal.as_str()
@@ -86,9 +88,6 @@ impl FeedListener {
         }
         for key in changes.insert_keys.iter().chain(&changes.update_keys) {
             self.cache.invalidate(&key.hash);
-            if key.status == keyward_core::KeyStatus::Revoked {
-                self.integrity.note_revoked(key.id);
-            }
         }
         for (id, state) in &changes.set_quotas {
             self.quotas.set(*id, *state);

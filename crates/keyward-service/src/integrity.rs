@@ -447,9 +447,9 @@ impl Integrity {
         }
     }
 
-    /// Records a committed revocation (the change feed calls this).
-    pub(crate) fn note_revoked(&self, id: keyward_core::KeyId) {
-        crate::write(&self.revoked).insert(id);
+    /// Records a committed revocation (the change feed calls this); false if it was known.
+    pub(crate) fn note_revoked(&self, id: keyward_core::KeyId) -> bool {
+        crate::write(&self.revoked).insert(id)
     }
 
     pub(crate) fn key(&self) -> &IntegrityKey {
