@@ -321,7 +321,18 @@ async fn init_postgres(url: &str, shares: u8, threshold: u8, json: bool) -> anyh
     if store.vault().await?.is_some() {
         anyhow::bail!("{url:?} already holds a keyward store");
     }
-    let made = initialize(&store, &SystemClock, shares, threshold).await?;
+    let made = match initialize(&store, &SystemClock, shares, threshold).await {
+        Ok(made) => made,
+        // Two inits at once: one vault came out of it, the other's.
+        Err(keyward_service::InitError::Store(
+            keyward_store::StoreError::AuditConflict | keyward_store::StoreError::Conflict(_),
+        )) => {
+            anyhow::bail!(
+                "another init of {url:?} ran at the same time: it holds a keyward store now"
+            )
+        }
+        Err(e) => return Err(e.into()),
+    };
     let share_texts: Vec<String> = made
         .vault
         .shares

@@ -789,3 +789,34 @@ fn nodes_spend_one_quota_together() {
     );
     assert_eq!(listed["quota"]["remaining"], 0, "{listed}");
 }
+
+#[test]
+fn two_inits_at_once_make_one_store_and_say_so() {
+    let pg = Postgres::start().unwrap();
+    let init = || {
+        let url = pg.url();
+        std::thread::spawn(move || {
+            Command::new(BIN)
+                .args([
+                    "init",
+                    "--key-shares",
+                    "1",
+                    "--key-threshold",
+                    "1",
+                    "--store",
+                    &url,
+                ])
+                .output()
+                .unwrap()
+        })
+    };
+    let (a, b) = (init(), init());
+    let outs = [a.join().unwrap(), b.join().unwrap()];
+    assert_eq!(outs.iter().filter(|o| o.status.success()).count(), 1);
+    let loser = outs.iter().find(|o| !o.status.success()).unwrap();
+    let err = String::from_utf8_lossy(&loser.stderr);
+    assert!(
+        err.contains("already holds a keyward store") || err.contains("at the same time"),
+        "{err}"
+    );
+}
