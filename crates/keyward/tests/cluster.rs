@@ -378,9 +378,9 @@ impl Load {
     }
 }
 
-#[test]
-fn past_its_grace_a_node_whose_postgres_stopped_answering_vouches_for_nothing_cached() {
-    let cluster = Cluster::start();
+/// A node with a feed grace of 300 ms, unsealed, and a key it has cached (and its config
+/// file, to keep).
+fn short_grace_node(cluster: &Cluster) -> (Node, String, tempfile::NamedTempFile) {
     let config = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(config.path(), "store_feed_grace_ms = 300\n").unwrap();
     let node = Node::start(
@@ -392,6 +392,13 @@ fn past_its_grace_a_node_whose_postgres_stopped_answering_vouches_for_nothing_ca
     assert_eq!(status, 200);
     let (_, key) = create_key(&node, &cluster.root);
     node.until_code(&cluster.root, &key, "VALID");
+    (node, key, config)
+}
+
+#[test]
+fn past_its_grace_a_node_whose_postgres_stopped_answering_vouches_for_nothing_cached() {
+    let cluster = Cluster::start();
+    let (node, key, _config) = short_grace_node(&cluster);
     // The server keeps every connection open but answers nothing: no error ends the feed's
     // wait, only the watchdog.
     cluster.pg.freeze();
@@ -412,17 +419,7 @@ fn past_its_grace_a_node_whose_postgres_stopped_answering_vouches_for_nothing_ca
 #[test]
 fn past_its_grace_a_node_cut_off_from_postgres_vouches_for_nothing_cached() {
     let mut cluster = Cluster::start();
-    let config = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(config.path(), "store_feed_grace_ms = 300\n").unwrap();
-    let node = Node::start(
-        &cluster.pg.url(),
-        &[("KEYWARD_CONFIG", config.path().to_str().unwrap())],
-    )
-    .unwrap();
-    let (status, _) = node.post("/v1/sys/unseal", "", json!({"share": cluster.share}));
-    assert_eq!(status, 200);
-    let (_, key) = create_key(&node, &cluster.root);
-    node.until_code(&cluster.root, &key, "VALID");
+    let (node, key, _config) = short_grace_node(&cluster);
     cluster.pg.stop();
     std::thread::sleep(Duration::from_millis(1500));
     // It cannot know whether another node revoked the key meanwhile: it reads the store,
