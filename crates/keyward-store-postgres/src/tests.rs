@@ -100,8 +100,9 @@ fn live() -> EnvironmentRecord {
     }
 }
 
-#[tokio::test]
-async fn a_change_on_one_node_reaches_the_others_as_stored() {
+/// A store on a fresh server, a second node's store on it whose listener records what it
+/// hears, and a key the first wrote and the second heard of.
+async fn two_nodes_and_a_key() -> (Fresh, PostgresStore, Arc<Heard>, KeyRecord) {
     let a = fresh().await;
     let b = PostgresStore::connect(&a.server.url(), Options::default())
         .await
@@ -109,6 +110,7 @@ async fn a_change_on_one_node_reaches_the_others_as_stored() {
     let heard = Arc::new(Heard::default());
     let listener: Arc<dyn ChangeListener> = heard.clone();
     b.subscribe(Arc::downgrade(&listener));
+    // (The store holds it weakly; `heard`, returned, keeps it alive.)
     let key = keyward_store::conformance::sample_key(1, "live");
     a.apply(Changes {
         environments: vec![live()],
@@ -118,6 +120,12 @@ async fn a_change_on_one_node_reaches_the_others_as_stored() {
     .await
     .unwrap();
     heard.wait_for(&format!("{} active", key.id)).await;
+    (a, b, heard, key)
+}
+
+#[tokio::test]
+async fn a_change_on_one_node_reaches_the_others_as_stored() {
+    let (a, _node_b, heard, key) = two_nodes_and_a_key().await;
     let mut revoked = key.clone();
     revoked.status = KeyStatus::Revoked;
     revoked.revoked_at = Some(Timestamp::from_unix_ms(5));
@@ -168,23 +176,7 @@ async fn two_nodes_never_fork_the_audit_chain() {
 
 #[tokio::test]
 async fn after_a_restart_a_node_vouches_again_only_once_it_has_caught_up() {
-    let mut a = fresh().await;
-    let url = a.server.url();
-    let b = PostgresStore::connect(&url, Options::default())
-        .await
-        .unwrap();
-    let heard = Arc::new(Heard::default());
-    let listener: Arc<dyn ChangeListener> = heard.clone();
-    b.subscribe(Arc::downgrade(&listener));
-    let key = keyward_store::conformance::sample_key(1, "live");
-    a.apply(Changes {
-        environments: vec![live()],
-        insert_keys: vec![key.clone()],
-        ..Changes::default()
-    })
-    .await
-    .unwrap();
-    heard.wait_for(&format!("{} active", key.id)).await;
+    let (mut a, b, heard, key) = two_nodes_and_a_key().await;
     heard.0.lock().unwrap().clear();
 
     a.server.restart().unwrap();

@@ -60,7 +60,12 @@ impl Cluster {
 
     /// A node, unsealed.
     fn node(&self) -> Node {
-        let node = Node::start(&self.pg.url(), &[]).expect("the node starts");
+        self.node_with(&[])
+    }
+
+    /// A node started with `env`, unsealed.
+    fn node_with(&self, env: &[(&str, &str)]) -> Node {
+        let node = Node::start(&self.pg.url(), env).expect("the node starts");
         let (status, body) = node.post("/v1/sys/unseal", "", json!({"share": self.share}));
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["sealed"], false);
@@ -383,13 +388,7 @@ impl Load {
 fn short_grace_node(cluster: &Cluster) -> (Node, String, tempfile::NamedTempFile) {
     let config = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(config.path(), "store_feed_grace_ms = 300\n").unwrap();
-    let node = Node::start(
-        &cluster.pg.url(),
-        &[("KEYWARD_CONFIG", config.path().to_str().unwrap())],
-    )
-    .unwrap();
-    let (status, _) = node.post("/v1/sys/unseal", "", json!({"share": cluster.share}));
-    assert_eq!(status, 200);
+    let node = cluster.node_with(&[("KEYWARD_CONFIG", config.path().to_str().unwrap())]);
     let (_, key) = create_key(&node, &cluster.root);
     node.until_code(&cluster.root, &key, "VALID");
     (node, key, config)
@@ -431,6 +430,23 @@ fn past_its_grace_a_node_cut_off_from_postgres_vouches_for_nothing_cached() {
     node.until_code(&cluster.root, &key, "VALID");
 }
 
+/// A key limited to 20 a minute, created on the first node and verified once on each (3 of
+/// its 20 spent).
+fn limited_key(nodes: &[Node], root: &str) -> String {
+    let (status, created) = nodes[0].post(
+        "/v1/keys",
+        root,
+        json!({"environment": "live", "name": "n", "owner": "o",
+               "ratelimits": [{"name": "minute", "limit": 20, "period_s": 60}]}),
+    );
+    assert_eq!(status, 201, "{created}");
+    let key = created["key"].as_str().unwrap().to_owned();
+    for node in nodes {
+        node.until_code(root, &key, "VALID");
+    }
+    key
+}
+
 #[test]
 fn limits_on_redis_are_exact_across_nodes_and_follow_the_policy_while_it_is_down() {
     let cluster = Cluster::start();
@@ -446,26 +462,9 @@ fn limits_on_redis_are_exact_across_nodes_and_follow_the_policy_while_it_is_down
         ("KEYWARD_CONFIG", config.path().to_str().unwrap().to_owned()),
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let nodes: Vec<Node> = (0..3)
-        .map(|_| {
-            let node = Node::start(&cluster.pg.url(), &env).unwrap();
-            let (status, _) = node.post("/v1/sys/unseal", "", json!({"share": cluster.share}));
-            assert_eq!(status, 200);
-            node
-        })
-        .collect();
+    let nodes: Vec<Node> = (0..3).map(|_| cluster.node_with(&env)).collect();
     let root = &cluster.root;
-    let (status, created) = nodes[0].post(
-        "/v1/keys",
-        root,
-        json!({"environment": "live", "name": "n", "owner": "o",
-               "ratelimits": [{"name": "minute", "limit": 20, "period_s": 60}]}),
-    );
-    assert_eq!(status, 201, "{created}");
-    let key = created["key"].as_str().unwrap().to_owned();
-    for node in &nodes {
-        node.until_code(root, &key, "VALID");
-    }
+    let key = limited_key(&nodes, root);
     let mut codes = std::collections::BTreeMap::<String, u32>::new();
     for i in 0..90 {
         *codes.entry(nodes[i % 3].verify(root, &key)).or_default() += 1;
@@ -555,17 +554,7 @@ fn limits_on_redis_are_exact_across_nodes_and_follow_the_policy_while_it_is_down
         assert!(answers.contains_key("200 RATE_LIMITED"), "{answers:?}");
     }
     // And exact across the nodes again: a new key's 20 a minute, 3 of them spent finding it.
-    let (status, created) = nodes[0].post(
-        "/v1/keys",
-        root,
-        json!({"environment": "live", "name": "after", "owner": "o",
-               "ratelimits": [{"name": "minute", "limit": 20, "period_s": 60}]}),
-    );
-    assert_eq!(status, 201, "{created}");
-    let key = created["key"].as_str().unwrap().to_owned();
-    for node in &nodes {
-        node.until_code(root, &key, "VALID");
-    }
+    let key = limited_key(&nodes, root);
     let valid = (0..60)
         .filter(|i| nodes[i % 3].verify(root, &key) == "VALID")
         .count();
