@@ -128,6 +128,7 @@ impl std::fmt::Debug for RedisUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let rest = self.0.split_once("://").map_or("", |(_, rest)| rest);
         let place = rest.rsplit_once('@').map_or(rest, |(_, place)| place);
+        let place = place.split('?').next().unwrap_or_default();
         write!(f, "redis://{place}")
     }
 }
@@ -476,6 +477,16 @@ mod tests {
         assert!(!err.contains("mysql://x"), "no echo of the value: {err}");
         let defaults = Config::resolve(FileConfig::default(), Overrides::default()).unwrap();
         assert_eq!(defaults.store, StoreChoice::Embedded);
+        let flags = Overrides {
+            ratelimit_redis: Some("redis://:hunter2@cache:6379/0?password=hunter3".into()),
+            ..Overrides::default()
+        };
+        let shown = format!(
+            "{:?}",
+            Config::resolve(FileConfig::default(), flags).unwrap()
+        );
+        assert!(shown.contains("redis://cache:6379/0"), "{shown}");
+        assert!(!shown.contains("hunter"), "{shown}");
     }
 
     #[test]
