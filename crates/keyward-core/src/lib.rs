@@ -15,6 +15,7 @@ pub mod permission;
 pub mod policy;
 pub mod query;
 pub mod ratelimit;
+pub mod rotation;
 pub mod timestamp;
 
 pub use cidr::{Cidr, CidrSet, NetworkRules};
@@ -30,4 +31,5 @@ pub use permission::{Permission, PermissionSet};
 pub use policy::{EnvironmentPolicy, PolicyViolation};
 pub use query::PermissionQuery;
 pub use ratelimit::{LimitOutcome, LimitState, RateLimit};
+pub use rotation::{KeyLifecycle, PolicySource, RollCause, RotationPolicy};
 pub use timestamp::Timestamp;

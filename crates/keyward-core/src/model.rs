@@ -228,6 +228,8 @@ pub struct KeyRecord {
     pub uses: u64,
     /// Roles, temporary grants, path rules, network rules and admin scope.
     pub access: KeyAccess,
+    /// The key's rotation policy and how its generation ended.
+    pub lifecycle: crate::KeyLifecycle,
     /// Set by the service on every write; see [`RecordMac`].
     pub mac: Option<RecordMac>,
 }
@@ -572,6 +574,8 @@ pub struct RoleRecord {
     pub permissions: Vec<Permission>,
     /// Created by `keyward init`; immutable.
     pub builtin: bool,
+    /// How often keys holding the role are rotated (beats their environment's policy).
+    pub rotation: Option<crate::RotationPolicy>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     /// Set by the service on every write; see [`RecordMac`].

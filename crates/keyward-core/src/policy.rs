@@ -25,6 +25,9 @@ pub struct EnvironmentPolicy {
     pub allowed_cidrs: Vec<String>,
     /// Network blocks no key of the environment may come from.
     pub denied_cidrs: Vec<String>,
+    /// How often the environment's keys are rotated, unless a role or the key says otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<crate::RotationPolicy>,
 }
 
 /// A rule a key would break, named so a client can tell which.

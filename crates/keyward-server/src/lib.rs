@@ -174,6 +174,9 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::keys::roll_key))
         .routes(routes!(routes::keys::add_grant))
         .routes(routes!(routes::keys::explain_key))
+        .routes(routes!(routes::rotation::key_versions))
+        .routes(routes!(routes::rotation::show_self))
+        .routes(routes!(routes::rotation::rotate_self))
         .routes(routes!(
             routes::environments::list_environments,
             routes::environments::create_environment

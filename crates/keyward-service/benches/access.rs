@@ -94,6 +94,7 @@ fn fixture() -> &'static Fixture {
                         meta: serde_json::Map::new(),
                         access: keyward_core::KeyAccess::default(),
                         quota_remaining: None,
+                        rotation: None,
                     },
                 )
                 .await
@@ -128,6 +129,7 @@ fn fixture() -> &'static Fixture {
                             ..keyward_core::KeyAccess::default()
                         },
                         quota_remaining: None,
+                        rotation: None,
                     },
                 )
                 .await

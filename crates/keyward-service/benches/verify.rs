@@ -120,6 +120,7 @@ fn fixture() -> &'static Fixture {
                     last_used_at: None,
                     uses: 0,
                     access: KeyAccess::default(),
+                    lifecycle: keyward_core::KeyLifecycle::default(),
                     mac: None,
                 });
                 if let Some(record) = batch.last_mut() {

@@ -118,6 +118,9 @@ fn check_policy(policy: &EnvironmentPolicy) -> Result<(), ServiceError> {
             format!("must be between 1 and {}", crate::limits::MAX_TTL_S),
         ));
     }
+    if let Some(rotation) = &policy.rotation {
+        crate::rotation::check_policy(crate::rotation::Field::Environment, rotation)?;
+    }
     for (field, list) in [
         ("policy.allowed_cidrs", &policy.allowed_cidrs),
         ("policy.denied_cidrs", &policy.denied_cidrs),
@@ -343,6 +346,7 @@ impl Access {
         name: RoleName,
         description: Option<String>,
         permissions: Vec<Permission>,
+        rotation: Option<keyward_core::RotationPolicy>,
         replace: bool,
     ) -> Result<RoleRecord, ServiceError> {
         self.audit
@@ -352,6 +356,7 @@ impl Access {
                     name.clone(),
                     description.clone(),
                     permissions.clone(),
+                    rotation,
                     replace,
                 )
             })
@@ -364,8 +369,12 @@ impl Access {
         name: RoleName,
         description: Option<String>,
         permissions: Vec<Permission>,
+        rotation: Option<keyward_core::RotationPolicy>,
         replace: bool,
     ) -> Result<RoleRecord, ServiceError> {
+        if let Some(policy) = &rotation {
+            crate::rotation::check_policy(crate::rotation::Field::Role, policy)?;
+        }
         if permissions.len() > crate::limits::PERMISSIONS {
             return Err(invalid(
                 "permissions",
@@ -420,6 +429,7 @@ impl Access {
             (Some(old), true) => RoleRecord {
                 description,
                 permissions,
+                rotation,
                 updated_at: now,
                 ..(*old).clone()
             },
@@ -427,6 +437,7 @@ impl Access {
                 name: name.clone(),
                 description,
                 permissions,
+                rotation,
                 builtin: false,
                 created_at: now,
                 updated_at: now,
@@ -441,7 +452,10 @@ impl Access {
                 AuditAction::RoleCreate
             },
             target: Some(name.to_string()),
-            details: json!({ "permissions": record.permissions.iter().map(Permission::as_str).collect::<Vec<_>>() }),
+            details: json!({
+                "permissions": record.permissions.iter().map(Permission::as_str).collect::<Vec<_>>(),
+                "rotation": record.rotation,
+            }),
         };
         self.audit
             .commit(

@@ -64,6 +64,7 @@ pub fn builtin_roles(now: Timestamp) -> Vec<RoleRecord> {
             description: Some(description.to_owned()),
             permissions: vec![Permission::parse(permission).ok()?],
             builtin: true,
+            rotation: None,
             created_at: now,
             updated_at: now,
             mac: None,
@@ -139,6 +140,7 @@ pub async fn initialize(
         last_used_at: None,
         uses: 0,
         access: KeyAccess::default(),
+        lifecycle: keyward_core::KeyLifecycle::default(),
         mac: None,
     };
     let mut pending = vec![PendingEntry {

@@ -37,7 +37,7 @@ fn bytes(value: &serde_json::Value) -> Vec<u8> {
 }
 
 fn key_bytes(k: &KeyRecord) -> Vec<u8> {
-    bytes(&json!({
+    let mut record = json!({
         "id": k.id.to_string(),
         "service": k.service.as_str(),
         "environment": k.environment.as_str(),
@@ -57,7 +57,14 @@ fn key_bytes(k: &KeyRecord) -> Vec<u8> {
         "rolled_from": k.rolled_from.map(|id| id.to_string()),
         "rolled_to": k.rolled_to.map(|id| id.to_string()),
         "access": k.access,
-    }))
+    });
+    // Covered once set; records from before it existed authenticate as before.
+    if !k.lifecycle.is_empty()
+        && let Some(fields) = record.as_object_mut()
+    {
+        fields.insert("lifecycle".into(), json!(k.lifecycle));
+    }
+    bytes(&record)
 }
 
 fn environment_bytes(e: &EnvironmentRecord) -> Vec<u8> {
@@ -69,14 +76,18 @@ fn environment_bytes(e: &EnvironmentRecord) -> Vec<u8> {
 }
 
 fn role_bytes(r: &RoleRecord) -> Vec<u8> {
-    bytes(&json!({
+    let mut record = json!({
         "name": r.name.as_str(),
         "description": r.description,
         "permissions": r.permissions,
         "builtin": r.builtin,
         "created_at": r.created_at.unix_ms(),
         "updated_at": r.updated_at.unix_ms(),
-    }))
+    });
+    if let (Some(rotation), Some(fields)) = (r.rotation, record.as_object_mut()) {
+        fields.insert("rotation".into(), json!(rotation));
+    }
+    bytes(&record)
 }
 
 fn plan_bytes(p: &PlanRecord) -> Vec<u8> {

@@ -58,6 +58,8 @@ pub struct NewKey {
     pub access: KeyAccess,
     /// With `access.quota`: the credits the key starts with (default: the refill amount).
     pub quota_remaining: Option<u64>,
+    /// The key's own rotation policy (beats its roles' and its environment's).
+    pub rotation: Option<keyward_core::RotationPolicy>,
 }
 
 /// A partial update: `None` leaves a field as it is. For `purpose` and `expires_at`,
@@ -82,6 +84,9 @@ pub struct KeyUpdate {
     pub concurrency: Option<Option<keyward_core::ConcurrencyLimit>>,
     /// Replaces the quota and sets what remains (a credit grant); `Some(None)` removes it.
     pub quota: Option<Option<(keyward_core::QuotaConfig, Option<u64>)>>,
+    /// Sets the key's own rotation policy; `Some(None)` removes it (the key then follows its
+    /// roles' or its environment's).
+    pub rotation: Option<Option<keyward_core::RotationPolicy>>,
 }
 
 /// One page of a key listing.
@@ -327,6 +332,9 @@ impl Keys {
         }
         check_permissions(&new.permissions)?;
         check_meta(&new.meta)?;
+        if let Some(policy) = &new.rotation {
+            crate::rotation::check_policy(crate::rotation::Field::Key, policy)?;
+        }
         self.check_environment(new.service, &new.environment)?;
         self.authz
             .permit(actor, op, Target::Environment(&new.environment))
@@ -355,6 +363,10 @@ impl Keys {
                 status: KeyStatus::Active,
                 rolled_from: None,
                 access: new.access,
+                lifecycle: keyward_core::KeyLifecycle {
+                    rotation: new.rotation,
+                    rolled_by: None,
+                },
             },
         )?;
         // Judged under the writer: a role cannot change between this check and the commit.
@@ -382,6 +394,7 @@ impl Keys {
                 "permissions": permission_names(&record.permissions),
                 "expires_at": record.expires_at,
                 "access": record.access,
+                "rotation": record.lifecycle.rotation,
             }),
         };
         let quota = record
@@ -441,6 +454,7 @@ impl Keys {
             last_used_at: None,
             uses: 0,
             access: template.access,
+            lifecycle: template.lifecycle,
             mac: None,
         };
         Ok((record, plaintext))
@@ -589,6 +603,9 @@ impl Keys {
         if let Some(meta) = &update.meta {
             check_meta(meta)?;
         }
+        if let Some(Some(policy)) = &update.rotation {
+            crate::rotation::check_policy(crate::rotation::Field::Key, policy)?;
+        }
         if update.enabled == Some(false) {
             self.check_not_self(actor, Operation::KeyUpdate, id).await?;
         }
@@ -694,6 +711,10 @@ impl Keys {
             );
             key.access.quota = quota.map(|(c, _)| c);
             quota_change = Some(state);
+        }
+        if let Some(rotation) = update.rotation {
+            changed.insert("rotation".into(), json!(rotation));
+            key.lifecycle.rotation = rotation;
         }
         key.updated_at = now;
         if let Err(e) = self.authz.conferrable(actor, &mut key, restrictions).await {
@@ -834,7 +855,7 @@ impl Keys {
             ));
         }
         let mut head = self.audit.lock().await;
-        let mut old = self.key_for_change(id).await?;
+        let old = self.key_for_change(id).await?;
         if let Err(refusal) = self
             .authz
             .authorize(actor, Operation::KeyRoll, Target::Key(&old))
@@ -845,20 +866,49 @@ impl Keys {
                 .refuse(actor, Operation::KeyRoll, Some(id.to_string()), refusal)
                 .await);
         }
+        let old_for_refusal = old.clone();
+        let succession = match self
+            .succession(old, grace_period_s, Roller::Admin(actor))
+            .await
+        {
+            Err(RollError::Refused(e)) => {
+                drop(head);
+                return Err(self
+                    .authz
+                    .audited(actor, Operation::KeyRoll, &old_for_refusal, e)
+                    .await);
+            }
+            Err(RollError::Other(e)) => return Err(e),
+            Ok(succession) => succession,
+        };
+        self.commit_succession(&mut head, succession).await
+    }
+
+    /// Prepares the roll of `old` (read under the writer, not revoked): its successor, the
+    /// changes and the audit entry, for the caller to add to and commit with
+    /// [`Keys::commit_succession`]. Nothing is written.
+    pub(crate) async fn succession(
+        &self,
+        mut old: KeyRecord,
+        grace_period_s: u64,
+        roller: Roller<'_>,
+    ) -> Result<Succession, RollError> {
+        let id = old.id;
         self.check_issuance(&old.environment)?;
         let now = self.clock.now();
         if let Some(successor) = old.rolled_to {
             return Err(ServiceError::Conflict(format!(
                 "key {id} was already rolled to {successor}"
-            )));
+            ))
+            .into());
         }
         if old.is_expired_at(now) {
-            return Err(ServiceError::Conflict(format!("key {id} has expired")));
+            return Err(ServiceError::Conflict(format!("key {id} has expired")).into());
         }
         let lifetime_ms = old
             .expires_at
             .map(|at| at.unix_ms().saturating_sub(old.created_at.unix_ms()));
-        let (new, plaintext) = self.mint(
+        let (mut new, plaintext) = self.mint(
             now,
             KeyTemplate {
                 service: old.service,
@@ -873,31 +923,41 @@ impl Keys {
                 status: old.status,
                 rolled_from: Some(old.id),
                 access: old.access.clone(),
+                lifecycle: keyward_core::KeyLifecycle {
+                    rotation: old.lifecycle.rotation,
+                    rolled_by: None,
+                },
             },
         )?;
-        // The successor is a new key made by the caller: never outliving the caller, at least as
-        // restricted as it, and within the environment's policy as it is now.
-        let mut new = new;
-        if new.service == ServiceName::Keyward
-            && let Some(limit) = actor.expires_at()
-        {
-            new.expires_at = Some(new.expires_at.map_or(limit, |at| at.min(limit)));
-        }
-        if let Err(e) = self
-            .authz
-            .conferrable(actor, &mut new, Restrictions::ALL)
-            .await
-        {
-            drop(head);
-            return Err(self.authz.audited(actor, Operation::KeyRoll, &old, e).await);
-        }
+        let (actor_name, cause) = match roller {
+            // The successor is a new key made by the caller: never outliving the caller, at
+            // least as restricted as it.
+            Roller::Admin(actor) => {
+                if new.service == ServiceName::Keyward
+                    && let Some(limit) = actor.expires_at()
+                {
+                    new.expires_at = Some(new.expires_at.map_or(limit, |at| at.min(limit)));
+                }
+                self.authz
+                    .conferrable(actor, &mut new, Restrictions::ALL)
+                    .await
+                    .map_err(RollError::Refused)?;
+                (actor.audit_name(), keyward_core::RollCause::Manual)
+            }
+            // The same settings again, made by the policy or by the key itself: nothing is
+            // conferred that the key did not hold.
+            Roller::Scheduler => ("system".to_owned(), keyward_core::RollCause::Schedule),
+            Roller::Holder => (old.id.to_string(), keyward_core::RollCause::Client),
+        };
+        // Within the environment's policy as it is now.
         self.catalog.check_key_policy(&new)?;
         let grace_end = now.plus_seconds(grace_period_s);
         old.expires_at = Some(old.expires_at.map_or(grace_end, |at| at.min(grace_end)));
         old.rolled_to = Some(new.id);
+        old.lifecycle.rolled_by = Some(cause);
         old.updated_at = now;
         let entry = PendingEntry {
-            actor: actor.audit_name(),
+            actor: actor_name,
             action: AuditAction::KeyRoll,
             target: Some(id.to_string()),
             details: json!({
@@ -905,6 +965,7 @@ impl Keys {
                 "successor_start": new.start,
                 "grace_period_s": grace_period_s,
                 "old_expires_at": old.expires_at,
+                "cause": cause.as_str(),
             }),
         };
         // The successor carries on with what is left of the old key's quota.
@@ -916,24 +977,93 @@ impl Keys {
             }
             None => None,
         };
-        self.audit
-            .commit(
-                &mut head,
-                Changes {
-                    insert_keys: vec![new.clone()],
-                    update_keys: vec![old.clone()],
-                    set_quotas: quota.map(|q| (new.id, Some(q))).into_iter().collect(),
-                    ..Changes::default()
-                },
-                vec![entry],
-            )
-            .await?;
+        Ok(Succession {
+            changes: Changes {
+                insert_keys: vec![new.clone()],
+                update_keys: vec![old.clone()],
+                set_quotas: quota.map(|q| (new.id, Some(q))).into_iter().collect(),
+                ..Changes::default()
+            },
+            entries: vec![entry],
+            quota,
+            old,
+            new,
+            plaintext,
+        })
+    }
+
+    /// Commits a roll prepared by [`Keys::succession`].
+    pub(crate) async fn commit_succession(
+        &self,
+        head: &mut Writer,
+        succession: Succession,
+    ) -> Result<(KeyRecord, KeyRecord, PlaintextKey), ServiceError> {
+        let Succession {
+            changes,
+            entries,
+            quota,
+            old,
+            new,
+            plaintext,
+        } = succession;
+        self.audit.commit(head, changes, entries).await?;
         if let Some(state) = quota {
             self.quotas.set(new.id, Some(state));
         }
-
         Ok((old, new, plaintext))
     }
+
+    /// The writer, for use cases elsewhere that read and roll a key under it.
+    pub(crate) async fn writer(&self) -> tokio::sync::MutexGuard<'_, Writer> {
+        self.audit.lock().await
+    }
+
+    /// A key about to be changed by the system: read afresh, intact and not revoked.
+    pub(crate) async fn for_change(&self, id: KeyId) -> Result<KeyRecord, ServiceError> {
+        self.key_for_change(id).await
+    }
+}
+
+/// Who rolls a key, which decides what the successor may be and who the audit names.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Roller<'a> {
+    /// An admin (`POST /v1/keys/{id}/roll`): the successor is a key the admin makes.
+    Admin(&'a Actor),
+    /// The rotation scheduler, by the key's policy.
+    Scheduler,
+    /// The key's own holder (`POST /v1/self/rotate`).
+    Holder,
+}
+
+/// Why a roll was not prepared: a refusal of the admin's (to audit) or any other error.
+#[derive(Debug)]
+pub(crate) enum RollError {
+    Refused(ServiceError),
+    Other(ServiceError),
+}
+
+impl From<ServiceError> for RollError {
+    fn from(e: ServiceError) -> Self {
+        RollError::Other(e)
+    }
+}
+
+impl From<RollError> for ServiceError {
+    fn from(e: RollError) -> Self {
+        match e {
+            RollError::Refused(e) | RollError::Other(e) => e,
+        }
+    }
+}
+
+/// A roll ready to commit: what it writes, and what the caller gets back.
+pub(crate) struct Succession {
+    pub changes: Changes,
+    pub entries: Vec<PendingEntry>,
+    quota: Option<keyward_core::QuotaState>,
+    pub old: KeyRecord,
+    pub new: KeyRecord,
+    pub plaintext: PlaintextKey,
 }
 
 /// The settings a minted key starts with.
@@ -949,6 +1079,7 @@ struct KeyTemplate {
     status: KeyStatus,
     rolled_from: Option<KeyId>,
     access: KeyAccess,
+    lifecycle: keyward_core::KeyLifecycle,
 }
 
 /// A quota's starting state: `remaining` credits (default: the refill amount) in the current

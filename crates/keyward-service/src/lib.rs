@@ -42,6 +42,7 @@ pub mod leases;
 pub mod limiter;
 mod node;
 mod quotas;
+mod rotation;
 mod secrets;
 mod sys;
 mod usage;
@@ -69,6 +70,7 @@ pub use keyward_store::{
 };
 pub use leases::Lease;
 pub use node::{Node, SealStatus, Session};
+pub use rotation::{EffectiveRotation, Ending, Generation, Rotation, RotationRun, SelfRotation};
 pub use secrets::{
     SecretMetaUpdate, SecretRead, SecretWrite, Secrets, VersionChange,
     check_path as check_secret_path, secret_limits,
@@ -173,6 +175,8 @@ pub struct AuthorityConfig {
     /// Where the graduated response's violation counts and blocks are kept: `None` for this
     /// process; a shared table (Redis) to count a key's violations on every node together.
     pub escalations: Option<Arc<dyn escalation::EscalationTable>>,
+    /// How often the rotation scheduler scans for keys due to be rolled.
+    pub rotation_interval: Duration,
 }
 
 impl Default for AuthorityConfig {
@@ -186,6 +190,7 @@ impl Default for AuthorityConfig {
             limiter: None,
             leases: None,
             escalations: None,
+            rotation_interval: Duration::from_secs(60),
         }
     }
 }
@@ -206,6 +211,8 @@ pub struct Authority {
     secrets: Arc<Secrets>,
     leases: Arc<KeyLeases>,
     sys: Arc<Sys>,
+    rotation: Arc<Rotation>,
+    rotation_interval: Duration,
     cache: Arc<VerifyCache>,
     /// Keys revoked as the checkpoint counted at unseal: the background check compares.
     revoked_at_open: u64,
@@ -329,6 +336,15 @@ impl Authority {
             Arc::clone(&secrets),
             config.rewrap_batch,
         ));
+        let rotation = Arc::new(Rotation::new(
+            Arc::clone(&store),
+            Arc::clone(&clock),
+            Arc::clone(&catalog),
+            Arc::clone(&audit),
+            Arc::clone(&keys),
+            Arc::clone(&vault),
+            Arc::clone(&integrity),
+        ));
         let feed = Arc::new(FeedListener {
             cache: Arc::clone(&cache),
             catalog,
@@ -353,6 +369,8 @@ impl Authority {
             secrets,
             leases,
             sys,
+            rotation,
+            rotation_interval: config.rotation_interval,
             cache,
             revoked_at_open,
             jobs: jobs::Jobs::new(),
@@ -399,6 +417,10 @@ impl Authority {
 
     pub fn sys(&self) -> &Sys {
         &self.sys
+    }
+
+    pub fn rotation(&self) -> &Rotation {
+        &self.rotation
     }
 
     pub fn audit(&self) -> &AuditLog {
@@ -502,6 +524,18 @@ impl Authority {
             |access| async move {
                 if let Err(e) = access.sweep_lapsed_grants().await {
                     tracing::warn!(error = %e, "grant lapse sweep failed; will retry");
+                }
+            },
+        );
+        self.jobs.every_leading(
+            "rotation",
+            self.rotation_interval,
+            None,
+            &self.store,
+            &self.rotation,
+            |rotation| async move {
+                if let Err(e) = rotation.run_due().await {
+                    tracing::warn!(error = %e, "rotation run failed; will retry");
                 }
             },
         );

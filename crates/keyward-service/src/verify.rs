@@ -630,6 +630,56 @@ impl Verifier {
         Err(ServiceError::Unauthorized)
     }
 
+    /// Authenticates the holder of any key (API or admin) for calls about that key itself
+    /// (`/v1/self`): the key must verify now (active, not expired, from a network its rules and
+    /// its environment's permit). Failures are audited and count towards the address's guard,
+    /// as failed admin authentications do. Returns the key's id.
+    pub async fn authenticate_holder(
+        &self,
+        bearer: Option<&str>,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<keyward_core::KeyId, ServiceError> {
+        if let Some(ip) = client
+            && let Some(retry_after_s) =
+                self.guard.blocked(Guarded::AdminAuth, ip, self.clock.now())
+        {
+            return Err(ServiceError::TooManyFailures { retry_after_s });
+        }
+        let reason = match bearer {
+            None => "missing",
+            Some(presented) => match self.lookup(presented).await? {
+                Lookup::Malformed => "malformed",
+                Lookup::Unknown => "unknown_key",
+                Lookup::Found(key) => {
+                    let permits = |n: &keyward_core::NetworkRules| {
+                        n.is_empty() || client.is_some_and(|ip| n.permits(ip))
+                    };
+                    let network_ok =
+                        key.network.as_deref().is_none_or(permits) && permits(&key.env.network);
+                    match evaluate(&key, self.clock.now(), None) {
+                        VerifyCode::Valid if network_ok => return Ok(key.id),
+                        VerifyCode::Valid => "ip_denied",
+                        VerifyCode::Revoked => "revoked",
+                        VerifyCode::Expired => "expired",
+                        _ => "disabled",
+                    }
+                }
+            },
+        };
+        let start = bearer
+            .and_then(|b| ParsedKey::parse(b).ok())
+            .map(|p| p.start().to_owned());
+        self.audit_refusal(PendingEntry {
+            actor: "anonymous".into(),
+            action: AuditAction::AuthFailed,
+            target: None,
+            details: json!({ "reason": reason, "key_start": start, "call": "self", "ip": client }),
+        })
+        .await;
+        self.guard_failure(Guarded::AdminAuth, client).await;
+        Err(ServiceError::Unauthorized)
+    }
+
     async fn audit_refusal(&self, entry: PendingEntry) {
         if let Err(e) = self.audit.only(vec![entry]).await {
             tracing::error!(error = %e, "could not audit a refused admin request");

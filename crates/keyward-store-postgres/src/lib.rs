@@ -25,8 +25,8 @@ use keyward_store::vault::{
     VaultRecord,
 };
 use keyward_store::{
-    AuditCheckpoint, AuditHead, ChangeListener, Changes, EnvironmentRecord, KeyQuery, KeyUsage,
-    Store, StoreError,
+    AuditCheckpoint, AuditHead, ChangeListener, Changes, EnvironmentRecord, Handover, KeyQuery,
+    KeyUsage, Store, StoreError,
 };
 use tokio_postgres::error::SqlState;
 
@@ -80,6 +80,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0010_lease_integrity",
         include_str!("../migrations/postgres/0010_lease_integrity.sql"),
+    ),
+    (
+        "0011_rotation",
+        include_str!("../migrations/postgres/0011_rotation.sql"),
     ),
 ];
 
@@ -491,6 +495,57 @@ impl keyward_store::KeyStore for PostgresStore {
             let hash: Vec<u8> = get(row, 0)?;
             Ok(KeyHash(hash.try_into().map_err(|_| rows::corrupt("hash"))?))
         })
+    }
+
+    async fn rotation_candidates(
+        &self,
+        after: Option<KeyId>,
+        limit: u32,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        let client = self.client().await?;
+        let sql = format!(
+            "SELECT {} FROM keys WHERE id > $1 AND rolled_to IS NULL AND status <> 'revoked' \
+             ORDER BY id LIMIT $2",
+            rows::KEY_COLUMNS
+        );
+        let after = after.map(|id| id.to_string()).unwrap_or_default();
+        let found = query(&client, &sql, &[&after, &i64::from(limit)]).await?;
+        all(found, rows::key)
+    }
+
+    async fn handover(&self, predecessor: KeyId) -> Result<Option<Handover>, StoreError> {
+        let client = self.client().await?;
+        let found = query(
+            &client,
+            "SELECT successor, predecessor, environment, sealed, expires_at \
+             FROM key_handovers WHERE predecessor = $1",
+            &[&predecessor.to_string()],
+        )
+        .await?;
+        found
+            .first()
+            .map(|row| {
+                Ok(Handover {
+                    successor: rows::key_id(get(row, 0)?)?,
+                    predecessor: rows::key_id(get(row, 1)?)?,
+                    environment: rows::env_name(get(row, 2)?)?,
+                    sealed: get(row, 3)?,
+                    expires_at: rows::time(row, 4)?,
+                })
+            })
+            .transpose()
+    }
+
+    async fn lapsed_handovers(&self, now: Timestamp, limit: u32) -> Result<Vec<KeyId>, StoreError> {
+        let client = self.client().await?;
+        let found = query(
+            &client,
+            "SELECT predecessor FROM key_handovers WHERE expires_at <= $1 \
+             ORDER BY expires_at LIMIT $2",
+            &[&now.unix_ms(), &i64::from(limit)],
+        )
+        .await?;
+        all(found, |row| rows::key_id(get(row, 0)?))
     }
 }
 

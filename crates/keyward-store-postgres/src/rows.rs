@@ -21,7 +21,7 @@ pub(crate) fn get<'a, T: FromSql<'a>>(row: &'a Row, i: usize) -> Result<T, Store
         .map_err(|e| StoreError::Corrupt(format!("column {i}: {e}")))
 }
 
-fn time(row: &Row, i: usize) -> Result<Timestamp, StoreError> {
+pub(crate) fn time(row: &Row, i: usize) -> Result<Timestamp, StoreError> {
     get::<i64>(row, i).map(Timestamp::from_unix_ms)
 }
 
@@ -71,7 +71,7 @@ fn permissions(text: &str, what: &str) -> Result<Vec<Permission>, StoreError> {
         .collect()
 }
 
-fn key_id(text: &str) -> Result<KeyId, StoreError> {
+pub(crate) fn key_id(text: &str) -> Result<KeyId, StoreError> {
     text.parse::<KeyId>().map_err(|_| corrupt("key id"))
 }
 
@@ -81,7 +81,8 @@ pub(crate) fn env_name(text: &str) -> Result<EnvironmentName, StoreError> {
 
 pub(crate) const KEY_COLUMNS: &str = "id, service, environment, hash, start, name, owner, purpose, \
     permissions, meta, created_at, updated_at, expires_at, status, revoked_at, \
-    revocation_reason, rolled_from, rolled_to, last_used_at, uses, access, next_grant_expiry, mac";
+    revocation_reason, rolled_from, rolled_to, last_used_at, uses, access, next_grant_expiry, mac, \
+    lifecycle";
 
 pub(crate) fn key(row: &Row) -> Result<KeyRecord, StoreError> {
     let hash: Vec<u8> = get(row, 3)?;
@@ -109,6 +110,7 @@ pub(crate) fn key(row: &Row) -> Result<KeyRecord, StoreError> {
         last_used_at: time_opt(row, 18)?,
         uses: count(row, 19)?,
         access: json(get(row, 20)?, "access")?,
+        lifecycle: json(get(row, 23)?, "lifecycle")?,
         mac: mac_at(row, 22)?,
     })
 }
@@ -125,10 +127,12 @@ pub(crate) fn environment(row: &Row) -> Result<EnvironmentRecord, StoreError> {
 }
 
 pub(crate) const ROLE_COLUMNS: &str =
-    "name, description, permissions, builtin, created_at, updated_at, mac";
+    "name, description, permissions, builtin, created_at, updated_at, mac, rotation";
 
 pub(crate) fn role(row: &Row) -> Result<RoleRecord, StoreError> {
+    let rotation: Option<&str> = get(row, 7)?;
     Ok(RoleRecord {
+        rotation: rotation.map(|r| json(r, "role rotation")).transpose()?,
         name: RoleName::parse(get(row, 0)?).map_err(|_| corrupt("role name"))?,
         description: get(row, 1)?,
         permissions: permissions(get(row, 2)?, "role permissions")?,

@@ -99,10 +99,10 @@ pub(crate) async fn apply(tx: &Transaction<'_>, changes: &Changes) -> Result<(),
     for role in &changes.upsert_roles {
         exec(
             tx,
-            "INSERT INTO roles (name, description, permissions, builtin, created_at, updated_at, mac) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO UPDATE SET \
+            "INSERT INTO roles (name, description, permissions, builtin, created_at, updated_at, mac, rotation) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (name) DO UPDATE SET \
              description = excluded.description, permissions = excluded.permissions, \
-             updated_at = excluded.updated_at, mac = excluded.mac",
+             updated_at = excluded.updated_at, mac = excluded.mac, rotation = excluded.rotation",
             &[
                 &role.name.as_str(),
                 &role.description,
@@ -111,6 +111,7 @@ pub(crate) async fn apply(tx: &Transaction<'_>, changes: &Changes) -> Result<(),
                 &role.created_at.unix_ms(),
                 &role.updated_at.unix_ms(),
                 &mac_bytes(role.mac),
+                &role.rotation.map(|r| to_json(&r)).transpose()?,
             ],
         )
         .await?;
@@ -159,7 +160,7 @@ pub(crate) async fn apply(tx: &Transaction<'_>, changes: &Changes) -> Result<(),
     for key in &changes.insert_keys {
         let sql = format!(
             "INSERT INTO keys ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
-             $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)",
+             $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)",
             rows::KEY_COLUMNS
         );
         exec(
@@ -189,6 +190,7 @@ pub(crate) async fn apply(tx: &Transaction<'_>, changes: &Changes) -> Result<(),
                 &to_json(&key.access)?,
                 &key.access.next_grant_expiry().map(Timestamp::unix_ms),
                 &mac_bytes(key.mac),
+                &to_json(&key.lifecycle)?,
             ],
         )
         .await?;
@@ -199,7 +201,7 @@ pub(crate) async fn apply(tx: &Transaction<'_>, changes: &Changes) -> Result<(),
             "UPDATE keys SET name = $2, owner = $3, purpose = $4, permissions = $5, meta = $6, \
              updated_at = $7, expires_at = $8, status = $9, revoked_at = $10, \
              revocation_reason = $11, rolled_to = $12, access = $13, next_grant_expiry = $14, \
-             mac = $15 WHERE id = $1",
+             mac = $15, lifecycle = $16 WHERE id = $1",
             &[
                 &key.id.to_string(),
                 &key.name,
@@ -216,8 +218,33 @@ pub(crate) async fn apply(tx: &Transaction<'_>, changes: &Changes) -> Result<(),
                 &to_json(&key.access)?,
                 &key.access.next_grant_expiry().map(Timestamp::unix_ms),
                 &mac_bytes(key.mac),
+                &to_json(&key.lifecycle)?,
             ],
             || key.id.to_string(),
+        )
+        .await?;
+    }
+    for handover in &changes.insert_handovers {
+        exec(
+            tx,
+            "INSERT INTO key_handovers (successor, predecessor, environment, sealed, expires_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &handover.successor.to_string(),
+                &handover.predecessor.to_string(),
+                &handover.environment.as_str(),
+                &handover.sealed,
+                &handover.expires_at.unix_ms(),
+            ],
+        )
+        .await?;
+    }
+    for predecessor in &changes.delete_handovers {
+        exec_one(
+            tx,
+            "DELETE FROM key_handovers WHERE predecessor = $1",
+            &[&predecessor.to_string()],
+            || format!("handover of {predecessor}"),
         )
         .await?;
     }

@@ -18,7 +18,8 @@ use keyward_store::vault::{
     VaultRecord,
 };
 use keyward_store::{
-    AuditCheckpoint, AuditHead, Changes, EnvironmentRecord, KeyQuery, KeyUsage, Store, StoreError,
+    AuditCheckpoint, AuditHead, Changes, EnvironmentRecord, Handover, KeyQuery, KeyUsage, Store,
+    StoreError,
 };
 
 mod vault;
@@ -35,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0008_vault.sql"),
     include_str!("../migrations/sqlite/0009_integrity.sql"),
     include_str!("../migrations/sqlite/0010_lease_integrity.sql"),
+    include_str!("../migrations/sqlite/0011_rotation.sql"),
 ];
 
 /// Readers kept open for reuse; more are opened under load and closed after. Opening one costs
@@ -213,7 +215,8 @@ const QUOTA_SPEND_SQL: &str = "UPDATE keys SET \
 
 const KEY_COLUMNS: &str = "id, service, environment, hash, start, name, owner, purpose, \
     permissions, meta, created_at, updated_at, expires_at, status, revoked_at, \
-    revocation_reason, rolled_from, rolled_to, last_used_at, uses, access, next_grant_expiry, mac";
+    revocation_reason, rolled_from, rolled_to, last_used_at, uses, access, next_grant_expiry, mac, \
+    lifecycle";
 
 /// Maps every row of a query, stopping at the first error.
 fn collect_rows<T>(
@@ -244,6 +247,7 @@ fn key_from_row(row: &Row<'_>) -> Result<KeyRecord, StoreError> {
     let rolled_to: Option<String> = row.get(17).map_err(get_err)?;
     let uses: i64 = row.get(19).map_err(get_err)?;
     let access: String = row.get(20).map_err(get_err)?;
+    let lifecycle: String = row.get(23).map_err(get_err)?;
     let ts = |i: usize| -> Result<Option<Timestamp>, StoreError> {
         let v: Option<i64> = row.get(i).map_err(get_err)?;
         Ok(v.map(Timestamp::from_unix_ms))
@@ -276,6 +280,7 @@ fn key_from_row(row: &Row<'_>) -> Result<KeyRecord, StoreError> {
         last_used_at: ts(18)?,
         uses: u64::try_from(uses).unwrap_or(0),
         access: serde_json::from_str(&access).map_err(|_| corrupt("access"))?,
+        lifecycle: serde_json::from_str(&lifecycle).map_err(|_| corrupt("lifecycle"))?,
         mac: mac_at(row, 22)?,
     })
 }
@@ -296,6 +301,17 @@ fn mac_bytes(mac: Option<RecordMac>) -> Option<Vec<u8>> {
     mac.map(|m| m.0.to_vec())
 }
 
+fn lifecycle_json(key: &KeyRecord) -> Result<String, StoreError> {
+    serde_json::to_string(&key.lifecycle).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn rotation_json(role: &RoleRecord) -> Result<Option<String>, StoreError> {
+    role.rotation
+        .map(|r| serde_json::to_string(&r))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
 fn access_json(key: &KeyRecord) -> Result<String, StoreError> {
     serde_json::to_string(&key.access).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -309,6 +325,7 @@ fn role_from_row(row: &Row<'_>) -> Result<RoleRecord, StoreError> {
     let get_err = |e: rusqlite::Error| StoreError::Corrupt(e.to_string());
     let name: String = row.get(0).map_err(get_err)?;
     let permissions: String = row.get(2).map_err(get_err)?;
+    let rotation: Option<String> = row.get(7).map_err(get_err)?;
     let permissions: Vec<String> =
         serde_json::from_str(&permissions).map_err(|_| corrupt("role permissions"))?;
     Ok(RoleRecord {
@@ -321,6 +338,10 @@ fn role_from_row(row: &Row<'_>) -> Result<RoleRecord, StoreError> {
         builtin: row.get::<_, i64>(3).map_err(get_err)? != 0,
         created_at: Timestamp::from_unix_ms(row.get(4).map_err(get_err)?),
         updated_at: Timestamp::from_unix_ms(row.get(5).map_err(get_err)?),
+        rotation: rotation
+            .as_deref()
+            .map(|r| serde_json::from_str(r).map_err(|_| corrupt("role rotation")))
+            .transpose()?,
         mac: mac_at(row, 6)?,
     })
 }
@@ -429,10 +450,10 @@ fn apply_in_transaction(conn: &mut Connection, changes: &Changes) -> Result<(), 
     }
     for role in &changes.upsert_roles {
         tx.execute(
-            "INSERT INTO roles (name, description, permissions, builtin, created_at, updated_at, mac) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (name) DO UPDATE SET \
+            "INSERT INTO roles (name, description, permissions, builtin, created_at, updated_at, mac, rotation) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (name) DO UPDATE SET \
              description = excluded.description, permissions = excluded.permissions, \
-             updated_at = excluded.updated_at, mac = excluded.mac",
+             updated_at = excluded.updated_at, mac = excluded.mac, rotation = excluded.rotation",
             params![
                 role.name.as_str(),
                 role.description,
@@ -441,6 +462,7 @@ fn apply_in_transaction(conn: &mut Connection, changes: &Changes) -> Result<(), 
                 role.created_at.unix_ms(),
                 role.updated_at.unix_ms(),
                 mac_bytes(role.mac),
+                rotation_json(role)?,
             ],
         )
         .map_err(map_write_error)?;
@@ -497,7 +519,7 @@ fn apply_in_transaction(conn: &mut Connection, changes: &Changes) -> Result<(), 
         tx.execute(
             &format!(
                 "INSERT INTO keys ({KEY_COLUMNS}) VALUES \
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)"
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)"
             ),
             params![
                 key.id.to_string(),
@@ -523,6 +545,7 @@ fn apply_in_transaction(conn: &mut Connection, changes: &Changes) -> Result<(), 
                 access_json(key)?,
                 key.access.next_grant_expiry().map(Timestamp::unix_ms),
                 mac_bytes(key.mac),
+                lifecycle_json(key)?,
             ],
         )
         .map_err(map_write_error)?;
@@ -533,7 +556,7 @@ fn apply_in_transaction(conn: &mut Connection, changes: &Changes) -> Result<(), 
                 "UPDATE keys SET name = ?2, owner = ?3, purpose = ?4, permissions = ?5, meta = ?6, \
                  updated_at = ?7, expires_at = ?8, status = ?9, revoked_at = ?10, \
                  revocation_reason = ?11, rolled_to = ?12, access = ?13, next_grant_expiry = ?14, \
-                 mac = ?15 WHERE id = ?1",
+                 mac = ?15, lifecycle = ?16 WHERE id = ?1",
                 params![
                     key.id.to_string(),
                     key.name,
@@ -550,11 +573,37 @@ fn apply_in_transaction(conn: &mut Connection, changes: &Changes) -> Result<(), 
                     access_json(key)?,
                     key.access.next_grant_expiry().map(Timestamp::unix_ms),
                     mac_bytes(key.mac),
+                    lifecycle_json(key)?,
                 ],
             )
             .map_err(map_write_error)?;
         if changed == 0 {
             return Err(StoreError::NotFound(key.id.to_string()));
+        }
+    }
+    for handover in &changes.insert_handovers {
+        tx.execute(
+            "INSERT INTO key_handovers (successor, predecessor, environment, sealed, expires_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                handover.successor.to_string(),
+                handover.predecessor.to_string(),
+                handover.environment.as_str(),
+                handover.sealed,
+                handover.expires_at.unix_ms(),
+            ],
+        )
+        .map_err(map_write_error)?;
+    }
+    for predecessor in &changes.delete_handovers {
+        let changed = tx
+            .execute(
+                "DELETE FROM key_handovers WHERE predecessor = ?1",
+                [predecessor.to_string()],
+            )
+            .map_err(map_write_error)?;
+        if changed == 0 {
+            return Err(StoreError::NotFound(format!("handover of {predecessor}")));
         }
     }
     // After the key inserts: a new key's quota is set in the same write.
@@ -799,6 +848,76 @@ impl keyward_store::KeyStore for SqliteStore {
         })
         .await
     }
+
+    async fn rotation_candidates(
+        &self,
+        after: Option<KeyId>,
+        limit: u32,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {KEY_COLUMNS} FROM keys WHERE id > ?1 AND rolled_to IS NULL \
+                     AND status != 'revoked' ORDER BY id LIMIT ?2"
+                ))
+                .map_err(unavailable)?;
+            let after = after.map(|id| id.to_string()).unwrap_or_default();
+            let rows = stmt
+                .query(params![after, i64::from(limit)])
+                .map_err(unavailable)?;
+            collect_rows(rows, key_from_row)
+        })
+        .await
+    }
+
+    async fn handover(&self, predecessor: KeyId) -> Result<Option<Handover>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT successor, predecessor, environment, sealed, expires_at \
+                     FROM key_handovers WHERE predecessor = ?1",
+                )
+                .map_err(unavailable)?;
+            let mut rows = stmt.query([predecessor.to_string()]).map_err(unavailable)?;
+            let Some(row) = rows.next().map_err(unavailable)? else {
+                return Ok(None);
+            };
+            let get_err = |e: rusqlite::Error| StoreError::Corrupt(e.to_string());
+            let id = |i: usize| -> Result<KeyId, StoreError> {
+                let text: String = row.get(i).map_err(get_err)?;
+                text.parse().map_err(|_| corrupt("handover key id"))
+            };
+            let environment: String = row.get(2).map_err(get_err)?;
+            Ok(Some(Handover {
+                successor: id(0)?,
+                predecessor: id(1)?,
+                environment: EnvironmentName::parse(&environment)
+                    .map_err(|_| corrupt("handover environment"))?,
+                sealed: row.get(3).map_err(get_err)?,
+                expires_at: Timestamp::from_unix_ms(row.get(4).map_err(get_err)?),
+            }))
+        })
+        .await
+    }
+
+    async fn lapsed_handovers(&self, now: Timestamp, limit: u32) -> Result<Vec<KeyId>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT predecessor FROM key_handovers WHERE expires_at <= ?1 \
+                     ORDER BY expires_at LIMIT ?2",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query(params![now.unix_ms(), i64::from(limit)])
+                .map_err(unavailable)?;
+            collect_rows(rows, |row| {
+                let text: String = row.get(0).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                text.parse().map_err(|_| corrupt("handover key id"))
+            })
+        })
+        .await
+    }
 }
 
 #[async_trait]
@@ -833,8 +952,8 @@ impl keyward_store::CatalogStore for SqliteStore {
         self.read(|conn| {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT name, description, permissions, builtin, created_at, updated_at, mac \
-                     FROM roles ORDER BY name",
+                    "SELECT name, description, permissions, builtin, created_at, updated_at, mac, \
+                     rotation FROM roles ORDER BY name",
                 )
                 .map_err(unavailable)?;
             let rows = stmt.query([]).map_err(unavailable)?;

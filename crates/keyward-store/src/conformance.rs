@@ -23,7 +23,7 @@ use crate::vault::{
     LeaseKind, RewrapProgress, Rewrapped, SealedValue, SecretMeta, SecretVersion, StoredKeyring,
     VaultLease, VaultRecord,
 };
-use crate::{Changes, EnvironmentRecord, KeyQuery, KeyUsage, Store, StoreError};
+use crate::{Changes, EnvironmentRecord, Handover, KeyQuery, KeyUsage, Store, StoreError};
 
 fn env(name: &str) -> EnvironmentName {
     EnvironmentName::parse(name).unwrap()
@@ -59,6 +59,7 @@ pub fn sample_key(n: u8, environment: &str) -> KeyRecord {
         last_used_at: None,
         uses: 0,
         access: KeyAccess::default(),
+        lifecycle: keyward_core::KeyLifecycle::default(),
         mac: Some(keyward_core::RecordMac([n; 32])),
     }
 }
@@ -159,6 +160,7 @@ pub const CLAUSES: &[&str] = &[
     "quotas",
     "events",
     "vault",
+    "rotation",
     "change_feed",
 ];
 
@@ -176,6 +178,7 @@ async fn clause(store: &dyn Store, name: &str) {
         "quotas" => quotas(store).await,
         "events" => events(store).await,
         "vault" => vault(store).await,
+        "rotation" => rotation(store).await,
         "change_feed" => change_feed(store).await,
         other => panic!("no conformance clause named {other}"),
     }
@@ -610,6 +613,7 @@ pub async fn access_and_roles(store: &dyn Store) {
         description: Some("first line".into()),
         permissions: vec![Permission::parse("tickets:*").unwrap()],
         builtin: false,
+        rotation: None,
         created_at: at(1),
         updated_at: at(1),
         mac: Some(keyward_core::RecordMac([7; 32])),
@@ -1187,4 +1191,122 @@ pub async fn vault(store: &dyn Store) {
         .unwrap();
     assert_eq!(store.audit_head().await.unwrap().unwrap().seq, seq + 1);
     store.sync().await.unwrap();
+}
+
+/// Rotation: a key's lifecycle and a role's policy round-trip; the scheduler's scan sees every
+/// key that may still be rotated, in id order, and no other; a handover is collected once.
+pub async fn rotation(store: &dyn Store) {
+    let policy = keyward_core::RotationPolicy {
+        every_days: 30,
+        grace_hours: 48,
+        notice_days: 7,
+    };
+    let mut keys: Vec<KeyRecord> = (150..156).map(|n| sample_key(n, "live")).collect();
+    keys[0].lifecycle.rotation = Some(policy);
+    keys[1].status = KeyStatus::Revoked;
+    keys[2].rolled_to = Some(keys[3].id);
+    keys[2].lifecycle.rolled_by = Some(keyward_core::RollCause::Schedule);
+    keys[3].rolled_from = Some(keys[2].id);
+    keys[4].status = KeyStatus::Disabled;
+    let role = RoleRecord {
+        name: RoleName::parse("rotated").unwrap(),
+        description: None,
+        permissions: vec![Permission::parse("invoices:read").unwrap()],
+        builtin: false,
+        rotation: Some(policy),
+        created_at: Timestamp::from_unix_ms(1),
+        updated_at: Timestamp::from_unix_ms(1),
+        mac: None,
+    };
+    store
+        .apply(Changes {
+            insert_keys: keys.clone(),
+            upsert_roles: vec![role.clone()],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.key(keys[0].id).await.unwrap().as_ref(),
+        Some(&keys[0])
+    );
+    assert_eq!(
+        store.key(keys[2].id).await.unwrap().as_ref(),
+        Some(&keys[2])
+    );
+    let stored = store.roles().await.unwrap();
+    assert_eq!(stored.iter().find(|r| r.name == role.name), Some(&role));
+
+    // The scan, two at a time: neither the revoked key nor the rolled one.
+    let mine: Vec<KeyId> = keys.iter().map(|k| k.id).collect();
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.rotation_candidates(after, 2).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        assert!(page.len() <= 2);
+        seen.extend(page.iter().map(|k| k.id).filter(|id| mine.contains(id)));
+    }
+    assert_eq!(seen, vec![keys[0].id, keys[3].id, keys[4].id, keys[5].id]);
+
+    let handover = Handover {
+        predecessor: keys[2].id,
+        successor: keys[3].id,
+        environment: env("live"),
+        sealed: vec![7; 40],
+        expires_at: Timestamp::from_unix_ms(50_000),
+    };
+    store
+        .apply(Changes {
+            insert_handovers: vec![handover.clone()],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.handover(keys[2].id).await.unwrap(),
+        Some(handover.clone())
+    );
+    assert_eq!(store.handover(keys[3].id).await.unwrap(), None);
+    assert_eq!(
+        store
+            .lapsed_handovers(Timestamp::from_unix_ms(49_999), 10)
+            .await
+            .unwrap(),
+        Vec::<KeyId>::new()
+    );
+    assert_eq!(
+        store
+            .lapsed_handovers(Timestamp::from_unix_ms(50_000), 10)
+            .await
+            .unwrap(),
+        vec![keys[2].id]
+    );
+    // A second handover for the same predecessor is a conflict.
+    let twice = store
+        .apply(Changes {
+            insert_handovers: vec![handover.clone()],
+            ..Changes::default()
+        })
+        .await;
+    assert!(matches!(twice, Err(StoreError::Conflict(_))), "{twice:?}");
+    // Collected once: the second collection fails, and the write with it.
+    let collect = |name: &str| Changes {
+        delete_handovers: vec![keys[2].id],
+        audit: Vec::new(),
+        update_keys: vec![KeyRecord {
+            name: name.to_owned(),
+            ..keys[5].clone()
+        }],
+        ..Changes::default()
+    };
+    store.apply(collect("collected")).await.unwrap();
+    assert_eq!(store.handover(keys[2].id).await.unwrap(), None);
+    let again = store.apply(collect("collected twice")).await;
+    assert!(matches!(again, Err(StoreError::NotFound(_))), "{again:?}");
+    assert_eq!(
+        store.key(keys[5].id).await.unwrap().unwrap().name,
+        "collected"
+    );
 }

@@ -75,6 +75,30 @@ pub struct AuditCheckpoint {
     pub mac: RecordMac,
 }
 
+/// A successor key made by the rotation scheduler, waiting, sealed, for the holder of the key
+/// it replaced to collect it once, until that key's grace period ends.
+#[derive(Clone, PartialEq)]
+pub struct Handover {
+    pub predecessor: KeyId,
+    pub successor: KeyId,
+    pub environment: EnvironmentName,
+    /// The successor's key, sealed under its environment's keyring.
+    pub sealed: Vec<u8>,
+    /// The end of the predecessor's grace period: no pickup after it.
+    pub expires_at: Timestamp,
+}
+
+impl fmt::Debug for Handover {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handover")
+            .field("predecessor", &self.predecessor)
+            .field("successor", &self.successor)
+            .field("environment", &self.environment)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The last entry of the audit log.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuditHead {
@@ -117,6 +141,11 @@ pub struct Changes {
     pub delete_secrets: Vec<(EnvironmentName, String)>,
     /// Leases created or replaced whole.
     pub upsert_leases: Vec<VaultLease>,
+    /// Successors waiting for their holder (after `insert_keys`).
+    pub insert_handovers: Vec<Handover>,
+    /// Handovers collected or lapsed, by predecessor. Each must exist: a handover is collected
+    /// once, so a second collection fails the whole write with [`StoreError::NotFound`].
+    pub delete_handovers: Vec<KeyId>,
     pub audit: Vec<AuditEntry>,
     /// Replaces the stored audit checkpoint (written with the entries it covers).
     pub audit_checkpoint: Option<AuditCheckpoint>,
@@ -248,6 +277,20 @@ pub trait KeyStore: Send + Sync {
 
     /// Every stored key hash, for the verifier's membership filter.
     async fn key_hashes(&self) -> Result<Vec<KeyHash>, StoreError>;
+
+    /// Keys that may still be rotated (neither revoked nor rolled), in id order after `after`,
+    /// at most `limit`: the rotation scheduler's scan.
+    async fn rotation_candidates(
+        &self,
+        after: Option<KeyId>,
+        limit: u32,
+    ) -> Result<Vec<KeyRecord>, StoreError>;
+
+    /// The successor waiting for the holder of `predecessor`, if one is.
+    async fn handover(&self, predecessor: KeyId) -> Result<Option<Handover>, StoreError>;
+
+    /// Predecessors whose handover lapsed at or before `now`, at most `limit`.
+    async fn lapsed_handovers(&self, now: Timestamp, limit: u32) -> Result<Vec<KeyId>, StoreError>;
 }
 
 /// What every environment shares or owns: environments (and their sealed HMAC secrets), roles, plans.

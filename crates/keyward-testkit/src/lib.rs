@@ -120,6 +120,22 @@ impl keyward_store::KeyStore for CountingStore {
     async fn key_hashes(&self) -> Result<Vec<KeyHash>, StoreError> {
         self.inner.key_hashes().await
     }
+    async fn rotation_candidates(
+        &self,
+        after: Option<KeyId>,
+        limit: u32,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        self.inner.rotation_candidates(after, limit).await
+    }
+    async fn handover(
+        &self,
+        predecessor: KeyId,
+    ) -> Result<Option<keyward_store::Handover>, StoreError> {
+        self.inner.handover(predecessor).await
+    }
+    async fn lapsed_handovers(&self, now: Timestamp, limit: u32) -> Result<Vec<KeyId>, StoreError> {
+        self.inner.lapsed_handovers(now, limit).await
+    }
 }
 
 #[async_trait]

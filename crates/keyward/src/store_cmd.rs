@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
+use keyward_core::Timestamp;
 use keyward_store::prelude::*;
 use keyward_store::{Changes, KeyQuery, Store};
 use keyward_store_sqlite::SqliteStore;
@@ -275,6 +276,24 @@ async fn copy(source: &SqliteStore, target: &dyn Store, bar: &ProgressBar) -> an
             .await
             .context("copying leases")?;
         bar.inc(n);
+    }
+
+    // Successors waiting for their holders (after the keys they name).
+    let waiting = source
+        .lapsed_handovers(Timestamp::from_unix_ms(i64::MAX), u32::MAX)
+        .await?;
+    let mut handovers = Vec::with_capacity(waiting.len());
+    for predecessor in waiting {
+        handovers.extend(source.handover(predecessor).await?);
+    }
+    if !handovers.is_empty() {
+        target
+            .apply(Changes {
+                insert_handovers: handovers,
+                ..Changes::default()
+            })
+            .await
+            .context("copying key handovers")?;
     }
 
     bar.set_message("audit log");

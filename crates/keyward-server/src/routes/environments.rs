@@ -14,6 +14,7 @@ use crate::AppState;
 use crate::error::{ApiError, ErrorResponses};
 use crate::extract::{Caller, JsonBody};
 use crate::routes::keys::{parse_environment, parse_permissions_in};
+use crate::routes::rotation::RotationPolicyView;
 
 /// An environment's policy as the API reads and writes it. Every field is optional.
 #[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
@@ -36,6 +37,9 @@ pub struct PolicyView {
     pub allowed_cidrs: Vec<String>,
     /// CIDR blocks no key of the environment may come from.
     pub denied_cidrs: Vec<String>,
+    /// How often the environment's keys are rotated, unless a role or the key says otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<RotationPolicyView>,
 }
 
 impl PolicyView {
@@ -56,6 +60,7 @@ impl PolicyView {
             require_approval: self.require_approval,
             allowed_cidrs: self.allowed_cidrs,
             denied_cidrs: self.denied_cidrs,
+            rotation: self.rotation.map(RotationPolicyView::policy),
         })
     }
 
@@ -72,6 +77,7 @@ impl PolicyView {
             require_approval: p.require_approval,
             allowed_cidrs: p.allowed_cidrs,
             denied_cidrs: p.denied_cidrs,
+            rotation: p.rotation.map(RotationPolicyView::from),
         }
     }
 }

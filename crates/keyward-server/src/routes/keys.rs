@@ -17,6 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::AppState;
 use crate::error::{ApiError, ErrorResponses};
 use crate::extract::{Caller, JsonBody, QueryParams};
+use crate::routes::rotation::{EffectiveRotationView, RotationPolicyView};
 
 /// A key as the API shows it: never the secret, never the hash.
 #[derive(Debug, Serialize, ToSchema)]
@@ -85,6 +86,17 @@ pub struct KeyView {
     /// The quota; `remaining` is given where the server looked it up (show, create, update).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quota: Option<QuotaView>,
+    /// The key's own rotation policy, if it has one (its roles' or environment's apply
+    /// otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<RotationPolicyView>,
+    /// The rotation that applies to the key now, with its next rotation time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effective_rotation: Option<EffectiveRotationView>,
+    /// For a rolled key: `schedule`, `manual` or `client`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub rolled_by: Option<keyward_core::RollCause>,
 }
 
 impl From<KeyRecord> for KeyView {
@@ -127,6 +139,9 @@ impl From<KeyRecord> for KeyView {
                 lease_timeout_s: Some(c.lease_timeout_s),
             }),
             quota: k.access.quota.map(|q| QuotaView::of(q, None)),
+            rotation: k.lifecycle.rotation.map(RotationPolicyView::from),
+            effective_rotation: None,
+            rolled_by: k.lifecycle.rolled_by,
         }
     }
 }
@@ -220,6 +235,8 @@ pub struct CreateKeyRequest {
     pub concurrency: Option<ConcurrencyView>,
     /// Usage credits that verification spends (`cost`), optionally refilled daily or monthly.
     pub quota: Option<QuotaView>,
+    /// The key's own rotation schedule (beats its roles' and its environment's).
+    pub rotation: Option<RotationPolicyView>,
 }
 
 /// A quota: `remaining` credits, and whether they are reset to `refill.amount` at the start of
@@ -323,9 +340,12 @@ impl From<keyward_core::RateLimit> for RateLimitView {
 }
 
 /// A key as shown after a lookup or a change: with what remains of its quota.
-async fn view(state: &AppState, record: KeyRecord) -> Result<KeyView, ApiError> {
-    let remaining = state.authority()?.keys().quota_remaining(&record).await?;
+pub(crate) async fn view(state: &AppState, record: KeyRecord) -> Result<KeyView, ApiError> {
+    let authority = state.authority()?;
+    let remaining = authority.keys().quota_remaining(&record).await?;
+    let effective = authority.rotation().of(&record);
     let mut view = KeyView::from(record);
+    view.effective_rotation = effective.map(EffectiveRotationView::from);
     if let Some(quota) = &mut view.quota {
         quota.remaining = remaining;
     }
@@ -473,6 +493,7 @@ pub async fn create_key(
         meta: body.meta.unwrap_or_default(),
         access,
         quota_remaining: body.quota.and_then(|q| q.remaining),
+        rotation: body.rotation.map(RotationPolicyView::policy),
     };
     let (record, key) = state.authority()?.keys().create_key(&actor, new).await?;
     Ok((
@@ -656,6 +677,11 @@ pub struct UpdateKeyRequest {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<QuotaView>)]
     pub quota: Option<Option<QuotaView>>,
+    /// Sets the key's own rotation schedule; `null` removes it (its roles' or environment's
+    /// then apply).
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<RotationPolicyView>)]
+    pub rotation: Option<Option<RotationPolicyView>>,
 }
 
 #[utoipa::path(
@@ -729,6 +755,7 @@ pub async fn update_key(
             .map(|c| c.map(ConcurrencyView::parse).transpose())
             .transpose()?,
         quota: body.quota.map(|q| q.map(|q| (q.config(), q.remaining))),
+        rotation: body.rotation.map(|r| r.map(RotationPolicyView::policy)),
     };
     Ok(Json(
         view(

@@ -125,6 +125,7 @@ pub async fn create_key_lease(
                 ..KeyAccess::default()
             },
             quota_remaining: None,
+            rotation: None,
         },
         ttl_s: body.ttl_s,
         max_ttl_s: body.max_ttl_s,

@@ -6,6 +6,7 @@ pub mod keys;
 pub mod leases;
 pub mod plans;
 pub mod roles;
+pub mod rotation;
 pub mod secrets;
 pub mod sys;
 pub mod system;

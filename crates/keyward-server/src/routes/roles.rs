@@ -13,6 +13,7 @@ use crate::AppState;
 use crate::error::{ApiError, ErrorResponses};
 use crate::extract::{Caller, JsonBody};
 use crate::routes::keys::{PermissionText, RoleText, parse_permissions};
+use crate::routes::rotation::RotationPolicyView;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RoleView {
@@ -23,6 +24,9 @@ pub struct RoleView {
     pub permissions: Vec<Permission>,
     /// A template made by `keyward init` (`read-only`, `full-access`); editable all the same.
     pub builtin: bool,
+    /// How often keys holding the role are rotated (beats their environment's policy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<RotationPolicyView>,
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
     #[schema(value_type = String, format = DateTime)]
@@ -36,6 +40,7 @@ impl From<RoleRecord> for RoleView {
             description: r.description,
             permissions: r.permissions,
             builtin: r.builtin,
+            rotation: r.rotation.map(RotationPolicyView::from),
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -56,6 +61,8 @@ pub struct CreateRoleRequest {
     pub description: Option<String>,
     #[schema(value_type = Vec<PermissionText>, max_items = 256)]
     pub permissions: Vec<String>,
+    /// How often keys holding the role are rotated.
+    pub rotation: Option<RotationPolicyView>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -65,6 +72,8 @@ pub struct ReplaceRoleRequest {
     pub description: Option<String>,
     #[schema(value_type = Vec<PermissionText>, max_items = 256)]
     pub permissions: Vec<String>,
+    /// How often keys holding the role are rotated.
+    pub rotation: Option<RotationPolicyView>,
 }
 
 fn role_name(text: &str) -> Result<RoleName, ApiError> {
@@ -102,7 +111,14 @@ pub async fn create_role(
     let role = state
         .authority()?
         .access()
-        .put_role(&actor, name, body.description, permissions, false)
+        .put_role(
+            &actor,
+            name,
+            body.description,
+            permissions,
+            body.rotation.map(RotationPolicyView::policy),
+            false,
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(role.into())))
 }
@@ -137,7 +153,14 @@ pub async fn replace_role(
         state
             .authority()?
             .access()
-            .put_role(&actor, name, body.description, permissions, true)
+            .put_role(
+                &actor,
+                name,
+                body.description,
+                permissions,
+                body.rotation.map(RotationPolicyView::policy),
+                true,
+            )
             .await?
             .into(),
     ))

@@ -1,0 +1,589 @@
+//! Rotation by policy: which policy applies to a key, the scheduler that rolls each key once it
+//! is due, and the holder's own rotation (`POST /v1/self/rotate`) with the sealed handover of a
+//! successor the scheduler made.
+//!
+//! Exactly once, across restarts and nodes: a roll sets the old key's `rolled_to` in the same
+//! write as it inserts the successor, under the writer, after reading the key afresh, so a
+//! second attempt (a retry, a restart, a second scheduler) finds it rolled and does nothing.
+//! The scheduler keeps no state of its own: each run scans the store for what is due, so what
+//! fell due while keyward was down is done at the first run after it starts.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use keyward_core::audit::AuditAction;
+use keyward_core::{
+    Clock, EnvironmentName, KeyId, KeyRecord, KeyStatus, PolicySource, RollCause, RotationPolicy,
+    Timestamp,
+};
+use keyward_crypto::PlaintextKey;
+use keyward_store::{Changes, Handover, Store};
+use serde_json::json;
+
+use crate::ServiceError;
+use crate::audit::PendingEntry;
+use crate::audit_log::AuditLog;
+use crate::catalog::Catalog;
+use crate::integrity::Integrity;
+use crate::keys::{Keys, Roller};
+use crate::vault::OpenVault;
+
+/// Where a policy is set, for naming the field a bad one came in.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Field {
+    Key,
+    Role,
+    Environment,
+}
+
+/// Checks a policy's own values, naming the field as the client sent it.
+pub(crate) fn check_policy(at: Field, policy: &RotationPolicy) -> Result<(), ServiceError> {
+    policy.check().map_err(|e| {
+        let field = match (at, e.field) {
+            (Field::Key | Field::Role, "every_days") => "rotation.every_days",
+            (Field::Key | Field::Role, "grace_hours") => "rotation.grace_hours",
+            (Field::Key | Field::Role, _) => "rotation.notice_days",
+            (Field::Environment, "every_days") => "policy.rotation.every_days",
+            (Field::Environment, "grace_hours") => "policy.rotation.grace_hours",
+            (Field::Environment, _) => "policy.rotation.notice_days",
+        };
+        ServiceError::InvalidField {
+            field,
+            message: e.message,
+        }
+    })
+}
+
+/// A key's rotation as it applies now: the policy, where it comes from, and its times.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EffectiveRotation {
+    pub policy: RotationPolicy,
+    pub source: PolicySource,
+    /// When the scheduler rolls the key.
+    pub due_at: Timestamp,
+    /// From when the holder is told, and may rotate the key itself.
+    pub notice_at: Timestamp,
+}
+
+/// The policy that applies to `key`: its own, else the shortest of its roles', else its
+/// environment's. (Roles held through temporary grants do not count: the key would change
+/// schedule when they lapse.)
+pub(crate) fn effective(key: &KeyRecord, catalog: &Catalog) -> Option<EffectiveRotation> {
+    let (policy, source) = if let Some(own) = key.lifecycle.rotation {
+        (own, PolicySource::Key)
+    } else if let Some((policy, role)) = key
+        .access
+        .roles
+        .iter()
+        .filter_map(|name| {
+            let role = catalog.role(name)?;
+            role.rotation.map(|p| (p, name.to_string()))
+        })
+        .min_by_key(|(p, name)| (p.every_days, name.clone()))
+    {
+        (policy, PolicySource::Role(role))
+    } else {
+        let env = catalog.environment(key.environment.as_str())?;
+        let policy = env.record.policy.rotation?;
+        (
+            policy,
+            PolicySource::Environment(key.environment.to_string()),
+        )
+    };
+    Some(EffectiveRotation {
+        policy,
+        source,
+        due_at: policy.due_at(key.created_at),
+        notice_at: policy.notice_at(key.created_at),
+    })
+}
+
+/// What one scheduler run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RotationRun {
+    /// Keys looked at.
+    pub scanned: u64,
+    /// Keys rolled by their policy.
+    pub rotated: u64,
+    /// Due keys that could not be rolled (audited once a day each).
+    pub failed: u64,
+    /// Successors nobody collected before the old key's grace ended.
+    pub lapsed: u64,
+}
+
+/// What the holder of a key gets from `POST /v1/self/rotate`.
+#[derive(Debug)]
+pub struct SelfRotation {
+    /// The presented key, as it is now (`expires_at`: the end of its grace period).
+    pub previous: KeyRecord,
+    pub successor_id: KeyId,
+    /// The successor and its plaintext, the one time it is handed out; `None` when it was
+    /// handed out before.
+    pub successor: Option<(KeyRecord, PlaintextKey)>,
+}
+
+/// Audited failures are repeated at most this often per key.
+const FAILURE_REPORT_MS: i64 = 86_400_000;
+
+/// Keys read per page of the scan.
+const SCAN_PAGE: u32 = 2_000;
+
+/// The rotation service.
+#[derive(Debug)]
+pub struct Rotation {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    catalog: Arc<Catalog>,
+    audit: Arc<AuditLog>,
+    keys: Arc<Keys>,
+    vault: Arc<OpenVault>,
+    integrity: Arc<Integrity>,
+    /// When each failing key's failure was last audited. Recomputable: after a restart a
+    /// failure is audited once more.
+    failures: Mutex<HashMap<KeyId, Timestamp>>,
+    /// Since start: keys rolled by the scheduler, and due rotations that failed.
+    rotated: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+}
+
+impl Rotation {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        catalog: Arc<Catalog>,
+        audit: Arc<AuditLog>,
+        keys: Arc<Keys>,
+        vault: Arc<OpenVault>,
+        integrity: Arc<Integrity>,
+    ) -> Self {
+        Rotation {
+            store,
+            clock,
+            catalog,
+            audit,
+            keys,
+            vault,
+            integrity,
+            failures: Mutex::new(HashMap::new()),
+            rotated: std::sync::atomic::AtomicU64::new(0),
+            failed: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Keys rolled by the scheduler, and due rotations that failed, since start (metrics).
+    pub fn totals(&self) -> (u64, u64) {
+        (
+            self.rotated.load(std::sync::atomic::Ordering::Relaxed),
+            self.failed.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    /// The rotation that applies to `key` now, if any does. A key that can no longer be
+    /// rotated (revoked, rolled) has none.
+    pub fn of(&self, key: &KeyRecord) -> Option<EffectiveRotation> {
+        if key.status == KeyStatus::Revoked || key.rolled_to.is_some() {
+            return None;
+        }
+        effective(key, &self.catalog)
+    }
+
+    /// Rolls every key that is due, and drops the successors nobody collected in time. Each
+    /// key is read again under the writer before it is rolled, so a key is rolled once
+    /// however many runs (or nodes) find it due.
+    pub async fn run_due(&self) -> Result<RotationRun, ServiceError> {
+        let mut run = RotationRun::default();
+        let mut after = None;
+        loop {
+            let page = self.store.rotation_candidates(after, SCAN_PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id);
+            let now = self.clock.now();
+            for key in &page {
+                run.scanned += 1;
+                if key.is_expired_at(now) {
+                    continue;
+                }
+                let Some(due) = effective(key, &self.catalog) else {
+                    continue;
+                };
+                if due.due_at > now {
+                    continue;
+                }
+                match self.rotate_due(key.id).await {
+                    Ok(true) => run.rotated += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        run.failed += 1;
+                        self.report_failure(key, &due, &e).await;
+                    }
+                }
+            }
+        }
+        run.lapsed = self.sweep_lapsed_handovers().await?;
+        if run.rotated > 0 || run.failed > 0 {
+            tracing::info!(
+                rotated = run.rotated,
+                failed = run.failed,
+                scanned = run.scanned,
+                "rotation run"
+            );
+        }
+        self.rotated
+            .fetch_add(run.rotated, std::sync::atomic::Ordering::Relaxed);
+        self.failed
+            .fetch_add(run.failed, std::sync::atomic::Ordering::Relaxed);
+        Ok(run)
+    }
+
+    /// Rolls one key by its policy if it is still due. `Ok(false)`: it no longer is.
+    async fn rotate_due(&self, id: KeyId) -> Result<bool, ServiceError> {
+        self.audit.retrying(|| self.rotate_due_once(id)).await
+    }
+
+    async fn rotate_due_once(&self, id: KeyId) -> Result<bool, ServiceError> {
+        let mut head = self.keys.writer().await;
+        let old = match self.keys.for_change(id).await {
+            Ok(old) => old,
+            Err(ServiceError::Conflict(_) | ServiceError::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let now = self.clock.now();
+        let Some(due) = self.of(&old) else {
+            return Ok(false);
+        };
+        if due.due_at > now || old.is_expired_at(now) {
+            return Ok(false);
+        }
+        let mut succession = self
+            .keys
+            .succession(old, due.policy.grace_s(), Roller::Scheduler)
+            .await?;
+        let (old, new) = (&succession.old, &succession.new);
+        let grace_end = old.expires_at.unwrap_or(now);
+        let sealed = self.vault.seal_handover(
+            &new.environment,
+            new.id,
+            succession.plaintext.expose().as_bytes(),
+        )?;
+        succession.changes.insert_handovers.push(Handover {
+            predecessor: old.id,
+            successor: new.id,
+            environment: new.environment.clone(),
+            sealed,
+            expires_at: grace_end,
+        });
+        if let Some(entry) = succession.entries.first_mut()
+            && let Some(details) = entry.details.as_object_mut()
+        {
+            details.insert("policy".into(), json!(due.policy));
+            details.insert("source".into(), json!(due.source));
+            details.insert("due_at".into(), json!(due.due_at));
+        }
+        let (old, new, _plaintext) = self.keys.commit_succession(&mut head, succession).await?;
+        drop(head);
+        tracing::info!(key_id = %old.id, successor = %new.id, "key rotated by its policy");
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&old.id);
+        Ok(true)
+    }
+
+    /// Audits a rotation that failed, once a day per key, and logs it.
+    async fn report_failure(&self, key: &KeyRecord, due: &EffectiveRotation, error: &ServiceError) {
+        let now = self.clock.now();
+        {
+            let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+            if failures
+                .get(&key.id)
+                .is_some_and(|at| now.unix_ms() - at.unix_ms() < FAILURE_REPORT_MS)
+            {
+                return;
+            }
+            failures.insert(key.id, now);
+        }
+        tracing::warn!(key_id = %key.id, error = %error, "a due rotation failed; will retry");
+        let entry = PendingEntry {
+            actor: "system".into(),
+            action: AuditAction::KeyRotationFailed,
+            target: Some(key.id.to_string()),
+            details: json!({
+                "start": key.start,
+                "policy": due.policy,
+                "source": due.source,
+                "due_at": due.due_at,
+                "error": error.to_string(),
+            }),
+        };
+        if let Err(e) = self.audit.only(vec![entry]).await {
+            tracing::warn!(error = %e, "could not audit a failed rotation");
+        }
+    }
+
+    /// Removes the handovers whose grace ended: nobody may collect those successors now.
+    async fn sweep_lapsed_handovers(&self) -> Result<u64, ServiceError> {
+        let mut lapsed = 0;
+        loop {
+            let now = self.clock.now();
+            let due = self.store.lapsed_handovers(now, 100).await?;
+            if due.is_empty() {
+                return Ok(lapsed);
+            }
+            let mut head = self.keys.writer().await;
+            let entries = due
+                .iter()
+                .map(|id| PendingEntry {
+                    actor: "system".into(),
+                    action: AuditAction::KeyHandoverLapse,
+                    target: Some(id.to_string()),
+                    details: json!({}),
+                })
+                .collect();
+            lapsed += due.len() as u64;
+            self.audit
+                .commit(
+                    &mut head,
+                    Changes {
+                        delete_handovers: due,
+                        ..Changes::default()
+                    },
+                    entries,
+                )
+                .await?;
+        }
+    }
+
+    /// The holder of `holder` (authenticated with it) rotates it: inside its notice window
+    /// the key is rolled now, with its policy's grace; once the scheduler has rolled it, the
+    /// successor it made is handed out, once.
+    pub async fn self_rotate(&self, holder: KeyId) -> Result<SelfRotation, ServiceError> {
+        self.audit.retrying(|| self.self_rotate_once(holder)).await
+    }
+
+    async fn self_rotate_once(&self, holder: KeyId) -> Result<SelfRotation, ServiceError> {
+        let mut head = self.keys.writer().await;
+        let old = self.keys.for_change(holder).await?;
+        let now = self.clock.now();
+        if old.status != KeyStatus::Active || old.is_expired_at(now) {
+            return Err(ServiceError::Unauthorized);
+        }
+        if let Some(successor_id) = old.rolled_to {
+            let Some(handover) = self.store.handover(old.id).await? else {
+                // Handed out before (or the successor went to an admin): only its id now.
+                return Ok(SelfRotation {
+                    previous: old,
+                    successor_id,
+                    successor: None,
+                });
+            };
+            let successor = self.keys.key(successor_id).await?;
+            let plaintext = self.open_handover(&handover)?;
+            let entry = PendingEntry {
+                actor: old.id.to_string(),
+                action: AuditAction::KeyHandover,
+                target: Some(old.id.to_string()),
+                details: json!({ "successor": successor_id, "successor_start": successor.start }),
+            };
+            self.audit
+                .commit(
+                    &mut head,
+                    Changes {
+                        delete_handovers: vec![old.id],
+                        ..Changes::default()
+                    },
+                    vec![entry],
+                )
+                .await?;
+            tracing::info!(key_id = %old.id, successor = %successor_id, "successor collected by its holder");
+            return Ok(SelfRotation {
+                previous: old,
+                successor_id,
+                successor: Some((successor, plaintext)),
+            });
+        }
+        let Some(due) = self.of(&old) else {
+            return Err(ServiceError::Policy(keyward_core::PolicyViolation {
+                rule: "rotation",
+                message: "no rotation policy applies to this key; an admin rolls it".into(),
+            }));
+        };
+        if now < due.notice_at {
+            return Err(ServiceError::Policy(keyward_core::PolicyViolation {
+                rule: "rotation",
+                message: format!(
+                    "this key may rotate itself from {} (its notice window)",
+                    due.notice_at.to_rfc3339()
+                ),
+            }));
+        }
+        let mut succession = self
+            .keys
+            .succession(old, due.policy.grace_s(), Roller::Holder)
+            .await?;
+        if let Some(entry) = succession.entries.first_mut()
+            && let Some(details) = entry.details.as_object_mut()
+        {
+            details.insert("policy".into(), json!(due.policy));
+            details.insert("source".into(), json!(due.source));
+        }
+        let (old, new, plaintext) = self.keys.commit_succession(&mut head, succession).await?;
+        tracing::info!(key_id = %old.id, successor = %new.id, "key rotated by its holder");
+        Ok(SelfRotation {
+            previous: old,
+            successor_id: new.id,
+            successor: Some((new, plaintext)),
+        })
+    }
+
+    fn open_handover(&self, handover: &Handover) -> Result<PlaintextKey, ServiceError> {
+        let bytes = self.vault.open_handover(
+            &handover.environment,
+            handover.successor,
+            &handover.sealed,
+        )?;
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| ServiceError::Integrity("a sealed successor key is not text".into()))?;
+        if keyward_core::ParsedKey::parse(text).is_err() {
+            return Err(ServiceError::Integrity(
+                "a sealed successor key does not parse".into(),
+            ));
+        }
+        Ok(PlaintextKey::from_presented(text.to_owned()))
+    }
+
+    /// A key as its holder may see it: the key and its rotation.
+    pub async fn holder_view(
+        &self,
+        holder: KeyId,
+    ) -> Result<(KeyRecord, Option<EffectiveRotation>), ServiceError> {
+        let key = self.keys.key(holder).await?;
+        let rotation = self.of(&key);
+        Ok((key, rotation))
+    }
+
+    /// Every generation of the key `id` belongs to, newest first, for an admin who may read it.
+    pub async fn versions(
+        &self,
+        actor: &crate::Actor,
+        id: KeyId,
+    ) -> Result<Vec<Generation>, ServiceError> {
+        let key = self.keys.key_as(actor, id).await?;
+        let now = self.clock.now();
+        let mut chain = vec![key.clone()];
+        // Back to the first generation, then forward to the newest.
+        let mut back = key.rolled_from;
+        while let Some(id) = back {
+            if chain.len() >= MAX_GENERATIONS {
+                break;
+            }
+            match self.store.key(id).await? {
+                Some(k) => {
+                    back = k.rolled_from;
+                    chain.insert(0, k);
+                }
+                None => break,
+            }
+        }
+        let mut forward = key.rolled_to;
+        while let Some(id) = forward {
+            if chain.len() >= MAX_GENERATIONS {
+                break;
+            }
+            match self.store.key(id).await? {
+                Some(k) => {
+                    forward = k.rolled_to;
+                    chain.push(k);
+                }
+                None => break,
+            }
+        }
+        let mut generations: Vec<Generation> = chain
+            .into_iter()
+            .filter_map(|k| self.integrity.intact_key(k))
+            .map(|k| Generation::of(k, now))
+            .collect();
+        generations.reverse();
+        Ok(generations)
+    }
+}
+
+/// Generations listed at most.
+const MAX_GENERATIONS: usize = 10_000;
+
+/// One generation of a key, for its version history.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub key: KeyRecord,
+    /// How it ended, if it has: rolled (by whom), revoked, expired.
+    pub ended: Option<Ending>,
+}
+
+/// How a generation of a key ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    Rolled(RollCause),
+    Revoked,
+    Expired,
+}
+
+impl Ending {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ending::Rolled(RollCause::Schedule) => "rolled_by_schedule",
+            Ending::Rolled(RollCause::Manual) => "rolled_by_hand",
+            Ending::Rolled(RollCause::Client) => "rolled_by_client",
+            Ending::Revoked => "revoked",
+            Ending::Expired => "expired",
+        }
+    }
+}
+
+impl Generation {
+    fn of(key: KeyRecord, now: Timestamp) -> Self {
+        let ended = if key.status == KeyStatus::Revoked {
+            Some(Ending::Revoked)
+        } else if key.rolled_to.is_some() {
+            // Rolls from before causes were kept were all made by hand.
+            Some(Ending::Rolled(
+                key.lifecycle.rolled_by.unwrap_or(RollCause::Manual),
+            ))
+        } else if key.is_expired_at(now) {
+            Some(Ending::Expired)
+        } else {
+            None
+        };
+        Generation { key, ended }
+    }
+}
+
+impl OpenVault {
+    /// Seals a successor's key for its handover, bound to the successor's id.
+    pub(crate) fn seal_handover(
+        &self,
+        env: &EnvironmentName,
+        successor: KeyId,
+        key: &[u8],
+    ) -> Result<Vec<u8>, ServiceError> {
+        let id = successor.to_string();
+        Ok(self.keyring(env)?.seal(&handover_context(&id), key)?)
+    }
+
+    pub(crate) fn open_handover(
+        &self,
+        env: &EnvironmentName,
+        successor: KeyId,
+        sealed: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, ServiceError> {
+        let id = successor.to_string();
+        Ok(self.keyring(env)?.open(&handover_context(&id), sealed)?)
+    }
+}
+
+fn handover_context(id: &str) -> keyward_crypto::barrier::Context<'_> {
+    keyward_crypto::barrier::Context {
+        table: "key_handover",
+        id,
+        field: "key",
+    }
+}
