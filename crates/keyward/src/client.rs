@@ -84,6 +84,8 @@ pub enum KeysCommand {
         #[arg(long)]
         reason: String,
     },
+    /// Every generation of a key (rolls and rotations), newest first, and how each ended.
+    Versions { id: String },
     /// Replace a key with a successor; the old key works for the grace period.
     Roll {
         id: String,
@@ -183,6 +185,11 @@ pub async fn run(remote: Remote, command: KeysCommand) -> anyhow::Result<ExitCod
             reqwest::Method::POST,
             format!("/v1/keys/{}/revoke", path_segment(id)),
             Some(json!({ "reason": reason })),
+        ),
+        KeysCommand::Versions { id } => (
+            reqwest::Method::GET,
+            format!("/v1/keys/{}/versions", path_segment(id)),
+            None,
         ),
         KeysCommand::Roll { id, grace_period_s } => (
             reqwest::Method::POST,
@@ -323,6 +330,7 @@ fn print_summary(command: &KeysCommand, answer: &Value) {
                 println!("{out}");
             }
         }
+        KeysCommand::Versions { .. } => crate::rotation_cmd::print_versions(answer),
         KeysCommand::Show { .. } | KeysCommand::Revoke { .. } => {
             println!(
                 "{}",

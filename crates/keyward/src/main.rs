@@ -20,6 +20,7 @@ mod client;
 mod config;
 mod datadir;
 mod operator;
+mod rotation_cmd;
 mod run_cmd;
 mod secrets_cmd;
 mod store_cmd;
@@ -69,6 +70,13 @@ enum Command {
         remote: client::Remote,
         #[command(subcommand)]
         command: client::KeysCommand,
+    },
+    /// Rotation policies on keys, roles and environments; a key's own rotation.
+    Rotation {
+        #[command(flatten)]
+        remote: client::Remote,
+        #[command(subcommand)]
+        command: rotation_cmd::RotationCommand,
     },
     /// Work with the audit log.
     Audit {
@@ -217,6 +225,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Serve(args) => serve(load_config(args)?).await.map(|()| ExitCode::SUCCESS),
         Command::Keys { remote, command } => client::run(remote, command).await,
+        Command::Rotation { remote, command } => rotation_cmd::run(remote, command).await,
         Command::Operator { remote, command } => operator::run(remote, command).await,
         Command::Secrets { remote, command } => secrets_cmd::run(remote, command).await,
         Command::Run(args) => run_cmd::run(args).await,

@@ -1093,3 +1093,141 @@ fn cli_secrets_commands() {
     assert_eq!(meta["versions"][0]["destroyed"], true);
     assert!(!String::from_utf8_lossy(&out.stdout).contains("s3cret"));
 }
+
+#[test]
+fn cli_rotation_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let root = server.root_key.clone().unwrap();
+    let url = server.url.clone();
+    let ok = |out: &Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let (status, body) = post(
+        &format!("{url}/v1/environments"),
+        &root,
+        json!({"name": "ci", "policy": {"require_expiry": true}}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, created) = post(
+        &format!("{url}/v1/keys"),
+        &root,
+        json!({"environment": "ci", "name": "n", "owner": "o", "ttl_s": 86400}),
+    );
+    assert_eq!(status, 201);
+    let id = created["id"].as_str().unwrap();
+    let key = created["key"].as_str().unwrap();
+
+    let out = cli(&["rotation", "show", id], &url, &root);
+    assert!(ok(&out).contains("no rotation policy"));
+    ok(&cli(
+        &[
+            "rotation",
+            "set",
+            "--environment",
+            "ci",
+            "--every-days",
+            "30",
+            "--grace-hours",
+            "48",
+            "--notice-days",
+            "7",
+        ],
+        &url,
+        &root,
+    ));
+    // The environment's other rules stay as they were.
+    let env = get(&format!("{url}/v1/environments/ci"), &root);
+    assert_eq!(env["policy"]["require_expiry"], true);
+    assert_eq!(env["policy"]["rotation"]["every_days"], 30);
+    let shown: Value =
+        serde_json::from_str(&ok(&cli(&["rotation", "show", id, "--json"], &url, &root))).unwrap();
+    assert_eq!(shown["source"], "environment");
+    assert_eq!(shown["policy"]["grace_hours"], 48);
+    let out = ok(&cli(&["rotation", "show", id], &url, &root));
+    assert!(
+        out.contains("every 30 days") && out.contains("next rotation:"),
+        "{out}"
+    );
+
+    ok(&cli(
+        &["rotation", "set", "--key", id, "--every-days", "10"],
+        &url,
+        &root,
+    ));
+    let shown: Value =
+        serde_json::from_str(&ok(&cli(&["rotation", "show", id, "--json"], &url, &root))).unwrap();
+    assert_eq!(shown["source"], "key");
+    ok(&cli(&["rotation", "clear", "--key", id], &url, &root));
+    ok(&cli(
+        &["rotation", "clear", "--environment", "ci"],
+        &url,
+        &root,
+    ));
+    let env = get(&format!("{url}/v1/environments/ci"), &root);
+    assert!(env["policy"].get("rotation").is_none(), "{env}");
+    assert_eq!(env["policy"]["require_expiry"], true);
+
+    // A role keeps its permissions when its policy is set.
+    let (status, _) = post(
+        &format!("{url}/v1/roles"),
+        &root,
+        json!({"name": "ops", "permissions": ["deploy:run"]}),
+    );
+    assert_eq!(status, 201);
+    ok(&cli(
+        &["rotation", "set", "--role", "ops", "--every-days", "60"],
+        &url,
+        &root,
+    ));
+    let role = get(&format!("{url}/v1/roles/ops"), &root);
+    assert_eq!(role["permissions"], json!(["deploy:run"]));
+    assert_eq!(role["rotation"]["every_days"], 60);
+
+    // Bad input: one line naming the field; a target is required.
+    let out = cli(
+        &["rotation", "set", "--key", id, "--every-days", "0"],
+        &url,
+        &root,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("INVALID_FIELD") && err.contains("every_days"),
+        "{err}"
+    );
+    assert!(
+        !cli(&["rotation", "set", "--every-days", "5"], &url, &root)
+            .status
+            .success()
+    );
+
+    // The key itself: outside any window, refused, and the key is never printed.
+    let out = cli(&["rotation", "self-rotate"], &url, key);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("POLICY_VIOLATION"), "{err}");
+    assert!(!err.contains(key));
+
+    // Versions after a roll by hand.
+    let (status, rolled) = post(
+        &format!("{url}/v1/keys/{id}/roll"),
+        &root,
+        json!({"grace_period_s": 60}),
+    );
+    assert_eq!(status, 201);
+    let out = ok(&cli(&["keys", "versions", id], &url, &root));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[0].starts_with("ID"));
+    assert!(lines[1].starts_with(rolled["id"].as_str().unwrap()) && lines[1].ends_with("current"));
+    assert!(
+        lines[2].starts_with(id) && lines[2].ends_with("rolled_by_hand"),
+        "{out}"
+    );
+}
