@@ -121,7 +121,9 @@ pub async fn run(remote: Remote, command: RotationCommand) -> anyhow::Result<Exi
                 );
                 println!(
                     "this key works until {}",
-                    text(&answer["previous"], "expires_at")
+                    answer
+                        .get("previous")
+                        .map_or("-", |p| text(p, "expires_at"))
                 );
                 println!("key (shown only this once): {}", text(successor, "key"));
             }
@@ -199,13 +201,17 @@ async fn set(
     if let Some(role) = &on.role {
         let path = format!("/v1/roles/{}", segment(role));
         let current = call(client, base, token, reqwest::Method::GET, &path, None).await?;
-        let mut body = json!({
-            "description": current["description"],
-            "permissions": current["permissions"],
-        });
-        if !policy.is_null() {
-            body["rotation"] = policy;
+        let mut body = serde_json::Map::new();
+        for field in ["description", "permissions"] {
+            body.insert(
+                field.into(),
+                current.get(field).cloned().unwrap_or(Value::Null),
+            );
         }
+        if !policy.is_null() {
+            body.insert("rotation".into(), policy);
+        }
+        let body = Value::Object(body);
         return call(client, base, token, reqwest::Method::PUT, &path, Some(body)).await;
     }
     let Some(env) = &on.environment else {
@@ -213,7 +219,7 @@ async fn set(
     };
     let path = format!("/v1/environments/{}", segment(env));
     let current = call(client, base, token, reqwest::Method::GET, &path, None).await?;
-    let mut body = current["policy"].clone();
+    let mut body = current.get("policy").cloned().unwrap_or(Value::Null);
     let Some(fields) = body.as_object_mut() else {
         bail!("keyward answered an environment without a policy");
     };
