@@ -39,6 +39,8 @@ pub struct FileConfig {
     pub max_connections: Option<usize>,
     pub cache_capacity: Option<usize>,
     pub usage_flush_interval_ms: Option<u64>,
+    /// How often the rotation scheduler looks for due keys, in seconds (default 60).
+    pub rotation_interval_s: Option<u64>,
     pub insecure_unauthenticated_verify: Option<bool>,
     pub insecure_plain_http: Option<bool>,
     pub worker_threads: Option<usize>,
@@ -245,6 +247,10 @@ impl Config {
         if !(10..=3_600_000).contains(&flush_ms) {
             problems.push("usage_flush_interval_ms: must be between 10 and 3600000".into());
         }
+        let rotation_interval_s = file.rotation_interval_s.unwrap_or(60);
+        if !(1..=86_400).contains(&rotation_interval_s) {
+            problems.push("rotation_interval_s: must be between 1 and 86400".into());
+        }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let worker_threads = flags
             .worker_threads
@@ -401,6 +407,7 @@ impl Config {
                 usage_flush_interval: Duration::from_millis(flush_ms),
                 guard: guard_config,
                 rewrap_batch: rewrap_batch_size,
+                rotation_interval: Duration::from_secs(rotation_interval_s),
                 ..keyward_service::AuthorityConfig::default()
             },
         })
