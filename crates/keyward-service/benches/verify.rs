@@ -1,7 +1,8 @@
 //! In-process verification, the hot path of keyward, with 1,000,000 keys in the SQLite store.
 //!
 //! Run: `cargo bench -p keyward-service --bench verify` (set KEYWARD_BENCH_KEYS to change the
-//! key count). Setup prints the resident memory before and after caching every key.
+//! key count). Setup prints the resident memory before and after caching every key. Every key
+//! is on a 90-day rotation schedule, none due, for the rotation scan's benchmarks.
 
 #![allow(
     clippy::unwrap_used,
@@ -120,7 +121,15 @@ fn fixture() -> &'static Fixture {
                     last_used_at: None,
                     uses: 0,
                     access: KeyAccess::default(),
-                    lifecycle: keyward_core::KeyLifecycle::default(),
+                    // Every key on a 90-day schedule, none due: the rotation scan reads them all.
+                    lifecycle: keyward_core::KeyLifecycle {
+                        rotation: Some(keyward_core::RotationPolicy {
+                            every_days: 90,
+                            grace_hours: 48,
+                            notice_days: 7,
+                        }),
+                        rolled_by: None,
+                    },
                     mac: None,
                 });
                 if let Some(record) = batch.last_mut() {
@@ -218,4 +227,36 @@ fn unknown_key(bencher: divan::Bencher) {
 #[divan::bench(sample_count = 300, sample_size = 300)]
 fn malformed_key(bencher: divan::Bencher) {
     run(bencher, |f| &f.malformed, VerifyCode::Malformed);
+}
+
+/// The rotation scheduler's whole scan of every key for due work (none is due).
+#[divan::bench(sample_count = 5, sample_size = 1)]
+fn rotation_scan(bencher: divan::Bencher) {
+    let f = fixture();
+    bencher.bench_local(|| {
+        let run = f
+            ._runtime
+            .block_on(f.authority.rotation().run_due())
+            .unwrap();
+        assert_eq!(run.rotated, 0);
+        run
+    });
+}
+
+/// A valid cached key, verified while the rotation scan runs again and again on the runtime.
+#[divan::bench(sample_count = 300, sample_size = 300)]
+fn valid_cached_during_rotation_scan(bencher: divan::Bencher) {
+    let f = fixture();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scanning = {
+        let (authority, stop) = (Arc::clone(&f.authority), Arc::clone(&stop));
+        f._runtime.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                authority.rotation().run_due().await.unwrap();
+            }
+        })
+    };
+    run(bencher, |f| &f.valid, VerifyCode::Valid);
+    stop.store(true, Ordering::Relaxed);
+    f._runtime.block_on(scanning).unwrap();
 }
