@@ -40,13 +40,19 @@ fn invalid(field: &'static str, message: impl Into<String>) -> InvalidRotation {
 }
 
 impl RotationPolicy {
-    /// Checks the policy's own values: a period of 1 to 3650 days, a grace and a notice each
-    /// shorter than the period.
+    /// Checks the policy's own values: a period of 1 to 3650 days, a grace of at least an hour
+    /// and a notice, each shorter than the period.
     pub fn check(&self) -> Result<(), InvalidRotation> {
         if !(1..=MAX_EVERY_DAYS).contains(&self.every_days) {
             return Err(invalid(
                 "every_days",
                 format!("must be between 1 and {MAX_EVERY_DAYS}"),
+            ));
+        }
+        if self.grace_hours == 0 {
+            return Err(invalid(
+                "grace_hours",
+                "must be at least 1: a rotation without grace cuts every client off at once",
             ));
         }
         if u64::from(self.grace_hours) >= u64::from(self.every_days) * 24 {
@@ -165,6 +171,7 @@ mod tests {
         assert_eq!(policy(0, 0, 0).check().unwrap_err().field, "every_days");
         assert_eq!(policy(3651, 0, 0).check().unwrap_err().field, "every_days");
         assert_eq!(policy(1, 24, 0).check().unwrap_err().field, "grace_hours");
+        assert_eq!(policy(30, 0, 0).check().unwrap_err().field, "grace_hours");
         assert_eq!(policy(30, 24, 30).check().unwrap_err().field, "notice_days");
     }
 

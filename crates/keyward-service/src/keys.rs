@@ -945,9 +945,16 @@ impl Keys {
                 (actor.audit_name(), keyward_core::RollCause::Manual)
             }
             // The same settings again, made by the policy or by the key itself: nothing is
-            // conferred that the key did not hold.
-            Roller::Scheduler => ("system".to_owned(), keyward_core::RollCause::Schedule),
-            Roller::Holder => (old.id.to_string(), keyward_core::RollCause::Client),
+            // conferred that the key did not hold, and the successor ends when the key would
+            // have (a rotation renews the secret, never the lifetime).
+            Roller::Scheduler => {
+                new.expires_at = old.expires_at;
+                ("system".to_owned(), keyward_core::RollCause::Schedule)
+            }
+            Roller::Holder => {
+                new.expires_at = old.expires_at;
+                (old.id.to_string(), keyward_core::RollCause::Client)
+            }
         };
         // Within the environment's policy as it is now.
         self.catalog.check_key_policy(&new)?;

@@ -90,6 +90,22 @@ pub(crate) fn effective(key: &KeyRecord, catalog: &Catalog) -> Option<EffectiveR
             PolicySource::Environment(key.environment.to_string()),
         )
     };
+    // A key's or a role's policy may be stricter than its environment's, never looser: the
+    // environment's period and grace are ceilings.
+    let policy = match catalog
+        .environment(key.environment.as_str())
+        .and_then(|env| env.record.policy.rotation)
+    {
+        Some(ceiling) => {
+            let every_days = policy.every_days.min(ceiling.every_days);
+            RotationPolicy {
+                every_days,
+                grace_hours: policy.grace_hours.min(ceiling.grace_hours),
+                notice_days: policy.notice_days.min(every_days.saturating_sub(1)),
+            }
+        }
+        None => policy,
+    };
     Some(EffectiveRotation {
         policy,
         source,
@@ -263,6 +279,7 @@ impl Rotation {
         let grace_end = old.expires_at.unwrap_or(now);
         let sealed = self.vault.seal_handover(
             &new.environment,
+            old.id,
             new.id,
             succession.plaintext.expose().as_bytes(),
         )?;
@@ -377,6 +394,21 @@ impl Rotation {
                     successor: None,
                 });
             };
+            // The row is not authenticated; the key's own (tagged) record is: the handover must
+            // be the one its roll made, or it is somebody else's successor.
+            if handover.predecessor != old.id
+                || handover.successor != successor_id
+                || handover.environment != old.environment
+            {
+                self.integrity.report(format!(
+                    "key handover of {}: it names another key than the roll did",
+                    old.id
+                ));
+                return Err(ServiceError::Integrity(
+                    "the waiting successor does not belong to this key (the store was edited)"
+                        .into(),
+                ));
+            }
             let successor = self.keys.key(successor_id).await?;
             let plaintext = self.open_handover(&handover)?;
             let entry = PendingEntry {
@@ -402,21 +434,39 @@ impl Rotation {
                 successor: Some((successor, plaintext)),
             });
         }
-        let Some(due) = self.of(&old) else {
-            return Err(ServiceError::Policy(keyward_core::PolicyViolation {
-                rule: "rotation",
-                message: "no rotation policy applies to this key; an admin rolls it".into(),
-            }));
-        };
-        if now < due.notice_at {
-            return Err(ServiceError::Policy(keyward_core::PolicyViolation {
-                rule: "rotation",
-                message: format!(
+        let refusal = match self.of(&old) {
+            None => Some((
+                "no_policy",
+                "no rotation policy applies to this key; an admin rolls it".to_owned(),
+            )),
+            Some(due) if now < due.notice_at => Some((
+                "outside_window",
+                format!(
                     "this key may rotate itself from {} (its notice window)",
                     due.notice_at.to_rfc3339()
                 ),
+            )),
+            Some(_) => None,
+        };
+        if let Some((reason, message)) = refusal {
+            drop(head);
+            let entry = PendingEntry {
+                actor: old.id.to_string(),
+                action: AuditAction::AuthForbidden,
+                target: Some(old.id.to_string()),
+                details: json!({ "operation": "key.self_rotate", "reason": reason }),
+            };
+            self.audit.only(vec![entry]).await?;
+            return Err(ServiceError::Policy(keyward_core::PolicyViolation {
+                rule: "rotation",
+                message,
             }));
         }
+        let Some(due) = self.of(&old) else {
+            return Err(ServiceError::internal(
+                "the rotation policy vanished under the writer",
+            ));
+        };
         let mut succession = self
             .keys
             .succession(old, due.policy.grace_s(), Roller::Holder)
@@ -439,6 +489,7 @@ impl Rotation {
     fn open_handover(&self, handover: &Handover) -> Result<PlaintextKey, ServiceError> {
         let bytes = self.vault.open_handover(
             &handover.environment,
+            handover.predecessor,
             handover.successor,
             &handover.sealed,
         )?;
@@ -558,24 +609,26 @@ impl Generation {
 }
 
 impl OpenVault {
-    /// Seals a successor's key for its handover, bound to the successor's id.
+    /// Seals a successor's key for its handover, bound to the key it replaces and to itself.
     pub(crate) fn seal_handover(
         &self,
         env: &EnvironmentName,
+        predecessor: KeyId,
         successor: KeyId,
         key: &[u8],
     ) -> Result<Vec<u8>, ServiceError> {
-        let id = successor.to_string();
+        let id = format!("{predecessor}/{successor}");
         Ok(self.keyring(env)?.seal(&handover_context(&id), key)?)
     }
 
     pub(crate) fn open_handover(
         &self,
         env: &EnvironmentName,
+        predecessor: KeyId,
         successor: KeyId,
         sealed: &[u8],
     ) -> Result<zeroize::Zeroizing<Vec<u8>>, ServiceError> {
-        let id = successor.to_string();
+        let id = format!("{predecessor}/{successor}");
         Ok(self.keyring(env)?.open(&handover_context(&id), sealed)?)
     }
 }

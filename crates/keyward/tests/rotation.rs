@@ -633,3 +633,72 @@ async fn versions_list_every_generation_and_how_it_ended() {
         .await;
     assert_eq!(status, 404, "{body}");
 }
+
+#[tokio::test]
+async fn a_handover_edited_offline_to_name_another_key_is_refused() {
+    let mut app = spawn_app().await;
+    let policy = json!({"every_days": 10, "grace_hours": 48, "notice_days": 2});
+    let victim = app.create_key("live", json!({"rotation": policy})).await;
+    let thief = app.create_key("live", json!({"rotation": policy})).await;
+    app.clock.advance_seconds(10 * DAY_S);
+    assert_eq!(run_scheduler(&app).await.rotated, 2);
+    // The thief collects its own, then points the victim's waiting successor at its key.
+    let (status, _) = rotate_self(&app, &key_of(&thief)).await;
+    assert_eq!(status, 201);
+    app.shutdown().await;
+    let conn = rusqlite::Connection::open(app.data_dir().join("keyward.db")).unwrap();
+    let changed = conn
+        .execute(
+            "UPDATE key_handovers SET predecessor = ?1 WHERE predecessor = ?2",
+            [id_of(&thief), id_of(&victim)],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(conn);
+    app.start().await;
+    let (status, body) = rotate_self(&app, &key_of(&thief)).await;
+    assert_ne!(status, 201, "{body}");
+    assert!(body.get("successor").is_none(), "{body}");
+    // Nothing was handed out, and the victim's successor is still waiting... for nobody it
+    // can be matched to; the victim's own call finds no handover of its own.
+    let (status, body) = rotate_self(&app, &key_of(&victim)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.get("successor").is_none(), "{body}");
+}
+
+#[tokio::test]
+async fn rotation_renews_the_secret_never_the_lifetime_and_keys_cannot_loosen_their_environment() {
+    let app = spawn_app().await;
+    let (status, body) = app
+        .call(
+            Method::PATCH,
+            "/v1/environments/live",
+            Some(json!({"policy": {"rotation": {"every_days": 30, "grace_hours": 24, "notice_days": 5}}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // A key asking for a longer period gets the environment's.
+    let lax = app
+        .create_key(
+            "live",
+            json!({"ttl_s": 40 * DAY_S, "rotation": {"every_days": 3650, "grace_hours": 1000, "notice_days": 10}}),
+        )
+        .await;
+    let scheduled = app.create_key("live", json!({"ttl_s": 40 * DAY_S})).await;
+    let shown = show(&app, &id_of(&lax)).await;
+    assert_eq!(shown["effective_rotation"]["policy"]["every_days"], 30);
+    assert_eq!(shown["effective_rotation"]["policy"]["grace_hours"], 24);
+    let ends = |v: &Value| v["expires_at"].as_str().unwrap().to_owned();
+    // Rotated by its holder, or by the schedule: the successor ends when the key would have.
+    app.clock.advance_seconds(26 * DAY_S);
+    let (status, rotated) = rotate_self(&app, &key_of(&lax)).await;
+    assert_eq!(status, 201, "{rotated}");
+    assert_eq!(ends(&rotated["successor"]), ends(&lax));
+    app.clock.advance_seconds(5 * DAY_S);
+    assert_eq!(run_scheduler(&app).await.rotated, 1);
+    let successor = show(&app, &id_of(&scheduled)).await["rolled_to"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(ends(&show(&app, &successor).await), ends(&scheduled));
+}

@@ -89,7 +89,7 @@ impl From<EffectiveRotation> for EffectiveRotationView {
 
 /// One generation of a key.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct VersionView {
+pub struct KeyVersionView {
     #[schema(value_type = String, format = Uuid)]
     pub id: KeyId,
     #[schema(example = "kw_live_3xQ9")]
@@ -109,9 +109,9 @@ pub struct VersionView {
     pub rolled_to: Option<KeyId>,
 }
 
-impl From<Generation> for VersionView {
+impl From<Generation> for KeyVersionView {
     fn from(g: Generation) -> Self {
-        VersionView {
+        KeyVersionView {
             id: g.key.id,
             start: g.key.start,
             created_at: g.key.created_at,
@@ -124,27 +124,27 @@ impl From<Generation> for VersionView {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct VersionList {
+pub struct KeyVersionList {
     /// Every generation, newest first.
-    pub versions: Vec<VersionView>,
+    pub versions: Vec<KeyVersionView>,
 }
 
 #[utoipa::path(
     get, path = "/v1/keys/{id}/versions", tag = "keys",
     params(("id" = String, Path, description = "Any generation's id")),
-    responses((status = 200, body = VersionList), ErrorResponses),
+    responses((status = 200, body = KeyVersionList), ErrorResponses),
     security(("bearer" = []))
 )]
 pub async fn key_versions(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<VersionList>, ApiError> {
+) -> Result<Json<KeyVersionList>, ApiError> {
     let actor = caller.authenticate(&state, Operation::KeyRead).await?;
     let id = parse_id(&id)?;
     let versions = state.authority()?.rotation().versions(&actor, id).await?;
-    Ok(Json(VersionList {
-        versions: versions.into_iter().map(VersionView::from).collect(),
+    Ok(Json(KeyVersionList {
+        versions: versions.into_iter().map(KeyVersionView::from).collect(),
     }))
 }
 
