@@ -58,6 +58,12 @@ pub enum AuditAction {
     LeaseRenew,
     LeaseRevoke,
     LeaseExpire,
+    WebhookCreate,
+    WebhookUpdate,
+    WebhookDelete,
+    WebhookSecretRotate,
+    WebhookRedeliver,
+    WebhookTest,
 }
 
 impl AuditAction {
@@ -103,6 +109,12 @@ impl AuditAction {
             AuditAction::LeaseRenew => "lease.renew",
             AuditAction::LeaseRevoke => "lease.revoke",
             AuditAction::LeaseExpire => "lease.expire",
+            AuditAction::WebhookCreate => "webhook.create",
+            AuditAction::WebhookUpdate => "webhook.update",
+            AuditAction::WebhookDelete => "webhook.delete",
+            AuditAction::WebhookSecretRotate => "webhook.secret_rotate",
+            AuditAction::WebhookRedeliver => "webhook.redeliver",
+            AuditAction::WebhookTest => "webhook.test",
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod query;
 pub mod ratelimit;
 pub mod rotation;
 pub mod timestamp;
+pub mod webhook;
 
 pub use cidr::{Cidr, CidrSet, NetworkRules};
 pub use clock::{Clock, FakeClock, SystemClock};
@@ -33,3 +34,6 @@ pub use query::PermissionQuery;
 pub use ratelimit::{LimitOutcome, LimitState, RateLimit};
 pub use rotation::{KeyLifecycle, PolicySource, RollCause, RotationPolicy};
 pub use timestamp::Timestamp;
+pub use webhook::{
+    DeliveryState, EventType, OutboxEvent, SealedSigningSecret, WebhookDelivery, WebhookEndpoint,
+};

@@ -296,6 +296,8 @@ pub mod admin {
     pub const LEASES_READ: &str = "leases:read";
     pub const LEASES_RENEW: &str = "leases:renew";
     pub const LEASES_REVOKE: &str = "leases:revoke";
+    pub const WEBHOOKS_READ: &str = "webhooks:read";
+    pub const WEBHOOKS_MANAGE: &str = "webhooks:manage";
 }
 
 #[cfg(test)]

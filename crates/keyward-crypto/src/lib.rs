@@ -8,6 +8,7 @@
 use std::fmt;
 
 pub mod barrier;
+pub mod webhook;
 
 use hmac::{Hmac, Mac};
 use keyward_core::key::encode_key;
@@ -190,6 +191,27 @@ impl KeyIds {
 /// A random identifier for a request, as 32 hex characters.
 pub fn new_request_id() -> Result<String, RandomUnavailable> {
     Ok(hex(random::<16>()?.as_ref()))
+}
+
+/// Lowercase hex of SHA-256 over `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+/// Bytes from lowercase or uppercase hex; `None` for anything else.
+pub fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// A random byte, for jitter (never for secrets: they have their own types).
+pub fn random_byte() -> u8 {
+    random::<1>().map_or(128, |b| b.first().copied().unwrap_or(128))
 }
 
 pub fn hex(bytes: &[u8]) -> String {

@@ -146,6 +146,7 @@ impl RequestIds {
         (name = "vault", description = "Seal, unseal, keyring rotation and rekeying"),
         (name = "secrets", description = "Versioned secrets per environment, sealed at rest"),
         (name = "leases", description = "Dynamic short-lived keys and leased secret reads"),
+        (name = "webhooks", description = "Signed event deliveries (Standard Webhooks)"),
     )
 )]
 struct ApiDoc;
@@ -242,6 +243,19 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::leases::renew_lease))
         .routes(routes!(routes::leases::revoke_lease))
         .routes(routes!(routes::leases::revoke_prefix))
+        .routes(routes!(
+            routes::webhooks::create_webhook,
+            routes::webhooks::list_webhooks
+        ))
+        .routes(routes!(
+            routes::webhooks::show_webhook,
+            routes::webhooks::update_webhook,
+            routes::webhooks::delete_webhook
+        ))
+        .routes(routes!(routes::webhooks::rotate_webhook_secret))
+        .routes(routes!(routes::webhooks::list_deliveries))
+        .routes(routes!(routes::webhooks::redeliver))
+        .routes(routes!(routes::webhooks::test_webhook))
         .split_for_parts();
     doc.merge(SecretPaths::openapi());
     (router, doc)

@@ -71,6 +71,8 @@ pub enum Operation {
     LeaseRead,
     LeaseRenew,
     LeaseRevoke,
+    WebhookRead,
+    WebhookWrite,
 }
 
 impl Operation {
@@ -105,6 +107,8 @@ impl Operation {
             LeaseRead => admin::LEASES_READ,
             LeaseRenew => admin::LEASES_RENEW,
             LeaseRevoke => admin::LEASES_REVOKE,
+            WebhookRead => admin::WEBHOOKS_READ,
+            WebhookWrite => admin::WEBHOOKS_MANAGE,
         }
     }
 
@@ -140,6 +144,8 @@ impl Operation {
             LeaseRead => "lease.read",
             LeaseRenew => "lease.renew",
             LeaseRevoke => "lease.revoke",
+            WebhookRead => "webhook.read",
+            WebhookWrite => "webhook.write",
         }
     }
 
@@ -156,6 +162,8 @@ impl Operation {
                 | SysRotate
                 | SysRekey
                 | SysRead
+                | WebhookRead
+                | WebhookWrite
         )
     }
 }

@@ -90,7 +90,10 @@ async fn write(store: &dyn Store, pending: &mut Vec<Event>) {
         return;
     }
     match store.append_events(pending.clone()).await {
-        Ok(()) => pending.clear(),
+        Ok(()) => {
+            let events = std::mem::take(pending);
+            publish(store, &events).await;
+        }
         Err(e) => {
             tracing::warn!(error = %e, events = pending.len(), "event write failed; will retry");
             // Bound what is kept while the store is down.
@@ -99,6 +102,46 @@ async fn write(store: &dyn Store, pending: &mut Vec<Event>) {
                 pending.drain(..excess);
             }
         }
+    }
+}
+
+/// Hands the rate-limit events to the webhook outbox: one event a window per key and limit, as
+/// recorded. (Telemetry, like the events themselves: if this write fails they are logged, not
+/// retried.)
+async fn publish(store: &dyn Store, events: &[Event]) {
+    let mut outbox = Vec::new();
+    for event in events {
+        let kind = match event.kind.as_str() {
+            "ratelimit.warning" => keyward_core::EventType::RateLimitWarning,
+            "ratelimit.exceeded" => keyward_core::EventType::RateLimitExceeded,
+            _ => continue,
+        };
+        let Some(id) = event.key_id else { continue };
+        let Ok(Some(key)) = store.key(id).await else {
+            continue;
+        };
+        let Ok(event_id) = crate::webhooks::new_event_id() else {
+            continue;
+        };
+        outbox.push(crate::webhooks::key_event(
+            kind,
+            &key,
+            event.ts,
+            event_id,
+            event.details.clone(),
+        ));
+    }
+    if outbox.is_empty() {
+        return;
+    }
+    let written = store
+        .apply(keyward_store::Changes {
+            outbox,
+            ..keyward_store::Changes::default()
+        })
+        .await;
+    if let Err(e) = written {
+        tracing::warn!(error = %e, "rate-limit events could not be queued for webhooks");
     }
 }
 

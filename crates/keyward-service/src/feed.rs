@@ -30,11 +30,16 @@ pub(crate) struct FeedListener {
     pub(crate) integrity: Arc<Integrity>,
     /// Notified when an operator sealed the vault on any node: the node seals this one too.
     pub(crate) seal_requested: Arc<tokio::sync::Notify>,
+    /// Notified when a commit wrote events to the outbox: the webhook dispatcher runs then.
+    pub(crate) outbox_written: Arc<tokio::sync::Notify>,
 }
 
 impl ChangeListener for FeedListener {
     fn applied(&self, changes: &Changes) {
         self.learn(changes);
+        if !changes.outbox.is_empty() {
+            self.outbox_written.notify_one();
+        }
     }
 
     /// Another node's changes may have been missed: serve nothing cached until the feed has

@@ -162,6 +162,15 @@ pub(crate) fn plan_intact(key: &IntegrityKey, p: &PlanRecord) -> bool {
     check(key, "plan", &plan_bytes(p), p.mac)
 }
 
+/// An endpoint as its serialised record: every field but the tag.
+fn webhook_bytes(w: &keyward_core::WebhookEndpoint) -> Vec<u8> {
+    serde_json::to_vec(w).unwrap_or_default()
+}
+
+pub(crate) fn webhook_intact(key: &IntegrityKey, w: &keyward_core::WebhookEndpoint) -> bool {
+    check(key, "webhook", &webhook_bytes(w), w.mac)
+}
+
 pub(crate) fn lease_intact(key: &IntegrityKey, l: &keyward_store::VaultLease) -> bool {
     check(key, "lease", &lease_bytes(l), l.mac)
 }
@@ -233,6 +242,9 @@ pub(crate) fn seal_changes(
     }
     for l in &mut changes.upsert_leases {
         l.mac = tag(key, "lease", &lease_bytes(l));
+    }
+    for w in &mut changes.upsert_webhooks {
+        w.mac = tag(key, "webhook", &webhook_bytes(w));
     }
     if let Some(v) = &mut changes.vault {
         v.mac = tag(key, "vault", &vault_bytes(v));

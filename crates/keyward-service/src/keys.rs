@@ -535,11 +535,23 @@ impl Keys {
         key: &KeyRecord,
         entry: PendingEntry,
     ) -> Result<(), ServiceError> {
+        self.commit_key_with(head, key, entry, Vec::new()).await
+    }
+
+    /// [`Keys::commit_key`] with the events it reports, in the same write.
+    pub(crate) async fn commit_key_with(
+        &self,
+        head: &mut Writer,
+        key: &KeyRecord,
+        entry: PendingEntry,
+        outbox: Vec<keyward_core::OutboxEvent>,
+    ) -> Result<(), ServiceError> {
         self.audit
             .commit(
                 head,
                 Changes {
                     update_keys: vec![key.clone()],
+                    outbox,
                     ..Changes::default()
                 },
                 vec![entry],
@@ -612,6 +624,7 @@ impl Keys {
         let mut head = self.audit.lock().await;
         let now = self.clock.now();
         let mut key = self.key_for_change(id).await?;
+        let was_enabled = key.status == KeyStatus::Active;
         if let Err(refusal) = self
             .authz
             .authorize(actor, Operation::KeyUpdate, Target::Key(&key))
@@ -728,6 +741,17 @@ impl Keys {
         if key.id == actor.key_id() {
             crate::access::check_not_locked_out(actor, &key.access.network())?;
         }
+        let disabled_event = if was_enabled && key.status == KeyStatus::Disabled {
+            Some(crate::webhooks::key_event(
+                keyward_core::EventType::KeyDisabled,
+                &key,
+                now,
+                crate::webhooks::new_event_id()?,
+                json!({ "by": actor.audit_name() }),
+            ))
+        } else {
+            None
+        };
         let entry = PendingEntry {
             actor: actor.audit_name(),
             action: AuditAction::KeyUpdate,
@@ -743,6 +767,7 @@ impl Keys {
                         .map(|state| (key.id, state))
                         .into_iter()
                         .collect(),
+                    outbox: disabled_event.into_iter().collect(),
                     ..Changes::default()
                 },
                 vec![entry],
@@ -774,7 +799,15 @@ impl Keys {
             target: Some(id.to_string()),
             details: json!({ "enabled": false, "reason": "repeated rate-limit violations" }),
         };
-        self.commit_key(&mut head, &key, entry).await?;
+        let event = crate::webhooks::key_event(
+            keyward_core::EventType::KeyDisabled,
+            &key,
+            key.updated_at,
+            crate::webhooks::new_event_id()?,
+            json!({ "reason": "repeated rate-limit violations", "by": "system" }),
+        );
+        self.commit_key_with(&mut head, &key, entry, vec![event])
+            .await?;
         Ok(true)
     }
 
@@ -822,7 +855,15 @@ impl Keys {
             target: Some(id.to_string()),
             details: json!({ "reason": reason, "start": key.start }),
         };
-        self.commit_key(&mut head, &key, entry).await?;
+        let event = crate::webhooks::key_event(
+            keyward_core::EventType::KeyRevoked,
+            &key,
+            key.updated_at,
+            crate::webhooks::new_event_id()?,
+            json!({ "reason": reason, "by": actor.audit_name() }),
+        );
+        self.commit_key_with(&mut head, &key, entry, vec![event])
+            .await?;
         tracing::info!(key_id = %id, actor = %actor.key_id(), "key revoked");
         Ok(key)
     }
@@ -984,11 +1025,24 @@ impl Keys {
             }
             None => None,
         };
+        let rotated = crate::webhooks::key_event(
+            keyward_core::EventType::KeyRotated,
+            &old,
+            now,
+            crate::webhooks::new_event_id()?,
+            json!({
+                "successor_id": new.id,
+                "successor_start": new.start,
+                "cause": cause.as_str(),
+                "old_expires_at": old.expires_at,
+            }),
+        );
         Ok(Succession {
             changes: Changes {
                 insert_keys: vec![new.clone()],
                 update_keys: vec![old.clone()],
                 set_quotas: quota.map(|q| (new.id, Some(q))).into_iter().collect(),
+                outbox: vec![rotated],
                 ..Changes::default()
             },
             entries: vec![entry],

@@ -49,6 +49,7 @@ mod usage;
 pub mod vault;
 mod vault_leases;
 mod verify;
+mod webhooks;
 
 pub use access::{
     Access, EffectivePermission, Explanation, NewGrant, PlanSpec, VerifyRequest, check_ratelimits,
@@ -79,6 +80,7 @@ pub use sys::Sys;
 pub use vault::{DEFAULT_SHARES, DEFAULT_THRESHOLD, NewVault};
 pub use vault_leases::{KeyLease, KeyLeases, NewKeyLease};
 pub use verify::{RateLimitStatus, Verification, Verifier};
+pub use webhooks::{DeliveryRun, EndpointSpec, WebhookConfig, Webhooks};
 
 use authz::Authz;
 use catalog::Catalog;
@@ -177,6 +179,8 @@ pub struct AuthorityConfig {
     pub escalations: Option<Arc<dyn escalation::EscalationTable>>,
     /// How often the rotation scheduler scans for keys due to be rolled.
     pub rotation_interval: Duration,
+    /// How webhooks are sent.
+    pub webhooks: WebhookConfig,
 }
 
 impl Default for AuthorityConfig {
@@ -191,6 +195,7 @@ impl Default for AuthorityConfig {
             leases: None,
             escalations: None,
             rotation_interval: Duration::from_secs(60),
+            webhooks: WebhookConfig::default(),
         }
     }
 }
@@ -213,6 +218,7 @@ pub struct Authority {
     sys: Arc<Sys>,
     rotation: Arc<Rotation>,
     rotation_interval: Duration,
+    webhooks: Arc<Webhooks>,
     cache: Arc<VerifyCache>,
     /// Keys revoked as the checkpoint counted at unseal: the background check compares.
     revoked_at_open: u64,
@@ -345,6 +351,15 @@ impl Authority {
             Arc::clone(&vault),
             Arc::clone(&integrity),
         ));
+        let webhooks = Arc::new(Webhooks::new(
+            Arc::clone(&store),
+            Arc::clone(&clock),
+            Arc::clone(&audit),
+            Arc::clone(&authz),
+            Arc::clone(&vault),
+            Arc::clone(&integrity),
+            config.webhooks.clone(),
+        )?);
         let feed = Arc::new(FeedListener {
             cache: Arc::clone(&cache),
             catalog,
@@ -353,6 +368,7 @@ impl Authority {
             secrets: Arc::clone(&secrets),
             integrity: Arc::clone(&integrity),
             seal_requested: Arc::new(tokio::sync::Notify::new()),
+            outbox_written: webhooks.wake(),
         });
         let listener: Arc<dyn keyward_store::ChangeListener> = feed.clone();
         store.subscribe(Arc::downgrade(&listener));
@@ -371,6 +387,7 @@ impl Authority {
             sys,
             rotation,
             rotation_interval: config.rotation_interval,
+            webhooks,
             cache,
             revoked_at_open,
             jobs: jobs::Jobs::new(),
@@ -421,6 +438,10 @@ impl Authority {
 
     pub fn rotation(&self) -> &Rotation {
         &self.rotation
+    }
+
+    pub fn webhooks(&self) -> &Webhooks {
+        &self.webhooks
     }
 
     pub fn audit(&self) -> &AuditLog {
@@ -536,6 +557,18 @@ impl Authority {
             |rotation| async move {
                 if let Err(e) = rotation.run_due().await {
                     tracing::warn!(error = %e, "rotation run failed; will retry");
+                }
+            },
+        );
+        self.jobs.every_leading(
+            "webhooks",
+            second,
+            Some(self.webhooks.wake()),
+            &self.store,
+            &self.webhooks,
+            |webhooks| async move {
+                if let Err(e) = webhooks.run_deliveries().await {
+                    tracing::warn!(error = %e, "webhook delivery run failed; will retry");
                 }
             },
         );

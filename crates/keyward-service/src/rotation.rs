@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use keyward_core::OutboxEvent;
 use keyward_core::audit::AuditAction;
 use keyward_core::{
     Clock, EnvironmentName, KeyId, KeyRecord, KeyStatus, PolicySource, RollCause, RotationPolicy,
@@ -125,6 +126,8 @@ pub struct RotationRun {
     pub failed: u64,
     /// Successors nobody collected before the old key's grace ended.
     pub lapsed: u64,
+    /// `key.expiring` and `key.expired` events written (each once).
+    pub notices: u64,
 }
 
 /// What the holder of a key gets from `POST /v1/self/rotate`.
@@ -215,12 +218,15 @@ impl Rotation {
             let Some(last) = page.last() else { break };
             after = Some(last.id);
             let now = self.clock.now();
+            let mut notices = Vec::new();
             for key in &page {
                 run.scanned += 1;
+                let due = effective(key, &self.catalog);
+                notices.extend(notices_for(key, due.as_ref(), now));
                 if key.is_expired_at(now) {
                     continue;
                 }
-                let Some(due) = effective(key, &self.catalog) else {
+                let Some(due) = due else {
                     continue;
                 };
                 if due.due_at > now {
@@ -235,6 +241,7 @@ impl Rotation {
                     }
                 }
             }
+            run.notices += self.send_notices(notices).await?;
         }
         run.lapsed = self.sweep_lapsed_handovers().await?;
         if run.rotated > 0 || run.failed > 0 {
@@ -333,9 +340,63 @@ impl Rotation {
                 "error": error.to_string(),
             }),
         };
-        if let Err(e) = self.audit.only(vec![entry]).await {
+        let event = crate::webhooks::key_event(
+            keyward_core::EventType::KeyRotationFailed,
+            key,
+            now,
+            crate::webhooks::notice_id(&[
+                "key.rotation_failed",
+                &key.id.to_string(),
+                &(now.unix_ms() / FAILURE_REPORT_MS).to_string(),
+            ]),
+            json!({ "due_at": due.due_at, "error": error.to_string() }),
+        );
+        let mut head = self.keys.writer().await;
+        let written = self
+            .audit
+            .commit(
+                &mut head,
+                Changes {
+                    outbox: vec![event],
+                    ..Changes::default()
+                },
+                vec![entry],
+            )
+            .await;
+        if let Err(e) = written {
             tracing::warn!(error = %e, "could not audit a failed rotation");
         }
+    }
+
+    /// Writes the notices not written before (each has an id of what it announces).
+    async fn send_notices(&self, notices: Vec<OutboxEvent>) -> Result<u64, ServiceError> {
+        if notices.is_empty() {
+            return Ok(0);
+        }
+        let known = self
+            .store
+            .outbox_has(notices.iter().map(|n| n.id.clone()).collect())
+            .await?;
+        let new: Vec<OutboxEvent> = notices
+            .into_iter()
+            .filter(|n| !known.contains(&n.id))
+            .collect();
+        if new.is_empty() {
+            return Ok(0);
+        }
+        let count = new.len() as u64;
+        let mut head = self.keys.writer().await;
+        self.audit
+            .commit(
+                &mut head,
+                Changes {
+                    outbox: new,
+                    ..Changes::default()
+                },
+                Vec::new(),
+            )
+            .await?;
+        Ok(count)
     }
 
     /// Removes the handovers whose grace ended: nobody may collect those successors now.
@@ -557,6 +618,73 @@ impl Rotation {
         generations.reverse();
         Ok(generations)
     }
+}
+
+/// Days before an expiry on which its holder is told.
+const EXPIRY_NOTICES: [i64; 3] = [1, 7, 14];
+
+/// How long after an expiry `key.expired` is still sent (older expiries are history).
+const EXPIRED_NOTICE_MS: i64 = 3 * 86_400_000;
+
+/// The notices due for `key` now: its rotation is near (from the policy's notice), its expiry
+/// is near (14, 7 and 1 days before: the nearest threshold crossed), or it just expired.
+fn notices_for(
+    key: &KeyRecord,
+    due: Option<&EffectiveRotation>,
+    now: Timestamp,
+) -> Vec<OutboxEvent> {
+    const DAY_MS: i64 = 86_400_000;
+    let mut out = Vec::new();
+    let id = key.id.to_string();
+    if let Some(due) = due
+        && due.policy.notice_days > 0
+        && now >= due.notice_at
+        && now < due.due_at
+    {
+        let at = due.due_at.unix_ms().to_string();
+        out.push(crate::webhooks::key_event(
+            keyward_core::EventType::KeyExpiring,
+            key,
+            now,
+            crate::webhooks::notice_id(&["key.expiring", "rotation", &id, &at]),
+            json!({
+                "reason": "rotation",
+                "at": due.due_at,
+                "notice_days": due.policy.notice_days,
+                "rotate": "POST /v1/self/rotate with this key",
+            }),
+        ));
+    }
+    if let Some(expires_at) = key.expires_at {
+        let left = expires_at.unix_ms() - now.unix_ms();
+        let at = expires_at.unix_ms().to_string();
+        if left > 0 {
+            if let Some(days) = EXPIRY_NOTICES.into_iter().find(|d| left <= d * DAY_MS) {
+                out.push(crate::webhooks::key_event(
+                    keyward_core::EventType::KeyExpiring,
+                    key,
+                    now,
+                    crate::webhooks::notice_id(&[
+                        "key.expiring",
+                        "expiry",
+                        &id,
+                        &at,
+                        &days.to_string(),
+                    ]),
+                    json!({ "reason": "expiry", "at": expires_at, "days": days }),
+                ));
+            }
+        } else if -left < EXPIRED_NOTICE_MS {
+            out.push(crate::webhooks::key_event(
+                keyward_core::EventType::KeyExpired,
+                key,
+                now,
+                crate::webhooks::notice_id(&["key.expired", &id, &at]),
+                json!({ "at": expires_at }),
+            ));
+        }
+    }
+    out
 }
 
 /// Generations listed at most.

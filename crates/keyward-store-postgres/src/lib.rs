@@ -34,6 +34,7 @@ mod feed;
 mod leader;
 mod reads;
 mod rows;
+mod webhooks;
 mod write;
 
 use reads::{all, query};
@@ -84,6 +85,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0011_rotation",
         include_str!("../migrations/postgres/0011_rotation.sql"),
+    ),
+    (
+        "0012_webhooks",
+        include_str!("../migrations/postgres/0012_webhooks.sql"),
     ),
 ];
 
@@ -354,6 +359,7 @@ impl PostgresStore {
                 .await
                 .map_err(unavailable)?;
             write::apply(&tx, &changes).await?;
+            webhooks::apply(&tx, &changes).await?;
             if summary.is_empty() {
                 return Ok(None);
             }
@@ -552,6 +558,65 @@ impl keyward_store::KeyStore for PostgresStore {
 fn count_of(found: &[tokio_postgres::Row]) -> Result<u64, StoreError> {
     let n: i64 = found.first().map(|r| get(r, 0)).transpose()?.unwrap_or(0);
     Ok(u64::try_from(n).unwrap_or(0))
+}
+
+#[async_trait]
+impl keyward_store::OutboxStore for PostgresStore {
+    async fn outbox_after(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<keyward_core::OutboxEvent>, StoreError> {
+        webhooks::outbox_after(&*self.client().await?, after, limit).await
+    }
+
+    async fn outbox_event(
+        &self,
+        seq: u64,
+    ) -> Result<Option<keyward_core::OutboxEvent>, StoreError> {
+        webhooks::outbox_event(&*self.client().await?, seq).await
+    }
+
+    async fn outbox_head(&self) -> Result<u64, StoreError> {
+        webhooks::outbox_head(&*self.client().await?).await
+    }
+
+    async fn outbox_has(&self, ids: Vec<String>) -> Result<Vec<String>, StoreError> {
+        webhooks::outbox_has(&*self.client().await?, &ids).await
+    }
+
+    async fn webhooks(&self) -> Result<Vec<keyward_core::WebhookEndpoint>, StoreError> {
+        webhooks::webhooks(&*self.client().await?).await
+    }
+
+    async fn pending_deliveries(
+        &self,
+        endpoint: String,
+        limit: u32,
+    ) -> Result<Vec<keyward_core::WebhookDelivery>, StoreError> {
+        webhooks::pending_deliveries(&*self.client().await?, &endpoint, limit).await
+    }
+
+    async fn deliveries(
+        &self,
+        endpoint: String,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<keyward_core::WebhookDelivery>, StoreError> {
+        webhooks::deliveries(&*self.client().await?, &endpoint, before, limit).await
+    }
+
+    async fn delivery(
+        &self,
+        endpoint: String,
+        seq: u64,
+    ) -> Result<Option<keyward_core::WebhookDelivery>, StoreError> {
+        webhooks::one_delivery(&*self.client().await?, &endpoint, seq).await
+    }
+
+    async fn delivery_backlog(&self) -> Result<(u64, Option<Timestamp>), StoreError> {
+        webhooks::delivery_backlog(&*self.client().await?).await
+    }
 }
 
 #[async_trait]

@@ -51,7 +51,10 @@ pub(crate) fn mac_bytes(mac: Option<RecordMac>) -> Option<Vec<u8>> {
     mac.map(|m| m.0.to_vec())
 }
 
-fn json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T, StoreError> {
+pub(crate) fn json<T: serde::de::DeserializeOwned>(
+    text: &str,
+    what: &str,
+) -> Result<T, StoreError> {
     serde_json::from_str(text).map_err(|_| corrupt(what))
 }
 

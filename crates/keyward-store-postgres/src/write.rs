@@ -28,7 +28,7 @@ pub(crate) async fn exec(
 }
 
 /// Like [`exec`], for a statement that must change a row: none changed is `NotFound(what)`.
-async fn exec_one(
+pub(crate) async fn exec_one(
     tx: &Transaction<'_>,
     sql: &str,
     params: Params<'_>,

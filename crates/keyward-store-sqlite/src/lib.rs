@@ -23,6 +23,7 @@ use keyward_store::{
 };
 
 mod vault;
+mod webhooks;
 
 /// Migrations in order; `PRAGMA user_version` records how many have run.
 const MIGRATIONS: &[&str] = &[
@@ -37,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0009_integrity.sql"),
     include_str!("../migrations/sqlite/0010_lease_integrity.sql"),
     include_str!("../migrations/sqlite/0011_rotation.sql"),
+    include_str!("../migrations/sqlite/0012_webhooks.sql"),
 ];
 
 /// Readers kept open for reuse; more are opened under load and closed after. Opening one costs
@@ -623,6 +625,7 @@ fn apply_in_transaction(conn: &mut Connection, changes: &Changes) -> Result<(), 
         }
     }
     vault::apply(&tx, changes)?;
+    webhooks::apply(&tx, changes)?;
     if let Some(checkpoint) = &changes.audit_checkpoint {
         tx.prepare_cached(
             "INSERT INTO audit_checkpoint (id, seq, hash, revoked, mac) VALUES (1, ?1, ?2, ?4, ?3) \
@@ -1187,6 +1190,71 @@ impl keyward_store::AuditStore for SqliteStore {
             collect_rows(rows, audit_from_row)
         })
         .await
+    }
+}
+
+#[async_trait]
+impl keyward_store::OutboxStore for SqliteStore {
+    async fn outbox_after(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<keyward_core::OutboxEvent>, StoreError> {
+        self.read(move |conn| webhooks::outbox_after(conn, after, limit))
+            .await
+    }
+
+    async fn outbox_event(
+        &self,
+        seq: u64,
+    ) -> Result<Option<keyward_core::OutboxEvent>, StoreError> {
+        self.read(move |conn| webhooks::outbox_event(conn, seq))
+            .await
+    }
+
+    async fn outbox_head(&self) -> Result<u64, StoreError> {
+        self.read(webhooks::outbox_head).await
+    }
+
+    async fn outbox_has(&self, ids: Vec<String>) -> Result<Vec<String>, StoreError> {
+        self.read(move |conn| webhooks::outbox_has(conn, &ids))
+            .await
+    }
+
+    async fn webhooks(&self) -> Result<Vec<keyward_core::WebhookEndpoint>, StoreError> {
+        self.read(webhooks::webhooks).await
+    }
+
+    async fn pending_deliveries(
+        &self,
+        endpoint: String,
+        limit: u32,
+    ) -> Result<Vec<keyward_core::WebhookDelivery>, StoreError> {
+        self.read(move |conn| webhooks::pending_deliveries(conn, &endpoint, limit))
+            .await
+    }
+
+    async fn deliveries(
+        &self,
+        endpoint: String,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<keyward_core::WebhookDelivery>, StoreError> {
+        self.read(move |conn| webhooks::deliveries(conn, &endpoint, before, limit))
+            .await
+    }
+
+    async fn delivery(
+        &self,
+        endpoint: String,
+        seq: u64,
+    ) -> Result<Option<keyward_core::WebhookDelivery>, StoreError> {
+        self.read(move |conn| webhooks::delivery(conn, &endpoint, seq))
+            .await
+    }
+
+    async fn delivery_backlog(&self) -> Result<(u64, Option<Timestamp>), StoreError> {
+        self.read(webhooks::delivery_backlog).await
     }
 }
 

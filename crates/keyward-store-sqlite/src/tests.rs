@@ -27,7 +27,7 @@ mod clause {
 
     keyward_store::conformance_tests!(
         environments, keys_round_trip, writes_are_atomic, updates, audit_chain, usage, listing,
-        access_and_roles, plans, quotas, events, vault, rotation, change_feed;
+        access_and_roles, plans, quotas, events, vault, rotation, webhooks, change_feed;
         fresh()
     );
 }

@@ -161,6 +161,7 @@ pub const CLAUSES: &[&str] = &[
     "events",
     "vault",
     "rotation",
+    "webhooks",
     "change_feed",
 ];
 
@@ -179,6 +180,7 @@ async fn clause(store: &dyn Store, name: &str) {
         "events" => events(store).await,
         "vault" => vault(store).await,
         "rotation" => rotation(store).await,
+        "webhooks" => webhooks(store).await,
         "change_feed" => change_feed(store).await,
         other => panic!("no conformance clause named {other}"),
     }
@@ -1308,5 +1310,175 @@ pub async fn rotation(store: &dyn Store) {
     assert_eq!(
         store.key(keys[5].id).await.unwrap().unwrap().name,
         "collected"
+    );
+}
+
+/// The outbox and webhooks: events keep their order and are written once by id; an endpoint
+/// and its deliveries round-trip; a delivery's state moves, and the backlog counts the pending.
+pub async fn webhooks(store: &dyn Store) {
+    use keyward_core::{
+        DeliveryState, EventType, OutboxEvent, SealedSigningSecret, WebhookDelivery,
+        WebhookEndpoint,
+    };
+    assert_eq!(store.outbox_head().await.unwrap(), 0);
+    let event = |id: &str, n: i64| OutboxEvent {
+        seq: 0,
+        id: id.to_owned(),
+        kind: EventType::KeyRevoked,
+        ts: Timestamp::from_unix_ms(10_000 + n),
+        key_id: Some(sample_key(1, "live").id),
+        environment: Some(env("live")),
+        owner: Some("alice".into()),
+        data: serde_json::json!({"n": n}),
+        only: None,
+    };
+    store
+        .apply(Changes {
+            outbox: vec![event("msg_a", 1), event("msg_b", 2)],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    // A second write of an id already there is left out; the rest of the write goes in.
+    store
+        .apply(Changes {
+            outbox: vec![event("msg_b", 99), event("msg_c", 3)],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    let all = store.outbox_after(0, 10).await.unwrap();
+    let ids: Vec<&str> = all.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["msg_a", "msg_b", "msg_c"]);
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(all[1].data, serde_json::json!({"n": 2}));
+    assert_eq!(store.outbox_head().await.unwrap(), all[2].seq);
+    assert_eq!(
+        store.outbox_after(all[0].seq, 1).await.unwrap()[0].id,
+        "msg_b"
+    );
+    assert_eq!(
+        store.outbox_event(all[2].seq).await.unwrap(),
+        Some(all[2].clone())
+    );
+    let mut has = store
+        .outbox_has(vec!["msg_c".into(), "msg_z".into(), "msg_a".into()])
+        .await
+        .unwrap();
+    has.sort();
+    assert_eq!(has, ["msg_a", "msg_c"]);
+
+    let endpoint = WebhookEndpoint {
+        id: "wh_1".into(),
+        url: "https://hooks.example.com/keyward".into(),
+        description: Some("ops".into()),
+        event_types: vec![EventType::KeyRevoked],
+        environment: Some(env("live")),
+        owner: None,
+        secrets: vec![SealedSigningSecret {
+            sealed: "00ff".into(),
+            created_at: Timestamp::from_unix_ms(1),
+            expires_at: None,
+        }],
+        enabled: true,
+        disabled_reason: None,
+        cursor: all[0].seq,
+        created_at: Timestamp::from_unix_ms(1),
+        updated_at: Timestamp::from_unix_ms(1),
+        mac: Some(keyward_core::RecordMac([9; 32])),
+    };
+    let delivery = |seq: u64, state: DeliveryState| WebhookDelivery {
+        endpoint: "wh_1".into(),
+        seq,
+        event_id: format!("msg_{seq}"),
+        kind: EventType::KeyRevoked,
+        key_id: None,
+        state,
+        attempts: 0,
+        next_attempt_at: Timestamp::from_unix_ms(20_000),
+        last_status: None,
+        last_error: None,
+        delivered_at: None,
+        created_at: Timestamp::from_unix_ms(20_000 + i64::try_from(seq).unwrap()),
+    };
+    store
+        .apply(Changes {
+            upsert_webhooks: vec![endpoint.clone()],
+            upsert_deliveries: vec![
+                delivery(all[1].seq, DeliveryState::Pending),
+                delivery(all[2].seq, DeliveryState::Pending),
+            ],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.webhooks().await.unwrap(), vec![endpoint.clone()]);
+    let pending = store.pending_deliveries("wh_1".into(), 10).await.unwrap();
+    assert_eq!(pending.len(), 2);
+    assert_eq!(pending[0].seq, all[1].seq);
+    let (count, oldest) = store.delivery_backlog().await.unwrap();
+    assert_eq!(count, 2);
+    assert_eq!(oldest, Some(pending[0].created_at));
+
+    let mut done = pending[0].clone();
+    done.state = DeliveryState::Delivered;
+    done.attempts = 1;
+    done.last_status = Some(204);
+    store
+        .apply(Changes {
+            upsert_deliveries: vec![done.clone()],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.delivery("wh_1".into(), done.seq).await.unwrap(),
+        Some(done.clone())
+    );
+    assert_eq!(
+        store
+            .pending_deliveries("wh_1".into(), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let log = store.deliveries("wh_1".into(), None, 10).await.unwrap();
+    assert_eq!(
+        log.iter().map(|d| d.seq).collect::<Vec<_>>(),
+        [all[2].seq, all[1].seq]
+    );
+    let older = store
+        .deliveries("wh_1".into(), Some(all[2].seq), 10)
+        .await
+        .unwrap();
+    assert_eq!(older, vec![done]);
+    assert_eq!(store.delivery_backlog().await.unwrap().0, 1);
+
+    // Removing an endpoint removes its deliveries; removing one that is not there fails.
+    store
+        .apply(Changes {
+            delete_webhooks: vec!["wh_1".into()],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    assert!(store.webhooks().await.unwrap().is_empty());
+    assert!(
+        store
+            .deliveries("wh_1".into(), None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let missing = store
+        .apply(Changes {
+            delete_webhooks: vec!["wh_1".into()],
+            ..Changes::default()
+        })
+        .await;
+    assert!(
+        matches!(missing, Err(StoreError::NotFound(_))),
+        "{missing:?}"
     );
 }

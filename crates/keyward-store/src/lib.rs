@@ -22,8 +22,8 @@ pub mod vault;
 /// The repository traits, to call their methods on a `dyn Store`: `use keyward_store::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        AuditStore as _, CatalogStore as _, KeyStore as _, Store as _, UsageStore as _,
-        VaultStore as _,
+        AuditStore as _, CatalogStore as _, KeyStore as _, OutboxStore as _, Store as _,
+        UsageStore as _, VaultStore as _,
     };
 }
 
@@ -146,6 +146,15 @@ pub struct Changes {
     /// Handovers collected or lapsed, by predecessor. Each must exist: a handover is collected
     /// once, so a second collection fails the whole write with [`StoreError::NotFound`].
     pub delete_handovers: Vec<KeyId>,
+    /// Events to deliver (the outbox), in order. One whose id is stored already is left out:
+    /// a notice found due again is written once.
+    pub outbox: Vec<keyward_core::OutboxEvent>,
+    /// Webhook endpoints created or replaced whole.
+    pub upsert_webhooks: Vec<keyward_core::WebhookEndpoint>,
+    /// Endpoints removed, with their deliveries.
+    pub delete_webhooks: Vec<String>,
+    /// Deliveries created or replaced whole.
+    pub upsert_deliveries: Vec<keyward_core::WebhookDelivery>,
     pub audit: Vec<AuditEntry>,
     /// Replaces the stored audit checkpoint (written with the entries it covers).
     pub audit_checkpoint: Option<AuditCheckpoint>,
@@ -230,7 +239,7 @@ pub struct KeyQuery {
 ///   [`StoreError::Conflict`]. Updating a missing key is [`StoreError::NotFound`].
 #[async_trait]
 pub trait Store:
-    KeyStore + CatalogStore + UsageStore + AuditStore + VaultStore + fmt::Debug + 'static
+    KeyStore + CatalogStore + UsageStore + AuditStore + VaultStore + OutboxStore + fmt::Debug + 'static
 {
     async fn apply(&self, changes: Changes) -> Result<(), StoreError>;
 
@@ -291,6 +300,53 @@ pub trait KeyStore: Send + Sync {
 
     /// Predecessors whose handover lapsed at or before `now`, at most `limit`.
     async fn lapsed_handovers(&self, now: Timestamp, limit: u32) -> Result<Vec<KeyId>, StoreError>;
+}
+
+/// The outbox and the webhooks it is delivered to.
+#[async_trait]
+pub trait OutboxStore: Send + Sync {
+    /// Events after position `after`, oldest first, at most `limit`.
+    async fn outbox_after(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<keyward_core::OutboxEvent>, StoreError>;
+
+    async fn outbox_event(&self, seq: u64)
+    -> Result<Option<keyward_core::OutboxEvent>, StoreError>;
+
+    /// The newest outbox position (0 when empty).
+    async fn outbox_head(&self) -> Result<u64, StoreError>;
+
+    /// Which of `ids` the outbox holds already.
+    async fn outbox_has(&self, ids: Vec<String>) -> Result<Vec<String>, StoreError>;
+
+    /// Every endpoint, by id.
+    async fn webhooks(&self) -> Result<Vec<keyward_core::WebhookEndpoint>, StoreError>;
+
+    /// Pending deliveries to `endpoint`, oldest event first, at most `limit`.
+    async fn pending_deliveries(
+        &self,
+        endpoint: String,
+        limit: u32,
+    ) -> Result<Vec<keyward_core::WebhookDelivery>, StoreError>;
+
+    /// Deliveries to `endpoint`, newest event first, before position `before`, at most `limit`.
+    async fn deliveries(
+        &self,
+        endpoint: String,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<keyward_core::WebhookDelivery>, StoreError>;
+
+    async fn delivery(
+        &self,
+        endpoint: String,
+        seq: u64,
+    ) -> Result<Option<keyward_core::WebhookDelivery>, StoreError>;
+
+    /// How many deliveries are pending, and when the oldest of them was made.
+    async fn delivery_backlog(&self) -> Result<(u64, Option<Timestamp>), StoreError>;
 }
 
 /// What every environment shares or owns: environments (and their sealed HMAC secrets), roles, plans.

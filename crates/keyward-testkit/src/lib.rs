@@ -139,6 +139,57 @@ impl keyward_store::KeyStore for CountingStore {
 }
 
 #[async_trait]
+impl keyward_store::OutboxStore for CountingStore {
+    async fn outbox_after(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<keyward_core::OutboxEvent>, StoreError> {
+        self.inner.outbox_after(after, limit).await
+    }
+    async fn outbox_event(
+        &self,
+        seq: u64,
+    ) -> Result<Option<keyward_core::OutboxEvent>, StoreError> {
+        self.inner.outbox_event(seq).await
+    }
+    async fn outbox_head(&self) -> Result<u64, StoreError> {
+        self.inner.outbox_head().await
+    }
+    async fn outbox_has(&self, ids: Vec<String>) -> Result<Vec<String>, StoreError> {
+        self.inner.outbox_has(ids).await
+    }
+    async fn webhooks(&self) -> Result<Vec<keyward_core::WebhookEndpoint>, StoreError> {
+        self.inner.webhooks().await
+    }
+    async fn pending_deliveries(
+        &self,
+        endpoint: String,
+        limit: u32,
+    ) -> Result<Vec<keyward_core::WebhookDelivery>, StoreError> {
+        self.inner.pending_deliveries(endpoint, limit).await
+    }
+    async fn deliveries(
+        &self,
+        endpoint: String,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<keyward_core::WebhookDelivery>, StoreError> {
+        self.inner.deliveries(endpoint, before, limit).await
+    }
+    async fn delivery(
+        &self,
+        endpoint: String,
+        seq: u64,
+    ) -> Result<Option<keyward_core::WebhookDelivery>, StoreError> {
+        self.inner.delivery(endpoint, seq).await
+    }
+    async fn delivery_backlog(&self) -> Result<(u64, Option<Timestamp>), StoreError> {
+        self.inner.delivery_backlog().await
+    }
+}
+
+#[async_trait]
 impl keyward_store::CatalogStore for CountingStore {
     async fn environments(&self) -> Result<Vec<EnvironmentRecord>, StoreError> {
         self.inner.environments().await
@@ -346,6 +397,12 @@ impl Running {
             Arc::new(clock.clone()),
             AuthorityConfig {
                 usage_flush_interval: Duration::from_millis(50),
+                // Webhook receivers of the tests listen on 127.0.0.1 (only).
+                webhooks: keyward_service::WebhookConfig {
+                    allowed_cidrs: keyward_core::CidrSet::parse(&["127.0.0.1/32"]).unwrap(),
+                    timeout: Duration::from_secs(2),
+                    ..keyward_service::WebhookConfig::default()
+                },
                 ..AuthorityConfig::default()
             },
         )
@@ -493,4 +550,140 @@ impl Drop for TestApp {
 /// The environment name admin keys live in.
 pub fn admin_environment() -> EnvironmentName {
     EnvironmentName::parse(ADMIN_ENVIRONMENT).unwrap()
+}
+
+/// A webhook receiver on loopback: records every request (headers and body) and answers with
+/// the status set (200 unless told otherwise; 0 closes the connection unanswered, as a dead
+/// receiver would).
+#[derive(Debug, Clone)]
+pub struct Receiver {
+    pub url: String,
+    received: Arc<std::sync::Mutex<Vec<Received>>>,
+    status: Arc<std::sync::atomic::AtomicU16>,
+}
+
+/// One request a [`Receiver`] got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Header names in lower case.
+    pub headers: std::collections::HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map_or("", String::as_str)
+    }
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let status = Arc::new(std::sync::atomic::AtomicU16::new(200));
+        let (r, s) = (Arc::clone(&received), Arc::clone(&status));
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (r, s) = (Arc::clone(&r), Arc::clone(&s));
+                tokio::spawn(async move {
+                    let mut stream = BufReader::new(stream);
+                    loop {
+                        let mut line = String::new();
+                        if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut headers = std::collections::HashMap::new();
+                        loop {
+                            let mut header = String::new();
+                            if stream.read_line(&mut header).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let header = header.trim_end();
+                            if header.is_empty() {
+                                break;
+                            }
+                            if let Some((name, value)) = header.split_once(':') {
+                                headers.insert(
+                                    name.trim().to_ascii_lowercase(),
+                                    value.trim().to_owned(),
+                                );
+                            }
+                        }
+                        let length: usize = headers
+                            .get("content-length")
+                            .and_then(|l| l.parse().ok())
+                            .unwrap_or(0);
+                        let mut body = vec![0; length];
+                        if stream.read_exact(&mut body).await.is_err() {
+                            return;
+                        }
+                        let code = s.load(std::sync::atomic::Ordering::SeqCst);
+                        if code == 0 {
+                            return;
+                        }
+                        r.lock().unwrap().push(Received { headers, body });
+                        let answer = format!("HTTP/1.1 {code} X\r\ncontent-length: 0\r\n\r\n");
+                        if stream.get_mut().write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Receiver {
+            url,
+            received,
+            status,
+        }
+    }
+
+    /// Answers `code` from now on (0: drops connections unanswered).
+    pub fn answer(&self, code: u16) {
+        self.status.store(code, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// What was received (and answered with a 2xx or otherwise) so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+/// A Python virtual environment under the target directory with `packages` installed (pip,
+/// from PyPI), made once and reused; its interpreter.
+pub fn python_with(packages: &[&str]) -> PathBuf {
+    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target");
+    let name = packages.join("_").replace(['=', '<', '>', '.'], "-");
+    let venv = target.join(format!("test-venv-{name}"));
+    let python = venv.join("bin/python");
+    let ready = venv.join(".ready");
+    let lock_path = target.join(format!("test-venv-{name}.lock"));
+    let lock = std::fs::File::create(&lock_path).unwrap();
+    lock.lock().unwrap();
+    if !ready.exists() {
+        let _ = std::fs::remove_dir_all(&venv);
+        let made = std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .unwrap();
+        assert!(made.success(), "python3 -m venv failed");
+        let installed = std::process::Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(packages)
+            .status()
+            .unwrap();
+        assert!(installed.success(), "pip install {packages:?} failed");
+        std::fs::write(&ready, b"").unwrap();
+    }
+    drop(lock);
+    python
 }

@@ -45,6 +45,8 @@ pub struct FileConfig {
     pub insecure_plain_http: Option<bool>,
     pub worker_threads: Option<usize>,
     pub trusted_proxies: Option<Vec<String>>,
+    /// Internal networks (loopback, private, link-local) webhook endpoints may use.
+    pub webhook_allowed_cidrs: Option<Vec<String>>,
     /// Failed verifications (MALFORMED, NOT_FOUND) allowed per client `ip` a minute; 0: no limit.
     pub failed_verifications_per_minute: Option<u64>,
     /// Failed admin authentications allowed per client address a minute; 0: no limit.
@@ -259,6 +261,14 @@ impl Config {
         if !(1..=1024).contains(&worker_threads) {
             problems.push("worker_threads: must be between 1 and 1024".into());
         }
+        let webhook_allowed_cidrs =
+            match keyward_core::CidrSet::parse(&file.webhook_allowed_cidrs.unwrap_or_default()) {
+                Ok(set) => set,
+                Err((i, e)) => {
+                    problems.push(format!("webhook_allowed_cidrs: entry {i}: {e}"));
+                    keyward_core::CidrSet::default()
+                }
+            };
         let trusted_proxies =
             match keyward_core::CidrSet::parse(&file.trusted_proxies.unwrap_or_default()) {
                 Ok(set) => set,
@@ -408,6 +418,10 @@ impl Config {
                 guard: guard_config,
                 rewrap_batch: rewrap_batch_size,
                 rotation_interval: Duration::from_secs(rotation_interval_s),
+                webhooks: keyward_service::WebhookConfig {
+                    allowed_cidrs: webhook_allowed_cidrs,
+                    ..keyward_service::WebhookConfig::default()
+                },
                 ..keyward_service::AuthorityConfig::default()
             },
         })

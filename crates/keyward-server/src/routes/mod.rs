@@ -11,3 +11,4 @@ pub mod secrets;
 pub mod sys;
 pub mod system;
 pub mod verify;
+pub mod webhooks;
