@@ -358,6 +358,7 @@ impl Authority {
             Arc::clone(&authz),
             Arc::clone(&vault),
             Arc::clone(&integrity),
+            Arc::clone(&catalog),
             config.webhooks.clone(),
         )?);
         let feed = Arc::new(FeedListener {

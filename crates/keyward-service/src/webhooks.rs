@@ -243,11 +243,14 @@ pub struct Webhooks {
     authz: Arc<Authz>,
     vault: Arc<OpenVault>,
     integrity: Arc<Integrity>,
+    catalog: Arc<crate::catalog::Catalog>,
     config: WebhookConfig,
     client: reqwest::Client,
     /// Woken when a commit wrote to the outbox.
     wake: Arc<tokio::sync::Notify>,
     totals: [std::sync::atomic::AtomicU64; 3],
+    /// One dispatcher run at a time in this process (the job, and a caller that runs it).
+    dispatching: tokio::sync::Mutex<()>,
 }
 
 impl Webhooks {
@@ -259,6 +262,7 @@ impl Webhooks {
         authz: Arc<Authz>,
         vault: Arc<OpenVault>,
         integrity: Arc<Integrity>,
+        catalog: Arc<crate::catalog::Catalog>,
         config: WebhookConfig,
     ) -> Result<Self, ServiceError> {
         let client = reqwest::Client::builder()
@@ -279,10 +283,12 @@ impl Webhooks {
             authz,
             vault,
             integrity,
+            catalog,
             config,
             client,
             wake: Arc::new(tokio::sync::Notify::new()),
             totals: Default::default(),
+            dispatching: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -418,12 +424,15 @@ impl Webhooks {
         {
             return Err(invalid("description", "at most 1000 printable characters"));
         }
-        environment
-            .map(|e| {
-                EnvironmentName::parse(e)
-                    .map_err(|_| invalid("environment", "not an environment name"))
-            })
-            .transpose()
+        let Some(environment) = environment else {
+            return Ok(None);
+        };
+        let name = EnvironmentName::parse(environment)
+            .map_err(|_| invalid("environment", "not an environment name"))?;
+        if self.catalog.environment(name.as_str()).is_none() {
+            return Err(invalid("environment", "unknown environment"));
+        }
+        Ok(Some(name))
     }
 
     /// Registers an endpoint; returns it and its signing secret, shown this once.
@@ -763,6 +772,7 @@ impl Webhooks {
 
     /// Fans new events out to the endpoints and sends what is due, until nothing is.
     pub async fn run_deliveries(&self) -> Result<DeliveryRun, ServiceError> {
+        let _one = self.dispatching.lock().await;
         let mut run = DeliveryRun::default();
         loop {
             let before = run;

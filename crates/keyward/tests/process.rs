@@ -1231,3 +1231,145 @@ fn cli_rotation_commands() {
         "{out}"
     );
 }
+
+/// A blocking webhook receiver on `port`: the bodies it answered 200 to.
+fn receive_on(port: u16) -> std::sync::Arc<std::sync::Mutex<Vec<Value>>> {
+    use std::io::{BufRead, Read, Write};
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let seen = std::sync::Arc::clone(&got);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let seen = std::sync::Arc::clone(&seen);
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                loop {
+                    let mut length = 0usize;
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    loop {
+                        let mut header = String::new();
+                        if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let header = header.trim_end().to_ascii_lowercase();
+                        if header.is_empty() {
+                            break;
+                        }
+                        if let Some(v) = header.strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    if let Ok(value) = serde_json::from_slice(&body) {
+                        seen.lock().unwrap().push(value);
+                    }
+                    if writer
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    got
+}
+
+#[test]
+fn kill_9_between_a_change_and_its_delivery_loses_no_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("keyward.toml");
+    std::fs::write(&config, "webhook_allowed_cidrs = [\"127.0.0.1/32\"]\n").unwrap();
+    let start = || {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut root = None;
+        loop {
+            let line = lines.next().expect("serve exited").unwrap();
+            if let Some(key) = line.trim().strip_prefix("keyward_admin_") {
+                root = Some(format!("keyward_admin_{key}"));
+            }
+            if let Some(addr) = line.strip_prefix("keyward listening on ") {
+                std::thread::spawn(move || for _ in lines {});
+                return Server {
+                    child,
+                    url: addr.to_owned(),
+                    root_key: root,
+                };
+            }
+        }
+    };
+    // The receiver's port, closed for now: every attempt before the kill fails.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = start();
+    let root = server.root_key.clone().unwrap();
+    let url = server.url.clone();
+    let (status, hook) = post(
+        &format!("{url}/v1/webhooks"),
+        &root,
+        json!({"url": format!("http://127.0.0.1:{port}/hook"), "event_types": ["key.revoked"]}),
+    );
+    assert_eq!(status, 201, "{hook}");
+    // Internal addresses other than the allowed one are still refused.
+    let (status, _) = post(
+        &format!("{url}/v1/webhooks"),
+        &root,
+        json!({"url": "http://127.0.0.2:1/hook"}),
+    );
+    assert_eq!(status, 400);
+    let (status, key) = post(
+        &format!("{url}/v1/keys"),
+        &root,
+        json!({"environment": "live", "name": "n", "owner": "o"}),
+    );
+    assert_eq!(status, 201);
+    let id = key["id"].as_str().unwrap().to_owned();
+    let (status, _) = post(
+        &format!("{url}/v1/keys/{id}/revoke"),
+        &root,
+        json!({"reason": "leaked"}),
+    );
+    assert_eq!(status, 200);
+    server.kill9();
+
+    let got = receive_on(port);
+    let server = start();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let events = got.lock().unwrap().clone();
+        if let Some(event) = events.iter().find(|e| e["data"]["key_id"] == id.as_str()) {
+            assert_eq!(event["type"], "key.revoked");
+            assert_eq!(event["data"]["reason"], "leaked");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the event never arrived: {events:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    drop(server);
+}
