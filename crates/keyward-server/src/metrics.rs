@@ -145,7 +145,13 @@ impl Metrics {
         self.verify_duration.record(took);
     }
 
-    pub fn render(&self, authority: Option<&Authority>) -> String {
+    /// The metrics text; `backlog` is the webhook outbox's pending deliveries and the age of the
+    /// oldest, when the store answered.
+    pub fn render(
+        &self,
+        authority: Option<&Authority>,
+        backlog: Option<(u64, Option<Duration>)>,
+    ) -> String {
         if let Some(authority) = authority {
             self.cached_keys
                 .set(authority.verifier().cache().len() as f64);
@@ -159,7 +165,40 @@ impl Metrics {
         self.handle.run_upkeep();
         let mut out = self.handle.render();
         self.verify_duration.render(&mut out);
+        if let Some(authority) = authority {
+            render_background(&mut out, authority, backlog);
+        }
         out
+    }
+}
+
+/// The rotation scheduler's and the webhook dispatcher's figures.
+fn render_background(
+    out: &mut String,
+    authority: &Authority,
+    backlog: Option<(u64, Option<Duration>)>,
+) {
+    let (rotated, failed) = authority.rotation().totals();
+    let due = authority.rotation().last_due();
+    let _ = writeln!(
+        out,
+        "# HELP keyward_rotations_total Keys rolled by their rotation policy, and due rotations that failed\n# TYPE keyward_rotations_total counter\nkeyward_rotations_total{{outcome=\"rotated\"}} {rotated}\nkeyward_rotations_total{{outcome=\"failed\"}} {failed}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP keyward_rotations_due Keys found due for rotation by the last scan\n# TYPE keyward_rotations_due gauge\nkeyward_rotations_due {due}"
+    );
+    let (delivered, retried, gave_up) = authority.webhooks().totals();
+    let _ = writeln!(
+        out,
+        "# HELP keyward_webhook_deliveries_total Webhook delivery attempts by outcome\n# TYPE keyward_webhook_deliveries_total counter\nkeyward_webhook_deliveries_total{{outcome=\"delivered\"}} {delivered}\nkeyward_webhook_deliveries_total{{outcome=\"retried\"}} {retried}\nkeyward_webhook_deliveries_total{{outcome=\"failed\"}} {gave_up}"
+    );
+    if let Some((pending, oldest)) = backlog {
+        let age = oldest.map_or(0.0, |d| d.as_secs_f64());
+        let _ = writeln!(
+            out,
+            "# HELP keyward_outbox_pending Webhook deliveries not yet made\n# TYPE keyward_outbox_pending gauge\nkeyward_outbox_pending {pending}\n# HELP keyward_outbox_oldest_pending_seconds Age of the oldest delivery not yet made\n# TYPE keyward_outbox_oldest_pending_seconds gauge\nkeyward_outbox_oldest_pending_seconds {age}"
+        );
     }
 }
 

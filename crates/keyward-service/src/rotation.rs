@@ -163,6 +163,8 @@ pub struct Rotation {
     /// Since start: keys rolled by the scheduler, and due rotations that failed.
     rotated: std::sync::atomic::AtomicU64,
     failed: std::sync::atomic::AtomicU64,
+    /// Keys the last scan found due.
+    last_due: std::sync::atomic::AtomicU64,
 }
 
 impl Rotation {
@@ -187,7 +189,13 @@ impl Rotation {
             failures: Mutex::new(HashMap::new()),
             rotated: std::sync::atomic::AtomicU64::new(0),
             failed: std::sync::atomic::AtomicU64::new(0),
+            last_due: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Keys the last scan found due for rotation.
+    pub fn last_due(&self) -> u64 {
+        self.last_due.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Keys rolled by the scheduler, and due rotations that failed, since start (metrics).
@@ -256,6 +264,10 @@ impl Rotation {
             .fetch_add(run.rotated, std::sync::atomic::Ordering::Relaxed);
         self.failed
             .fetch_add(run.failed, std::sync::atomic::Ordering::Relaxed);
+        self.last_due.store(
+            run.rotated + run.failed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         Ok(run)
     }
 

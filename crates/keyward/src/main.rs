@@ -24,6 +24,7 @@ mod rotation_cmd;
 mod run_cmd;
 mod secrets_cmd;
 mod store_cmd;
+mod webhooks_cmd;
 
 use config::{Config, FileConfig, LogFormat, Overrides, StoreChoice, StoreUrl};
 use datadir::DataDir;
@@ -77,6 +78,13 @@ enum Command {
         remote: client::Remote,
         #[command(subcommand)]
         command: rotation_cmd::RotationCommand,
+    },
+    /// Webhook endpoints and their deliveries (KEYWARD_URL, KEYWARD_TOKEN).
+    Webhooks {
+        #[command(flatten)]
+        remote: client::Remote,
+        #[command(subcommand)]
+        command: webhooks_cmd::WebhooksCommand,
     },
     /// Work with the audit log.
     Audit {
@@ -226,6 +234,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve(load_config(args)?).await.map(|()| ExitCode::SUCCESS),
         Command::Keys { remote, command } => client::run(remote, command).await,
         Command::Rotation { remote, command } => rotation_cmd::run(remote, command).await,
+        Command::Webhooks { remote, command } => webhooks_cmd::run(remote, command).await,
         Command::Operator { remote, command } => operator::run(remote, command).await,
         Command::Secrets { remote, command } => secrets_cmd::run(remote, command).await,
         Command::Run(args) => run_cmd::run(args).await,

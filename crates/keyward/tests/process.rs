@@ -1373,3 +1373,122 @@ fn kill_9_between_a_change_and_its_delivery_loses_no_event() {
     }
     drop(server);
 }
+
+#[test]
+fn cli_webhooks_commands_and_their_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("keyward.toml");
+    std::fs::write(&config, "webhook_allowed_cidrs = [\"127.0.0.1/32\"]\n").unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut root = String::new();
+    let url = loop {
+        let line = lines.next().expect("serve exited").unwrap();
+        if let Some(key) = line.trim().strip_prefix("keyward_admin_") {
+            root = format!("keyward_admin_{key}");
+        }
+        if let Some(addr) = line.strip_prefix("keyward listening on ") {
+            std::thread::spawn(move || for _ in lines {});
+            break addr.to_owned();
+        }
+    };
+    let server = Server {
+        child,
+        url: url.clone(),
+        root_key: Some(root.clone()),
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let got = receive_on(port);
+    let ok = |out: &Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let hook = format!("http://127.0.0.1:{port}/hook");
+    let out = ok(&cli(
+        &[
+            "webhooks",
+            "create",
+            "--endpoint",
+            &hook,
+            "--event",
+            "key.revoked",
+        ],
+        &url,
+        &root,
+    ));
+    assert!(
+        out.contains("signing secret (shown only this once): whsec_"),
+        "{out}"
+    );
+    let listed: Value =
+        serde_json::from_str(&ok(&cli(&["webhooks", "list", "--json"], &url, &root))).unwrap();
+    let id = listed["webhooks"][0]["id"].as_str().unwrap().to_owned();
+    assert!(ok(&cli(&["webhooks", "list"], &url, &root)).contains(&id));
+    let out = ok(&cli(&["webhooks", "test", &id], &url, &root));
+    assert!(out.contains("test event queued: msg_"), "{out}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while got.lock().unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the test event never arrived"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(got.lock().unwrap()[0]["type"], "webhook.test");
+    let out = ok(&cli(&["webhooks", "deliveries", &id], &url, &root));
+    assert!(
+        out.contains("webhook.test") && out.contains("delivered"),
+        "{out}"
+    );
+
+    // Bad input: one line naming the field.
+    let out = cli(
+        &["webhooks", "create", "--endpoint", "ftp://example.com/x"],
+        &url,
+        &root,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("INVALID_FIELD") && err.contains("url"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    // The dispatcher's figures are on /metrics.
+    let metrics = client()
+        .get(format!("{url}/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    for name in [
+        "keyward_outbox_pending 0",
+        "keyward_webhook_deliveries_total{outcome=\"delivered\"} 1",
+        "keyward_rotations_total{outcome=\"rotated\"}",
+        "keyward_rotations_due",
+        "keyward_outbox_oldest_pending_seconds",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+    ok(&cli(&["webhooks", "delete", &id], &url, &root));
+    drop(server);
+}

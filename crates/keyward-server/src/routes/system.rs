@@ -76,11 +76,15 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>)
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain"))
 )]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let session = state.node.session().ok();
+    let authority = session.as_ref().map(|s| &**s.authority());
+    let backlog = match authority {
+        Some(authority) => authority.webhooks().backlog().await.ok(),
+        None => None,
+    };
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state
-            .metrics
-            .render(state.node.session().ok().as_ref().map(|s| &**s.authority())),
+        state.metrics.render(authority, backlog),
     )
 }
 
