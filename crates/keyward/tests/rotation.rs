@@ -248,11 +248,22 @@ async fn a_simulated_year_rotates_every_key_on_schedule_and_protocol_clients_nev
         app.clock.advance_seconds(3 * 3600);
     }
     let start = app.clock.now_ms();
+    // Every notice goes to a subscriber.
+    let receiver = keyward_testkit::Receiver::start().await;
+    let (status, hook) = app
+        .call(
+            Method::POST,
+            "/v1/webhooks",
+            Some(json!({"url": receiver.url, "event_types": ["key.expiring", "key.rotated"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{hook}");
     // Old keys and when their grace ends, to check none verifies past it.
     let mut retired: Vec<(String, i64)> = Vec::new();
     for _day in 0..365 {
         app.clock.advance_seconds(DAY_S);
         run_scheduler(&app).await;
+        app.authority.webhooks().run_deliveries().await.unwrap();
         let now = app.clock.now_ms();
         for holder in &mut holders {
             if holder.follows_protocol {
@@ -343,6 +354,33 @@ async fn a_simulated_year_rotates_every_key_on_schedule_and_protocol_clients_nev
         assert!(versions[0].get("ended").is_none(), "{}", versions[0]);
     }
     assert!(app.clock.now_ms() - start >= 365 * DAY_S * 1000);
+    // Each notice reached the subscriber once: one per generation that came within its notice
+    // window, and one key.rotated per roll.
+    app.authority.webhooks().run_deliveries().await.unwrap();
+    let got = receiver.received();
+    let ids: HashSet<&str> = got.iter().map(|m| m.header("webhook-id")).collect();
+    assert_eq!(ids.len(), got.len(), "a notice or event delivered twice");
+    let mut notices: HashMap<String, usize> = HashMap::new();
+    let mut rolls = 0;
+    for m in &got {
+        let body = m.json();
+        match body["type"].as_str().unwrap() {
+            "key.expiring" => {
+                assert_eq!(body["data"]["reason"], "rotation", "{body}");
+                *notices
+                    .entry(body["data"]["key_id"].as_str().unwrap().to_owned())
+                    .or_default() += 1;
+            }
+            "key.rotated" => rolls += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(
+        notices.values().all(|n| *n == 1),
+        "one notice per generation"
+    );
+    // Every rolled generation was told first.
+    assert_eq!(notices.len(), rolls);
 }
 
 #[tokio::test]
