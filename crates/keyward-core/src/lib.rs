@@ -32,7 +32,9 @@ pub use permission::{Permission, PermissionSet};
 pub use policy::{EnvironmentPolicy, PolicyViolation};
 pub use query::PermissionQuery;
 pub use ratelimit::{LimitOutcome, LimitState, RateLimit};
-pub use rotation::{KeyLifecycle, PolicySource, RollCause, RotationPolicy};
+pub use rotation::{
+    DeliveryKind, DeliveryTarget, KeyLifecycle, PolicySource, RollCause, RotationPolicy,
+};
 pub use timestamp::Timestamp;
 pub use webhook::{
     DeliveryState, EventType, OutboxEvent, SealedSigningSecret, WebhookDelivery, WebhookEndpoint,

@@ -22,6 +22,10 @@ pub struct RotationPolicy {
     pub grace_hours: u32,
     #[serde(default)]
     pub notice_days: u32,
+    /// For a key with a delivery target: how long the replaced key may keep working while its
+    /// successor cannot be delivered (default 72 hours more than the grace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_cap_hours: Option<u32>,
 }
 
 /// A rule a policy breaks, with the field it is about.
@@ -67,7 +71,23 @@ impl RotationPolicy {
                 "must be shorter than the period (every_days)",
             ));
         }
+        if let Some(cap) = self.delivery_cap_hours
+            && (cap < self.grace_hours || u64::from(cap) >= u64::from(self.every_days) * 24)
+        {
+            return Err(invalid(
+                "delivery_cap_hours",
+                "must be at least the grace and shorter than the period",
+            ));
+        }
         Ok(())
+    }
+
+    /// How long a replaced key may keep working while its successor is not delivered, in ms.
+    pub fn delivery_cap_ms(&self) -> i64 {
+        i64::from(
+            self.delivery_cap_hours
+                .unwrap_or(self.grace_hours.saturating_add(72)),
+        ) * HOUR_MS
     }
 
     /// When a key made at `since` is due to be rolled.
@@ -144,6 +164,57 @@ pub struct KeyLifecycle {
     /// Set when the key was rolled: by whom.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rolled_by: Option<RollCause>,
+    /// Where a successor made by the scheduler is written before the grace period starts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliveryTarget>,
+}
+
+/// Where a key's successor is written: a secret in keyward's own vault, in the key's
+/// environment, or a KV v2 secret on an external Vault or OpenBao (whose token is read from
+/// keyward's vault).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryTarget {
+    pub kind: DeliveryKind,
+    /// If given, it must be the key's environment (the successor never leaves it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<crate::EnvironmentName>,
+    /// The secret's path (in keyward's vault, or under the KV v2 mount).
+    pub path: String,
+    /// The field of the secret the key is written to (default `key`).
+    #[serde(default = "default_field")]
+    pub field: String,
+    /// KV v2: the server, e.g. `https://vault.internal:8200`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// KV v2: the mount (default `secret`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<String>,
+    /// KV v2: the keyward secret (in the key's environment) whose field `token` is the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_path: Option<String>,
+}
+
+fn default_field() -> String {
+    "key".to_owned()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryKind {
+    /// A path in keyward's own vault.
+    Vault,
+    /// A KV v2 path on HashiCorp Vault or OpenBao.
+    Kv2,
+}
+
+impl DeliveryKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DeliveryKind::Vault => "vault",
+            DeliveryKind::Kv2 => "kv2",
+        }
+    }
 }
 
 impl KeyLifecycle {
@@ -161,6 +232,7 @@ mod tests {
             every_days,
             grace_hours,
             notice_days,
+            delivery_cap_hours: None,
         }
     }
 

@@ -95,6 +95,7 @@ fn fixture() -> &'static Fixture {
                         access: keyward_core::KeyAccess::default(),
                         quota_remaining: None,
                         rotation: None,
+                        delivery: None,
                     },
                 )
                 .await
@@ -130,6 +131,7 @@ fn fixture() -> &'static Fixture {
                         },
                         quota_remaining: None,
                         rotation: None,
+                        delivery: None,
                     },
                 )
                 .await

@@ -127,8 +127,10 @@ fn fixture() -> &'static Fixture {
                             every_days: 90,
                             grace_hours: 48,
                             notice_days: 7,
+                            delivery_cap_hours: None,
                         }),
                         rolled_by: None,
+                        delivery: None,
                     },
                     mac: None,
                 });

@@ -60,6 +60,8 @@ pub struct NewKey {
     pub quota_remaining: Option<u64>,
     /// The key's own rotation policy (beats its roles' and its environment's).
     pub rotation: Option<keyward_core::RotationPolicy>,
+    /// Where the scheduler writes the key's successors.
+    pub delivery: Option<keyward_core::DeliveryTarget>,
 }
 
 /// A partial update: `None` leaves a field as it is. For `purpose` and `expires_at`,
@@ -87,6 +89,8 @@ pub struct KeyUpdate {
     /// Sets the key's own rotation policy; `Some(None)` removes it (the key then follows its
     /// roles' or its environment's).
     pub rotation: Option<Option<keyward_core::RotationPolicy>>,
+    /// Sets where the scheduler writes the key's successors; `Some(None)` removes it.
+    pub delivery: Option<Option<keyward_core::DeliveryTarget>>,
 }
 
 /// One page of a key listing.
@@ -339,6 +343,10 @@ impl Keys {
         self.authz
             .permit(actor, op, Target::Environment(&new.environment))
             .await?;
+        if let Some(target) = &new.delivery {
+            self.check_delivery(actor, op, None, target, &new.environment)
+                .await?;
+        }
         if new.service != ServiceName::Keyward && new.access.admin_environments.is_some() {
             return Err(invalid(
                 "admin_environments",
@@ -366,6 +374,7 @@ impl Keys {
                 lifecycle: keyward_core::KeyLifecycle {
                     rotation: new.rotation,
                     rolled_by: None,
+                    delivery: new.delivery.clone(),
                 },
             },
         )?;
@@ -618,6 +627,13 @@ impl Keys {
         if let Some(Some(policy)) = &update.rotation {
             crate::rotation::check_policy(crate::rotation::Field::Key, policy)?;
         }
+        // Before the writer is taken: a refusal writes its own audit entry. (A key's
+        // environment never changes.)
+        if let Some(Some(target)) = &update.delivery {
+            let environment = self.key(id).await?.environment;
+            self.check_delivery(actor, Operation::KeyUpdate, Some(id), target, &environment)
+                .await?;
+        }
         if update.enabled == Some(false) {
             self.check_not_self(actor, Operation::KeyUpdate, id).await?;
         }
@@ -728,6 +744,13 @@ impl Keys {
         if let Some(rotation) = update.rotation {
             changed.insert("rotation".into(), json!(rotation));
             key.lifecycle.rotation = rotation;
+        }
+        if let Some(delivery) = update.delivery {
+            changed.insert(
+                "delivery".into(),
+                json!(delivery.as_ref().map(describe_delivery)),
+            );
+            key.lifecycle.delivery = delivery;
         }
         key.updated_at = now;
         if let Err(e) = self.authz.conferrable(actor, &mut key, restrictions).await {
@@ -967,6 +990,7 @@ impl Keys {
                 lifecycle: keyward_core::KeyLifecycle {
                     rotation: old.lifecycle.rotation,
                     rolled_by: None,
+                    delivery: old.lifecycle.delivery.clone(),
                 },
             },
         )?;
@@ -1125,6 +1149,113 @@ pub(crate) struct Succession {
     pub old: KeyRecord,
     pub new: KeyRecord,
     pub plaintext: PlaintextKey,
+}
+
+/// A delivery target for the audit log: its kind and paths, never the address's query.
+pub(crate) fn describe_delivery(t: &keyward_core::DeliveryTarget) -> Value {
+    let origin = t
+        .address
+        .as_deref()
+        .and_then(|a| reqwest::Url::parse(a).ok())
+        .map(|u| u.origin().ascii_serialization());
+    json!({ "kind": t.kind.as_str(), "path": t.path, "field": t.field, "address": origin,
+        "mount": t.mount, "token_path": t.token_path })
+}
+
+impl Keys {
+    /// Checks a delivery target: its own values, that it stays in the key's environment, and
+    /// that the caller could itself write there (or read the token it names): a target must not
+    /// be a way to reach secrets the caller cannot.
+    async fn check_delivery(
+        &self,
+        actor: &Actor,
+        op: Operation,
+        id: Option<KeyId>,
+        target: &keyward_core::DeliveryTarget,
+        environment: &EnvironmentName,
+    ) -> Result<(), ServiceError> {
+        use keyward_core::DeliveryKind;
+        if target
+            .environment
+            .as_ref()
+            .is_some_and(|e| e != environment)
+        {
+            return Err(invalid(
+                "delivery.environment",
+                "must be the key's environment: a successor never leaves it",
+            ));
+        }
+        let secret_path = |field: &'static str, path: &str| {
+            crate::secrets::check_path(path).map_err(|_| {
+                invalid(
+                    field,
+                    "a secret path: segments of [A-Za-z0-9._-] separated by '/'",
+                )
+            })
+        };
+        if target.field.is_empty()
+            || target.field.len() > 128
+            || target.field.chars().any(char::is_control)
+        {
+            return Err(invalid("delivery.field", "1 to 128 printable characters"));
+        }
+        let needed = match target.kind {
+            DeliveryKind::Vault => {
+                secret_path("delivery.path", &target.path)?;
+                for (field, value) in [
+                    ("delivery.address", target.address.is_some()),
+                    ("delivery.mount", target.mount.is_some()),
+                    ("delivery.token_path", target.token_path.is_some()),
+                ] {
+                    if value {
+                        return Err(invalid(field, "only for a kv2 target"));
+                    }
+                }
+                format!("secrets:write:{}", target.path)
+            }
+            DeliveryKind::Kv2 => {
+                secret_path("delivery.path", &target.path)?;
+                let address = target
+                    .address
+                    .as_deref()
+                    .ok_or_else(|| invalid("delivery.address", "required for a kv2 target"))?;
+                let url = reqwest::Url::parse(address)
+                    .map_err(|_| invalid("delivery.address", "not a valid URL"))?;
+                if !matches!(url.scheme(), "http" | "https")
+                    || url.host_str().is_none()
+                    || !url.username().is_empty()
+                    || url.password().is_some()
+                    || url.query().is_some()
+                {
+                    return Err(invalid(
+                        "delivery.address",
+                        "an http or https server address, without credentials or a query",
+                    ));
+                }
+                if let Some(mount) = &target.mount {
+                    secret_path("delivery.mount", mount)?;
+                }
+                let token = target
+                    .token_path
+                    .as_deref()
+                    .ok_or_else(|| invalid("delivery.token_path", "required for a kv2 target"))?;
+                secret_path("delivery.token_path", token)?;
+                format!("secrets:read:{token}")
+            }
+        };
+        if !actor.holds(&needed) {
+            return Err(self
+                .authz
+                .refuse(
+                    actor,
+                    op,
+                    id.map(|id| id.to_string()),
+                    crate::Refusal::Missing { permission: needed },
+                )
+                .await);
+        }
+        Ok(())
+    }
 }
 
 /// The settings a minted key starts with.

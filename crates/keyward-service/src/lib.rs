@@ -350,6 +350,7 @@ impl Authority {
             Arc::clone(&keys),
             Arc::clone(&vault),
             Arc::clone(&integrity),
+            Arc::clone(&secrets),
         ));
         let webhooks = Arc::new(Webhooks::new(
             Arc::clone(&store),

@@ -43,6 +43,8 @@ pub(crate) fn check_policy(at: Field, policy: &RotationPolicy) -> Result<(), Ser
         let field = match (at, e.field) {
             (Field::Key | Field::Role, "every_days") => "rotation.every_days",
             (Field::Key | Field::Role, "grace_hours") => "rotation.grace_hours",
+            (Field::Key | Field::Role, "delivery_cap_hours") => "rotation.delivery_cap_hours",
+            (Field::Environment, "delivery_cap_hours") => "policy.rotation.delivery_cap_hours",
             (Field::Key | Field::Role, _) => "rotation.notice_days",
             (Field::Environment, "every_days") => "policy.rotation.every_days",
             (Field::Environment, "grace_hours") => "policy.rotation.grace_hours",
@@ -103,6 +105,7 @@ pub(crate) fn effective(key: &KeyRecord, catalog: &Catalog) -> Option<EffectiveR
                 every_days,
                 grace_hours: policy.grace_hours.min(ceiling.grace_hours),
                 notice_days: policy.notice_days.min(every_days.saturating_sub(1)),
+                delivery_cap_hours: policy.delivery_cap_hours,
             }
         }
         None => policy,
@@ -128,6 +131,8 @@ pub struct RotationRun {
     pub lapsed: u64,
     /// `key.expiring` and `key.expired` events written (each once).
     pub notices: u64,
+    /// Successors written to their keys' delivery targets.
+    pub delivered: u64,
 }
 
 /// What the holder of a key gets from `POST /v1/self/rotate`.
@@ -160,6 +165,9 @@ pub struct Rotation {
     /// When each failing key's failure was last audited. Recomputable: after a restart a
     /// failure is audited once more.
     failures: Mutex<HashMap<KeyId, Timestamp>>,
+    secrets: Arc<crate::secrets::Secrets>,
+    /// For KV v2 delivery targets: no redirects, bounded.
+    client: reqwest::Client,
     /// Since start: keys rolled by the scheduler, and due rotations that failed.
     rotated: std::sync::atomic::AtomicU64,
     failed: std::sync::atomic::AtomicU64,
@@ -177,8 +185,16 @@ impl Rotation {
         keys: Arc<Keys>,
         vault: Arc<OpenVault>,
         integrity: Arc<Integrity>,
+        secrets: Arc<crate::secrets::Secrets>,
     ) -> Self {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .unwrap_or_default();
         Rotation {
+            secrets,
+            client,
             store,
             clock,
             catalog,
@@ -251,6 +267,7 @@ impl Rotation {
             }
             run.notices += self.send_notices(notices).await?;
         }
+        run.delivered = self.deliver_due().await?;
         run.lapsed = self.sweep_lapsed_handovers().await?;
         if run.rotated > 0 || run.failed > 0 {
             tracing::info!(
@@ -290,9 +307,17 @@ impl Rotation {
         if due.due_at > now || old.is_expired_at(now) {
             return Ok(false);
         }
+        // With a delivery target the grace starts once the successor is delivered; until then
+        // the old key works up to the policy's cap.
+        let delivering = old.lifecycle.delivery.is_some();
+        let grace_s = if delivering {
+            u64::try_from(due.policy.delivery_cap_ms() / 1000).unwrap_or(0)
+        } else {
+            due.policy.grace_s()
+        };
         let mut succession = self
             .keys
-            .succession(old, due.policy.grace_s(), Roller::Scheduler)
+            .succession(old, grace_s, Roller::Scheduler)
             .await?;
         let (old, new) = (&succession.old, &succession.new);
         let grace_end = old.expires_at.unwrap_or(now);
@@ -308,6 +333,9 @@ impl Rotation {
             environment: new.environment.clone(),
             sealed,
             expires_at: grace_end,
+            attempts: 0,
+            next_attempt_at: delivering.then_some(now),
+            last_error: None,
         });
         if let Some(entry) = succession.entries.first_mut()
             && let Some(details) = entry.details.as_object_mut()
@@ -409,6 +437,226 @@ impl Rotation {
             )
             .await?;
         Ok(count)
+    }
+
+    /// Writes the successors due for delivery to their targets: on success the old key's grace
+    /// starts; on failure the delivery is tried again with backoff, and the failure is audited
+    /// and announced (`key.rotation_failed`) once a day.
+    async fn deliver_due(&self) -> Result<u64, ServiceError> {
+        let mut delivered = 0;
+        let now = self.clock.now();
+        for handover in self.store.due_handovers(now, 100).await? {
+            match self.deliver_one(handover).await {
+                Ok(true) => delivered += 1,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "a successor delivery could not be recorded"),
+            }
+        }
+        Ok(delivered)
+    }
+
+    async fn deliver_one(&self, mut handover: Handover) -> Result<bool, ServiceError> {
+        let old = self.keys.key(handover.predecessor).await?;
+        if old.rolled_to != Some(handover.successor) || old.environment != handover.environment {
+            self.integrity.report(format!(
+                "key handover of {}: it names another key than the roll did",
+                old.id
+            ));
+            return Err(ServiceError::Integrity(
+                "a handover names another key".into(),
+            ));
+        }
+        let Some(target) = old.lifecycle.delivery.clone() else {
+            // The target was removed since: the successor waits for its holder instead.
+            handover.next_attempt_at = None;
+            let mut head = self.keys.writer().await;
+            self.audit
+                .commit(
+                    &mut head,
+                    Changes {
+                        update_handovers: vec![handover],
+                        ..Changes::default()
+                    },
+                    Vec::new(),
+                )
+                .await?;
+            return Ok(false);
+        };
+        let successor = self.keys.key(handover.successor).await?;
+        let plaintext = self.open_handover(&handover)?;
+        let outcome = self.write_to(&target, &old, &successor, &plaintext).await;
+        drop(plaintext);
+        let now = self.clock.now();
+        let mut head = self.keys.writer().await;
+        let mut old = self.keys.key(handover.predecessor).await?;
+        match outcome {
+            Ok(()) => {
+                let grace = effective(&old, &self.catalog).map_or(0, |e| e.policy.grace_s());
+                let grace_end = now.plus_seconds(grace);
+                old.expires_at = Some(old.expires_at.map_or(grace_end, |at| at.min(grace_end)));
+                old.updated_at = now;
+                let entry = PendingEntry {
+                    actor: "system".into(),
+                    action: AuditAction::KeyDelivered,
+                    target: Some(old.id.to_string()),
+                    details: json!({
+                        "successor": successor.id,
+                        "successor_start": successor.start,
+                        "target": crate::keys::describe_delivery(&target),
+                        "attempts": handover.attempts + 1,
+                        "old_expires_at": old.expires_at,
+                    }),
+                };
+                self.audit
+                    .commit(
+                        &mut head,
+                        Changes {
+                            update_keys: vec![old.clone()],
+                            delete_handovers: vec![old.id],
+                            ..Changes::default()
+                        },
+                        vec![entry],
+                    )
+                    .await?;
+                tracing::info!(key_id = %old.id, successor = %successor.id, "successor delivered");
+                Ok(true)
+            }
+            Err(reason) => {
+                handover.attempts = handover.attempts.saturating_add(1);
+                let wait = crate::webhooks::retry_after(handover.attempts);
+                handover.next_attempt_at = Some(Timestamp::from_unix_ms(
+                    now.unix_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2),
+                ));
+                handover.last_error = Some(reason.clone());
+                let mut entries = Vec::new();
+                let mut outbox = Vec::new();
+                let day = (now.unix_ms() / FAILURE_REPORT_MS).to_string();
+                let first_today = {
+                    let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+                    let fresh = failures
+                        .get(&old.id)
+                        .is_none_or(|at| now.unix_ms() - at.unix_ms() >= FAILURE_REPORT_MS);
+                    if fresh {
+                        failures.insert(old.id, now);
+                    }
+                    fresh
+                };
+                if first_today {
+                    tracing::warn!(key_id = %old.id, reason = %reason, "a successor could not be delivered; will retry");
+                    entries.push(PendingEntry {
+                        actor: "system".into(),
+                        action: AuditAction::KeyDeliveryFailed,
+                        target: Some(old.id.to_string()),
+                        details: json!({
+                            "successor": successor.id,
+                            "target": crate::keys::describe_delivery(&target),
+                            "attempts": handover.attempts,
+                            "error": reason,
+                            "old_expires_at": old.expires_at,
+                        }),
+                    });
+                    outbox.push(crate::webhooks::key_event(
+                        keyward_core::EventType::KeyRotationFailed,
+                        &old,
+                        now,
+                        crate::webhooks::notice_id(&[
+                            "key.delivery_failed",
+                            &old.id.to_string(),
+                            &day,
+                        ]),
+                        json!({
+                            "reason": "delivery",
+                            "error": reason,
+                            "successor_id": successor.id,
+                            "old_expires_at": old.expires_at,
+                        }),
+                    ));
+                }
+                self.audit
+                    .commit(
+                        &mut head,
+                        Changes {
+                            update_handovers: vec![handover],
+                            outbox,
+                            ..Changes::default()
+                        },
+                        entries,
+                    )
+                    .await?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Writes `key` (the successor's plaintext) to `target`. The error names what failed,
+    /// never a secret or what the server answered beyond its status.
+    async fn write_to(
+        &self,
+        target: &keyward_core::DeliveryTarget,
+        old: &KeyRecord,
+        successor: &KeyRecord,
+        key: &PlaintextKey,
+    ) -> Result<(), String> {
+        let mut data = serde_json::Map::new();
+        data.insert(target.field.clone(), json!(key.expose()));
+        match target.kind {
+            keyward_core::DeliveryKind::Vault => {
+                data.insert("key_id".into(), json!(successor.id));
+                data.insert("start".into(), json!(successor.start));
+                self.secrets
+                    .write_as(
+                        "system".into(),
+                        &old.environment,
+                        &target.path,
+                        crate::secrets::SecretWrite { data, cas: None },
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("writing keyward's vault: {e}"))
+            }
+            keyward_core::DeliveryKind::Kv2 => {
+                let token_path = target.token_path.as_deref().unwrap_or_default();
+                let read = self
+                    .secrets
+                    .read_as("system".into(), &old.environment, token_path, None, None)
+                    .await
+                    .map_err(|e| format!("reading the token at {token_path}: {e}"))?;
+                let token = read
+                    .data
+                    .get("token")
+                    .and_then(serde_json::Value::as_str)
+                    .ok_or_else(|| format!("the secret {token_path} has no text field token"))?
+                    .to_owned();
+                let token = zeroize::Zeroizing::new(token);
+                let address = target.address.as_deref().unwrap_or_default();
+                let mount = target.mount.as_deref().unwrap_or("secret");
+                let url = format!(
+                    "{}/v1/{mount}/data/{}",
+                    address.trim_end_matches('/'),
+                    target.path
+                );
+                let response = self
+                    .client
+                    .post(url)
+                    .header("X-Vault-Token", token.as_str())
+                    .json(&json!({ "data": data }))
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        if e.is_timeout() {
+                            "the KV server timed out".to_owned()
+                        } else {
+                            "the KV server could not be reached".to_owned()
+                        }
+                    })?;
+                let status = response.status();
+                if status.is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("the KV server answered {}", status.as_u16()))
+                }
+            }
+        }
     }
 
     /// Removes the handovers whose grace ended: nobody may collect those successors now.

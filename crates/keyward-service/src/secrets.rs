@@ -316,6 +316,17 @@ impl Secrets {
     ) -> Result<(SecretMeta, u64), ServiceError> {
         self.check_secret_access(actor, env, Operation::SecretWrite, path)
             .await?;
+        self.write_as(actor.audit_name(), env, path, write).await
+    }
+
+    /// Writes a new version for `actor` (a key id, or `system`), whose right to was checked.
+    pub(crate) async fn write_as(
+        &self,
+        actor: String,
+        env: &EnvironmentName,
+        path: &str,
+        write: SecretWrite,
+    ) -> Result<(SecretMeta, u64), ServiceError> {
         self.known_environment(env)?;
         let text = zeroize::Zeroizing::new(
             serde_json::to_vec(&Value::Object(write.data)).map_err(ServiceError::internal)?,
@@ -374,7 +385,7 @@ impl Secrets {
                 ..Changes::default()
             },
             vec![PendingEntry {
-                actor: actor.audit_name(),
+                actor,
                 action: AuditAction::SecretWrite,
                 target: Some(format!("{env}/{path}")),
                 details: json!({ "environment": env, "path": path, "version": version, "pruned_versions": pruned }),
@@ -426,6 +437,20 @@ impl Secrets {
     ) -> Result<SecretRead, ServiceError> {
         self.check_secret_access(actor, env, Operation::SecretRead, path)
             .await?;
+        self.read_as(actor.audit_name(), env, path, version, lease_ttl_s)
+            .await
+    }
+
+    /// Reads a version for `actor` (a key id, or `system`), whose right to was checked; the
+    /// read is audited as any other.
+    pub(crate) async fn read_as(
+        &self,
+        actor: String,
+        env: &EnvironmentName,
+        path: &str,
+        version: Option<u64>,
+        lease_ttl_s: Option<u64>,
+    ) -> Result<SecretRead, ServiceError> {
         if let Some(ttl) = lease_ttl_s
             && !(1..=limits::MAX_READ_LEASE_S).contains(&ttl)
         {
@@ -471,7 +496,7 @@ impl Secrets {
                 environment: env.clone(),
                 key_id: None,
                 secret_version: Some(wanted),
-                actor: actor.audit_name(),
+                actor: actor.clone(),
                 issued_at: now,
                 expires_at: now.plus_seconds(ttl),
                 max_expires_at: now.plus_seconds(ttl),
@@ -481,7 +506,7 @@ impl Secrets {
             None => None,
         };
         let entry = PendingEntry {
-            actor: actor.audit_name(),
+            actor,
             action: AuditAction::SecretRead,
             target: Some(format!("{env}/{path}")),
             details: json!({

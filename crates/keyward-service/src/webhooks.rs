@@ -168,6 +168,11 @@ fn backoff(n: u32) -> Duration {
     Duration::from_secs(*STEPS.get(index).unwrap_or(&36_000))
 }
 
+/// When to try again after the `n`th failed attempt: the schedule, jittered.
+pub(crate) fn retry_after(n: u32) -> Duration {
+    jittered(backoff(n))
+}
+
 /// `d` ± 20 %, from the OS's randomness (so nodes and endpoints do not retry in step).
 fn jittered(d: Duration) -> Duration {
     let factor = 0.8 + 0.4 * f64::from(keyward_crypto::random_byte()) / 255.0;

@@ -90,6 +90,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0012_webhooks",
         include_str!("../migrations/postgres/0012_webhooks.sql"),
     ),
+    (
+        "0013_delivery",
+        include_str!("../migrations/postgres/0013_delivery.sql"),
+    ),
 ];
 
 /// Advisory lock ids (one namespace per database): writes, and migrations.
@@ -521,25 +525,19 @@ impl keyward_store::KeyStore for PostgresStore {
 
     async fn handover(&self, predecessor: KeyId) -> Result<Option<Handover>, StoreError> {
         let client = self.client().await?;
-        let found = query(
-            &client,
-            "SELECT successor, predecessor, environment, sealed, expires_at \
-             FROM key_handovers WHERE predecessor = $1",
-            &[&predecessor.to_string()],
-        )
-        .await?;
-        found
-            .first()
-            .map(|row| {
-                Ok(Handover {
-                    successor: rows::key_id(get(row, 0)?)?,
-                    predecessor: rows::key_id(get(row, 1)?)?,
-                    environment: rows::env_name(get(row, 2)?)?,
-                    sealed: get(row, 3)?,
-                    expires_at: rows::time(row, 4)?,
-                })
-            })
-            .transpose()
+        let sql = format!("SELECT {HANDOVER_COLUMNS} FROM key_handovers WHERE predecessor = $1");
+        let found = query(&client, &sql, &[&predecessor.to_string()]).await?;
+        found.first().map(handover_from_row).transpose()
+    }
+
+    async fn due_handovers(&self, now: Timestamp, limit: u32) -> Result<Vec<Handover>, StoreError> {
+        let client = self.client().await?;
+        let sql = format!(
+            "SELECT {HANDOVER_COLUMNS} FROM key_handovers WHERE next_attempt_at <= $1 \
+             ORDER BY next_attempt_at LIMIT $2"
+        );
+        let found = query(&client, &sql, &[&now.unix_ms(), &i64::from(limit)]).await?;
+        all(found, handover_from_row)
     }
 
     async fn lapsed_handovers(&self, now: Timestamp, limit: u32) -> Result<Vec<KeyId>, StoreError> {
@@ -553,6 +551,24 @@ impl keyward_store::KeyStore for PostgresStore {
         .await?;
         all(found, |row| rows::key_id(get(row, 0)?))
     }
+}
+
+const HANDOVER_COLUMNS: &str = "successor, predecessor, environment, sealed, expires_at, \
+    attempts, next_attempt_at, last_error";
+
+fn handover_from_row(row: &tokio_postgres::Row) -> Result<Handover, StoreError> {
+    let attempts: i64 = get(row, 5)?;
+    let next: Option<i64> = get(row, 6)?;
+    Ok(Handover {
+        successor: rows::key_id(get(row, 0)?)?,
+        predecessor: rows::key_id(get(row, 1)?)?,
+        environment: rows::env_name(get(row, 2)?)?,
+        sealed: get(row, 3)?,
+        expires_at: rows::time(row, 4)?,
+        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        next_attempt_at: next.map(Timestamp::from_unix_ms),
+        last_error: get(row, 7)?,
+    })
 }
 
 fn count_of(found: &[tokio_postgres::Row]) -> Result<u64, StoreError> {

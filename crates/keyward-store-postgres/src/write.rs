@@ -227,15 +227,34 @@ pub(crate) async fn apply(tx: &Transaction<'_>, changes: &Changes) -> Result<(),
     for handover in &changes.insert_handovers {
         exec(
             tx,
-            "INSERT INTO key_handovers (successor, predecessor, environment, sealed, expires_at) \
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO key_handovers (successor, predecessor, environment, sealed, expires_at, \
+             attempts, next_attempt_at, last_error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             &[
                 &handover.successor.to_string(),
                 &handover.predecessor.to_string(),
                 &handover.environment.as_str(),
                 &handover.sealed,
                 &handover.expires_at.unix_ms(),
+                &i64::from(handover.attempts),
+                &handover.next_attempt_at.map(Timestamp::unix_ms),
+                &handover.last_error,
             ],
+        )
+        .await?;
+    }
+    for handover in &changes.update_handovers {
+        exec_one(
+            tx,
+            "UPDATE key_handovers SET attempts = $2, next_attempt_at = $3, last_error = $4, \
+             expires_at = $5 WHERE predecessor = $1",
+            &[
+                &handover.predecessor.to_string(),
+                &i64::from(handover.attempts),
+                &handover.next_attempt_at.map(Timestamp::unix_ms),
+                &handover.last_error,
+                &handover.expires_at.unix_ms(),
+            ],
+            || format!("handover of {}", handover.predecessor),
         )
         .await?;
     }

@@ -39,6 +39,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0010_lease_integrity.sql"),
     include_str!("../migrations/sqlite/0011_rotation.sql"),
     include_str!("../migrations/sqlite/0012_webhooks.sql"),
+    include_str!("../migrations/sqlite/0013_delivery.sql"),
 ];
 
 /// Readers kept open for reuse; more are opened under load and closed after. Opening one costs
@@ -284,6 +285,31 @@ fn key_from_row(row: &Row<'_>) -> Result<KeyRecord, StoreError> {
         access: serde_json::from_str(&access).map_err(|_| corrupt("access"))?,
         lifecycle: serde_json::from_str(&lifecycle).map_err(|_| corrupt("lifecycle"))?,
         mac: mac_at(row, 22)?,
+    })
+}
+
+const HANDOVER_COLUMNS: &str = "successor, predecessor, environment, sealed, expires_at, \
+    attempts, next_attempt_at, last_error";
+
+fn handover_from_row(row: &Row<'_>) -> Result<Handover, StoreError> {
+    let get_err = |e: rusqlite::Error| StoreError::Corrupt(e.to_string());
+    let id = |i: usize| -> Result<KeyId, StoreError> {
+        let text: String = row.get(i).map_err(get_err)?;
+        text.parse().map_err(|_| corrupt("handover key id"))
+    };
+    let environment: String = row.get(2).map_err(get_err)?;
+    let attempts: i64 = row.get(5).map_err(get_err)?;
+    let next: Option<i64> = row.get(6).map_err(get_err)?;
+    Ok(Handover {
+        successor: id(0)?,
+        predecessor: id(1)?,
+        environment: EnvironmentName::parse(&environment)
+            .map_err(|_| corrupt("handover environment"))?,
+        sealed: row.get(3).map_err(get_err)?,
+        expires_at: Timestamp::from_unix_ms(row.get(4).map_err(get_err)?),
+        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        next_attempt_at: next.map(Timestamp::from_unix_ms),
+        last_error: row.get(7).map_err(get_err)?,
     })
 }
 
@@ -585,17 +611,41 @@ fn apply_in_transaction(conn: &mut Connection, changes: &Changes) -> Result<(), 
     }
     for handover in &changes.insert_handovers {
         tx.execute(
-            "INSERT INTO key_handovers (successor, predecessor, environment, sealed, expires_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO key_handovers (successor, predecessor, environment, sealed, expires_at, \
+             attempts, next_attempt_at, last_error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 handover.successor.to_string(),
                 handover.predecessor.to_string(),
                 handover.environment.as_str(),
                 handover.sealed,
                 handover.expires_at.unix_ms(),
+                i64::from(handover.attempts),
+                handover.next_attempt_at.map(Timestamp::unix_ms),
+                handover.last_error,
             ],
         )
         .map_err(map_write_error)?;
+    }
+    for handover in &changes.update_handovers {
+        let changed = tx
+            .execute(
+                "UPDATE key_handovers SET attempts = ?2, next_attempt_at = ?3, last_error = ?4, \
+                 expires_at = ?5 WHERE predecessor = ?1",
+                params![
+                    handover.predecessor.to_string(),
+                    i64::from(handover.attempts),
+                    handover.next_attempt_at.map(Timestamp::unix_ms),
+                    handover.last_error,
+                    handover.expires_at.unix_ms(),
+                ],
+            )
+            .map_err(map_write_error)?;
+        if changed == 0 {
+            return Err(StoreError::NotFound(format!(
+                "handover of {}",
+                handover.predecessor
+            )));
+        }
     }
     for predecessor in &changes.delete_handovers {
         let changed = tx
@@ -876,29 +926,31 @@ impl keyward_store::KeyStore for SqliteStore {
     async fn handover(&self, predecessor: KeyId) -> Result<Option<Handover>, StoreError> {
         self.read(move |conn| {
             let mut stmt = conn
-                .prepare_cached(
-                    "SELECT successor, predecessor, environment, sealed, expires_at \
-                     FROM key_handovers WHERE predecessor = ?1",
-                )
+                .prepare_cached(&format!(
+                    "SELECT {HANDOVER_COLUMNS} FROM key_handovers WHERE predecessor = ?1"
+                ))
                 .map_err(unavailable)?;
             let mut rows = stmt.query([predecessor.to_string()]).map_err(unavailable)?;
-            let Some(row) = rows.next().map_err(unavailable)? else {
-                return Ok(None);
-            };
-            let get_err = |e: rusqlite::Error| StoreError::Corrupt(e.to_string());
-            let id = |i: usize| -> Result<KeyId, StoreError> {
-                let text: String = row.get(i).map_err(get_err)?;
-                text.parse().map_err(|_| corrupt("handover key id"))
-            };
-            let environment: String = row.get(2).map_err(get_err)?;
-            Ok(Some(Handover {
-                successor: id(0)?,
-                predecessor: id(1)?,
-                environment: EnvironmentName::parse(&environment)
-                    .map_err(|_| corrupt("handover environment"))?,
-                sealed: row.get(3).map_err(get_err)?,
-                expires_at: Timestamp::from_unix_ms(row.get(4).map_err(get_err)?),
-            }))
+            match rows.next().map_err(unavailable)? {
+                Some(row) => handover_from_row(row).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn due_handovers(&self, now: Timestamp, limit: u32) -> Result<Vec<Handover>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {HANDOVER_COLUMNS} FROM key_handovers WHERE next_attempt_at <= ?1 \
+                     ORDER BY next_attempt_at LIMIT ?2"
+                ))
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query(params![now.unix_ms(), i64::from(limit)])
+                .map_err(unavailable)?;
+            collect_rows(rows, handover_from_row)
         })
         .await
     }

@@ -1202,6 +1202,7 @@ pub async fn rotation(store: &dyn Store) {
         every_days: 30,
         grace_hours: 48,
         notice_days: 7,
+        delivery_cap_hours: None,
     };
     let mut keys: Vec<KeyRecord> = (150..156).map(|n| sample_key(n, "live")).collect();
     keys[0].lifecycle.rotation = Some(policy);
@@ -1258,6 +1259,9 @@ pub async fn rotation(store: &dyn Store) {
         environment: env("live"),
         sealed: vec![7; 40],
         expires_at: Timestamp::from_unix_ms(50_000),
+        attempts: 0,
+        next_attempt_at: Some(Timestamp::from_unix_ms(40_000)),
+        last_error: None,
     };
     store
         .apply(Changes {
@@ -1293,6 +1297,49 @@ pub async fn rotation(store: &dyn Store) {
         })
         .await;
     assert!(matches!(twice, Err(StoreError::Conflict(_))), "{twice:?}");
+    // Its delivery state moves; due ones are found by time.
+    let none: Vec<Handover> = Vec::new();
+    assert_eq!(
+        store
+            .due_handovers(Timestamp::from_unix_ms(39_999), 10)
+            .await
+            .unwrap(),
+        none
+    );
+    assert_eq!(
+        store
+            .due_handovers(Timestamp::from_unix_ms(40_000), 10)
+            .await
+            .unwrap(),
+        vec![handover.clone()]
+    );
+    let retried = Handover {
+        attempts: 2,
+        next_attempt_at: Some(Timestamp::from_unix_ms(45_000)),
+        last_error: Some("refused".into()),
+        ..handover.clone()
+    };
+    store
+        .apply(Changes {
+            update_handovers: vec![retried.clone()],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.handover(keys[2].id).await.unwrap(), Some(retried));
+    let missing = store
+        .apply(Changes {
+            update_handovers: vec![Handover {
+                predecessor: keys[5].id,
+                ..handover.clone()
+            }],
+            ..Changes::default()
+        })
+        .await;
+    assert!(
+        matches!(missing, Err(StoreError::NotFound(_))),
+        "{missing:?}"
+    );
     // Collected once: the second collection fails, and the write with it.
     let collect = |name: &str| Changes {
         delete_handovers: vec![keys[2].id],

@@ -86,6 +86,11 @@ pub struct Handover {
     pub sealed: Vec<u8>,
     /// The end of the predecessor's grace period: no pickup after it.
     pub expires_at: Timestamp,
+    /// For a key with a delivery target: attempts to write the successor there so far, when
+    /// the next is due (`None`: nothing to deliver), and why the last failed.
+    pub attempts: u32,
+    pub next_attempt_at: Option<Timestamp>,
+    pub last_error: Option<String>,
 }
 
 impl fmt::Debug for Handover {
@@ -95,6 +100,8 @@ impl fmt::Debug for Handover {
             .field("successor", &self.successor)
             .field("environment", &self.environment)
             .field("expires_at", &self.expires_at)
+            .field("attempts", &self.attempts)
+            .field("next_attempt_at", &self.next_attempt_at)
             .finish_non_exhaustive()
     }
 }
@@ -143,6 +150,8 @@ pub struct Changes {
     pub upsert_leases: Vec<VaultLease>,
     /// Successors waiting for their holder (after `insert_keys`).
     pub insert_handovers: Vec<Handover>,
+    /// Handovers whose delivery state changed (each must exist).
+    pub update_handovers: Vec<Handover>,
     /// Handovers collected or lapsed, by predecessor. Each must exist: a handover is collected
     /// once, so a second collection fails the whole write with [`StoreError::NotFound`].
     pub delete_handovers: Vec<KeyId>,
@@ -300,6 +309,9 @@ pub trait KeyStore: Send + Sync {
 
     /// Predecessors whose handover lapsed at or before `now`, at most `limit`.
     async fn lapsed_handovers(&self, now: Timestamp, limit: u32) -> Result<Vec<KeyId>, StoreError>;
+
+    /// Handovers whose delivery is due at or before `now`, soonest first, at most `limit`.
+    async fn due_handovers(&self, now: Timestamp, limit: u32) -> Result<Vec<Handover>, StoreError>;
 }
 
 /// The outbox and the webhooks it is delivered to.

@@ -136,6 +136,13 @@ impl keyward_store::KeyStore for CountingStore {
     async fn lapsed_handovers(&self, now: Timestamp, limit: u32) -> Result<Vec<KeyId>, StoreError> {
         self.inner.lapsed_handovers(now, limit).await
     }
+    async fn due_handovers(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<keyward_store::Handover>, StoreError> {
+        self.inner.due_handovers(now, limit).await
+    }
 }
 
 #[async_trait]

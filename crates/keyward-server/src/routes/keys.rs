@@ -93,6 +93,10 @@ pub struct KeyView {
     /// The rotation that applies to the key now, with its next rotation time.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub effective_rotation: Option<EffectiveRotationView>,
+    /// Where the scheduler writes the key's successors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub delivery: Option<keyward_core::DeliveryTarget>,
     /// For a rolled key: `schedule`, `manual` or `client`.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
@@ -142,6 +146,7 @@ impl From<KeyRecord> for KeyView {
             rotation: k.lifecycle.rotation.map(RotationPolicyView::from),
             effective_rotation: None,
             rolled_by: k.lifecycle.rolled_by,
+            delivery: k.lifecycle.delivery,
         }
     }
 }
@@ -237,6 +242,12 @@ pub struct CreateKeyRequest {
     pub quota: Option<QuotaView>,
     /// The key's own rotation schedule (beats its roles' and its environment's).
     pub rotation: Option<RotationPolicyView>,
+    /// Where the scheduler writes the key's successors before the old key's grace starts:
+    /// `{"kind": "vault", "path", "field"?}` (keyward's own vault, in the key's environment) or
+    /// `{"kind": "kv2", "address", "mount"?, "path", "field"?, "token_path"}` (HashiCorp Vault or
+    /// OpenBao; the token is the field `token` of the keyward secret at `token_path`).
+    #[schema(value_type = Option<Object>)]
+    pub delivery: Option<keyward_core::DeliveryTarget>,
 }
 
 /// A quota: `remaining` credits, and whether they are reset to `refill.amount` at the start of
@@ -494,6 +505,7 @@ pub async fn create_key(
         access,
         quota_remaining: body.quota.and_then(|q| q.remaining),
         rotation: body.rotation.map(RotationPolicyView::policy),
+        delivery: body.delivery,
     };
     let (record, key) = state.authority()?.keys().create_key(&actor, new).await?;
     Ok((
@@ -682,6 +694,10 @@ pub struct UpdateKeyRequest {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<RotationPolicyView>)]
     pub rotation: Option<Option<RotationPolicyView>>,
+    /// Sets where successors are delivered; `null` removes it.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<Object>)]
+    pub delivery: Option<Option<keyward_core::DeliveryTarget>>,
 }
 
 #[utoipa::path(
@@ -756,6 +772,7 @@ pub async fn update_key(
             .transpose()?,
         quota: body.quota.map(|q| q.map(|q| (q.config(), q.remaining))),
         rotation: body.rotation.map(|r| r.map(RotationPolicyView::policy)),
+        delivery: body.delivery,
     };
     Ok(Json(
         view(

@@ -126,6 +126,7 @@ pub async fn create_key_lease(
             },
             quota_remaining: None,
             rotation: None,
+            delivery: None,
         },
         ttl_s: body.ttl_s,
         max_ttl_s: body.max_ttl_s,

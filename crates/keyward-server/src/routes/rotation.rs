@@ -30,6 +30,10 @@ pub struct RotationPolicyView {
     #[serde(default)]
     #[schema(example = 7)]
     pub notice_days: u32,
+    /// For keys with a delivery target: how long the replaced key may keep working while its
+    /// successor cannot be delivered (default: the grace plus 72 hours).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_cap_hours: Option<u32>,
 }
 
 impl RotationPolicyView {
@@ -38,6 +42,7 @@ impl RotationPolicyView {
             every_days: self.every_days,
             grace_hours: self.grace_hours,
             notice_days: self.notice_days,
+            delivery_cap_hours: self.delivery_cap_hours,
         }
     }
 }
@@ -48,6 +53,7 @@ impl From<RotationPolicy> for RotationPolicyView {
             every_days: p.every_days,
             grace_hours: p.grace_hours,
             notice_days: p.notice_days,
+            delivery_cap_hours: p.delivery_cap_hours,
         }
     }
 }
