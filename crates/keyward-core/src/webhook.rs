@@ -92,6 +92,10 @@ pub struct OutboxEvent {
     /// For a test event: the only endpoint it goes to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub only: Option<String>,
+    /// Set by the service on every write; see [`crate::RecordMac`]. An event whose tag does
+    /// not match is never signed nor sent.
+    #[serde(skip)]
+    pub mac: Option<crate::RecordMac>,
 }
 
 /// A signing secret of an endpoint, sealed; during a rotation the old one is kept (and signs
@@ -233,6 +237,7 @@ mod tests {
             owner: Some(owner.into()),
             data: serde_json::json!({}),
             only: None,
+            mac: None,
         }
     }
 

@@ -155,6 +155,7 @@ fn deliver_2000(bencher: divan::Bencher) {
                         owner: None,
                         data: serde_json::json!({ "n": n }),
                         only: None,
+                        mac: None,
                     }
                 })
                 .collect();

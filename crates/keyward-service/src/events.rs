@@ -24,10 +24,15 @@ struct EventRecorder {
 }
 
 impl EventRecorder {
-    pub(crate) fn start(store: Arc<dyn Store>, capacity: usize, interval: Duration) -> Self {
+    pub(crate) fn start(
+        store: Arc<dyn Store>,
+        integrity: Arc<crate::integrity::Integrity>,
+        capacity: usize,
+        interval: Duration,
+    ) -> Self {
         let (events, rx) = mpsc::channel(capacity.max(1));
         let (stop, stopped) = watch::channel(false);
-        let writer = tokio::spawn(run(store, rx, stopped, interval));
+        let writer = tokio::spawn(run(store, integrity, rx, stopped, interval));
         EventRecorder {
             events,
             dropped: AtomicU64::new(0),
@@ -57,6 +62,7 @@ impl EventRecorder {
 
 async fn run(
     store: Arc<dyn Store>,
+    integrity: Arc<crate::integrity::Integrity>,
     mut rx: mpsc::Receiver<Event>,
     mut stopped: watch::Receiver<bool>,
     interval: Duration,
@@ -71,10 +77,10 @@ async fn run(
                     break;
                 }
                 if pending.len() >= BATCH {
-                    write(&*store, &mut pending).await;
+                    write(&*store, &integrity, &mut pending).await;
                 }
             }
-            _ = ticker.tick() => write(&*store, &mut pending).await,
+            _ = ticker.tick() => write(&*store, &integrity, &mut pending).await,
             _ = stopped.changed() => break,
         }
     }
@@ -82,17 +88,21 @@ async fn run(
     while let Ok(event) = rx.try_recv() {
         pending.push(event);
     }
-    write(&*store, &mut pending).await;
+    write(&*store, &integrity, &mut pending).await;
 }
 
-async fn write(store: &dyn Store, pending: &mut Vec<Event>) {
+async fn write(
+    store: &dyn Store,
+    integrity: &crate::integrity::Integrity,
+    pending: &mut Vec<Event>,
+) {
     if pending.is_empty() {
         return;
     }
     match store.append_events(pending.clone()).await {
         Ok(()) => {
             let events = std::mem::take(pending);
-            publish(store, &events).await;
+            publish(store, integrity, &events).await;
         }
         Err(e) => {
             tracing::warn!(error = %e, events = pending.len(), "event write failed; will retry");
@@ -108,7 +118,7 @@ async fn write(store: &dyn Store, pending: &mut Vec<Event>) {
 /// Hands the rate-limit events to the webhook outbox: one event a window per key and limit, as
 /// recorded. (Telemetry, like the events themselves: if this write fails they are logged, not
 /// retried.)
-async fn publish(store: &dyn Store, events: &[Event]) {
+async fn publish(store: &dyn Store, integrity: &crate::integrity::Integrity, events: &[Event]) {
     let mut outbox = Vec::new();
     for event in events {
         let kind = match event.kind.as_str() {
@@ -117,7 +127,13 @@ async fn publish(store: &dyn Store, events: &[Event]) {
             _ => continue,
         };
         let Some(id) = event.key_id else { continue };
-        let Ok(Some(key)) = store.key(id).await else {
+        let Some(key) = store
+            .key(id)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|k| integrity.intact_key(k))
+        else {
             continue;
         };
         let Ok(event_id) = crate::webhooks::new_event_id() else {
@@ -134,6 +150,7 @@ async fn publish(store: &dyn Store, events: &[Event]) {
     if outbox.is_empty() {
         return;
     }
+    crate::integrity::seal_outbox(integrity.key(), &mut outbox);
     let written = store
         .apply(keyward_store::Changes {
             outbox,
@@ -160,12 +177,13 @@ pub struct Events {
 impl Events {
     pub(crate) fn start(
         store: Arc<dyn Store>,
+        integrity: Arc<crate::integrity::Integrity>,
         clock: Arc<dyn keyward_core::Clock>,
         capacity: usize,
         interval: Duration,
     ) -> Self {
         Events {
-            recorder: EventRecorder::start(Arc::clone(&store), capacity, interval),
+            recorder: EventRecorder::start(Arc::clone(&store), integrity, capacity, interval),
             store,
             clock,
             notified: std::sync::Mutex::new(HashMap::new()),

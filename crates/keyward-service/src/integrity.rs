@@ -167,6 +167,22 @@ fn webhook_bytes(w: &keyward_core::WebhookEndpoint) -> Vec<u8> {
     serde_json::to_vec(w).unwrap_or_default()
 }
 
+/// An outbox event as its serialised record (its position is not part of it).
+fn outbox_bytes(e: &keyward_core::OutboxEvent) -> Vec<u8> {
+    serde_json::to_vec(e).unwrap_or_default()
+}
+
+/// Tags outbox events written outside a commit of the audit log (rate-limit events).
+pub(crate) fn seal_outbox(key: &IntegrityKey, events: &mut [keyward_core::OutboxEvent]) {
+    for e in events {
+        e.mac = tag(key, "outbox", &outbox_bytes(e));
+    }
+}
+
+pub(crate) fn outbox_intact(key: &IntegrityKey, e: &keyward_core::OutboxEvent) -> bool {
+    check(key, "outbox", &outbox_bytes(e), e.mac)
+}
+
 pub(crate) fn webhook_intact(key: &IntegrityKey, w: &keyward_core::WebhookEndpoint) -> bool {
     check(key, "webhook", &webhook_bytes(w), w.mac)
 }
@@ -246,6 +262,7 @@ pub(crate) fn seal_changes(
     for w in &mut changes.upsert_webhooks {
         w.mac = tag(key, "webhook", &webhook_bytes(w));
     }
+    seal_outbox(key, &mut changes.outbox);
     if let Some(v) = &mut changes.vault {
         v.mac = tag(key, "vault", &vault_bytes(v));
     }

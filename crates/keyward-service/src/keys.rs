@@ -344,7 +344,7 @@ impl Keys {
             .permit(actor, op, Target::Environment(&new.environment))
             .await?;
         if let Some(target) = &new.delivery {
-            self.check_delivery(actor, op, None, target, &new.environment)
+            self.check_delivery(actor, op, None, new.service, target, &new.environment)
                 .await?;
         }
         if new.service != ServiceName::Keyward && new.access.admin_environments.is_some() {
@@ -630,9 +630,16 @@ impl Keys {
         // Before the writer is taken: a refusal writes its own audit entry. (A key's
         // environment never changes.)
         if let Some(Some(target)) = &update.delivery {
-            let environment = self.key(id).await?.environment;
-            self.check_delivery(actor, Operation::KeyUpdate, Some(id), target, &environment)
-                .await?;
+            let key = self.key(id).await?;
+            self.check_delivery(
+                actor,
+                Operation::KeyUpdate,
+                Some(&key),
+                key.service,
+                target,
+                &key.environment,
+            )
+            .await?;
         }
         if update.enabled == Some(false) {
             self.check_not_self(actor, Operation::KeyUpdate, id).await?;
@@ -1170,11 +1177,31 @@ impl Keys {
         &self,
         actor: &Actor,
         op: Operation,
-        id: Option<KeyId>,
+        key: Option<&KeyRecord>,
+        service: ServiceName,
         target: &keyward_core::DeliveryTarget,
         environment: &EnvironmentName,
     ) -> Result<(), ServiceError> {
         use keyward_core::DeliveryKind;
+        let id = key.map(|k| k.id);
+        if service == ServiceName::Keyward {
+            return Err(invalid(
+                "delivery",
+                "admin keys are not delivered: roll them with POST /v1/keys/{id}/roll",
+            ));
+        }
+        // A target receives every successor of the key: whoever sets one on an existing key
+        // must be one who could roll it (and so hold its successor) anyway.
+        if let Some(key) = key
+            && let Err(refusal) = self
+                .authz
+                .authorize(actor, Operation::KeyRoll, Target::Key(key))
+        {
+            return Err(self
+                .authz
+                .refuse(actor, Operation::KeyRoll, Some(key.id.to_string()), refusal)
+                .await);
+        }
         if target
             .environment
             .as_ref()
@@ -1202,6 +1229,12 @@ impl Keys {
         let needed = match target.kind {
             DeliveryKind::Vault => {
                 secret_path("delivery.path", &target.path)?;
+                if matches!(target.field.as_str(), "key_id" | "start") {
+                    return Err(invalid(
+                        "delivery.field",
+                        "key_id and start are written beside the key; name another field",
+                    ));
+                }
                 for (field, value) in [
                     ("delivery.address", target.address.is_some()),
                     ("delivery.mount", target.mount.is_some()),
@@ -1210,6 +1243,19 @@ impl Keys {
                     if value {
                         return Err(invalid(field, "only for a kv2 target"));
                     }
+                }
+                // Written there, and readable by whoever may read it.
+                let read = format!("secrets:read:{}", target.path);
+                if !actor.holds(&read) {
+                    return Err(self
+                        .authz
+                        .refuse(
+                            actor,
+                            op,
+                            id.map(|id| id.to_string()),
+                            crate::Refusal::Missing { permission: read },
+                        )
+                        .await);
                 }
                 format!("secrets:write:{}", target.path)
             }
@@ -1221,15 +1267,20 @@ impl Keys {
                     .ok_or_else(|| invalid("delivery.address", "required for a kv2 target"))?;
                 let url = reqwest::Url::parse(address)
                     .map_err(|_| invalid("delivery.address", "not a valid URL"))?;
-                if !matches!(url.scheme(), "http" | "https")
+                // https, or http to an address written out (an operator's allowed network);
+                // the server itself, without credentials, path, query or fragment.
+                let literal = crate::outbound::literal_host(&url).is_some();
+                if !(url.scheme() == "https" || (url.scheme() == "http" && literal))
                     || url.host_str().is_none()
                     || !url.username().is_empty()
                     || url.password().is_some()
                     || url.query().is_some()
+                    || url.fragment().is_some()
+                    || !matches!(url.path(), "" | "/")
                 {
                     return Err(invalid(
                         "delivery.address",
-                        "an http or https server address, without credentials or a query",
+                        "an https server address (http only to an IP address), without credentials, path or query",
                     ));
                 }
                 if let Some(mount) = &target.mount {

@@ -41,6 +41,7 @@ mod keys;
 pub mod leases;
 pub mod limiter;
 mod node;
+mod outbound;
 mod quotas;
 mod rotation;
 mod secrets;
@@ -258,6 +259,7 @@ impl Authority {
         cache.add_known_many(store.key_hashes().await?);
         let events = Arc::new(Events::start(
             Arc::clone(&store),
+            Arc::clone(&integrity),
             Arc::clone(&clock),
             config.usage_buffer,
             config.usage_flush_interval,
@@ -351,7 +353,8 @@ impl Authority {
             Arc::clone(&vault),
             Arc::clone(&integrity),
             Arc::clone(&secrets),
-        ));
+            config.webhooks.allowed_cidrs.clone(),
+        )?);
         let webhooks = Arc::new(Webhooks::new(
             Arc::clone(&store),
             Arc::clone(&clock),

@@ -166,6 +166,8 @@ pub struct Rotation {
     /// failure is audited once more.
     failures: Mutex<HashMap<KeyId, Timestamp>>,
     secrets: Arc<crate::secrets::Secrets>,
+    /// Internal networks KV delivery targets may be on.
+    allowed: keyward_core::CidrSet,
     /// For KV v2 delivery targets: no redirects, bounded.
     client: reqwest::Client,
     /// Since start: keys rolled by the scheduler, and due rotations that failed.
@@ -186,13 +188,11 @@ impl Rotation {
         vault: Arc<OpenVault>,
         integrity: Arc<Integrity>,
         secrets: Arc<crate::secrets::Secrets>,
-    ) -> Self {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(std::time::Duration::from_secs(10))
-            .build()
-            .unwrap_or_default();
-        Rotation {
+        allowed: keyward_core::CidrSet,
+    ) -> Result<Self, ServiceError> {
+        let client = crate::outbound::client(&allowed, std::time::Duration::from_secs(5))?;
+        Ok(Rotation {
+            allowed,
             secrets,
             client,
             store,
@@ -206,7 +206,7 @@ impl Rotation {
             rotated: std::sync::atomic::AtomicU64::new(0),
             failed: std::sync::atomic::AtomicU64::new(0),
             last_due: std::sync::atomic::AtomicU64::new(0),
-        }
+        })
     }
 
     /// Keys the last scan found due for rotation.
@@ -445,7 +445,8 @@ impl Rotation {
     async fn deliver_due(&self) -> Result<u64, ServiceError> {
         let mut delivered = 0;
         let now = self.clock.now();
-        for handover in self.store.due_handovers(now, 100).await? {
+        // A few a run: each may take the client's timeout.
+        for handover in self.store.due_handovers(now, 20).await? {
             match self.deliver_one(handover).await {
                 Ok(true) => delivered += 1,
                 Ok(false) => {}
@@ -483,6 +484,26 @@ impl Rotation {
             return Ok(false);
         };
         let successor = self.keys.key(handover.successor).await?;
+        if successor.status == KeyStatus::Revoked {
+            // Revoked meanwhile: nothing to hand to anyone.
+            let mut head = self.keys.writer().await;
+            self.audit
+                .commit(
+                    &mut head,
+                    Changes {
+                        delete_handovers: vec![handover.predecessor],
+                        ..Changes::default()
+                    },
+                    vec![PendingEntry {
+                        actor: "system".into(),
+                        action: AuditAction::KeyHandoverLapse,
+                        target: Some(handover.predecessor.to_string()),
+                        details: json!({ "reason": "the successor was revoked" }),
+                    }],
+                )
+                .await?;
+            return Ok(false);
+        }
         let plaintext = self.open_handover(&handover)?;
         let outcome = self.write_to(&target, &old, &successor, &plaintext).await;
         drop(plaintext);
@@ -629,6 +650,15 @@ impl Rotation {
                     .to_owned();
                 let token = zeroize::Zeroizing::new(token);
                 let address = target.address.as_deref().unwrap_or_default();
+                let refused = reqwest::Url::parse(address).map_or(true, |u| {
+                    crate::outbound::refused_literal(&u, &self.allowed)
+                });
+                if refused {
+                    return Err(
+                        "the KV server's address is internal and not allowed (webhook_allowed_cidrs)"
+                            .to_owned(),
+                    );
+                }
                 let mount = target.mount.as_deref().unwrap_or("secret");
                 let url = format!(
                     "{}/v1/{mount}/data/{}",

@@ -13,7 +13,6 @@
 //! refused unless an operator allowed them, both when an endpoint is registered and on every
 //! send (names are resolved and checked each time), and redirects are never followed.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,36 +65,6 @@ fn invalid(field: &'static str, message: impl Into<String>) -> ServiceError {
     }
 }
 
-/// Whether an address is one a webhook may not reach without an operator's leave.
-fn internal(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                // 100.64.0.0/10 (carrier-grade NAT) and 0.0.0.0/8.
-                || (a == 100 && (64..128).contains(&b))
-                || a == 0
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return internal(IpAddr::V4(v4));
-            }
-            let first = v6.segments()[0];
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                // fc00::/7 unique local, fe80::/10 link-local.
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-        }
-    }
-}
-
 /// An endpoint URL that may be registered: http(s), a host, no credentials, at most 2000
 /// characters, and (for a literal address) not internal unless allowed.
 fn check_url(text: &str, allowed: &CidrSet) -> Result<reqwest::Url, ServiceError> {
@@ -112,53 +81,16 @@ fn check_url(text: &str, allowed: &CidrSet) -> Result<reqwest::Url, ServiceError
             "must not carry credentials; each delivery is signed instead",
         ));
     }
-    let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
+    if url.host_str().is_none_or(str::is_empty) {
         return Err(invalid("url", "must name a host"));
-    };
-    let name = host.to_ascii_lowercase();
-    let literal = literal_host(&url).or_else(|| {
-        (name == "localhost" || name.ends_with(".localhost"))
-            .then_some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
-    });
-    if let Some(ip) = literal
-        && internal(ip)
-        && !allowed.contains(ip)
-    {
+    }
+    if crate::outbound::refused_literal(&url, allowed) {
         return Err(invalid(
             "url",
             "points at an internal address (loopback, private, link-local); an operator may allow it with webhook_allowed_cidrs",
         ));
     }
     Ok(url)
-}
-
-/// Resolves names for sends, refusing any answer with an internal address not allowed: a name
-/// that resolved to a public address when registered cannot be pointed inside later.
-#[derive(Debug, Clone)]
-struct CheckedResolver {
-    allowed: CidrSet,
-}
-
-impl reqwest::dns::Resolve for CheckedResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let allowed = self.allowed.clone();
-        Box::pin(async move {
-            let host = name.as_str().to_owned();
-            let found: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await
-                .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })?
-                .collect();
-            if let Some(bad) = found
-                .iter()
-                .find(|a| internal(a.ip()) && !allowed.contains(a.ip()))
-            {
-                let message = format!("{host} resolves to the internal address {}", bad.ip());
-                return Err(message.into());
-            }
-            let addrs: reqwest::dns::Addrs = Box::new(found.into_iter());
-            Ok(addrs)
-        })
-    }
 }
 
 /// The retry schedule after the `n`th failed attempt (1-based), before jitter.
@@ -216,6 +148,7 @@ pub(crate) fn key_event(
         owner: Some(key.owner.clone()),
         data,
         only: None,
+        mac: None,
     }
 }
 
@@ -270,17 +203,7 @@ impl Webhooks {
         catalog: Arc<crate::catalog::Catalog>,
         config: WebhookConfig,
     ) -> Result<Self, ServiceError> {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout)
-            .dns_resolver(Arc::new(CheckedResolver {
-                allowed: config.allowed_cidrs.clone(),
-            }))
-            .user_agent(concat!("keyward-webhooks/", env!("CARGO_PKG_VERSION")))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .map_err(ServiceError::internal)?;
+        let client = crate::outbound::client(&config.allowed_cidrs, config.timeout)?;
         Ok(Webhooks {
             store,
             clock,
@@ -449,6 +372,7 @@ impl Webhooks {
         self.authz
             .permit(actor, Operation::WebhookWrite, Target::Shared)
             .await?;
+        self.may_receive(actor).await?;
         let url = spec
             .url
             .as_deref()
@@ -508,6 +432,30 @@ impl Webhooks {
         Ok((endpoint, secret.to_text().to_string()))
     }
 
+    /// An endpoint receives what happens to every key (names, owners, reasons): whoever points
+    /// one somewhere must be able to read keys and events themselves.
+    async fn may_receive(&self, actor: &Actor) -> Result<(), ServiceError> {
+        for permission in [
+            keyward_core::permission::admin::KEYS_READ,
+            keyward_core::permission::admin::EVENTS_READ,
+        ] {
+            if !actor.holds(permission) {
+                return Err(self
+                    .authz
+                    .refuse(
+                        actor,
+                        Operation::WebhookWrite,
+                        None,
+                        crate::Refusal::Missing {
+                            permission: permission.to_owned(),
+                        },
+                    )
+                    .await);
+            }
+        }
+        Ok(())
+    }
+
     pub async fn list(&self, actor: &Actor) -> Result<Vec<WebhookEndpoint>, ServiceError> {
         self.authz
             .permit(actor, Operation::WebhookRead, Target::Shared)
@@ -531,6 +479,7 @@ impl Webhooks {
         self.authz
             .permit(actor, Operation::WebhookWrite, Target::Shared)
             .await?;
+        self.may_receive(actor).await?;
         let url = spec
             .url
             .as_deref()
@@ -752,6 +701,7 @@ impl Webhooks {
             owner: None,
             data: json!({ "endpoint": endpoint.id }),
             only: Some(endpoint.id.clone()),
+            mac: None,
         };
         let entry = PendingEntry {
             actor: actor.audit_name(),
@@ -855,7 +805,7 @@ impl Webhooks {
         let now = self.clock.now();
         let pending = self
             .store
-            .pending_deliveries(endpoint.id.clone(), 512)
+            .pending_deliveries(endpoint.id.clone(), 128)
             .await?;
         let mut blocked = std::collections::HashSet::new();
         let mut due = Vec::new();
@@ -887,6 +837,32 @@ impl Webhooks {
             let Some(event) = self.store.outbox_event(delivery.seq).await? else {
                 continue;
             };
+            // Only what keyward wrote, to the endpoint it was meant for: an event edited or
+            // added in the store, or a delivery pointed at another event, is never signed.
+            if !crate::integrity::outbox_intact(self.integrity.key(), &event)
+                || event.id != delivery.event_id
+                || !endpoint.wants(&event)
+            {
+                self.integrity.report(format!(
+                    "outbox event {} for webhook {} (edited, or not this endpoint's)",
+                    delivery.seq, endpoint.id
+                ));
+                let mut refused = delivery.clone();
+                refused.state = DeliveryState::Failed;
+                refused.last_error = Some("the event failed its integrity check".into());
+                let mut head = self.audit.lock().await;
+                self.audit
+                    .commit(
+                        &mut head,
+                        Changes {
+                            upsert_deliveries: vec![refused],
+                            ..Changes::default()
+                        },
+                        Vec::new(),
+                    )
+                    .await?;
+                continue;
+            }
             let body = serde_json::to_vec(&json!({
                 "type": event.kind.as_str(),
                 "timestamp": event.ts,
@@ -905,15 +881,11 @@ impl Webhooks {
                 .body(body);
             let permit = Arc::clone(&semaphore);
             let allowed = self.config.allowed_cidrs.clone();
-            let literal = reqwest::Url::parse(&url)
-                .ok()
-                .and_then(|u| literal_host(&u));
+            let refused = reqwest::Url::parse(&url)
+                .map_or(true, |u| crate::outbound::refused_literal(&u, &allowed));
             sends.spawn(async move {
                 let _permit = permit.acquire_owned().await;
-                if let Some(ip) = literal
-                    && internal(ip)
-                    && !allowed.contains(ip)
-                {
+                if refused {
                     return (
                         delivery,
                         Err("the endpoint's address is internal".to_owned()),
@@ -1005,15 +977,6 @@ impl Webhooks {
         }
         Ok(run)
     }
-}
-
-/// The URL's host, if it is an address rather than a name.
-fn literal_host(url: &reqwest::Url) -> Option<IpAddr> {
-    let host = url.host_str()?;
-    host.trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse()
-        .ok()
 }
 
 /// Scheme, host and port of a URL: what the audit log and the log name (the path and query of

@@ -17,6 +17,7 @@ fn seq_of(row: &Row, i: usize) -> Result<u64, StoreError> {
 fn event(row: &Row) -> Result<OutboxEvent, StoreError> {
     let mut event: OutboxEvent = rows::json(get(row, 1)?, "outbox event")?;
     event.seq = seq_of(row, 0)?;
+    event.mac = rows::mac_at(row, 2)?;
     Ok(event)
 }
 
@@ -34,8 +35,14 @@ pub(crate) async fn apply(tx: &Transaction<'_>, changes: &Changes) -> Result<(),
     for event in &changes.outbox {
         exec(
             tx,
-            "INSERT INTO outbox (id, ts, record) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING",
-            &[&event.id, &event.ts.unix_ms(), &to_json(event)?],
+            "INSERT INTO outbox (id, ts, record, mac) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (id) DO NOTHING",
+            &[
+                &event.id,
+                &event.ts.unix_ms(),
+                &to_json(event)?,
+                &mac_bytes(event.mac),
+            ],
         )
         .await?;
     }
@@ -66,8 +73,8 @@ pub(crate) async fn apply(tx: &Transaction<'_>, changes: &Changes) -> Result<(),
     for d in &changes.upsert_deliveries {
         exec(
             tx,
-            "INSERT INTO webhook_deliveries (endpoint, seq, state, created_at, record) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (endpoint, seq) DO UPDATE SET \
+            "INSERT INTO webhook_deliveries (endpoint, seq, key_id, state, created_at, record) \
+             VALUES ($1, $2, $6, $3, $4, $5) ON CONFLICT (endpoint, seq) DO UPDATE SET \
              state = excluded.state, record = excluded.record",
             &[
                 &d.endpoint,
@@ -75,6 +82,7 @@ pub(crate) async fn apply(tx: &Transaction<'_>, changes: &Changes) -> Result<(),
                 &d.state.as_str(),
                 &d.created_at.unix_ms(),
                 &to_json(d)?,
+                &d.key_id.map(|k| k.to_string()),
             ],
         )
         .await?;
@@ -89,7 +97,7 @@ pub(crate) async fn outbox_after(
 ) -> Result<Vec<OutboxEvent>, StoreError> {
     let found = query(
         client,
-        "SELECT seq, record FROM outbox WHERE seq > $1 ORDER BY seq LIMIT $2",
+        "SELECT seq, record, mac FROM outbox WHERE seq > $1 ORDER BY seq LIMIT $2",
         &[&to_i64(after), &i64::from(limit)],
     )
     .await?;
@@ -102,7 +110,7 @@ pub(crate) async fn outbox_event(
 ) -> Result<Option<OutboxEvent>, StoreError> {
     let found = query(
         client,
-        "SELECT seq, record FROM outbox WHERE seq = $1",
+        "SELECT seq, record, mac FROM outbox WHERE seq = $1",
         &[&to_i64(seq)],
     )
     .await?;
@@ -144,6 +152,8 @@ pub(crate) async fn pending_deliveries(
     let found = query(
         client,
         "SELECT record FROM webhook_deliveries WHERE endpoint = $1 AND state = 'pending' \
+         AND seq IN (SELECT min(seq) FROM webhook_deliveries WHERE endpoint = $1 \
+         AND state = 'pending' GROUP BY coalesce(key_id, seq::text)) \
          ORDER BY seq LIMIT $2",
         &[&endpoint, &i64::from(limit)],
     )

@@ -20,6 +20,7 @@ fn event_from_row(row: &Row<'_>) -> Result<OutboxEvent, StoreError> {
     let mut event: OutboxEvent =
         serde_json::from_str(&record).map_err(|_| corrupt("outbox event"))?;
     event.seq = seq_of(row, 0)?;
+    event.mac = mac_at(row, 2)?;
     Ok(event)
 }
 
@@ -39,10 +40,16 @@ fn delivery_from_row(row: &Row<'_>) -> Result<WebhookDelivery, StoreError> {
 pub(super) fn apply(tx: &Transaction<'_>, changes: &Changes) -> Result<(), StoreError> {
     for event in &changes.outbox {
         tx.prepare_cached(
-            "INSERT INTO outbox (id, ts, record) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO outbox (id, ts, record, mac) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (id) DO NOTHING",
         )
         .map_err(unavailable)?
-        .execute(params![event.id, event.ts.unix_ms(), to_json(event)?])
+        .execute(params![
+            event.id,
+            event.ts.unix_ms(),
+            to_json(event)?,
+            mac_bytes(event.mac)
+        ])
         .map_err(map_write_error)?;
     }
     for endpoint in &changes.upsert_webhooks {
@@ -70,8 +77,8 @@ pub(super) fn apply(tx: &Transaction<'_>, changes: &Changes) -> Result<(), Store
     }
     for delivery in &changes.upsert_deliveries {
         tx.prepare_cached(
-            "INSERT INTO webhook_deliveries (endpoint, seq, state, created_at, record) \
-             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (endpoint, seq) DO UPDATE SET \
+            "INSERT INTO webhook_deliveries (endpoint, seq, key_id, state, created_at, record) \
+             VALUES (?1, ?2, ?6, ?3, ?4, ?5) ON CONFLICT (endpoint, seq) DO UPDATE SET \
              state = excluded.state, record = excluded.record",
         )
         .map_err(unavailable)?
@@ -81,6 +88,7 @@ pub(super) fn apply(tx: &Transaction<'_>, changes: &Changes) -> Result<(), Store
             delivery.state.as_str(),
             delivery.created_at.unix_ms(),
             to_json(delivery)?,
+            delivery.key_id.map(|k| k.to_string()),
         ])
         .map_err(map_write_error)?;
     }
@@ -93,7 +101,7 @@ pub(super) fn outbox_after(
     limit: u32,
 ) -> Result<Vec<OutboxEvent>, StoreError> {
     let mut stmt = conn
-        .prepare_cached("SELECT seq, record FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+        .prepare_cached("SELECT seq, record, mac FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2")
         .map_err(unavailable)?;
     let rows = stmt
         .query(params![to_i64(after), i64::from(limit)])
@@ -102,7 +110,7 @@ pub(super) fn outbox_after(
 }
 
 pub(super) fn outbox_event(conn: &Connection, seq: u64) -> Result<Option<OutboxEvent>, StoreError> {
-    conn.prepare_cached("SELECT seq, record FROM outbox WHERE seq = ?1")
+    conn.prepare_cached("SELECT seq, record, mac FROM outbox WHERE seq = ?1")
         .map_err(unavailable)?
         .query_row([to_i64(seq)], |row| Ok(event_from_row(row)))
         .optional()
@@ -146,6 +154,8 @@ pub(super) fn pending_deliveries(
     let mut stmt = conn
         .prepare_cached(
             "SELECT record FROM webhook_deliveries WHERE endpoint = ?1 AND state = 'pending' \
+             AND seq IN (SELECT min(seq) FROM webhook_deliveries WHERE endpoint = ?1 \
+             AND state = 'pending' GROUP BY coalesce(key_id, CAST(seq AS TEXT))) \
              ORDER BY seq LIMIT ?2",
         )
         .map_err(unavailable)?;

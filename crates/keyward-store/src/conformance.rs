@@ -1378,6 +1378,7 @@ pub async fn webhooks(store: &dyn Store) {
         owner: Some("alice".into()),
         data: serde_json::json!({"n": n}),
         only: None,
+        mac: None,
     };
     store
         .apply(Changes {

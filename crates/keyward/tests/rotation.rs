@@ -913,6 +913,18 @@ async fn bad_delivery_targets_are_refused_and_a_target_cannot_reach_more_than_it
             "delivery.field",
         ),
         (json!({"kind": "s3", "path": "a"}), "delivery.kind"),
+        (
+            json!({"kind": "vault", "path": "a", "field": "key_id"}),
+            "delivery.field",
+        ),
+        (
+            json!({"kind": "kv2", "path": "a", "address": "http://vault.example.com", "token_path": "t"}),
+            "delivery.address",
+        ),
+        (
+            json!({"kind": "kv2", "path": "a", "address": "https://vault.example.com/v1/x", "token_path": "t"}),
+            "delivery.address",
+        ),
     ];
     for (target, field) in cases {
         let (status, body) = app
@@ -933,8 +945,11 @@ async fn bad_delivery_targets_are_refused_and_a_target_cannot_reach_more_than_it
         .call(
             Method::POST,
             "/v1/keys",
-            Some(json!({"environment": "admin", "service": "keyward", "name": "ops", "owner": "ops",
-                "permissions": ["keys:create", "keys:update", "keys:read", "secrets:read:public/*"]})),
+            Some(
+                json!({"environment": "admin", "service": "keyward", "name": "ops", "owner": "ops",
+                "permissions": ["keys:create", "keys:update", "keys:read", "keys:roll",
+                    "secrets:read:public/*"]}),
+            ),
         )
         .await;
     let limited = key_of(&limited);
@@ -966,6 +981,36 @@ async fn bad_delivery_targets_are_refused_and_a_target_cannot_reach_more_than_it
         .filter(|e| e["action"] == "auth.forbidden")
         .count();
     assert!(refusals >= 2);
+    // A target receives every successor: only one who could roll the key may set one.
+    let (_, updater) = app
+        .call(
+            Method::POST,
+            "/v1/keys",
+            Some(
+                json!({"environment": "admin", "service": "keyward", "name": "up", "owner": "ops",
+                "permissions": ["keys:update", "keys:read", "secrets:read:*", "secrets:write:*"]}),
+            ),
+        )
+        .await;
+    let (status, body) = app
+        .call_as(
+            &key_of(&updater),
+            Method::PATCH,
+            &format!("/v1/keys/{}", id_of(&created)),
+            Some(json!({"delivery": {"kind": "vault", "path": "anything"}})),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    // Admin keys are never delivered anywhere.
+    let (status, body) = app
+        .call(
+            Method::PATCH,
+            &format!("/v1/keys/{}", id_of(&updater)),
+            Some(json!({"delivery": {"kind": "vault", "path": "anything"}})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["field"], "delivery");
     // With the right, it is set and shown.
     let allowed = json!({"kind": "kv2", "address": "https://vault.example.com", "path": "a",
         "token_path": "public/token"});

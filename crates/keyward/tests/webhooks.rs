@@ -180,6 +180,25 @@ async fn bad_endpoints_are_refused_with_the_field_named_and_nothing_is_made() {
         )
         .await;
     assert_eq!(status, 403);
+    // An endpoint receives what happens to every key: whoever sets one up must be able to
+    // read keys and events.
+    let (_, narrow) = app
+        .call(
+            Method::POST,
+            "/v1/keys",
+            Some(json!({"environment": "admin", "service": "keyward", "name": "hooks", "owner": "ops",
+                "permissions": ["webhooks:read", "webhooks:manage"]})),
+        )
+        .await;
+    let (status, body) = app
+        .call_as(
+            narrow["key"].as_str().unwrap(),
+            Method::POST,
+            "/v1/webhooks",
+            Some(json!({"url": "https://hooks.example.com/x"})),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
 }
 
 #[tokio::test]

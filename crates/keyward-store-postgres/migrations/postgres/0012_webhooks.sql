@@ -7,7 +7,8 @@ CREATE TABLE outbox (
     seq     BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     id      TEXT COLLATE "C" NOT NULL UNIQUE,
     ts      BIGINT NOT NULL,
-    record  TEXT NOT NULL            -- JSON; names keys by id and start, never a secret
+    record  TEXT NOT NULL,           -- JSON; names keys by id and start, never a secret
+    mac     BYTEA                     -- the service's integrity tag: an edited event is not sent
 );
 
 CREATE TABLE webhook_endpoints (
@@ -19,6 +20,7 @@ CREATE TABLE webhook_endpoints (
 CREATE TABLE webhook_deliveries (
     endpoint         TEXT COLLATE "C" NOT NULL,
     seq              BIGINT NOT NULL,
+    key_id           TEXT COLLATE "C",     -- one key's deliveries go out in order
     state            TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
     created_at       BIGINT NOT NULL,
     record           TEXT NOT NULL,  -- JSON: attempts, next attempt, last answer

@@ -7,7 +7,8 @@ CREATE TABLE outbox (
     seq     INTEGER PRIMARY KEY AUTOINCREMENT,
     id      TEXT NOT NULL UNIQUE,
     ts      INTEGER NOT NULL,
-    record  TEXT NOT NULL            -- JSON; names keys by id and start, never a secret
+    record  TEXT NOT NULL,           -- JSON; names keys by id and start, never a secret
+    mac     BLOB                     -- the service's integrity tag: an edited event is not sent
 ) STRICT;
 
 CREATE TABLE webhook_endpoints (
@@ -19,6 +20,7 @@ CREATE TABLE webhook_endpoints (
 CREATE TABLE webhook_deliveries (
     endpoint         TEXT NOT NULL,
     seq              INTEGER NOT NULL,
+    key_id           TEXT,     -- one key's deliveries go out in order
     state            TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
     created_at       INTEGER NOT NULL,
     record           TEXT NOT NULL,  -- JSON: attempts, next attempt, last answer
