@@ -629,17 +629,34 @@ impl Keys {
         }
         // Before the writer is taken: a refusal writes its own audit entry. (A key's
         // environment never changes.)
-        if let Some(Some(target)) = &update.delivery {
+        if let Some(delivery) = &update.delivery {
             let key = self.key(id).await?;
-            self.check_delivery(
-                actor,
-                Operation::KeyUpdate,
-                Some(&key),
-                key.service,
-                target,
-                &key.environment,
-            )
-            .await?;
+            match delivery {
+                Some(target) => {
+                    self.check_delivery(
+                        actor,
+                        Operation::KeyUpdate,
+                        Some(&key),
+                        key.service,
+                        target,
+                        &key.environment,
+                    )
+                    .await?;
+                }
+                // Removing one changes where successors go (and how long the old key lives):
+                // as much a matter for one who may roll the key as setting one.
+                None => {
+                    if let Err(refusal) =
+                        self.authz
+                            .authorize(actor, Operation::KeyRoll, Target::Key(&key))
+                    {
+                        return Err(self
+                            .authz
+                            .refuse(actor, Operation::KeyRoll, Some(id.to_string()), refusal)
+                            .await);
+                    }
+                }
+            }
         }
         if update.enabled == Some(false) {
             self.check_not_self(actor, Operation::KeyUpdate, id).await?;

@@ -48,12 +48,20 @@ pub(crate) fn internal(ip: IpAddr) -> bool {
             if s[0] == 0x2002 {
                 return embedded(s[1], s[2]);
             }
+            // ::a.b.c.d (IPv4-compatible, ::1 included) and ::ffff:0:a.b.c.d (SIIT).
+            if s[..6] == [0; 6] || (s[..4] == [0; 4] && s[4] == 0xffff && s[5] == 0) {
+                return v6.is_unspecified() || v6.is_loopback() || embedded(s[6], s[7]);
+            }
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 // fc00::/7 unique local, fe80::/10 link-local.
                 || (s[0] & 0xfe00) == 0xfc00
                 || (s[0] & 0xffc0) == 0xfe80
+                // fec0::/10 site-local (deprecated, still routed inside some networks),
+                // 100::/64 discard.
+                || (s[0] & 0xffc0) == 0xfec0
+                || (s[0] == 0x100 && s[1..4] == [0; 3])
         }
     }
 }
@@ -69,7 +77,11 @@ pub(crate) fn literal_host(url: &reqwest::Url) -> Option<IpAddr> {
 
 /// Whether `url` names an internal address outright (or `localhost`) that is not allowed.
 pub(crate) fn refused_literal(url: &reqwest::Url, allowed: &CidrSet) -> bool {
-    let name = url.host_str().unwrap_or_default().to_ascii_lowercase();
+    let name = url
+        .host_str()
+        .unwrap_or_default()
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
     let ip = literal_host(url).or_else(|| {
         (name == "localhost" || name.ends_with(".localhost"))
             .then_some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
@@ -151,6 +163,11 @@ mod tests {
             "http://[fe80::1]/",
             "http://localhost:8200/",
             "http://vault.localhost/",
+            "http://localhost./",
+            "http://[::127.0.0.2]/",
+            "http://[::ffff:0:127.0.0.2]/",
+            "http://[fec0::1]/",
+            "http://[100::1]/",
         ] {
             let parsed = reqwest::Url::parse(url).unwrap();
             assert!(refused_literal(&parsed, &none), "{url}");

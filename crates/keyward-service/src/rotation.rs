@@ -101,11 +101,23 @@ pub(crate) fn effective(key: &KeyRecord, catalog: &Catalog) -> Option<EffectiveR
     {
         Some(ceiling) => {
             let every_days = policy.every_days.min(ceiling.every_days);
+            let grace_hours = policy.grace_hours.min(ceiling.grace_hours);
+            let default_cap = |p: &RotationPolicy| p.grace_hours.saturating_add(72);
+            let cap = policy
+                .delivery_cap_hours
+                .unwrap_or_else(|| default_cap(&policy))
+                .min(
+                    ceiling
+                        .delivery_cap_hours
+                        .unwrap_or_else(|| default_cap(&ceiling)),
+                )
+                .min(every_days.saturating_mul(24).saturating_sub(1))
+                .max(grace_hours);
             RotationPolicy {
                 every_days,
-                grace_hours: policy.grace_hours.min(ceiling.grace_hours),
+                grace_hours,
                 notice_days: policy.notice_days.min(every_days.saturating_sub(1)),
-                delivery_cap_hours: policy.delivery_cap_hours,
+                delivery_cap_hours: Some(cap),
             }
         }
         None => policy,
@@ -730,6 +742,18 @@ impl Rotation {
     }
 
     async fn self_rotate_once(&self, holder: KeyId) -> Result<SelfRotation, ServiceError> {
+        // Refusals are decided before the writer is taken, and audited in group commits: a
+        // key hammering this route must not hold up every other write.
+        {
+            let key = self.keys.key(holder).await?;
+            if key.rolled_to.is_none()
+                && self
+                    .of(&key)
+                    .is_none_or(|due| self.clock.now() < due.notice_at)
+            {
+                return self.refuse_self_rotation(&key).await;
+            }
+        }
         let mut head = self.keys.writer().await;
         let old = self.keys.for_change(holder).await?;
         let now = self.clock.now();
@@ -807,7 +831,7 @@ impl Rotation {
                 target: Some(old.id.to_string()),
                 details: json!({ "operation": "key.self_rotate", "reason": reason }),
             };
-            self.audit.only(vec![entry]).await?;
+            self.audit.batched(entry).await?;
             return Err(ServiceError::Policy(keyward_core::PolicyViolation {
                 rule: "rotation",
                 message,
@@ -835,6 +859,34 @@ impl Rotation {
             successor_id: new.id,
             successor: Some((new, plaintext)),
         })
+    }
+
+    async fn refuse_self_rotation(&self, key: &KeyRecord) -> Result<SelfRotation, ServiceError> {
+        let (reason, message) = match self.of(key) {
+            None => (
+                "no_policy",
+                "no rotation policy applies to this key; an admin rolls it".to_owned(),
+            ),
+            Some(due) => (
+                "outside_window",
+                format!(
+                    "this key may rotate itself from {} (its notice window)",
+                    due.notice_at.to_rfc3339()
+                ),
+            ),
+        };
+        self.audit
+            .batched(PendingEntry {
+                actor: key.id.to_string(),
+                action: AuditAction::AuthForbidden,
+                target: Some(key.id.to_string()),
+                details: json!({ "operation": "key.self_rotate", "reason": reason }),
+            })
+            .await?;
+        Err(ServiceError::Policy(keyward_core::PolicyViolation {
+            rule: "rotation",
+            message,
+        }))
     }
 
     fn open_handover(&self, handover: &Handover) -> Result<PlaintextKey, ServiceError> {
@@ -925,7 +977,8 @@ fn notices_for(
 ) -> Vec<OutboxEvent> {
     const DAY_MS: i64 = 86_400_000;
     let mut out = Vec::new();
-    let id = key.id.to_string();
+    // Most keys have nothing due: nothing is made for them.
+    let id = || key.id.to_string();
     if let Some(due) = due
         && due.policy.notice_days > 0
         && now >= due.notice_at
@@ -936,7 +989,7 @@ fn notices_for(
             keyward_core::EventType::KeyExpiring,
             key,
             now,
-            crate::webhooks::notice_id(&["key.expiring", "rotation", &id, &at]),
+            crate::webhooks::notice_id(&["key.expiring", "rotation", &id(), &at]),
             json!({
                 "reason": "rotation",
                 "at": due.due_at,
@@ -947,7 +1000,7 @@ fn notices_for(
     }
     if let Some(expires_at) = key.expires_at {
         let left = expires_at.unix_ms() - now.unix_ms();
-        let at = expires_at.unix_ms().to_string();
+        let at = || expires_at.unix_ms().to_string();
         if left > 0 {
             if let Some(days) = EXPIRY_NOTICES.into_iter().find(|d| left <= d * DAY_MS) {
                 out.push(crate::webhooks::key_event(
@@ -957,8 +1010,8 @@ fn notices_for(
                     crate::webhooks::notice_id(&[
                         "key.expiring",
                         "expiry",
-                        &id,
-                        &at,
+                        &id(),
+                        &at(),
                         &days.to_string(),
                     ]),
                     json!({ "reason": "expiry", "at": expires_at, "days": days }),
@@ -969,7 +1022,7 @@ fn notices_for(
                 keyward_core::EventType::KeyExpired,
                 key,
                 now,
-                crate::webhooks::notice_id(&["key.expired", &id, &at]),
+                crate::webhooks::notice_id(&["key.expired", &id(), &at()]),
                 json!({ "at": expires_at }),
             ));
         }

@@ -163,6 +163,9 @@ pub struct EndpointSpec {
     pub enabled: Option<bool>,
 }
 
+/// Endpoints at most: each is served on every dispatcher run.
+const MAX_ENDPOINTS: usize = 100;
+
 /// What a dispatcher run did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DeliveryRun {
@@ -377,6 +380,11 @@ impl Webhooks {
             .url
             .as_deref()
             .ok_or_else(|| invalid("url", "required"))?;
+        if self.store.webhooks().await?.len() >= MAX_ENDPOINTS {
+            return Err(ServiceError::Conflict(format!(
+                "at most {MAX_ENDPOINTS} webhook endpoints; remove one first"
+            )));
+        }
         let url = check_url(url, &self.config.allowed_cidrs)?;
         let event_types = Self::parse_types(spec.event_types.as_deref().unwrap_or_default())?;
         let description = spec.description.flatten();
@@ -576,6 +584,7 @@ impl Webhooks {
         self.authz
             .permit(actor, Operation::WebhookWrite, Target::Shared)
             .await?;
+        self.may_receive(actor).await?;
         if overlap_s > 7 * 86_400 {
             return Err(invalid("overlap_s", "at most 604800 (7 days)"));
         }
@@ -651,6 +660,7 @@ impl Webhooks {
         self.authz
             .permit(actor, Operation::WebhookWrite, Target::Shared)
             .await?;
+        self.may_receive(actor).await?;
         let mut head = self.audit.lock().await;
         let endpoint = self.endpoint(id).await?;
         let mut delivery = self
@@ -688,6 +698,7 @@ impl Webhooks {
         self.authz
             .permit(actor, Operation::WebhookWrite, Target::Shared)
             .await?;
+        self.may_receive(actor).await?;
         let mut head = self.audit.lock().await;
         let endpoint = self.endpoint(id).await?;
         let event_id = new_event_id()?;
@@ -731,10 +742,20 @@ impl Webhooks {
         let mut run = DeliveryRun::default();
         loop {
             let before = run;
-            let endpoints: Vec<WebhookEndpoint> = self.endpoints().await?;
-            for endpoint in endpoints.into_iter().filter(|e| e.enabled) {
+            let endpoints: Vec<WebhookEndpoint> = self
+                .endpoints()
+                .await?
+                .into_iter()
+                .filter(|e| e.enabled)
+                .collect();
+            for endpoint in &endpoints {
                 run.fanned_out += self.fan_out(endpoint.clone()).await?;
-                let sent = self.deliver(&endpoint).await?;
+            }
+            // Endpoints at once: a slow or dead one holds back only itself.
+            let sent =
+                futures_util::future::join_all(endpoints.iter().map(|e| self.deliver(e))).await;
+            for sent in sent {
+                let sent = sent?;
                 run.delivered += sent.delivered;
                 run.retried += sent.retried;
                 run.failed += sent.failed;

@@ -1001,6 +1001,16 @@ async fn bad_delivery_targets_are_refused_and_a_target_cannot_reach_more_than_it
         )
         .await;
     assert_eq!(status, 403, "{body}");
+    // Removing a target needs as much.
+    let (status, _) = app
+        .call_as(
+            &key_of(&updater),
+            Method::PATCH,
+            &format!("/v1/keys/{}", id_of(&created)),
+            Some(json!({"delivery": null})),
+        )
+        .await;
+    assert_eq!(status, 403);
     // Admin keys are never delivered anywhere.
     let (status, body) = app
         .call(
@@ -1024,4 +1034,36 @@ async fn bad_delivery_targets_are_refused_and_a_target_cannot_reach_more_than_it
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["delivery"]["token_path"], "public/token");
+    let (status, body) = app
+        .call_as(
+            &key_of(&updater),
+            Method::PATCH,
+            &format!("/v1/keys/{}", id_of(&created)),
+            Some(json!({"delivery": null})),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+
+    // A key's own delivery cap cannot outlast its environment's rotation.
+    let (status, _) = app
+        .call(
+            Method::PATCH,
+            "/v1/environments/test",
+            Some(json!({"policy": {"rotation": {"every_days": 2, "grace_hours": 1}}})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let lax = app
+        .create_key(
+            "test",
+            json!({"rotation": {"every_days": 100, "grace_hours": 10, "delivery_cap_hours": 2000}}),
+        )
+        .await;
+    let shown = show(&app, &id_of(&lax)).await;
+    let effective = &shown["effective_rotation"]["policy"];
+    assert_eq!(effective["every_days"], 2);
+    assert!(
+        effective["delivery_cap_hours"].as_u64().unwrap() <= 73,
+        "{effective}"
+    );
 }

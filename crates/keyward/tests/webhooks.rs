@@ -199,6 +199,17 @@ async fn bad_endpoints_are_refused_with_the_field_named_and_nothing_is_made() {
         )
         .await;
     assert_eq!(status, 403, "{body}");
+    // Nor take over an existing endpoint's secret, or send through it.
+    let narrow = narrow["key"].as_str().unwrap();
+    for path in [
+        format!("/v1/webhooks/{id}/rotate-secret"),
+        format!("/v1/webhooks/{id}/test"),
+    ] {
+        let (status, body) = app
+            .call_as(narrow, Method::POST, &path, Some(json!({})))
+            .await;
+        assert_eq!(status, 403, "{path}: {body}");
+    }
 }
 
 #[tokio::test]
