@@ -72,6 +72,10 @@ pub struct EffectiveRotation {
 /// environment's. (Roles held through temporary grants do not count: the key would change
 /// schedule when they lapse.)
 pub(crate) fn effective(key: &KeyRecord, catalog: &Catalog) -> Option<EffectiveRotation> {
+    // Looked up once: the environment's policy is the fallback and the ceiling.
+    let env_policy = catalog
+        .environment(key.environment.as_str())
+        .and_then(|env| env.record.policy.rotation);
     let (policy, source) = if let Some(own) = key.lifecycle.rotation {
         (own, PolicySource::Key)
     } else if let Some((policy, role)) = key
@@ -86,8 +90,7 @@ pub(crate) fn effective(key: &KeyRecord, catalog: &Catalog) -> Option<EffectiveR
     {
         (policy, PolicySource::Role(role))
     } else {
-        let env = catalog.environment(key.environment.as_str())?;
-        let policy = env.record.policy.rotation?;
+        let policy = env_policy?;
         (
             policy,
             PolicySource::Environment(key.environment.to_string()),
@@ -95,10 +98,7 @@ pub(crate) fn effective(key: &KeyRecord, catalog: &Catalog) -> Option<EffectiveR
     };
     // A key's or a role's policy may be stricter than its environment's, never looser: the
     // environment's period and grace are ceilings.
-    let policy = match catalog
-        .environment(key.environment.as_str())
-        .and_then(|env| env.record.policy.rotation)
-    {
+    let policy = match env_policy {
         Some(ceiling) => {
             let every_days = policy.every_days.min(ceiling.every_days);
             let grace_hours = policy.grace_hours.min(ceiling.grace_hours);
