@@ -332,6 +332,17 @@ impl AuditLog {
     }
 
     /// Appends entries that record no change (failed authentications, for instance).
+    /// Takes the writer and commits `changes` with `pending`: for changes decided without
+    /// reading under the writer (their own ids, or rows only the caller writes).
+    pub(crate) async fn write(
+        &self,
+        changes: Changes,
+        pending: Vec<PendingEntry>,
+    ) -> Result<(), ServiceError> {
+        let mut head = self.lock().await;
+        self.commit(&mut head, changes, pending).await
+    }
+
     pub(crate) async fn only(&self, pending: Vec<PendingEntry>) -> Result<(), ServiceError> {
         let mut head = self.lock().await;
         self.commit_entries(&mut head, false, false, pending).await

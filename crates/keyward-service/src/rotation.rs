@@ -437,10 +437,8 @@ impl Rotation {
             return Ok(0);
         }
         let count = new.len() as u64;
-        let mut head = self.keys.writer().await;
         self.audit
-            .commit(
-                &mut head,
+            .write(
                 Changes {
                     outbox: new,
                     ..Changes::default()
@@ -482,10 +480,8 @@ impl Rotation {
         let Some(target) = old.lifecycle.delivery.clone() else {
             // The target was removed since: the successor waits for its holder instead.
             handover.next_attempt_at = None;
-            let mut head = self.keys.writer().await;
             self.audit
-                .commit(
-                    &mut head,
+                .write(
                     Changes {
                         update_handovers: vec![handover],
                         ..Changes::default()
@@ -498,10 +494,8 @@ impl Rotation {
         let successor = self.keys.key(handover.successor).await?;
         if successor.status == KeyStatus::Revoked {
             // Revoked meanwhile: nothing to hand to anyone.
-            let mut head = self.keys.writer().await;
             self.audit
-                .commit(
-                    &mut head,
+                .write(
                     Changes {
                         delete_handovers: vec![handover.predecessor],
                         ..Changes::default()

@@ -871,10 +871,8 @@ impl Webhooks {
                 let mut refused = delivery.clone();
                 refused.state = DeliveryState::Failed;
                 refused.last_error = Some("the event failed its integrity check".into());
-                let mut head = self.audit.lock().await;
                 self.audit
-                    .commit(
-                        &mut head,
+                    .write(
                         Changes {
                             upsert_deliveries: vec![refused],
                             ..Changes::default()

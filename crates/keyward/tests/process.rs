@@ -26,9 +26,19 @@ struct Server {
 
 impl Server {
     fn start(data_dir: &Path) -> Server {
-        let mut child = Command::new(BIN)
+        Server::start_with(data_dir, None)
+    }
+
+    /// [`Server::start`] with a configuration file.
+    fn start_with(data_dir: &Path, config: Option<&Path>) -> Server {
+        let mut command = Command::new(BIN);
+        command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
+            .arg(data_dir);
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        let mut child = command
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -701,34 +711,7 @@ fn kill_9_during_a_rewrap_loses_nothing_and_the_rewrap_resumes() {
     // Small batches make the rewrap take many writes, so the kill lands in the middle of it.
     let config = dir.path().join("keyward.toml");
     std::fs::write(&config, "rewrap_batch_size = 5\n").unwrap();
-    let start = |data: &Path| {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data)
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut root = None;
-        loop {
-            let line = lines.next().expect("serve exited").unwrap();
-            if let Some(key) = line.trim().strip_prefix("keyward_admin_") {
-                root = Some(format!("keyward_admin_{key}"));
-            }
-            if let Some(addr) = line.strip_prefix("keyward listening on ") {
-                std::thread::spawn(move || for _ in lines {});
-                return Server {
-                    child,
-                    url: addr.to_owned(),
-                    root_key: root,
-                };
-            }
-        }
-    };
+    let start = |data: &Path| Server::start_with(data, Some(&config));
     let server = start(&data);
     let root = server.root_key.clone().unwrap();
     let url = server.url.clone();
@@ -1290,34 +1273,7 @@ fn kill_9_between_a_change_and_its_delivery_loses_no_event() {
     let data = dir.path().join("data");
     let config = dir.path().join("keyward.toml");
     std::fs::write(&config, "webhook_allowed_cidrs = [\"127.0.0.1/32\"]\n").unwrap();
-    let start = || {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data)
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut root = None;
-        loop {
-            let line = lines.next().expect("serve exited").unwrap();
-            if let Some(key) = line.trim().strip_prefix("keyward_admin_") {
-                root = Some(format!("keyward_admin_{key}"));
-            }
-            if let Some(addr) = line.strip_prefix("keyward listening on ") {
-                std::thread::spawn(move || for _ in lines {});
-                return Server {
-                    child,
-                    url: addr.to_owned(),
-                    root_key: root,
-                };
-            }
-        }
-    };
+    let start = || Server::start_with(&data, Some(&config));
     // The receiver's port, closed for now: every attempt before the kill fails.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -1380,33 +1336,9 @@ fn cli_webhooks_commands_and_their_metrics() {
     let data = dir.path().join("data");
     let config = dir.path().join("keyward.toml");
     std::fs::write(&config, "webhook_allowed_cidrs = [\"127.0.0.1/32\"]\n").unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data)
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut root = String::new();
-    let url = loop {
-        let line = lines.next().expect("serve exited").unwrap();
-        if let Some(key) = line.trim().strip_prefix("keyward_admin_") {
-            root = format!("keyward_admin_{key}");
-        }
-        if let Some(addr) = line.strip_prefix("keyward listening on ") {
-            std::thread::spawn(move || for _ in lines {});
-            break addr.to_owned();
-        }
-    };
-    let server = Server {
-        child,
-        url: url.clone(),
-        root_key: Some(root.clone()),
-    };
+    let server = Server::start_with(&data, Some(&config));
+    let root = server.root_key.clone().unwrap();
+    let url = server.url.clone();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
