@@ -24,8 +24,8 @@ pub use clock::{Clock, FakeClock, SystemClock};
 pub use key::{EnvironmentName, KeyPrefix, MalformedKey, ParsedKey};
 pub use model::{
     BlockRule, ConcurrencyLimit, Event, EventKind, Graduated, Grant, KeyAccess, KeyHash, KeyId,
-    KeyRecord, KeyStatus, PlanName, PlanRecord, QuotaConfig, QuotaRefill, QuotaState, RecordMac,
-    RefillInterval, RoleName, RoleRecord, ServiceName, VerifyCode,
+    KeyRecord, KeyStatus, KeySummary, PlanName, PlanRecord, QuotaConfig, QuotaRefill, QuotaState,
+    RecordMac, RefillInterval, RoleName, RoleRecord, ServiceName, VerifyCode,
 };
 pub use path_rule::PathRule;
 pub use permission::{Permission, PermissionSet};

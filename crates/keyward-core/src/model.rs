@@ -586,6 +586,43 @@ impl KeyRecord {
     pub fn is_expired_at(&self, now: Timestamp) -> bool {
         self.expires_at.is_some_and(|at| at <= now)
     }
+
+    /// The part of the record that a scan of every key judges.
+    pub fn summary(&self) -> KeySummary {
+        KeySummary {
+            id: self.id,
+            environment: self.environment.clone(),
+            start: self.start.clone(),
+            name: self.name.clone(),
+            owner: self.owner.clone(),
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            roles: self.access.roles.clone(),
+            rotation: self.lifecycle.rotation,
+        }
+    }
+}
+
+/// What the rotation scheduler judges of a key, and what its events name: a key's identity,
+/// times, roles and own rotation policy, without the permissions, meta and limits that a whole
+/// record decodes. A scan of every key reads only these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySummary {
+    pub id: KeyId,
+    pub environment: EnvironmentName,
+    pub start: String,
+    pub name: String,
+    pub owner: String,
+    pub created_at: Timestamp,
+    pub expires_at: Option<Timestamp>,
+    pub roles: Vec<RoleName>,
+    pub rotation: Option<crate::RotationPolicy>,
+}
+
+impl KeySummary {
+    pub fn is_expired_at(&self, now: Timestamp) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
 }
 
 #[cfg(test)]

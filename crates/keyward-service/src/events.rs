@@ -141,7 +141,7 @@ async fn publish(store: &dyn Store, integrity: &crate::integrity::Integrity, eve
         };
         outbox.push(crate::webhooks::key_event(
             kind,
-            &key,
+            &key.summary(),
             event.ts,
             event_id,
             event.details.clone(),

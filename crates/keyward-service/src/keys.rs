@@ -791,7 +791,7 @@ impl Keys {
         let disabled_event = if was_enabled && key.status == KeyStatus::Disabled {
             Some(crate::webhooks::key_event(
                 keyward_core::EventType::KeyDisabled,
-                &key,
+                &key.summary(),
                 now,
                 crate::webhooks::new_event_id()?,
                 json!({ "by": actor.audit_name() }),
@@ -848,7 +848,7 @@ impl Keys {
         };
         let event = crate::webhooks::key_event(
             keyward_core::EventType::KeyDisabled,
-            &key,
+            &key.summary(),
             key.updated_at,
             crate::webhooks::new_event_id()?,
             json!({ "reason": "repeated rate-limit violations", "by": "system" }),
@@ -904,7 +904,7 @@ impl Keys {
         };
         let event = crate::webhooks::key_event(
             keyward_core::EventType::KeyRevoked,
-            &key,
+            &key.summary(),
             key.updated_at,
             crate::webhooks::new_event_id()?,
             json!({ "reason": reason, "by": actor.audit_name() }),
@@ -1075,7 +1075,7 @@ impl Keys {
         };
         let rotated = crate::webhooks::key_event(
             keyward_core::EventType::KeyRotated,
-            &old,
+            &old.summary(),
             now,
             crate::webhooks::new_event_id()?,
             json!({

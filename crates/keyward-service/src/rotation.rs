@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use keyward_core::OutboxEvent;
 use keyward_core::audit::AuditAction;
 use keyward_core::{
-    Clock, EnvironmentName, KeyId, KeyRecord, KeyStatus, PolicySource, RollCause, RotationPolicy,
-    Timestamp,
+    Clock, EnvironmentName, KeyId, KeyRecord, KeyStatus, KeySummary, PolicySource, RollCause,
+    RotationPolicy, Timestamp,
 };
 use keyward_crypto::PlaintextKey;
 use keyward_store::{Changes, Handover, Store};
@@ -71,15 +71,14 @@ pub struct EffectiveRotation {
 /// The policy that applies to `key`: its own, else the shortest of its roles', else its
 /// environment's. (Roles held through temporary grants do not count: the key would change
 /// schedule when they lapse.)
-pub(crate) fn effective(key: &KeyRecord, catalog: &Catalog) -> Option<EffectiveRotation> {
+pub(crate) fn effective(key: &KeySummary, catalog: &Catalog) -> Option<EffectiveRotation> {
     // Looked up once: the environment's policy is the fallback and the ceiling.
     let env_policy = catalog
         .environment(key.environment.as_str())
         .and_then(|env| env.record.policy.rotation);
-    let (policy, source) = if let Some(own) = key.lifecycle.rotation {
+    let (policy, source) = if let Some(own) = key.rotation {
         (own, PolicySource::Key)
     } else if let Some((policy, role)) = key
-        .access
         .roles
         .iter()
         .filter_map(|name| {
@@ -240,7 +239,7 @@ impl Rotation {
         if key.status == KeyStatus::Revoked || key.rolled_to.is_some() {
             return None;
         }
-        effective(key, &self.catalog)
+        effective(&key.summary(), &self.catalog)
     }
 
     /// Rolls every key that is due, and drops the successors nobody collected in time. Each
@@ -367,7 +366,12 @@ impl Rotation {
     }
 
     /// Audits a rotation that failed, once a day per key, and logs it.
-    async fn report_failure(&self, key: &KeyRecord, due: &EffectiveRotation, error: &ServiceError) {
+    async fn report_failure(
+        &self,
+        key: &KeySummary,
+        due: &EffectiveRotation,
+        error: &ServiceError,
+    ) {
         let now = self.clock.now();
         {
             let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
@@ -518,7 +522,8 @@ impl Rotation {
         let mut old = self.keys.key(handover.predecessor).await?;
         match outcome {
             Ok(()) => {
-                let grace = effective(&old, &self.catalog).map_or(0, |e| e.policy.grace_s());
+                let grace =
+                    effective(&old.summary(), &self.catalog).map_or(0, |e| e.policy.grace_s());
                 let grace_end = now.plus_seconds(grace);
                 old.expires_at = Some(old.expires_at.map_or(grace_end, |at| at.min(grace_end)));
                 old.updated_at = now;
@@ -584,7 +589,7 @@ impl Rotation {
                     });
                     outbox.push(crate::webhooks::key_event(
                         keyward_core::EventType::KeyRotationFailed,
-                        &old,
+                        &old.summary(),
                         now,
                         crate::webhooks::notice_id(&[
                             "key.delivery_failed",
@@ -965,7 +970,7 @@ const EXPIRED_NOTICE_MS: i64 = 3 * 86_400_000;
 /// The notices due for `key` now: its rotation is near (from the policy's notice), its expiry
 /// is near (14, 7 and 1 days before: the nearest threshold crossed), or it just expired.
 fn notices_for(
-    key: &KeyRecord,
+    key: &KeySummary,
     due: Option<&EffectiveRotation>,
     now: Timestamp,
 ) -> Vec<OutboxEvent> {

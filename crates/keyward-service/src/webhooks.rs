@@ -19,7 +19,7 @@ use std::time::Duration;
 use keyward_core::audit::AuditAction;
 use keyward_core::model::ADMIN_ENVIRONMENT;
 use keyward_core::{
-    CidrSet, Clock, DeliveryState, EnvironmentName, EventType, KeyRecord, OutboxEvent,
+    CidrSet, Clock, DeliveryState, EnvironmentName, EventType, KeySummary, OutboxEvent,
     SealedSigningSecret, Timestamp, WebhookDelivery, WebhookEndpoint,
 };
 use keyward_crypto::barrier::Context;
@@ -126,7 +126,7 @@ pub(crate) fn notice_id(parts: &[&str]) -> String {
 /// An event about `key`.
 pub(crate) fn key_event(
     kind: EventType,
-    key: &KeyRecord,
+    key: &KeySummary,
     at: Timestamp,
     id: String,
     mut data: Value,

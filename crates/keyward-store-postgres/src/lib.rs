@@ -17,8 +17,8 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use keyward_core::audit::AuditEntry;
 use keyward_core::{
-    EnvironmentName, KeyHash, KeyId, KeyRecord, KeyStatus, PlanName, PlanRecord, QuotaState,
-    RecordMac, RoleName, RoleRecord, ServiceName, Timestamp,
+    EnvironmentName, KeyHash, KeyId, KeyRecord, KeyStatus, KeySummary, PlanName, PlanRecord,
+    QuotaState, RecordMac, RoleName, RoleRecord, ServiceName, Timestamp,
 };
 use keyward_store::vault::{
     RewrapProgress, Rewrapped, SealedValue, SecretMeta, SecretVersion, StoredKeyring, VaultLease,
@@ -511,16 +511,16 @@ impl keyward_store::KeyStore for PostgresStore {
         &self,
         after: Option<KeyId>,
         limit: u32,
-    ) -> Result<Vec<KeyRecord>, StoreError> {
+    ) -> Result<Vec<KeySummary>, StoreError> {
         let client = self.client().await?;
         let sql = format!(
             "SELECT {} FROM keys WHERE id > $1 AND rolled_to IS NULL AND status <> 'revoked' \
              ORDER BY id LIMIT $2",
-            rows::KEY_COLUMNS
+            rows::SUMMARY_COLUMNS
         );
         let after = after.map(|id| id.to_string()).unwrap_or_default();
         let found = query(&client, &sql, &[&after, &i64::from(limit)]).await?;
-        all(found, rows::key)
+        all(found, rows::summary)
     }
 
     async fn handover(&self, predecessor: KeyId) -> Result<Option<Handover>, StoreError> {

@@ -3,8 +3,8 @@
 
 use keyward_core::audit::AuditEntry;
 use keyward_core::{
-    EnvironmentName, KeyHash, KeyId, KeyRecord, KeyStatus, Permission, PlanName, PlanRecord,
-    RecordMac, RoleName, RoleRecord, ServiceName, Timestamp,
+    EnvironmentName, KeyHash, KeyId, KeyRecord, KeyStatus, KeySummary, Permission, PlanName,
+    PlanRecord, RecordMac, RoleName, RoleRecord, ServiceName, Timestamp,
 };
 use keyward_store::vault::{LeaseKind, SecretMeta, SecretVersion, VaultLease, VaultRecord};
 use keyward_store::{EnvironmentRecord, StoreError};
@@ -115,6 +115,24 @@ pub(crate) fn key(row: &Row) -> Result<KeyRecord, StoreError> {
         access: json(get(row, 20)?, "access")?,
         lifecycle: json(get(row, 23)?, "lifecycle")?,
         mac: mac_at(row, 22)?,
+    })
+}
+
+pub(crate) const SUMMARY_COLUMNS: &str =
+    "id, environment, start, name, owner, created_at, expires_at, access, lifecycle";
+
+pub(crate) fn summary(row: &Row) -> Result<KeySummary, StoreError> {
+    let (roles, rotation) = keyward_store::summary_fields(get(row, 7)?, get(row, 8)?)?;
+    Ok(KeySummary {
+        id: key_id(get(row, 0)?)?,
+        environment: env_name(get(row, 1)?)?,
+        start: get(row, 2)?,
+        name: get(row, 3)?,
+        owner: get(row, 4)?,
+        created_at: time(row, 5)?,
+        expires_at: time_opt(row, 6)?,
+        roles,
+        rotation,
     })
 }
 

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use keyward_core::audit::{AuditEntry, GENESIS_HASH};
 use keyward_core::{
-    EnvironmentName, KeyHash, KeyId, KeyRecord, KeyStatus, Permission, PlanName, PlanRecord,
-    QuotaState, RecordMac, RoleName, RoleRecord, ServiceName, Timestamp,
+    EnvironmentName, KeyHash, KeyId, KeyRecord, KeyStatus, KeySummary, Permission, PlanName,
+    PlanRecord, QuotaState, RecordMac, RoleName, RoleRecord, ServiceName, Timestamp,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 
@@ -285,6 +285,32 @@ fn key_from_row(row: &Row<'_>) -> Result<KeyRecord, StoreError> {
         access: serde_json::from_str(&access).map_err(|_| corrupt("access"))?,
         lifecycle: serde_json::from_str(&lifecycle).map_err(|_| corrupt("lifecycle"))?,
         mac: mac_at(row, 22)?,
+    })
+}
+
+const SUMMARY_COLUMNS: &str =
+    "id, environment, start, name, owner, created_at, expires_at, access, lifecycle";
+
+fn summary_from_row(row: &Row<'_>) -> Result<KeySummary, StoreError> {
+    let get_err = |e: rusqlite::Error| StoreError::Corrupt(e.to_string());
+    let text = |i: usize| -> Result<&str, StoreError> {
+        row.get_ref(i)
+            .map_err(get_err)?
+            .as_str()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))
+    };
+    let (roles, rotation) = keyward_store::summary_fields(text(7)?, text(8)?)?;
+    let expires_at: Option<i64> = row.get(6).map_err(get_err)?;
+    Ok(KeySummary {
+        id: text(0)?.parse().map_err(|_| corrupt("key id"))?,
+        environment: EnvironmentName::parse(text(1)?).map_err(|_| corrupt("environment"))?,
+        start: text(2)?.to_owned(),
+        name: text(3)?.to_owned(),
+        owner: text(4)?.to_owned(),
+        created_at: Timestamp::from_unix_ms(row.get(5).map_err(get_err)?),
+        expires_at: expires_at.map(Timestamp::from_unix_ms),
+        roles,
+        rotation,
     })
 }
 
@@ -906,11 +932,11 @@ impl keyward_store::KeyStore for SqliteStore {
         &self,
         after: Option<KeyId>,
         limit: u32,
-    ) -> Result<Vec<KeyRecord>, StoreError> {
+    ) -> Result<Vec<KeySummary>, StoreError> {
         self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached(&format!(
-                    "SELECT {KEY_COLUMNS} FROM keys WHERE id > ?1 AND rolled_to IS NULL \
+                    "SELECT {SUMMARY_COLUMNS} FROM keys WHERE id > ?1 AND rolled_to IS NULL \
                      AND status != 'revoked' ORDER BY id LIMIT ?2"
                 ))
                 .map_err(unavailable)?;
@@ -918,7 +944,7 @@ impl keyward_store::KeyStore for SqliteStore {
             let rows = stmt
                 .query(params![after, i64::from(limit)])
                 .map_err(unavailable)?;
-            collect_rows(rows, key_from_row)
+            collect_rows(rows, summary_from_row)
         })
         .await
     }

@@ -1211,6 +1211,15 @@ pub async fn rotation(store: &dyn Store) {
     keys[2].lifecycle.rolled_by = Some(keyward_core::RollCause::Schedule);
     keys[3].rolled_from = Some(keys[2].id);
     keys[4].status = KeyStatus::Disabled;
+    keys[5].access.roles = vec![RoleName::parse("rotated").unwrap()];
+    keys[5].access.grants = vec![keyward_core::Grant {
+        permission: None,
+        role: Some(RoleName::parse("rotated").unwrap()),
+        expires_at: Timestamp::from_unix_ms(90_000),
+        granted_at: Timestamp::from_unix_ms(1),
+        granted_by: "admin".into(),
+    }];
+    keys[5].expires_at = Some(Timestamp::from_unix_ms(80_000));
     let role = RoleRecord {
         name: RoleName::parse("rotated").unwrap(),
         description: None,
@@ -1240,8 +1249,8 @@ pub async fn rotation(store: &dyn Store) {
     let stored = store.roles().await.unwrap();
     assert_eq!(stored.iter().find(|r| r.name == role.name), Some(&role));
 
-    // The scan, two at a time: neither the revoked key nor the rolled one.
-    let mine: Vec<KeyId> = keys.iter().map(|k| k.id).collect();
+    // The scan, two at a time: neither the revoked key nor the rolled one, each as the summary
+    // of its record.
     let mut seen = Vec::new();
     let mut after = None;
     loop {
@@ -1249,9 +1258,13 @@ pub async fn rotation(store: &dyn Store) {
         let Some(last) = page.last() else { break };
         after = Some(last.id);
         assert!(page.len() <= 2);
-        seen.extend(page.iter().map(|k| k.id).filter(|id| mine.contains(id)));
+        seen.extend(
+            page.into_iter()
+                .filter(|found| keys.iter().any(|k| k.id == found.id)),
+        );
     }
-    assert_eq!(seen, vec![keys[0].id, keys[3].id, keys[4].id, keys[5].id]);
+    let expected: Vec<_> = [0, 3, 4, 5].map(|i| keys[i].summary()).into();
+    assert_eq!(seen, expected);
 
     let handover = Handover {
         predecessor: keys[2].id,

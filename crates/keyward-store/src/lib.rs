@@ -11,8 +11,9 @@ use std::fmt;
 use async_trait::async_trait;
 use keyward_core::audit::AuditEntry;
 use keyward_core::{
-    EnvironmentName, EnvironmentPolicy, KeyHash, KeyId, KeyRecord, KeyStatus, PlanName, PlanRecord,
-    QuotaState, RecordMac, RoleName, RoleRecord, ServiceName, Timestamp,
+    EnvironmentName, EnvironmentPolicy, KeyHash, KeyId, KeyRecord, KeyStatus, KeySummary, PlanName,
+    PlanRecord, QuotaState, RecordMac, RoleName, RoleRecord, RotationPolicy, ServiceName,
+    Timestamp,
 };
 
 #[cfg(feature = "conformance")]
@@ -31,6 +32,28 @@ pub use vault::{
     LeaseKind, RewrapProgress, Rewrapped, SealedValue, SecretMeta, SecretVersion, StoredKeyring,
     VaultLease, VaultRecord,
 };
+
+/// The roles in a key's stored `access` and the policy in its stored `lifecycle`, the rest of
+/// both skipped: what a [`KeySummary`] holds beyond plain columns.
+pub fn summary_fields(
+    access: &str,
+    lifecycle: &str,
+) -> Result<(Vec<RoleName>, Option<RotationPolicy>), StoreError> {
+    #[derive(serde::Deserialize)]
+    struct Access {
+        #[serde(default)]
+        roles: Vec<RoleName>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Lifecycle {
+        #[serde(default)]
+        rotation: Option<RotationPolicy>,
+    }
+    let corrupt = |what: &str| StoreError::Corrupt(what.to_owned());
+    let access: Access = serde_json::from_str(access).map_err(|_| corrupt("access"))?;
+    let lifecycle: Lifecycle = serde_json::from_str(lifecycle).map_err(|_| corrupt("lifecycle"))?;
+    Ok((access.roles, lifecycle.rotation))
+}
 
 /// What can go wrong in a store, named by outcome rather than by backend.
 #[derive(Debug, thiserror::Error)]
@@ -297,12 +320,13 @@ pub trait KeyStore: Send + Sync {
     async fn key_hashes(&self) -> Result<Vec<KeyHash>, StoreError>;
 
     /// Keys that may still be rotated (neither revoked nor rolled), in id order after `after`,
-    /// at most `limit`: the rotation scheduler's scan.
+    /// at most `limit`, as their summaries: the rotation scheduler's scan. A backend decodes
+    /// only the summary's columns (see [`summary_fields`]).
     async fn rotation_candidates(
         &self,
         after: Option<KeyId>,
         limit: u32,
-    ) -> Result<Vec<KeyRecord>, StoreError>;
+    ) -> Result<Vec<KeySummary>, StoreError>;
 
     /// The successor waiting for the holder of `predecessor`, if one is.
     async fn handover(&self, predecessor: KeyId) -> Result<Option<Handover>, StoreError>;

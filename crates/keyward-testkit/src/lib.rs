@@ -124,7 +124,7 @@ impl keyward_store::KeyStore for CountingStore {
         &self,
         after: Option<KeyId>,
         limit: u32,
-    ) -> Result<Vec<KeyRecord>, StoreError> {
+    ) -> Result<Vec<keyward_core::KeySummary>, StoreError> {
         self.inner.rotation_candidates(after, limit).await
     }
     async fn handover(
