@@ -9,128 +9,134 @@
 -- consumes from every limit if all admit it, from none otherwise. Returns four integers per
 -- limit: admitted (1/0), remaining, µs until full allowance, µs until a retry may succeed.
 -- The arithmetic is the service's own (keyward_core::ratelimit), in microseconds.
+--
+-- Written for the interpreter's sake: one pass to read, one to judge, flat arrays, no closures
+-- or tables per limit (the script runs on every verification).
 
+local max, min, floor, ceil = math.max, math.min, math.floor, math.ceil
+local format = string.format
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local cost = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
 local key = KEYS[1]
 
-local outcomes = {}
-local writes = {}
-local all = true
-local keep_ms = 0
+-- A count as Redis stores it: Lua prints 14 significant digits, exact below 1e14.
+local function count(v)
+  if v < 1e14 then return tostring(v) end
+  return format('%.0f', v)
+end
 
--- Every field any limit needs, in one read.
-local fields = {}
-for i = 0, n - 1 do
-  local b = 3 + i * 5
+-- Every field any limit needs, in one read; first[i]: where limit i's values start.
+local fields, first, alg = {}, {}, {}
+local nf = 0
+for i = 1, n do
+  local b = i * 5 - 2
   local pos = ARGV[b]
-  if tonumber(ARGV[b + 1]) == 0 then
-    fields[#fields + 1] = 'g' .. pos
+  first[i] = nf + 1
+  if ARGV[b + 1] == '0' then
+    alg[i] = 0
+    nf = nf + 1
+    fields[nf] = 'g' .. pos
   else
-    fields[#fields + 1] = 's' .. pos
-    fields[#fields + 1] = 'p' .. pos
-    fields[#fields + 1] = 'c' .. pos
+    alg[i] = 1
+    fields[nf + 1] = 's' .. pos
+    fields[nf + 2] = 'p' .. pos
+    fields[nf + 3] = 'c' .. pos
+    nf = nf + 3
   end
 end
 local values = redis.call('HMGET', key, unpack(fields))
-local stored = {}
-for i, f in ipairs(fields) do stored[f] = values[i] end
 
-for i = 0, n - 1 do
-  local b = 3 + i * 5
-  local pos = ARGV[b]
-  local alg = tonumber(ARGV[b + 1])
+-- For each limit: its outcome if consumed (r1..r4) and what it has left if nothing is (k2, k3).
+local r1, r2, r3, r4, k2, k3 = {}, {}, {}, {}, {}, {}
+local writes, nw = {}, 0
+local all = true
+local keep_ms = 0
+
+for i = 1, n do
+  local b = i * 5 - 2
   local period = tonumber(ARGV[b + 2])
   local limit = tonumber(ARGV[b + 3])
-  local burst = tonumber(ARGV[b + 4])
-  local o = {}
-  if alg == 0 then
-    local interval = math.max(math.floor(period / limit), 1)
+  local f = first[i]
+  if alg[i] == 0 then
+    local burst = tonumber(ARGV[b + 4])
+    local interval = max(floor(period / limit), 1)
     local window = interval * burst
     local tat = now
-    local g = stored['g' .. pos]
-    if g then tat = math.max(tonumber(g), now) end
+    local g = values[f]
+    if g then tat = max(tonumber(g), now) end
     local new_tat = tat + interval * cost
-    local admitted = new_tat - now <= window
-    if admitted then
-      o = {1, math.floor(math.max(now + window - new_tat, 0) / interval), new_tat - now, 0}
-      writes[#writes + 1] = {'g' .. pos, new_tat}
-      keep_ms = math.max(keep_ms, math.ceil((new_tat - now) / 1000) + 1)
+    if new_tat - now <= window then
+      r1[i], r2[i], r3[i], r4[i] = 1, floor(max(now + window - new_tat, 0) / interval), new_tat - now, 0
+      writes[nw + 1] = fields[f]
+      writes[nw + 2] = format('%.0f', new_tat)
+      nw = nw + 2
+      keep_ms = max(keep_ms, ceil((new_tat - now) / 1000) + 1)
     else
-      o = {0, 0, tat - now, new_tat - window - now}
+      r1[i], r2[i], r3[i], r4[i] = 0, 0, tat - now, new_tat - window - now
+      all = false
     end
-    -- What the limit has left if another refuses and nothing is consumed.
-    o[5] = math.floor(math.max(now + window - tat, 0) / interval)
-    o[6] = tat - now
+    k2[i] = floor(max(now + window - tat, 0) / interval)
+    k3[i] = tat - now
   else
     local start = now - (now % period)
-    local s = tonumber(stored['s' .. pos] or -1)
+    local s = tonumber(values[f] or -1)
     local previous, current = 0, 0
     if s == start then
-      previous = tonumber(stored['p' .. pos] or 0)
-      current = tonumber(stored['c' .. pos] or 0)
+      previous = tonumber(values[f + 1] or 0)
+      current = tonumber(values[f + 2] or 0)
     elseif s + period == start then
-      previous = tonumber(stored['c' .. pos] or 0)
+      previous = tonumber(values[f + 2] or 0)
     end
     local elapsed = now - start
-    local weighted = math.floor(previous * (period - elapsed) / period)
-    local admitted = weighted + current + cost <= limit
-    local new_current = current
-    if admitted then new_current = current + cost end
+    local weighted = floor(previous * (period - elapsed) / period)
     local to_next = period - elapsed
-    local retry = 0
-    if not admitted then
+    -- Until the limit is back at its full allowance, with `c` counted in this window.
+    local reset_now, reset_more = 0, period + to_next
+    if previous > 0 then reset_now = to_next end
+    if weighted + current + cost <= limit then
+      local new_current = current + cost
+      r1[i], r2[i], r4[i] = 1, max(limit - weighted - new_current, 0), 0
+      if new_current > 0 then r3[i] = reset_more else r3[i] = reset_now end
+      writes[nw + 1] = fields[f]
+      writes[nw + 2] = format('%.0f', start)
+      writes[nw + 3] = fields[f + 1]
+      writes[nw + 4] = count(previous)
+      writes[nw + 5] = fields[f + 2]
+      writes[nw + 6] = count(new_current)
+      nw = nw + 6
+      keep_ms = max(keep_ms, ceil(2 * period / 1000) + 1)
+    else
+      local retry
       local room = limit - current - cost
       if previous > 0 and room >= 0 then
-        local needed = period - math.floor(room * period / previous)
-        retry = math.min(math.max(needed - elapsed, 1), to_next)
+        local needed = period - floor(room * period / previous)
+        retry = min(max(needed - elapsed, 1), to_next)
       else
         retry = to_next
       end
+      r1[i], r2[i], r4[i] = 0, max(limit - weighted - current, 0), retry
+      if current > 0 then r3[i] = reset_more else r3[i] = reset_now end
+      all = false
     end
-    local function reset(c)
-      if c > 0 then return period + to_next end
-      if previous > 0 then return to_next end
-      return 0
-    end
-    o = {admitted and 1 or 0, math.max(limit - weighted - new_current, 0), reset(new_current), retry}
-    o[5] = math.max(limit - weighted - current, 0)
-    o[6] = reset(current)
-    if admitted then
-      writes[#writes + 1] = {'s' .. pos, start}
-      writes[#writes + 1] = {'p' .. pos, previous}
-      writes[#writes + 1] = {'c' .. pos, new_current}
-      keep_ms = math.max(keep_ms, math.ceil(2 * period / 1000) + 1)
-    end
+    k2[i] = max(limit - weighted - current, 0)
+    if current > 0 then k3[i] = reset_more else k3[i] = reset_now end
   end
-  if o[1] == 0 then all = false end
-  outcomes[#outcomes + 1] = o
 end
 
 local reply = {}
-for _, o in ipairs(outcomes) do
-  if all or o[1] == 0 then
-    reply[#reply + 1] = o[1]
-    reply[#reply + 1] = o[2]
-    reply[#reply + 1] = o[3]
-    reply[#reply + 1] = o[4]
+for i = 1, n do
+  local j = i * 4 - 3
+  if all or r1[i] == 0 then
+    reply[j], reply[j + 1], reply[j + 2], reply[j + 3] = r1[i], r2[i], r3[i], r4[i]
   else
-    reply[#reply + 1] = 1
-    reply[#reply + 1] = o[5]
-    reply[#reply + 1] = o[6]
-    reply[#reply + 1] = 0
+    reply[j], reply[j + 1], reply[j + 2], reply[j + 3] = 1, k2[i], k3[i], 0
   end
 end
 
-if all and #writes > 0 then
-  local args = {}
-  for _, w in ipairs(writes) do
-    args[#args + 1] = w[1]
-    args[#args + 1] = string.format('%.0f', w[2])
-  end
-  redis.call('HSET', key, unpack(args))
+if all and nw > 0 then
+  redis.call('HSET', key, unpack(writes))
   local ttl = redis.call('PTTL', key)
   if ttl < keep_ms then redis.call('PEXPIRE', key, keep_ms) end
 end

@@ -313,3 +313,40 @@ async fn violations_on_every_node_count_together_toward_one_block() {
     // Another key is untouched.
     assert_eq!(EscalationTable::blocked_until(&a, key(), now).await, None);
 }
+
+#[tokio::test]
+async fn the_script_decides_as_the_in_process_limiter_does() {
+    // GCRA with a burst (a minute) and a sliding window (a day), judged together: within one
+    // window and one GCRA interval, both limiters must admit, refuse and count alike.
+    let redis = Redis::start().unwrap();
+    let limiter = limiter(&redis, Unreachable::FailClosed).await;
+    let local = LocalLimiter::new();
+    let mut minute = limit("minute", 6, 60);
+    minute.burst = Some(4);
+    let limits = [minute, limit("day", 9, 86_400), limit("slow", 100, 60)];
+    let all = [true, true, true];
+    let (id, local_id) = (key(), key());
+    let now = keyward_core::Clock::now(&keyward_core::SystemClock).unix_ms() * 1_000_000;
+    let mut admitted = 0;
+    for i in 0..12 {
+        let cost = if i == 5 { 3 } else { 1 };
+        let remote = limiter
+            .check(LimitRequest {
+                cost,
+                ..request(id, &limits, &all)
+            })
+            .await;
+        let here = local.check_now(LimitRequest {
+            cost,
+            now,
+            ..request(local_id, &limits, &all)
+        });
+        let view = |out: &[LimitOutcome]| -> Vec<(bool, u64)> {
+            out.iter().map(|o| (o.admitted, o.remaining)).collect()
+        };
+        assert_eq!(view(&remote), view(&here), "request {i} (cost {cost})");
+        admitted += u64::from(remote.iter().all(|o| o.admitted));
+    }
+    // The burst of 4 on the minute limit bounds what was admitted; the rest were refused.
+    assert_eq!(admitted, 4);
+}
