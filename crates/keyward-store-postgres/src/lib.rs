@@ -479,7 +479,9 @@ impl keyward_store::KeyStore for PostgresStore {
             "SELECT {} FROM keys \
              WHERE ($1::text IS NULL OR service = $1) AND ($2::text IS NULL OR environment = $2) \
              AND ($3::text IS NULL OR status = $3) AND ($4::text IS NULL OR owner = $4) \
-             AND ($5::text IS NULL OR id > $5) ORDER BY id LIMIT $6",
+             AND ($5::text IS NULL OR id > $5) \
+             AND ($7::text IS NULL OR left(start, length($7)) = $7) \
+             AND ($8::bigint IS NULL OR created_at < $8) ORDER BY id LIMIT $6",
             rows::KEY_COLUMNS
         );
         let found = query(
@@ -492,6 +494,8 @@ impl keyward_store::KeyStore for PostgresStore {
                 &q.owner,
                 &q.after.map(|id| id.to_string()),
                 &i64::from(q.limit),
+                &q.start_prefix,
+                &q.created_before.map(Timestamp::unix_ms),
             ],
         )
         .await?;

@@ -894,7 +894,9 @@ impl keyward_store::KeyStore for SqliteStore {
                     "SELECT {KEY_COLUMNS} FROM keys \
                      WHERE (?1 IS NULL OR service = ?1) AND (?2 IS NULL OR environment = ?2) \
                      AND (?3 IS NULL OR status = ?3) AND (?4 IS NULL OR owner = ?4) \
-                     AND (?5 IS NULL OR id > ?5) ORDER BY id LIMIT ?6"
+                     AND (?5 IS NULL OR id > ?5) \
+                     AND (?7 IS NULL OR substr(start, 1, length(?7)) = ?7) \
+                     AND (?8 IS NULL OR created_at < ?8) ORDER BY id LIMIT ?6"
                 ))
                 .map_err(unavailable)?;
             let rows = stmt
@@ -905,6 +907,8 @@ impl keyward_store::KeyStore for SqliteStore {
                     query.owner,
                     query.after.map(|id| id.to_string()),
                     i64::from(query.limit),
+                    query.start_prefix,
+                    query.created_before.map(Timestamp::unix_ms),
                 ])
                 .map_err(unavailable)?;
             collect_rows(rows, key_from_row)

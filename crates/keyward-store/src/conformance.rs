@@ -511,6 +511,57 @@ pub async fn listing(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(revoked.len(), 1);
+
+    // By what was seen of a key (its start), taken literally: no pattern characters.
+    let mut leaked = sample_key(31, "test");
+    leaked.start = "kw_test_xJ4l".into();
+    let mut wild = sample_key(32, "test");
+    wild.start = "kw_test_%_ab".into();
+    store
+        .apply(Changes {
+            insert_keys: vec![leaked.clone(), wild.clone()],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    let by_start = |prefix: &str| {
+        store.list_keys(KeyQuery {
+            start_prefix: Some(prefix.into()),
+            limit: 100,
+            ..KeyQuery::default()
+        })
+    };
+    let ids = |keys: Vec<KeyRecord>| keys.into_iter().map(|k| k.id).collect::<Vec<_>>();
+    assert_eq!(ids(by_start("kw_test_xJ4").await.unwrap()), [leaked.id]);
+    assert_eq!(ids(by_start("kw_test_xJ4l").await.unwrap()), [leaked.id]);
+    assert_eq!(
+        ids(by_start("kw_test_xj4").await.unwrap()),
+        [],
+        "case counts"
+    );
+    assert_eq!(ids(by_start("kw_test_%").await.unwrap()), [wild.id]);
+    assert_eq!(
+        by_start("kw_test_").await.unwrap().len(),
+        all_test.len() + 2
+    );
+
+    // Created before an instant (sample key n was created at 1000 + n ms).
+    let before = store
+        .list_keys(KeyQuery {
+            environment: Some(env("test")),
+            created_before: Some(Timestamp::from_unix_ms(1_025)),
+            limit: 100,
+            ..KeyQuery::default()
+        })
+        .await
+        .unwrap();
+    let expected: Vec<KeyId> = all_test
+        .iter()
+        .filter(|k| k.created_at.unix_ms() < 1_025)
+        .map(|k| k.id)
+        .collect();
+    assert!(expected.len() >= 5);
+    assert_eq!(ids(before), expected);
 }
 
 pub async fn access_and_roles(store: &dyn Store) {

@@ -247,6 +247,10 @@ pub struct KeyQuery {
     pub environment: Option<EnvironmentName>,
     pub status: Option<KeyStatus>,
     pub owner: Option<String>,
+    /// Only keys whose `start` begins with this (find a leaked key by what was seen of it).
+    pub start_prefix: Option<String>,
+    /// Only keys created before this instant.
+    pub created_before: Option<Timestamp>,
     /// Only keys whose id sorts after this one.
     pub after: Option<KeyId>,
     pub limit: u32,

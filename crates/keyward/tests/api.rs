@@ -502,6 +502,60 @@ async fn listing_filters_and_pages() {
         .call(Method::GET, "/v1/keys?owner=owner-1&status=active", None)
         .await;
     assert_eq!(owner["keys"].as_array().unwrap().len(), 2);
+
+    // A leaked key is found by what was seen of it: its start.
+    let (_, first) = app
+        .call(
+            Method::GET,
+            &format!("/v1/keys/{}", ids[2].as_str().unwrap()),
+            None,
+        )
+        .await;
+    let start = first["start"].as_str().unwrap();
+    let (status, found) = app
+        .call(Method::GET, &format!("/v1/keys?start={start}"), None)
+        .await;
+    assert_eq!(status, 200, "{found}");
+    let found: Vec<&Value> = found["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| &k["id"])
+        .collect();
+    assert!(found.contains(&&ids[2]), "{found:?}");
+    let (_, live) = app.call(Method::GET, "/v1/keys?start=kw_live_", None).await;
+    assert_eq!(live["keys"].as_array().unwrap().len(), 4);
+    // Created before a time: none before the first key, all before now.
+    let (_, none) = app
+        .call(
+            Method::GET,
+            "/v1/keys?service=default&created_before=2000-01-01T00:00:00Z",
+            None,
+        )
+        .await;
+    assert_eq!(none["keys"].as_array().unwrap().len(), 0);
+    let later =
+        (keyward_core::Timestamp::from_unix_ms(app.clock.now_ms()).plus_seconds(60)).to_rfc3339();
+    let (_, all) = app
+        .call(
+            Method::GET,
+            &format!("/v1/keys?service=default&created_before={later}"),
+            None,
+        )
+        .await;
+    assert_eq!(all["keys"].as_array().unwrap().len(), 7);
+    for bad in [
+        "start=",
+        "start=kw_live_%25",
+        "start=kw%20live",
+        "created_before=yesterday",
+    ] {
+        let (status, body) = app
+            .call(Method::GET, &format!("/v1/keys?{bad}"), None)
+            .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(body["error"]["code"], "INVALID_FIELD", "{bad}");
+    }
 }
 
 #[tokio::test]

@@ -551,6 +551,12 @@ pub struct ListParams {
     /// `default` or `keyward`.
     #[param(pattern = "^(default|keyward)$")]
     pub service: Option<String>,
+    /// Only keys whose `start` begins with this, taken literally (find a leaked `kw_live_xJ4l…`).
+    #[param(max_length = 64)]
+    pub start: Option<String>,
+    /// Only keys created before this instant (RFC 3339).
+    #[param(format = DateTime)]
+    pub created_before: Option<String>,
     /// The `next_cursor` of the previous page.
     #[param(format = Uuid)]
     pub cursor: Option<String>,
@@ -602,6 +608,15 @@ pub async fn list_keys(
             })
             .transpose()?,
         owner: params.owner,
+        start_prefix: params.start.map(start_prefix).transpose()?,
+        created_before: params
+            .created_before
+            .as_deref()
+            .map(|t| {
+                Timestamp::parse_rfc3339(t)
+                    .map_err(|_| ApiError::field("created_before", "must be an RFC 3339 time"))
+            })
+            .transpose()?,
         after: params
             .cursor
             .as_deref()
@@ -624,6 +639,22 @@ pub async fn list_keys(
         keys: page.keys.into_iter().map(KeyView::from).collect(),
         next_cursor: page.next.map(|id| id.to_string()),
     }))
+}
+
+/// A `start` prefix to search by: a few characters of a key as someone saw it.
+pub(crate) fn start_prefix(prefix: String) -> Result<String, ApiError> {
+    let fits = (1..=64).contains(&prefix.len())
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if fits {
+        Ok(prefix)
+    } else {
+        Err(ApiError::field(
+            "start",
+            "must be 1-64 characters of a key's start (letters, digits, _)",
+        ))
+    }
 }
 
 /// Distinguishes a field set to `null` (clear it) from a field left out (keep it).
