@@ -153,17 +153,34 @@ pub(crate) async fn walk_chain(
     }
 }
 
-/// The key an entry says was revoked, if it says one was: a key revoked by hand, or the key of
-/// a revoked lease.
-pub(crate) fn revoked_key(entry: &AuditEntry) -> Option<keyward_core::KeyId> {
-    let id = if entry.action == AuditAction::KeyRevoke.as_str() {
-        entry.target.as_deref()
+/// The keys an entry says were revoked: a key revoked by hand, the keys of an emergency
+/// revocation, or the key of a revoked lease.
+pub(crate) fn revoked_keys(entry: &AuditEntry) -> Vec<keyward_core::KeyId> {
+    let parse = |v: &serde_json::Value| v.as_str().and_then(|id| id.parse().ok());
+    if entry.action == AuditAction::KeyRevoke.as_str() {
+        entry
+            .target
+            .as_deref()
+            .and_then(|id| id.parse().ok())
+            .into_iter()
+            .collect()
+    } else if entry.action == AuditAction::KeyRevokeBulk.as_str() {
+        entry
+            .details
+            .get("ids")
+            .and_then(|ids| ids.as_array())
+            .map(|ids| ids.iter().filter_map(parse).collect())
+            .unwrap_or_default()
     } else if entry.action == AuditAction::LeaseRevoke.as_str() {
-        entry.details.get("key_id").and_then(|v| v.as_str())
+        entry
+            .details
+            .get("key_id")
+            .and_then(parse)
+            .into_iter()
+            .collect()
     } else {
-        None
-    };
-    id.and_then(|id| id.parse().ok())
+        Vec::new()
+    }
 }
 
 #[cfg(test)]

@@ -74,7 +74,7 @@ impl FeedListener {
             }
         }
         for entry in &changes.audit {
-            if let Some(id) = crate::audit::revoked_key(entry) {
+            for id in crate::audit::revoked_keys(entry) {
                 revoked_unseen |= self.integrity.note_revoked(id);
             }
             // (An entry written late, at an unseal, records a seal that already happened.)

@@ -392,7 +392,7 @@ pub async fn verify_stored_state(
     // revocation has a valid tag but is named here.
     let mut in_log = std::collections::HashSet::new();
     if let crate::audit::ChainReport::Broken(broken) = crate::audit::walk_chain(store, |entry| {
-        in_log.extend(crate::audit::revoked_key(entry))
+        in_log.extend(crate::audit::revoked_keys(entry))
     })
     .await?
     {
@@ -604,7 +604,7 @@ impl Integrity {
     pub(crate) async fn check_audit_chain(&self, store: &dyn Store) -> bool {
         let mut revoked = Vec::new();
         let report = crate::audit::walk_chain(store, |entry| {
-            revoked.extend(crate::audit::revoked_key(entry));
+            revoked.extend(crate::audit::revoked_keys(entry));
         })
         .await;
         let learned = !revoked.is_empty();

@@ -101,14 +101,18 @@ pub struct KeyPage {
     pub next: Option<KeyId>,
 }
 
-fn invalid(field: &'static str, message: impl Into<String>) -> ServiceError {
+pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> ServiceError {
     ServiceError::InvalidField {
         field,
         message: message.into(),
     }
 }
 
-fn check_text(field: &'static str, value: &str, max_chars: usize) -> Result<(), ServiceError> {
+pub(crate) fn check_text(
+    field: &'static str,
+    value: &str,
+    max_chars: usize,
+) -> Result<(), ServiceError> {
     if value.trim().is_empty() {
         return Err(invalid(field, "must not be empty"));
     }
@@ -154,14 +158,14 @@ fn permission_names(permissions: &[Permission]) -> Vec<&str> {
 /// The keys service.
 #[derive(Debug)]
 pub struct Keys {
-    store: Arc<dyn Store>,
-    clock: Arc<dyn Clock>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) clock: Arc<dyn Clock>,
     ids: keyward_crypto::KeyIds,
     catalog: Arc<Catalog>,
-    audit: Arc<AuditLog>,
-    authz: Arc<Authz>,
+    pub(crate) audit: Arc<AuditLog>,
+    pub(crate) authz: Arc<Authz>,
     quotas: Arc<QuotaBook>,
-    integrity: Arc<Integrity>,
+    pub(crate) integrity: Arc<Integrity>,
 }
 
 impl Keys {

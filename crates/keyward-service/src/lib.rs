@@ -43,6 +43,7 @@ pub mod limiter;
 mod node;
 mod outbound;
 mod quotas;
+mod revocation;
 mod rotation;
 mod secrets;
 mod sys;
@@ -72,6 +73,7 @@ pub use keyward_store::{
 };
 pub use leases::Lease;
 pub use node::{Node, SealStatus, Session};
+pub use revocation::{BulkRevocation, MAX_BULK_IDS, MAX_BULK_REVOKE, RevokeSelector};
 pub use rotation::{EffectiveRotation, Ending, Generation, Rotation, RotationRun, SelfRotation};
 pub use secrets::{
     SecretMetaUpdate, SecretRead, SecretWrite, Secrets, VersionChange,

@@ -570,12 +570,12 @@ fn apply_in_transaction(conn: &mut Connection, changes: &Changes) -> Result<(), 
         }
     }
     for key in &changes.insert_keys {
-        tx.execute(
-            &format!(
+        tx.prepare_cached(&format!(
                 "INSERT INTO keys ({KEY_COLUMNS}) VALUES \
                  (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)"
-            ),
-            params![
+            ))
+        .map_err(unavailable)?
+        .execute(params![
                 key.id.to_string(),
                 key.service.as_str(),
                 key.environment.as_str(),
@@ -606,30 +606,31 @@ fn apply_in_transaction(conn: &mut Connection, changes: &Changes) -> Result<(), 
     }
     for key in &changes.update_keys {
         let changed = tx
-            .execute(
+            .prepare_cached(
                 "UPDATE keys SET name = ?2, owner = ?3, purpose = ?4, permissions = ?5, meta = ?6, \
                  updated_at = ?7, expires_at = ?8, status = ?9, revoked_at = ?10, \
                  revocation_reason = ?11, rolled_to = ?12, access = ?13, next_grant_expiry = ?14, \
                  mac = ?15, lifecycle = ?16 WHERE id = ?1",
-                params![
-                    key.id.to_string(),
-                    key.name,
-                    key.owner,
-                    key.purpose,
-                    permissions_json(key),
-                    meta_json(key),
-                    key.updated_at.unix_ms(),
-                    key.expires_at.map(Timestamp::unix_ms),
-                    key.status.as_str(),
-                    key.revoked_at.map(Timestamp::unix_ms),
-                    key.revocation_reason,
-                    key.rolled_to.map(|id| id.to_string()),
-                    access_json(key)?,
-                    key.access.next_grant_expiry().map(Timestamp::unix_ms),
-                    mac_bytes(key.mac),
-                    lifecycle_json(key)?,
-                ],
             )
+            .map_err(unavailable)?
+            .execute(params![
+                key.id.to_string(),
+                key.name,
+                key.owner,
+                key.purpose,
+                permissions_json(key),
+                meta_json(key),
+                key.updated_at.unix_ms(),
+                key.expires_at.map(Timestamp::unix_ms),
+                key.status.as_str(),
+                key.revoked_at.map(Timestamp::unix_ms),
+                key.revocation_reason,
+                key.rolled_to.map(|id| id.to_string()),
+                access_json(key)?,
+                key.access.next_grant_expiry().map(Timestamp::unix_ms),
+                mac_bytes(key.mac),
+                lifecycle_json(key)?,
+            ])
             .map_err(map_write_error)?;
         if changed == 0 {
             return Err(StoreError::NotFound(key.id.to_string()));

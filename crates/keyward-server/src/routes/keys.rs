@@ -858,6 +858,104 @@ pub async fn revoke_key(
     ))
 }
 
+/// An emergency revocation: the keys that every given selector matches (at least one).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeManyRequest {
+    /// These keys (at most 1,000).
+    #[serde(default)]
+    #[schema(max_items = 1_000)]
+    pub ids: Vec<String>,
+    /// Keys of this owner.
+    #[schema(min_length = 1, max_length = 200)]
+    pub owner: Option<String>,
+    /// Keys of this environment.
+    #[schema(pattern = "^[a-z0-9]{1,8}$")]
+    pub environment: Option<String>,
+    /// Keys whose `start` begins with this, taken literally.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_]{1,64}$")]
+    pub start: Option<String>,
+    /// Keys created before this instant (RFC 3339).
+    #[schema(format = DateTime)]
+    pub created_before: Option<String>,
+    /// Why; kept in each key and in the one audit entry.
+    #[schema(
+        min_length = 1,
+        max_length = 1000,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
+    pub reason: String,
+    /// Count what would be revoked, revoke nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What an emergency revocation did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RevokedMany {
+    /// Keys revoked (with `dry_run`: that would be).
+    pub revoked: u64,
+    /// More keys match than one call revokes (100,000): call again for the rest.
+    pub more: bool,
+    /// The calling key matched and was left alone: a key never revokes itself.
+    pub skipped_self: bool,
+    /// Matching records that failed their integrity check, left alone (and reported).
+    pub skipped_tampered: u64,
+    pub dry_run: bool,
+}
+
+#[utoipa::path(
+    post, path = "/v1/keys/revoke", tag = "keys",
+    request_body = RevokeManyRequest,
+    responses(
+        (status = 200, description = "Revoked: every later verify of them answers REVOKED", body = RevokedMany),
+        ErrorResponses,
+    ),
+    security(("bearer" = []))
+)]
+pub async fn revoke_keys(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<RevokeManyRequest>,
+) -> Result<Json<RevokedMany>, ApiError> {
+    let actor = caller.authenticate(&state, Operation::KeyRevoke).await?;
+    let ids = body
+        .ids
+        .iter()
+        .map(|id| {
+            id.parse()
+                .map_err(|_| ApiError::field("ids", "each must be a key id"))
+        })
+        .collect::<Result<Vec<KeyId>, _>>()?;
+    let selector = keyward_service::RevokeSelector {
+        ids,
+        owner: body.owner,
+        environment: body
+            .environment
+            .as_deref()
+            .map(parse_environment)
+            .transpose()?,
+        start_prefix: body.start.map(start_prefix).transpose()?,
+        created_before: body
+            .created_before
+            .as_deref()
+            .map(|t| parse_time("created_before", t))
+            .transpose()?,
+    };
+    let done = state
+        .authority()?
+        .keys()
+        .revoke_matching(&actor, selector, body.reason, body.dry_run)
+        .await?;
+    Ok(Json(RevokedMany {
+        revoked: done.revoked,
+        more: done.more,
+        skipped_self: done.skipped_self,
+        skipped_tampered: done.skipped_tampered,
+        dry_run: body.dry_run,
+    }))
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollRequest {
