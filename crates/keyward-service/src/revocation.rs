@@ -99,6 +99,9 @@ impl Keys {
         dry_run: bool,
     ) -> Result<BulkRevocation, ServiceError> {
         check_text("reason", &reason, limits::REASON_CHARS)?;
+        if let Some(owner) = &selector.owner {
+            check_text("owner", owner, limits::OWNER_CHARS)?;
+        }
         if selector.is_empty() {
             return Err(invalid(
                 "selector",

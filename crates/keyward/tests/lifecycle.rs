@@ -245,6 +245,7 @@ async fn bad_selectors_and_callers_are_refused_with_nothing_changed() {
             400,
             "INVALID_FIELD",
         ),
+        (json!({"owner": "", "reason": "r"}), 400, "INVALID_FIELD"),
         (
             json!({"owner": "victim", "reason": "r", "teem": "x"}),
             400,
