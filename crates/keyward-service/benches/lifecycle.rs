@@ -17,10 +17,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use keyward_core::key::encode_key;
-use keyward_core::{
-    EnvironmentName, KeyAccess, KeyRecord, KeyStatus, ParsedKey, Permission, ServiceName,
-    SystemClock, Timestamp, VerifyCode,
-};
+use keyward_core::{EnvironmentName, ServiceName, SystemClock, Timestamp, VerifyCode};
 use keyward_crypto::KeyIds;
 use keyward_service::{
     Authority, AuthorityConfig, Operation, RevokeSelector, VerifyRequest, initialize,
@@ -98,32 +95,10 @@ fn fixture() -> &'static Fixture {
                 let mut batch = Vec::new();
                 for i in 0..count {
                     let key = encode_key(&prefix, &live, &secret_for(owner, i));
-                    let mut record = KeyRecord {
-                        id: ids.next(now).unwrap(),
-                        service: ServiceName::Default,
-                        environment: live.clone(),
-                        hash: hasher.keys().key_hash(&key).unwrap(),
-                        start: ParsedKey::parse(&key).unwrap().start().to_owned(),
-                        name: format!("bench key {i}"),
-                        owner: owner_name(owner),
-                        purpose: None,
-                        permissions: vec![Permission::parse("invoices:read").unwrap()],
-                        meta: serde_json::Map::new(),
-                        created_at: now,
-                        updated_at: now,
-                        expires_at: None,
-                        status: KeyStatus::Active,
-                        revoked_at: None,
-                        revocation_reason: None,
-                        rolled_from: None,
-                        rolled_to: None,
-                        last_used_at: None,
-                        uses: 0,
-                        access: KeyAccess::default(),
-                        lifecycle: keyward_core::KeyLifecycle::default(),
-                        mac: None,
-                    };
-                    hasher.keys().tag_for_import(&mut record);
+                    let record = hasher
+                        .keys()
+                        .record_for_import(ids.next(now).unwrap(), &key, &owner_name(owner), now)
+                        .unwrap();
                     batch.push(record);
                     if batch.len() == 50_000 {
                         let insert_keys = std::mem::take(&mut batch);

@@ -203,6 +203,46 @@ impl Keys {
         crate::integrity::seal_key(self.integrity.key(), key);
     }
 
+    /// An active key record for `key` (a presented key of an existing environment), tagged
+    /// for a bulk import written straight to the store: `invoices:read`, no expiry, `owner`.
+    /// For tools, tests and benchmarks that own the process.
+    pub fn record_for_import(
+        &self,
+        id: KeyId,
+        key: &str,
+        owner: &str,
+        now: Timestamp,
+    ) -> Option<KeyRecord> {
+        let parsed = ParsedKey::parse(key).ok()?;
+        let mut record = KeyRecord {
+            id,
+            service: ServiceName::Default,
+            environment: EnvironmentName::parse(parsed.environment()).ok()?,
+            hash: self.catalog.hash_of(&parsed)?,
+            start: parsed.start().to_owned(),
+            name: format!("imported {id}"),
+            owner: owner.to_owned(),
+            purpose: None,
+            permissions: vec![Permission::parse("invoices:read").ok()?],
+            meta: serde_json::Map::new(),
+            created_at: now,
+            updated_at: now,
+            expires_at: None,
+            status: KeyStatus::Active,
+            revoked_at: None,
+            revocation_reason: None,
+            rolled_from: None,
+            rolled_to: None,
+            last_used_at: None,
+            uses: 0,
+            access: KeyAccess::default(),
+            lifecycle: keyward_core::KeyLifecycle::default(),
+            mac: None,
+        };
+        self.tag_for_import(&mut record);
+        Some(record)
+    }
+
     /// What remains of a key's quota now, if it has one.
     pub async fn quota_remaining(&self, key: &KeyRecord) -> Result<Option<u64>, ServiceError> {
         self.quotas.remaining_for(key).await

@@ -3,10 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use keyward_core::key::encode_key;
-use keyward_core::{
-    EnvironmentName, KeyAccess, KeyLifecycle, KeyRecord, KeyStatus, Permission, ServiceName,
-    Timestamp,
-};
+use keyward_core::{EnvironmentName, ServiceName, Timestamp};
 use keyward_store::{Changes, Store};
 use keyward_testkit::{TestApp, spawn_app};
 use reqwest::Method;
@@ -29,35 +26,9 @@ async fn import_keys(app: &TestApp, environment: &str, owner: &str, count: u32) 
         secret[4..4 + owner.len().min(28)]
             .copy_from_slice(&owner.as_bytes()[..owner.len().min(28)]);
         let key = encode_key(&prefix, &env, &secret);
-        let mut record = KeyRecord {
-            id: ids.next(now).unwrap(),
-            service: ServiceName::Default,
-            environment: env.clone(),
-            hash: keys.key_hash(&key).unwrap(),
-            start: keyward_core::ParsedKey::parse(&key)
-                .unwrap()
-                .start()
-                .to_owned(),
-            name: format!("imported {i}"),
-            owner: owner.into(),
-            purpose: None,
-            permissions: vec![Permission::parse("invoices:read").unwrap()],
-            meta: serde_json::Map::new(),
-            created_at: now,
-            updated_at: now,
-            expires_at: None,
-            status: KeyStatus::Active,
-            revoked_at: None,
-            revocation_reason: None,
-            rolled_from: None,
-            rolled_to: None,
-            last_used_at: None,
-            uses: 0,
-            access: KeyAccess::default(),
-            lifecycle: KeyLifecycle::default(),
-            mac: None,
-        };
-        keys.tag_for_import(&mut record);
+        let record = keys
+            .record_for_import(ids.next(now).unwrap(), &key, owner, now)
+            .unwrap();
         records.push(record);
         plaintexts.push(key);
     }
