@@ -69,6 +69,12 @@ pub enum KeysCommand {
         status: Option<String>,
         #[arg(long)]
         owner: Option<String>,
+        /// Keys whose start begins with this (find a leaked key by what was seen of it).
+        #[arg(long)]
+        start: Option<String>,
+        /// Keys created before this RFC 3339 time.
+        #[arg(long)]
+        created_before: Option<String>,
         #[arg(long)]
         limit: Option<u32>,
         #[arg(long)]
@@ -78,11 +84,29 @@ pub enum KeysCommand {
     Show { id: String },
     /// Show where each of a key's permissions comes from and what its environment's policy removes.
     Explain { id: String },
-    /// Revoke a key for good.
+    /// Revoke a key for good; or, with selectors, every key they all match (an emergency
+    /// revocation: the count is shown and confirmed first unless --yes).
     Revoke {
-        id: String,
+        /// The key to revoke (with selectors: one more key the selectors must also match).
+        #[arg(required_unless_present_any = ["owner", "environment", "start", "created_before"])]
+        id: Option<String>,
         #[arg(long)]
         reason: String,
+        /// Every key of this owner.
+        #[arg(long)]
+        owner: Option<String>,
+        /// Every key of this environment.
+        #[arg(long)]
+        environment: Option<String>,
+        /// Every key whose start begins with this (what was seen of a leaked key).
+        #[arg(long)]
+        start: Option<String>,
+        /// Every key created before this RFC 3339 time.
+        #[arg(long)]
+        created_before: Option<String>,
+        /// Revoke without asking to confirm the count.
+        #[arg(long)]
+        yes: bool,
     },
     /// Every generation of a key (rolls and rotations), newest first, and how each ended.
     Versions { id: String },
@@ -156,6 +180,8 @@ pub async fn run(remote: Remote, command: KeysCommand) -> anyhow::Result<ExitCod
             environment,
             status,
             owner,
+            start,
+            created_before,
             limit,
             cursor,
         } => {
@@ -163,6 +189,8 @@ pub async fn run(remote: Remote, command: KeysCommand) -> anyhow::Result<ExitCod
                 ("environment", environment.clone()),
                 ("status", status.clone()),
                 ("owner", owner.clone()),
+                ("start", start.clone()),
+                ("created_before", created_before.clone()),
                 ("limit", limit.map(|l| l.to_string())),
                 ("cursor", cursor.clone()),
             ]);
@@ -181,11 +209,46 @@ pub async fn run(remote: Remote, command: KeysCommand) -> anyhow::Result<ExitCod
             format!("/v1/keys/{}", path_segment(id)),
             None,
         ),
-        KeysCommand::Revoke { id, reason } => (
-            reqwest::Method::POST,
-            format!("/v1/keys/{}/revoke", path_segment(id)),
-            Some(json!({ "reason": reason })),
-        ),
+        KeysCommand::Revoke {
+            id,
+            reason,
+            owner,
+            environment,
+            start,
+            created_before,
+            yes,
+        } => {
+            let mut selector = Map::new();
+            for (field, value) in [
+                ("owner", owner),
+                ("environment", environment),
+                ("start", start),
+                ("created_before", created_before),
+            ] {
+                if let Some(v) = value {
+                    selector.insert(field.into(), json!(v));
+                }
+            }
+            match id {
+                Some(id) if selector.is_empty() => (
+                    reqwest::Method::POST,
+                    format!("/v1/keys/{}/revoke", path_segment(id)),
+                    Some(json!({ "reason": reason })),
+                ),
+                _ => {
+                    if let Some(id) = id {
+                        selector.insert("ids".into(), json!([id]));
+                    }
+                    selector.insert("reason".into(), json!(reason));
+                    let bulk = Bulk {
+                        client: &client,
+                        base,
+                        token: token.trim(),
+                    };
+                    return bulk.revoke(selector, *yes, remote.json).await;
+                }
+            }
+        }
         KeysCommand::Versions { id } => (
             reqwest::Method::GET,
             format!("/v1/keys/{}/versions", path_segment(id)),
@@ -204,6 +267,88 @@ pub async fn run(remote: Remote, command: KeysCommand) -> anyhow::Result<ExitCod
         print_summary(&command, &answer);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// An emergency revocation from the command line.
+struct Bulk<'a> {
+    client: &'a reqwest::Client,
+    base: &'a str,
+    token: &'a str,
+}
+
+impl Bulk<'_> {
+    async fn post(&self, body: &Map<String, Value>) -> anyhow::Result<Value> {
+        call(
+            self.client,
+            self.base,
+            Some(self.token),
+            reqwest::Method::POST,
+            "/v1/keys/revoke",
+            Some(Value::Object(body.clone())),
+        )
+        .await
+    }
+
+    /// Counts what the selector matches, asks to confirm (unless `yes`), then revokes, call
+    /// after call while the server says more remain.
+    async fn revoke(
+        &self,
+        mut body: Map<String, Value>,
+        yes: bool,
+        json_out: bool,
+    ) -> anyhow::Result<ExitCode> {
+        let count = |answer: &Value| answer.get("revoked").and_then(Value::as_u64).unwrap_or(0);
+        let more = |answer: &Value| answer.get("more").and_then(Value::as_bool) == Some(true);
+        body.insert("dry_run".into(), json!(true));
+        let dry = self.post(&body).await?;
+        let matched = count(&dry);
+        if matched == 0 {
+            if json_out {
+                println!("{dry}");
+            } else {
+                println!("no key matches: nothing revoked");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        if !yes && !confirm(matched, more(&dry))? {
+            eprintln!("keyward: nothing revoked");
+            return Ok(ExitCode::FAILURE);
+        }
+        body.insert("dry_run".into(), json!(false));
+        let mut total = 0;
+        loop {
+            let answer = self.post(&body).await?;
+            total += count(&answer);
+            if json_out {
+                println!("{answer}");
+            }
+            if !more(&answer) || count(&answer) == 0 {
+                break;
+            }
+        }
+        if !json_out {
+            println!("revoked {total} keys");
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Asks on the terminal whether to revoke `count` keys; true only for an explicit yes.
+fn confirm(count: u64, more: bool) -> anyhow::Result<bool> {
+    use std::io::{BufRead, Write};
+    let count = if more {
+        format!("at least {count}")
+    } else {
+        count.to_string()
+    };
+    eprint!("revoke {count} keys for good? type yes to go on: ");
+    std::io::stderr().flush().ok();
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the confirmation (use --yes)")?;
+    Ok(matches!(line.trim(), "yes" | "y"))
 }
 
 /// One call to the API: the JSON answer, or the error's code and message as the error.

@@ -1424,3 +1424,93 @@ fn cli_webhooks_commands_and_their_metrics() {
     ok(&cli(&["webhooks", "delete", &id], &url, &root));
     drop(server);
 }
+
+#[test]
+fn cli_emergency_revocation_confirms_the_count_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let root = server.root_key.clone().unwrap();
+    let url = server.url.clone();
+    let mut keys = Vec::new();
+    for (owner, env) in [
+        ("gone", "live"),
+        ("gone", "live"),
+        ("gone", "test"),
+        ("kept", "live"),
+    ] {
+        let (status, created) = post(
+            &format!("{url}/v1/keys"),
+            &root,
+            json!({"environment": env, "name": "n", "owner": owner}),
+        );
+        assert_eq!(status, 201, "{created}");
+        keys.push(created);
+    }
+    let code = |key: &Value| {
+        let (_, verdict) = post(
+            &format!("{url}/v1/verify"),
+            &root,
+            json!({"key": key["key"]}),
+        );
+        verdict["code"].as_str().unwrap().to_owned()
+    };
+    let revoke = [
+        "keys",
+        "revoke",
+        "--owner",
+        "gone",
+        "--reason",
+        "offboarded",
+    ];
+
+    // Anything but yes at the prompt revokes nothing; the count is shown first.
+    let out = cli_stdin(&revoke, &url, &root, "no\n");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("revoke 3 keys"));
+    assert!(keys.iter().all(|k| code(k) == "VALID"));
+
+    // Selectors combine: the owner's live keys only.
+    let out = cli_stdin(
+        &[&revoke[..], &["--environment", "live"]].concat(),
+        &url,
+        &root,
+        "yes\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("revoked 2 keys"));
+    assert_eq!(
+        keys.iter().map(code).collect::<Vec<_>>(),
+        ["REVOKED", "REVOKED", "VALID", "VALID"]
+    );
+
+    // --yes skips the question; --json prints the server's answer.
+    let out = cli(&[&revoke[..], &["--yes", "--json"]].concat(), &url, &root);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["revoked"], 1);
+    assert_eq!(code(&keys[2]), "REVOKED");
+    let out = cli(&[&revoke[..], &["--yes"]].concat(), &url, &root);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no key matches"));
+
+    // A leaked key found by its start; a bulk revocation with no selector cannot be spelled.
+    let start = get(
+        &format!("{url}/v1/keys/{}", keys[3]["id"].as_str().unwrap()),
+        &root,
+    )["start"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = cli(&["keys", "list", "--start", &start], &url, &root);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(keys[3]["id"].as_str().unwrap()));
+    let out = cli(&["keys", "revoke", "--reason", "r", "--yes"], &url, &root);
+    assert!(!out.status.success());
+    assert_eq!(code(&keys[3]), "VALID");
+}
