@@ -1,5 +1,5 @@
-//! Emergency revocation: one call revoking 100,000 keys of one owner, among 400,000, while
-//! other keys are verified beside it.
+//! Emergency revocation: one call revoking 100,000 keys of one owner, among 1,000,000, while
+//! other keys are verified beside it; and inventory searches over the same keys.
 //!
 //! Run: `cargo bench -p keyward-service --bench lifecycle`. Each sample revokes a fresh owner's
 //! keys; the verifications of bystander keys made meanwhile are timed, and their median and p99
@@ -29,10 +29,11 @@ fn main() {
     divan::main();
 }
 
-/// Owners whose keys are revoked, one per sample, and the bystanders verified meanwhile.
+/// Owners whose keys are revoked, one per sample, and the bystanders verified meanwhile (the
+/// rest of the 1,000,000 keys).
 const OWNERS: usize = 3;
 const PER_OWNER: u64 = 100_000;
-const BYSTANDERS: u64 = 100_000;
+const BYSTANDERS: u64 = 700_000;
 
 struct Fixture {
     authority: Arc<Authority>,
@@ -210,6 +211,45 @@ fn quantiles(mut times: Vec<Duration>) -> (Duration, Duration, usize) {
     times.sort();
     let at = |q: f64| times[((times.len() as f64 - 1.0) * q) as usize];
     (at(0.5), at(0.99), times.len())
+}
+
+/// The first page (100 keys) of an inventory search, as `GET /v1/keys` makes it.
+fn search(bencher: divan::Bencher, query: fn() -> keyward_store::KeyQuery) {
+    let f = fixture();
+    let actor = f
+        .runtime
+        .block_on(f.authority.verifier().authenticate(Some(&f.root), Operation::KeyRead, None))
+        .unwrap();
+    bencher.bench_local(|| {
+        let page = f.runtime.block_on(f.authority.keys().list_keys(&actor, query())).unwrap();
+        assert!(!page.keys.is_empty());
+        page
+    });
+}
+
+/// Keys of one owner among four.
+#[divan::bench(sample_count = 20, sample_size = 5)]
+fn search_by_owner(bencher: divan::Bencher) {
+    search(bencher, || keyward_store::KeyQuery {
+        owner: Some("bystanders".into()),
+        limit: 100,
+        ..keyward_store::KeyQuery::default()
+    });
+}
+
+/// Keys whose start begins with what was seen of one of them (six characters of its secret).
+#[divan::bench(sample_count = 20, sample_size = 5)]
+fn search_by_start(bencher: divan::Bencher) {
+    search(bencher, || {
+        let live = EnvironmentName::parse("live").unwrap();
+        let key = encode_key(&ServiceName::Default.prefix(), &live, &secret_for(OWNERS as u64, 4242));
+        let start = keyward_core::ParsedKey::parse(&key).unwrap().start().to_owned();
+        keyward_store::KeyQuery {
+            start_prefix: Some(start),
+            limit: 100,
+            ..keyward_store::KeyQuery::default()
+        }
+    });
 }
 
 /// One call revoking 100,000 keys of one owner (a fresh owner each sample), with bystander

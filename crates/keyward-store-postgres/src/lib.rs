@@ -17,8 +17,8 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use keyward_core::audit::AuditEntry;
 use keyward_core::{
-    EnvironmentName, KeyHash, KeyId, KeyRecord, KeyStatus, KeySummary, PlanName, PlanRecord,
-    QuotaState, RecordMac, RoleName, RoleRecord, ServiceName, Timestamp,
+    EnvironmentName, KeyHash, KeyId, KeyRecord, KeySummary, PlanName, PlanRecord, QuotaState,
+    RecordMac, RoleName, RoleRecord, Timestamp,
 };
 use keyward_store::vault::{
     RewrapProgress, Rewrapped, SealedValue, SecretMeta, SecretVersion, StoredKeyring, VaultLease,
@@ -93,6 +93,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0013_delivery",
         include_str!("../migrations/postgres/0013_delivery.sql"),
+    ),
+    (
+        "0014_inventory",
+        include_str!("../migrations/postgres/0014_inventory.sql"),
     ),
 ];
 
@@ -474,31 +478,57 @@ impl keyward_store::KeyStore for PostgresStore {
     }
 
     async fn list_keys(&self, q: KeyQuery) -> Result<Vec<KeyRecord>, StoreError> {
+        // Only the filters given, so each can use its index (owner, environment, start).
+        type Arg = Box<dyn tokio_postgres::types::ToSql + Sync + Send>;
+        let mut sql = format!("SELECT {} FROM keys WHERE TRUE", rows::KEY_COLUMNS);
+        let mut args: Vec<Arg> = Vec::new();
+        let mut filter = |clause: &str, values: Vec<Arg>| {
+            let mut clause = clause.to_owned();
+            for value in values {
+                args.push(value);
+                clause = clause.replacen('?', &format!("${}", args.len()), 1);
+            }
+            sql.push_str(" AND ");
+            sql.push_str(&clause);
+        };
+        if let Some(service) = q.service {
+            filter("service = ?", vec![Box::new(service.as_str())]);
+        }
+        if let Some(environment) = &q.environment {
+            filter("environment = ?", vec![Box::new(environment.to_string())]);
+        }
+        if let Some(status) = q.status {
+            filter("status = ?", vec![Box::new(status.as_str())]);
+        }
+        if let Some(owner) = q.owner {
+            filter("owner = ?", vec![Box::new(owner)]);
+        }
+        if let Some(after) = q.after {
+            filter("id > ?", vec![Box::new(after.to_string())]);
+        }
+        if let Some(prefix) = q.start_prefix {
+            // The range finds the candidates by index (in byte order); the comparison keeps
+            // only exact prefixes (no character is a pattern).
+            let end = keyward_store::prefix_end(&prefix);
+            filter(
+                "start COLLATE \"C\" >= ? AND start COLLATE \"C\" < ? AND left(start, length(?)) = ?",
+                vec![
+                    Box::new(prefix.clone()),
+                    Box::new(end),
+                    Box::new(prefix.clone()),
+                    Box::new(prefix),
+                ],
+            );
+        }
+        if let Some(before) = q.created_before {
+            filter("created_at < ?", vec![Box::new(before.unix_ms())]);
+        }
+        args.push(Box::new(i64::from(q.limit)));
+        sql.push_str(&format!(" ORDER BY id LIMIT ${}", args.len()));
         let client = self.client().await?;
-        let sql = format!(
-            "SELECT {} FROM keys \
-             WHERE ($1::text IS NULL OR service = $1) AND ($2::text IS NULL OR environment = $2) \
-             AND ($3::text IS NULL OR status = $3) AND ($4::text IS NULL OR owner = $4) \
-             AND ($5::text IS NULL OR id > $5) \
-             AND ($7::text IS NULL OR left(start, length($7)) = $7) \
-             AND ($8::bigint IS NULL OR created_at < $8) ORDER BY id LIMIT $6",
-            rows::KEY_COLUMNS
-        );
-        let found = query(
-            &client,
-            &sql,
-            &[
-                &q.service.map(ServiceName::as_str),
-                &q.environment.as_ref().map(EnvironmentName::as_str),
-                &q.status.map(KeyStatus::as_str),
-                &q.owner,
-                &q.after.map(|id| id.to_string()),
-                &i64::from(q.limit),
-                &q.start_prefix,
-                &q.created_before.map(Timestamp::unix_ms),
-            ],
-        )
-        .await?;
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            args.iter().map(|a| a.as_ref() as _).collect();
+        let found = query(&client, &sql, &params).await?;
         all(found, rows::key)
     }
 

@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::*;
+use keyward_core::KeyStatus;
 use keyward_store::prelude::*;
 use keyward_testkit::services::Postgres;
 

@@ -40,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0011_rotation.sql"),
     include_str!("../migrations/sqlite/0012_webhooks.sql"),
     include_str!("../migrations/sqlite/0013_delivery.sql"),
+    include_str!("../migrations/sqlite/0014_inventory.sql"),
 ];
 
 /// Readers kept open for reuse; more are opened under load and closed after. Opening one costs
@@ -890,27 +891,51 @@ impl keyward_store::KeyStore for SqliteStore {
 
     async fn list_keys(&self, query: KeyQuery) -> Result<Vec<KeyRecord>, StoreError> {
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {KEY_COLUMNS} FROM keys \
-                     WHERE (?1 IS NULL OR service = ?1) AND (?2 IS NULL OR environment = ?2) \
-                     AND (?3 IS NULL OR status = ?3) AND (?4 IS NULL OR owner = ?4) \
-                     AND (?5 IS NULL OR id > ?5) \
-                     AND (?7 IS NULL OR substr(start, 1, length(?7)) = ?7) \
-                     AND (?8 IS NULL OR created_at < ?8) ORDER BY id LIMIT ?6"
-                ))
-                .map_err(unavailable)?;
+            // Only the filters given, so each can use its index (owner, environment, start).
+            use rusqlite::types::Value as Sql;
+            let mut sql = format!("SELECT {KEY_COLUMNS} FROM keys WHERE 1 = 1");
+            let mut args: Vec<Sql> = Vec::new();
+            let mut filter = |clause: &str, values: Vec<Sql>| {
+                sql.push_str(" AND ");
+                sql.push_str(clause);
+                args.extend(values);
+            };
+            if let Some(service) = query.service {
+                filter("service = ?", vec![Sql::Text(service.as_str().into())]);
+            }
+            if let Some(environment) = &query.environment {
+                filter("environment = ?", vec![Sql::Text(environment.to_string())]);
+            }
+            if let Some(status) = query.status {
+                filter("status = ?", vec![Sql::Text(status.as_str().into())]);
+            }
+            if let Some(owner) = query.owner {
+                filter("owner = ?", vec![Sql::Text(owner)]);
+            }
+            if let Some(after) = query.after {
+                filter("id > ?", vec![Sql::Text(after.to_string())]);
+            }
+            if let Some(prefix) = query.start_prefix {
+                // The range finds the candidates by index; the comparison keeps only exact
+                // prefixes (no character is a pattern).
+                filter(
+                    "start >= ? AND start < ? AND substr(start, 1, length(?)) = ?",
+                    vec![
+                        Sql::Text(prefix.clone()),
+                        Sql::Text(keyward_store::prefix_end(&prefix)),
+                        Sql::Text(prefix.clone()),
+                        Sql::Text(prefix),
+                    ],
+                );
+            }
+            if let Some(before) = query.created_before {
+                filter("created_at < ?", vec![Sql::Integer(before.unix_ms())]);
+            }
+            sql.push_str(" ORDER BY id LIMIT ?");
+            args.push(Sql::Integer(i64::from(query.limit)));
+            let mut stmt = conn.prepare_cached(&sql).map_err(unavailable)?;
             let rows = stmt
-                .query(params![
-                    query.service.map(ServiceName::as_str),
-                    query.environment.as_ref().map(EnvironmentName::as_str),
-                    query.status.map(KeyStatus::as_str),
-                    query.owner,
-                    query.after.map(|id| id.to_string()),
-                    i64::from(query.limit),
-                    query.start_prefix,
-                    query.created_before.map(Timestamp::unix_ms),
-                ])
+                .query(rusqlite::params_from_iter(args))
                 .map_err(unavailable)?;
             collect_rows(rows, key_from_row)
         })

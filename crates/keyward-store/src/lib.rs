@@ -55,6 +55,12 @@ pub fn summary_fields(
     Ok((access.roles, lifecycle.rotation))
 }
 
+/// A bound above every string that begins with `prefix` (in byte order), for a range scan:
+/// the prefix followed by the greatest character.
+pub fn prefix_end(prefix: &str) -> String {
+    format!("{prefix}\u{10FFFF}")
+}
+
 /// What can go wrong in a store, named by outcome rather than by backend.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -1,0 +1,4 @@
+-- keyward schema, version 14: inventory search. Keys are found by the beginning of their start
+-- (what was seen of a leaked key), by range over this index.
+
+CREATE INDEX keys_start ON keys (start);
