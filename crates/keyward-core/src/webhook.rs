@@ -21,6 +21,8 @@ pub enum EventType {
     KeyDisabled,
     #[serde(rename = "key.expired")]
     KeyExpired,
+    #[serde(rename = "key.owner_transferred")]
+    KeyOwnerTransferred,
     #[serde(rename = "ratelimit.warning")]
     RateLimitWarning,
     #[serde(rename = "ratelimit.exceeded")]
@@ -31,13 +33,14 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 9] = [
+    pub const ALL: [EventType; 10] = [
         EventType::KeyExpiring,
         EventType::KeyRotated,
         EventType::KeyRotationFailed,
         EventType::KeyRevoked,
         EventType::KeyDisabled,
         EventType::KeyExpired,
+        EventType::KeyOwnerTransferred,
         EventType::RateLimitWarning,
         EventType::RateLimitExceeded,
         EventType::WebhookTest,
@@ -51,6 +54,7 @@ impl EventType {
             EventType::KeyRevoked => "key.revoked",
             EventType::KeyDisabled => "key.disabled",
             EventType::KeyExpired => "key.expired",
+            EventType::KeyOwnerTransferred => "key.owner_transferred",
             EventType::RateLimitWarning => "ratelimit.warning",
             EventType::RateLimitExceeded => "ratelimit.exceeded",
             EventType::WebhookTest => "webhook.test",

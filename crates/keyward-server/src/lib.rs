@@ -173,6 +173,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::keys::show_key, routes::keys::update_key))
         .routes(routes!(routes::keys::revoke_key))
         .routes(routes!(routes::keys::revoke_keys))
+        .routes(routes!(routes::keys::transfer_owner))
         .routes(routes!(routes::keys::roll_key))
         .routes(routes!(routes::keys::add_grant))
         .routes(routes!(routes::keys::explain_key))

@@ -218,10 +218,17 @@ fn search(bencher: divan::Bencher, query: fn() -> keyward_store::KeyQuery) {
     let f = fixture();
     let actor = f
         .runtime
-        .block_on(f.authority.verifier().authenticate(Some(&f.root), Operation::KeyRead, None))
+        .block_on(
+            f.authority
+                .verifier()
+                .authenticate(Some(&f.root), Operation::KeyRead, None),
+        )
         .unwrap();
     bencher.bench_local(|| {
-        let page = f.runtime.block_on(f.authority.keys().list_keys(&actor, query())).unwrap();
+        let page = f
+            .runtime
+            .block_on(f.authority.keys().list_keys(&actor, query()))
+            .unwrap();
         assert!(!page.keys.is_empty());
         page
     });
@@ -242,8 +249,15 @@ fn search_by_owner(bencher: divan::Bencher) {
 fn search_by_start(bencher: divan::Bencher) {
     search(bencher, || {
         let live = EnvironmentName::parse("live").unwrap();
-        let key = encode_key(&ServiceName::Default.prefix(), &live, &secret_for(OWNERS as u64, 4242));
-        let start = keyward_core::ParsedKey::parse(&key).unwrap().start().to_owned();
+        let key = encode_key(
+            &ServiceName::Default.prefix(),
+            &live,
+            &secret_for(OWNERS as u64, 4242),
+        );
+        let start = keyward_core::ParsedKey::parse(&key)
+            .unwrap()
+            .start()
+            .to_owned();
         keyward_store::KeyQuery {
             start_prefix: Some(start),
             limit: 100,

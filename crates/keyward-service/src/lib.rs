@@ -73,7 +73,9 @@ pub use keyward_store::{
 };
 pub use leases::Lease;
 pub use node::{Node, SealStatus, Session};
-pub use revocation::{BulkRevocation, MAX_BULK_IDS, MAX_BULK_REVOKE, RevokeSelector};
+pub use revocation::{
+    BulkRevocation, MAX_BULK_IDS, MAX_BULK_REVOKE, OwnerTransfer, RevokeSelector,
+};
 pub use rotation::{EffectiveRotation, Ending, Generation, Rotation, RotationRun, SelfRotation};
 pub use secrets::{
     SecretMetaUpdate, SecretRead, SecretWrite, Secrets, VersionChange,

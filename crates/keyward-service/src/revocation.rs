@@ -7,6 +7,10 @@ use keyward_store::{Changes, KeyQuery};
 use serde_json::json;
 
 use crate::audit::PendingEntry;
+use crate::audit_log::Writer;
+
+/// The audit log's writer, held across a bulk change.
+type Head<'a> = tokio::sync::MutexGuard<'a, Writer>;
 use crate::authz::{Operation, Target};
 use crate::keys::{Keys, check_text, invalid, limits};
 use crate::{Actor, ServiceError};
@@ -148,14 +152,17 @@ impl Keys {
         Ok(selector)
     }
 
-    async fn revoke_matching_once(
-        &self,
+    /// The keys `selector` matches that are neither revoked, nor the caller's own, nor failing
+    /// their integrity check (at most [`MAX_BULK_REVOKE`]), read under the writer lock. If
+    /// the caller may not do `op` to every one of them, the refusal is audited and nothing is
+    /// returned: a bulk change is whole or not at all.
+    async fn select<'s>(
+        &'s self,
+        head: Head<'s>,
         actor: &Actor,
         selector: &RevokeSelector,
-        reason: &str,
-        dry_run: bool,
-    ) -> Result<BulkRevocation, ServiceError> {
-        let mut head = self.audit.lock().await;
+        op: Operation,
+    ) -> Result<(Head<'s>, Vec<KeyRecord>, BulkRevocation), ServiceError> {
         let mut outcome = BulkRevocation::default();
         let mut chosen = Vec::new();
         let mut keep = |key: KeyRecord, outcome: &mut BulkRevocation| {
@@ -198,7 +205,6 @@ impl Keys {
                 // Unknown, or beyond a scoped caller's reach: the same answer.
                 let found = self.store.key(*id).await?;
                 let Some(key) = found.filter(|k| actor.may_manage(&k.environment)) else {
-                    drop(head);
                     return Err(ServiceError::NotFound { what: "key" });
                 };
                 keep(key, &mut outcome);
@@ -207,15 +213,15 @@ impl Keys {
         if outcome.skipped_tampered > 0 {
             tracing::warn!(
                 count = outcome.skipped_tampered,
-                "records that failed their integrity check were left out of a bulk revocation"
+                "records that failed their integrity check were left out of a bulk change"
             );
         }
-        // Act on: every key must be within what the caller holds, or none is revoked.
+        // Act on: every key must be within what the caller holds, or none is changed.
         let beyond: Vec<(KeyId, crate::Refusal)> = chosen
             .iter()
             .filter_map(|k| {
                 self.authz
-                    .authorize(actor, Operation::KeyRevoke, Target::Key(k))
+                    .authorize(actor, op, Target::Key(k))
                     .err()
                     .map(|refusal| (k.id, refusal))
             })
@@ -224,11 +230,22 @@ impl Keys {
         if let Some((first, refusal)) = beyond.into_iter().next() {
             drop(head);
             let target = format!("{count} matching keys, e.g. {first}");
-            return Err(self
-                .authz
-                .refuse(actor, Operation::KeyRevoke, Some(target), refusal)
-                .await);
+            return Err(self.authz.refuse(actor, op, Some(target), refusal).await);
         }
+        Ok((head, chosen, outcome))
+    }
+
+    async fn revoke_matching_once(
+        &self,
+        actor: &Actor,
+        selector: &RevokeSelector,
+        reason: &str,
+        dry_run: bool,
+    ) -> Result<BulkRevocation, ServiceError> {
+        let head = self.audit.lock().await;
+        let (mut head, mut chosen, mut outcome) = self
+            .select(head, actor, selector, Operation::KeyRevoke)
+            .await?;
         outcome.revoked = chosen.len() as u64;
         if dry_run || chosen.is_empty() {
             return Ok(outcome);
@@ -279,6 +296,120 @@ impl Keys {
             actor = %actor.key_id(),
             "keys revoked in bulk"
         );
+        Ok(outcome)
+    }
+}
+
+/// What an owner transfer did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OwnerTransfer {
+    /// Keys that now belong to the new owner.
+    pub moved: u64,
+    /// More keys remain with the old owner than one call moves: call again for the rest.
+    pub more: bool,
+    /// The calling key belonged to the old owner and was left alone.
+    pub skipped_self: bool,
+    /// Records that failed their integrity check, left alone (and reported).
+    pub skipped_tampered: u64,
+}
+
+impl Keys {
+    /// Gives every key of `from` that is not revoked to `to` (offboarding): one commit, one
+    /// audit entry naming each key, a `key.owner_transferred` event per key. The same rules
+    /// as an emergency revocation hold: the caller must be able to update every one of the
+    /// keys or none moves, a scoped caller reaches only its environments, its own key stays.
+    pub async fn transfer_owner(
+        &self,
+        actor: &Actor,
+        from: String,
+        to: String,
+        reason: String,
+    ) -> Result<OwnerTransfer, ServiceError> {
+        check_text("owner", &from, limits::OWNER_CHARS)?;
+        check_text("to", &to, limits::OWNER_CHARS)?;
+        check_text("reason", &reason, limits::REASON_CHARS)?;
+        if from == to {
+            return Err(invalid("to", "is already the keys' owner"));
+        }
+        let selector = self
+            .scoped(
+                actor,
+                RevokeSelector {
+                    owner: Some(from.clone()),
+                    ..RevokeSelector::default()
+                },
+            )
+            .await?;
+        self.audit
+            .retrying(|| self.transfer_owner_once(actor, &selector, &to, &reason))
+            .await
+    }
+
+    async fn transfer_owner_once(
+        &self,
+        actor: &Actor,
+        selector: &RevokeSelector,
+        to: &str,
+        reason: &str,
+    ) -> Result<OwnerTransfer, ServiceError> {
+        let head = self.audit.lock().await;
+        let (mut head, mut chosen, found) = self
+            .select(head, actor, selector, Operation::KeyUpdate)
+            .await?;
+        if chosen.is_empty() && !found.skipped_self && found.skipped_tampered == 0 {
+            return Err(ServiceError::NotFound { what: "owner" });
+        }
+        let outcome = OwnerTransfer {
+            moved: chosen.len() as u64,
+            more: found.more,
+            skipped_self: found.skipped_self,
+            skipped_tampered: found.skipped_tampered,
+        };
+        if chosen.is_empty() {
+            return Ok(outcome);
+        }
+        let from = selector.owner.clone().unwrap_or_default();
+        let now = self.clock.now();
+        let by = actor.audit_name();
+        let mut outbox = Vec::with_capacity(chosen.len());
+        let mut ids = Vec::with_capacity(chosen.len());
+        for key in &mut chosen {
+            key.owner = to.to_owned();
+            key.updated_at = now;
+            ids.push(key.id.to_string());
+            outbox.push(crate::webhooks::key_event(
+                keyward_core::EventType::KeyOwnerTransferred,
+                &key.summary(),
+                now,
+                crate::webhooks::new_event_id()?,
+                json!({ "from": from, "to": to, "reason": reason, "by": by }),
+            ));
+        }
+        let entry = PendingEntry {
+            actor: by,
+            action: AuditAction::KeyOwnerTransfer,
+            target: Some(from.clone()),
+            details: json!({
+                "from": from,
+                "to": to,
+                "reason": reason,
+                "count": ids.len(),
+                "more": outcome.more,
+                "ids": ids,
+            }),
+        };
+        self.audit
+            .commit(
+                &mut head,
+                Changes {
+                    update_keys: chosen,
+                    outbox,
+                    ..Changes::default()
+                },
+                vec![entry],
+            )
+            .await?;
+        tracing::info!(count = outcome.moved, actor = %actor.key_id(), "keys moved to a new owner");
         Ok(outcome)
     }
 }

@@ -345,3 +345,170 @@ async fn bad_selectors_and_callers_are_refused_with_nothing_changed() {
         "{refused:?}"
     );
 }
+
+async fn transfer(app: &TestApp, token: &str, owner: &str, body: Value) -> (u16, Value) {
+    app.call_as(
+        token,
+        Method::POST,
+        &format!("/v1/owners/{owner}/transfer"),
+        Some(body),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn an_owners_keys_move_to_another_owner_at_once_with_one_audit_entry() {
+    let app = spawn_app().await;
+    let mut keys = Vec::new();
+    for env in ["live", "test", "live"] {
+        keys.push(app.create_key(env, json!({"owner": "alice"})).await);
+    }
+    let revoked = app.create_key("live", json!({"owner": "alice"})).await;
+    let (status, _) = app
+        .call(
+            Method::POST,
+            &format!("/v1/keys/{}/revoke", revoked["id"].as_str().unwrap()),
+            Some(json!({"reason": "old"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let bob = app.create_key("live", json!({"owner": "bob"})).await;
+
+    let (status, done) = transfer(
+        &app,
+        &app.root_key,
+        "alice",
+        json!({"to": "carol", "reason": "alice left the company"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["moved"], 3, "revoked keys stay as they are");
+    for key in &keys {
+        let (_, shown) = app
+            .call(
+                Method::GET,
+                &format!("/v1/keys/{}", key["id"].as_str().unwrap()),
+                None,
+            )
+            .await;
+        assert_eq!(shown["owner"], "carol");
+        // verify names the new owner at once (the cache learned of the change).
+        let (_, verdict) = app
+            .call(Method::POST, "/v1/verify", Some(json!({"key": key["key"]})))
+            .await;
+        assert_eq!(verdict["code"], "VALID");
+        assert_eq!(verdict["owner"], "carol");
+    }
+    let (_, shown) = app
+        .call(
+            Method::GET,
+            &format!("/v1/keys/{}", bob["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(shown["owner"], "bob");
+    let entries = app.audit().await;
+    let moved = entries_of(&entries, "key.owner_transfer");
+    assert_eq!(moved.len(), 1);
+    assert_eq!(moved[0]["details"]["count"], 3);
+    assert_eq!(moved[0]["details"]["to"], "carol");
+    assert_eq!(moved[0]["details"]["ids"].as_array().unwrap().len(), 3);
+
+    // Nothing of alice's is left to move; to oneself is no transfer.
+    let (status, body) = transfer(
+        &app,
+        &app.root_key,
+        "alice",
+        json!({"to": "dave", "reason": "r"}),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = transfer(
+        &app,
+        &app.root_key,
+        "carol",
+        json!({"to": "carol", "reason": "r"}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "INVALID_FIELD");
+    for bad in [
+        json!({"to": "", "reason": "r"}),
+        json!({"to": "x", "reason": ""}),
+        json!({"to": "x"}),
+        json!({"to": "x", "reason": "r", "cc": "y"}),
+        json!({"to": 7, "reason": "r"}),
+    ] {
+        let (status, body) = transfer(&app, &app.root_key, "carol", bad.clone()).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn a_transfer_never_reaches_past_the_callers_scope_or_strength() {
+    let app = spawn_app().await;
+    let live = app.create_key("live", json!({"owner": "alice"})).await;
+    let test = app.create_key("test", json!({"owner": "alice"})).await;
+    let owner_of = |key: &Value| {
+        let id = key["id"].as_str().unwrap().to_owned();
+        let app = &app;
+        async move {
+            let (_, shown) = app.call(Method::GET, &format!("/v1/keys/{id}"), None).await;
+            shown["owner"].as_str().unwrap().to_owned()
+        }
+    };
+
+    // Without keys:update.
+    let reader = admin_key(&app, &["keys:read"], json!({})).await;
+    let (status, _) = transfer(
+        &app,
+        reader["key"].as_str().unwrap(),
+        "alice",
+        json!({"to": "mallory", "reason": "r"}),
+    )
+    .await;
+    assert_eq!(status, 403);
+
+    // A scoped admin moves only the keys of its environment.
+    let scoped = admin_key(
+        &app,
+        &["keys:update", "keys:read"],
+        json!({"admin_environments": ["test"]}),
+    )
+    .await;
+    let (status, done) = transfer(
+        &app,
+        scoped["key"].as_str().unwrap(),
+        "alice",
+        json!({"to": "mallory", "reason": "r"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["moved"], 1);
+    assert_eq!(owner_of(&test).await, "mallory");
+    assert_eq!(owner_of(&live).await, "alice");
+
+    // A weaker admin cannot take a stronger admin key's ownership with the rest: nothing moves.
+    let strong = admin_key(
+        &app,
+        &["keys:update", "keys:revoke", "roles:write"],
+        json!({"owner": "alice"}),
+    )
+    .await;
+    let weak = admin_key(&app, &["keys:update"], json!({})).await;
+    let (status, body) = transfer(
+        &app,
+        weak["key"].as_str().unwrap(),
+        "alice",
+        json!({"to": "mallory", "reason": "r"}),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(owner_of(&live).await, "alice", "nothing half-applied");
+    assert_eq!(owner_of(&strong).await, "alice");
+    let refused = entries_of(&app.audit().await, "auth.forbidden")
+        .into_iter()
+        .filter(|e| e["details"]["operation"] == "key.update")
+        .count();
+    assert!(refused >= 2, "the refusals are audited");
+}

@@ -956,6 +956,65 @@ pub async fn revoke_keys(
     }))
 }
 
+/// Moves an owner's keys to another owner.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferRequest {
+    /// The new owner.
+    #[schema(min_length = 1, max_length = 200)]
+    pub to: String,
+    /// Why; kept in the audit entry and the events.
+    #[schema(
+        min_length = 1,
+        max_length = 1000,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
+    pub reason: String,
+}
+
+/// What a transfer did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Transferred {
+    /// Keys that now belong to the new owner.
+    pub moved: u64,
+    /// More keys remain than one call moves (100,000): call again for the rest.
+    pub more: bool,
+    /// The calling key belonged to the old owner and was left alone.
+    pub skipped_self: bool,
+    /// Records that failed their integrity check, left alone (and reported).
+    pub skipped_tampered: u64,
+}
+
+#[utoipa::path(
+    post, path = "/v1/owners/{owner}/transfer", tag = "keys",
+    params(("owner" = String, Path, description = "The owner whose keys move")),
+    request_body = TransferRequest,
+    responses(
+        (status = 200, description = "Every key of the owner that is not revoked moved", body = Transferred),
+        ErrorResponses,
+    ),
+    security(("bearer" = []))
+)]
+pub async fn transfer_owner(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(owner): Path<String>,
+    JsonBody(body): JsonBody<TransferRequest>,
+) -> Result<Json<Transferred>, ApiError> {
+    let actor = caller.authenticate(&state, Operation::KeyUpdate).await?;
+    let done = state
+        .authority()?
+        .keys()
+        .transfer_owner(&actor, owner, body.to, body.reason)
+        .await?;
+    Ok(Json(Transferred {
+        moved: done.moved,
+        more: done.more,
+        skipped_self: done.skipped_self,
+        skipped_tampered: done.skipped_tampered,
+    }))
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollRequest {
