@@ -119,7 +119,10 @@ impl Keys {
                 format!("at most {MAX_BULK_IDS} ids in one call"),
             ));
         }
-        let selector = self.scoped(actor, selector).await?;
+        let mut selector = self.scoped(actor, selector).await?;
+        // One key named several ways (case, hyphens, braces) is one key.
+        selector.ids.sort_unstable();
+        selector.ids.dedup();
         self.audit
             .retrying(|| self.revoke_matching_once(actor, &selector, &reason, dry_run))
             .await
@@ -153,18 +156,20 @@ impl Keys {
     }
 
     /// The keys `selector` matches that are neither revoked, nor the caller's own, nor failing
-    /// their integrity check (at most [`MAX_BULK_REVOKE`]), read under the writer lock. If
-    /// the caller may not do `op` to every one of them, the refusal is audited and nothing is
-    /// returned: a bulk change is whole or not at all.
-    async fn select<'s>(
-        &'s self,
-        head: Head<'s>,
+    /// their integrity check (at most [`MAX_BULK_REVOKE`]). Every match is judged, those past
+    /// the cap too: if the caller may not do `op` to every one of them, the refusal is audited
+    /// and nothing is returned (a bulk change is whole or not at all). Read without the
+    /// writer lock, so counting and refusing never hold up other writes; see [`Keys::locked`].
+    async fn select(
+        &self,
         actor: &Actor,
         selector: &RevokeSelector,
         op: Operation,
-    ) -> Result<(Head<'s>, Vec<KeyRecord>, BulkRevocation), ServiceError> {
+    ) -> Result<(Vec<KeyRecord>, BulkRevocation), ServiceError> {
         let mut outcome = BulkRevocation::default();
         let mut chosen = Vec::new();
+        let mut beyond: Option<(KeyId, crate::Refusal)> = None;
+        let mut beyond_count = 0_u64;
         let mut keep = |key: KeyRecord, outcome: &mut BulkRevocation| {
             if key.status == KeyStatus::Revoked || !selector.matches(&key) {
                 return;
@@ -173,15 +178,22 @@ impl Keys {
                 outcome.skipped_self = true;
                 return;
             }
-            match self.integrity.intact_key(key) {
-                Some(key) if chosen.len() < MAX_BULK_REVOKE => chosen.push(key),
-                Some(_) => outcome.more = true,
-                None => outcome.skipped_tampered += 1,
+            let Some(key) = self.integrity.intact_key(key) else {
+                outcome.skipped_tampered += 1;
+                return;
+            };
+            if let Err(refusal) = self.authz.authorize(actor, op, Target::Key(&key)) {
+                beyond_count += 1;
+                beyond.get_or_insert((key.id, refusal));
+            } else if chosen.len() < MAX_BULK_REVOKE {
+                chosen.push(key);
+            } else {
+                outcome.more = true;
             }
         };
         if selector.ids.is_empty() {
             let mut after = None;
-            while !outcome.more {
+            loop {
                 let page = self
                     .store
                     .list_keys(KeyQuery {
@@ -216,23 +228,35 @@ impl Keys {
                 "records that failed their integrity check were left out of a bulk change"
             );
         }
-        // Act on: every key must be within what the caller holds, or none is changed.
-        let beyond: Vec<(KeyId, crate::Refusal)> = chosen
-            .iter()
-            .filter_map(|k| {
-                self.authz
-                    .authorize(actor, op, Target::Key(k))
-                    .err()
-                    .map(|refusal| (k.id, refusal))
-            })
-            .collect();
-        let count = beyond.len();
-        if let Some((first, refusal)) = beyond.into_iter().next() {
-            drop(head);
-            let target = format!("{count} matching keys, e.g. {first}");
+        if let Some((first, refusal)) = beyond {
+            let target = format!("{beyond_count} matching keys, e.g. {first}");
             return Err(self.authz.refuse(actor, op, Some(target), refusal).await);
         }
-        Ok((head, chosen, outcome))
+        Ok((chosen, outcome))
+    }
+
+    /// The writer lock, with a selection still true under it: the one made without the lock
+    /// if no audited change (every change to a key is one) was committed since it began,
+    /// otherwise one made again under the lock.
+    async fn locked(
+        &self,
+        actor: &Actor,
+        selector: &RevokeSelector,
+        op: Operation,
+        before: Option<keyward_store::AuditHead>,
+        selection: (Vec<KeyRecord>, BulkRevocation),
+    ) -> Result<(Head<'_>, Vec<KeyRecord>, BulkRevocation), ServiceError> {
+        let head = self.audit.lock().await;
+        if self.store.audit_head().await? == before {
+            return Ok((head, selection.0, selection.1));
+        }
+        match self.select(actor, selector, op).await {
+            Ok((chosen, outcome)) => Ok((head, chosen, outcome)),
+            Err(e) => {
+                drop(head);
+                Err(e)
+            }
+        }
     }
 
     async fn revoke_matching_once(
@@ -242,9 +266,22 @@ impl Keys {
         reason: &str,
         dry_run: bool,
     ) -> Result<BulkRevocation, ServiceError> {
-        let head = self.audit.lock().await;
+        let before = self.store.audit_head().await?;
+        let (chosen, outcome) = self.select(actor, selector, Operation::KeyRevoke).await?;
+        if dry_run || chosen.is_empty() {
+            return Ok(BulkRevocation {
+                revoked: chosen.len() as u64,
+                ..outcome
+            });
+        }
         let (mut head, mut chosen, mut outcome) = self
-            .select(head, actor, selector, Operation::KeyRevoke)
+            .locked(
+                actor,
+                selector,
+                Operation::KeyRevoke,
+                before,
+                (chosen, outcome),
+            )
             .await?;
         outcome.revoked = chosen.len() as u64;
         if dry_run || chosen.is_empty() {
@@ -352,13 +389,17 @@ impl Keys {
         to: &str,
         reason: &str,
     ) -> Result<OwnerTransfer, ServiceError> {
-        let head = self.audit.lock().await;
-        let (mut head, mut chosen, found) = self
-            .select(head, actor, selector, Operation::KeyUpdate)
-            .await?;
-        if chosen.is_empty() && !found.skipped_self && found.skipped_tampered == 0 {
+        let before = self.store.audit_head().await?;
+        let selection = self.select(actor, selector, Operation::KeyUpdate).await?;
+        let nothing = |(chosen, found): &(Vec<KeyRecord>, BulkRevocation)| {
+            chosen.is_empty() && !found.skipped_self && found.skipped_tampered == 0
+        };
+        if nothing(&selection) {
             return Err(ServiceError::NotFound { what: "owner" });
         }
+        let (mut head, mut chosen, found) = self
+            .locked(actor, selector, Operation::KeyUpdate, before, selection)
+            .await?;
         let outcome = OwnerTransfer {
             moved: chosen.len() as u64,
             more: found.more,

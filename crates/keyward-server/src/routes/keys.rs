@@ -161,10 +161,11 @@ pub struct CreatedKey {
     pub record: KeyView,
 }
 
-/// A permission: `*`, `resource:*` or `resource:action`, optionally `:scope` (a path glob).
+/// A permission: `*`, `resource:*`, `*:action` or `resource:action`, optionally `:scope` (a
+/// path glob).
 #[derive(Debug, ToSchema)]
 #[schema(
-    pattern = "^(\\*|[a-z0-9_.-]{1,64}:(\\*|[a-z0-9_.-]{1,64})(:[A-Za-z0-9_./*-]{1,256})?)$",
+    pattern = "^(\\*|(\\*|[a-z0-9_.-]{1,64}):(\\*|[a-z0-9_.-]{1,64})(:[A-Za-z0-9_./*-]{1,256})?)$",
     example = "invoices:read"
 )]
 pub struct PermissionText(pub String);
@@ -858,13 +859,21 @@ pub async fn revoke_key(
     ))
 }
 
+/// A key's id (a UUID).
+#[derive(Debug, ToSchema)]
+#[schema(
+    pattern = "^[0-9A-Fa-f{}-]{32,38}$",
+    example = "0190f5d2-7a4e-7000-8000-000000000000"
+)]
+pub struct KeyIdText(pub String);
+
 /// An emergency revocation: the keys that every given selector matches (at least one).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeManyRequest {
     /// These keys (at most 1,000).
     #[serde(default)]
-    #[schema(max_items = 1_000)]
+    #[schema(value_type = Vec<KeyIdText>, max_items = 1_000)]
     pub ids: Vec<String>,
     /// Keys of this owner.
     #[schema(min_length = 1, max_length = 200)]
